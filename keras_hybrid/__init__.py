@@ -1,0 +1,29 @@
+"""keras_hybrid: hybrid (mechanistic + neural) models for Keras 3, trained
+with sharpness-aware minimization so that physical constants are recovered
+instead of being absorbed by the network.
+"""
+
+__version__ = "0.1.0"
+
+from keras_hybrid.constants import PhysicalConstant
+from keras_hybrid.layers import ODELayer, ScientificLayer, is_physical_variable
+from keras_hybrid.models import HybridModel, SAMModel, SAMTrainStep
+from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
+from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
+
+__all__ = [
+    "ButcherTableau",
+    "HybridModel",
+    "ODELayer",
+    "PhysicalConstant",
+    "SAM",
+    "SAMModel",
+    "SAMTrainStep",
+    "ScientificLayer",
+    "TABLEAUS",
+    "grouped_perturbation",
+    "is_physical_variable",
+    "odeint",
+    "rk_step",
+    "sam_perturbation",
+]

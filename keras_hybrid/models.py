@@ -1,0 +1,280 @@
+"""Keras models trained with a sharpness-aware (SAM) `train_step`."""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_hybrid.layers import PHYSICAL_MARKER, is_physical_variable
+from keras_hybrid.sam import NEURAL, PHYSICAL, SAM, all_finite
+
+
+def _as_sam(sam):
+    if sam is None or isinstance(sam, SAM):
+        return sam
+    if isinstance(sam, dict):
+        return keras.saving.deserialize_keras_object(sam) if "class_name" in sam else SAM(**sam)
+    raise TypeError(f"`sam` must be a `keras_hybrid.SAM`, a dict or None. Received: sam={sam!r}")
+
+
+def _unscale_loss_for_distribution(loss):
+    # Keras divides the loss by the number of replicas; the reported loss is
+    # the per-example mean over the global batch.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss * ops.cast(replicas, loss.dtype) if replicas > 1 else loss
+
+
+def _batch_size(x):
+    first = next(t for t in tf.nest.flatten(x) if t is not None)
+    return ops.shape(first)[0]
+
+
+class SAMTrainStep:
+    """Mixin giving a `keras.Model` the sharpness-aware `train_step`.
+
+    Each step takes two forward-backward passes:
+
+    1. `g = grad L(w)` at the current weights (this pass updates
+       BatchNorm-like state and the reported loss and metrics, exactly as a
+       plain step does);
+    2. `g' = grad L(w + e)` with `e` from `self.sam` (see `SAM`). The
+       perturbed pass runs inside a `keras.StatelessScope`: variables are
+       never modified, so "restoring" them is exact by construction, and
+       state updates of that pass are discarded.
+
+    `g'` is applied with the compiled optimizer. With `sam=None` or a zero
+    radius, the step *is* Keras's plain step. Non-finite gradients skip the
+    update (the weights keep their last finite values; with a
+    `keras.optimizers.LossScaleOptimizer` its own skip-and-rescale applies).
+    """
+
+    def _set_sam(self, sam):
+        self.sam = _as_sam(sam)
+
+    # -- physical constants -------------------------------------------------
+
+    def _constant_variables(self):
+        found = [(v, getattr(v, PHYSICAL_MARKER)) for v in self.weights if is_physical_variable(v)]
+        names = [spec.name for _, spec in found]
+        keyed = []
+        for variable, spec in found:
+            key = spec.name if names.count(spec.name) == 1 else variable.path
+            keyed.append((key, variable, spec))
+        return keyed
+
+    def physical_constants(self):
+        """Physical constants of all `ScientificLayer`s, `name -> float`.
+
+        A name shared by several layers is qualified by the variable path
+        (`"layer_name/w0"`).
+        """
+        return {
+            key: float(ops.convert_to_numpy(spec.to_physical(variable.value)))
+            for key, variable, spec in self._constant_variables()
+        }
+
+    def constant_units(self):
+        """Units of the physical constants, `name -> unit string`."""
+        return {key: spec.unit for key, _, spec in self._constant_variables()}
+
+    # -- training -----------------------------------------------------------
+
+    def _loss_metric(self):
+        for metric in self.metrics:
+            if metric.name == "loss":
+                return metric
+        return None
+
+    def _forward_loss(self, x, y, sample_weight):
+        y_pred = self(x, training=True)
+        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        return y_pred, loss
+
+    def train_step(self, data):
+        sam = getattr(self, "sam", None)
+        if sam is None or sam.is_plain or not self.trainable_variables:
+            return super().train_step(data)
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = list(self.trainable_variables)
+
+        # Pass 1, at w: the step's loss, metrics and state updates.
+        with tf.GradientTape() as tape:
+            y_pred, loss = self._forward_loss(x, y, sample_weight)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        tracker = self._loss_metric()
+        if tracker is not None:
+            tracker.update_state(_unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
+        gradients = tape.gradient(scaled_loss, variables)
+        loss_scale = self.optimizer.scale_loss(ops.convert_to_tensor(1.0, "float32"))
+        gradients = [None if g is None else g / ops.cast(loss_scale, g.dtype) for g in gradients]
+        gradients = self._maybe_synchronize(gradients, sam)
+
+        groups = [PHYSICAL if is_physical_variable(v) else NEURAL for v in variables]
+        perturbation = sam.perturbation(gradients, [v.value for v in variables], groups)
+
+        # Pass 2, at w + e, without touching the variables.
+        with tf.GradientTape() as tape:
+            mapping, sources = [], []
+            for variable, e in zip(variables, perturbation):
+                if e is None:
+                    sources.append(variable)
+                else:
+                    perturbed = variable.value + e
+                    tape.watch(perturbed)
+                    mapping.append((variable, perturbed))
+                    sources.append(perturbed)
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+                _, perturbed_loss = self._forward_loss(x, y, sample_weight)
+            perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
+        sam_gradients = tape.gradient(perturbed_loss, sources)
+        self._apply_if_finite(sam_gradients, variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _maybe_synchronize(self, gradients, sam):
+        if not tf.distribute.has_strategy() or not sam.synchronized:
+            return gradients
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return gradients
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+        gradients = list(gradients)
+        for i, g in zip(present, reduced):
+            gradients[i] = g
+        return gradients
+
+    def _apply_if_finite(self, gradients, variables):
+        pairs = list(zip(gradients, variables))
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It unscales, and skips non-finite steps itself.
+            self.optimizer.apply_gradients(pairs)
+            return
+        strategy_needs_merge = tf.distribute.has_strategy() and not (
+            tf.__internal__.distribute.strategy_supports_no_merge_call()
+        )
+        if strategy_needs_merge:
+            self._apply_if_finite_cross_replica(gradients, variables)
+            return
+        def apply():
+            self.optimizer.apply_gradients(pairs)
+
+        ops.cond(all_finite(gradients), apply, lambda: None)
+
+    def _apply_if_finite_cross_replica(self, gradients, variables):
+        # A cond whose branch calls `merge_call` must run in cross-replica
+        # context (as keras.optimizers.LossScaleOptimizer does).
+        def cross_replica(distribution, gradients, variables):
+            finite_per_replica = distribution.extended.call_for_each_replica(
+                all_finite, args=(gradients,)
+            )
+            # Replicas see the same all-reduced verdict only if gradients are
+            # synchronized; require every replica to be finite.
+            finite = ops.all(ops.stack(distribution.experimental_local_results(finite_per_replica)))
+
+            def apply_on_replica(gradients, variables):
+                self.optimizer.apply_gradients(zip(gradients, variables))
+
+            def apply():
+                distribution.extended.call_for_each_replica(
+                    apply_on_replica, args=(gradients, variables)
+                )
+
+            ops.cond(finite, apply, lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(gradients, variables))
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid")
+class HybridModel(SAMTrainStep, keras.Model):
+    """A Keras model (functional or subclassed) trained with SAM.
+
+    Use it exactly like `keras.Model`: with `inputs` and `outputs` (the
+    functional API) or as a base class with your own `call`. `fit`,
+    `evaluate`, `predict` and saving work as usual; `train_step` is
+    sharpness-aware (see `SAMTrainStep`).
+
+    Args:
+        *args: `keras.Model` arguments, e.g. `inputs, outputs`.
+        sam: a `SAM` (or its config), or `None` for plain training. Defaults
+            to `SAM()`.
+        **kwargs: `keras.Model` keyword arguments (`name`, ...).
+
+    Example:
+
+    ```python
+    inputs = keras.Input((1,))
+    physics = ScientificLayer(ohm, [PhysicalConstant("R", 1.0, "ohm", "positive")])
+    outputs = physics(inputs) + keras.layers.Dense(1)(inputs)
+    model = HybridModel(inputs, outputs, sam=SAM(rho=0.05, perturb="neural"))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=100)
+    model.physical_constants()  # {"R": ...}
+    ```
+
+    Reference:
+        Takeishi, "Sharpness-Aware Hybrid Model Learning for
+        Architecture-Agnostic Parameter Estimation", arXiv:2602.06837.
+    """
+
+    def __init__(self, *args, sam="default", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_sam(SAM() if isinstance(sam, str) and sam == "default" else sam)
+
+    def get_config(self):
+        config = super().get_config()
+        config["sam"] = None if self.sam is None else keras.saving.serialize_keras_object(self.sam)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid")
+class SAMModel(SAMTrainStep, keras.Model):
+    """Wraps any existing Keras model (sequential, functional, subclassed)
+    so that `fit` trains it with SAM.
+
+    The wrapper shares the wrapped model's layers and variables: training
+    the wrapper trains `model`.
+
+    Args:
+        model: the `keras.Model` (or layer) to train.
+        sam: a `SAM` (or its config), or `None` for plain training. Defaults
+            to `SAM()`.
+        **kwargs: `keras.Model` keyword arguments (`name`, ...).
+
+    Example:
+
+    ```python
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model = SAMModel(net, sam=SAM(rho=0.05))
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y)
+    ```
+    """
+
+    def __init__(self, model, sam="default", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model, dict):
+            model = keras.saving.deserialize_keras_object(model)
+        if not isinstance(model, keras.layers.Layer):
+            raise TypeError(f"`model` must be a Keras model or layer. Received: model={model!r}")
+        self.model = model
+        self._set_sam(SAM() if isinstance(sam, str) and sam == "default" else sam)
+        if model.built:
+            self.built = True
+
+    def build(self, input_shape):
+        if not self.model.built:
+            self.model.build(input_shape)
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model": keras.saving.serialize_keras_object(self.model),
+                "sam": None if self.sam is None else keras.saving.serialize_keras_object(self.sam),
+            }
+        )
+        return config
+

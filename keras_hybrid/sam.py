@@ -1,0 +1,246 @@
+"""Sharpness-aware minimization: the perturbation, as pure functions, and
+its settings (`SAM`).
+
+For one group of parameters `w` with loss gradient `g`, SAM ascends to
+the worst point of a ball of radius `rho` before taking the gradient:
+
+```
+e = rho * T^2 g / ||T g||       T = 1 (SAM) or |w| + eta (adaptive SAM)
+w_next = w - lr * grad L(w + e)
+```
+
+A hybrid model has two groups with different units: neural-network weights
+and the raw (unconstrained) values of physical constants. Each group may
+get its own radius and its own norm, or be left unperturbed.
+
+Reference:
+    Foret et al., "Sharpness-Aware Minimization for Efficiently Improving
+    Generalization", arXiv:2010.01412. Kwon et al., "ASAM: Adaptive
+    Sharpness-Aware Minimization", arXiv:2102.11600. Takeishi,
+    "Sharpness-Aware Hybrid Model Learning for Architecture-Agnostic
+    Parameter Estimation", arXiv:2602.06837.
+"""
+
+import math
+import numbers
+
+import keras
+from keras import ops
+
+NEURAL = "neural"
+PHYSICAL = "physical"
+PERTURB_CHOICES = ("all", NEURAL, PHYSICAL)
+
+
+def _check_radius(arg, value, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{arg}` must be a non-negative number. Received: {arg}={value!r}"
+        )
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{arg}` must be >= 0 and finite. Received: {arg}={value!r}")
+    return float(value)
+
+
+def all_finite(tensors):
+    """Scalar boolean tensor: every entry of every (non-`None`) tensor is finite."""
+    checks = [ops.all(ops.isfinite(x)) for x in tensors if x is not None]
+    if not checks:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.stack(checks))
+
+
+def sam_perturbation(gradients, variables=None, rho=0.05, adaptive=False, eta=0.01, eps=1e-12):
+    """Perturbation `e` of one parameter group (SAM or adaptive SAM).
+
+    Args:
+        gradients: list of gradient tensors; `None` entries (unused
+            variables) give `None` perturbations.
+        variables: list of current parameter values, same order; needed only
+            when `adaptive=True`. Defaults to `None`.
+        rho: radius of the neighbourhood. Defaults to `0.05`.
+        adaptive: scale by `|w| + eta` (ASAM). Defaults to `False`.
+        eta: offset of the adaptive scaling. Defaults to `0.01`.
+        eps: added to the norm so that a zero gradient gives a zero (not NaN)
+            perturbation. Defaults to `1e-12`.
+
+    Returns:
+        A list of perturbation tensors (or `None`) matching `gradients`. If
+        any gradient is non-finite the perturbation is zero: the step then
+        falls back to the plain gradient instead of poisoning the weights.
+    """
+    if adaptive and variables is None:
+        raise ValueError("`variables` are required when `adaptive=True`.")
+    if variables is None:
+        variables = [None] * len(gradients)
+    present = [(i, g, w) for i, (g, w) in enumerate(zip(gradients, variables)) if g is not None]
+    perturbation = [None] * len(gradients)
+    if not present or rho == 0:
+        return perturbation
+    scaled = []
+    for _, g, w in present:
+        g = ops.cast(g, "float32")
+        scale = ops.abs(ops.cast(w, "float32")) + eta if adaptive else None
+        scaled.append((g, scale))
+    squared = [ops.sum(ops.square(g * s if s is not None else g)) for g, s in scaled]
+    norm = ops.sqrt(ops.sum(ops.stack(squared)))
+    finite = ops.logical_and(ops.isfinite(norm), all_finite([g for g, _ in scaled]))
+    factor = ops.where(finite, rho / (norm + eps), 0.0)
+    for (i, g_orig, _), (g, s) in zip(present, scaled):
+        direction = g * ops.square(s) if s is not None else g
+        # Zero out non-finite entries so that factor * NaN cannot leak.
+        direction = ops.where(ops.isfinite(direction), direction, 0.0)
+        perturbation[i] = ops.cast(factor * direction, g_orig.dtype)
+    return perturbation
+
+
+def grouped_perturbation(gradients, variables, groups, radii, adaptive=False, eta=0.01, eps=1e-12):
+    """Perturbation with one norm and one radius per parameter group.
+
+    Args:
+        gradients: list of gradient tensors (or `None`).
+        variables: list of current parameter values, same order.
+        groups: list of group names, one per variable.
+        radii: dict `group name -> rho`; a group missing from the dict or
+            with radius 0 is not perturbed.
+        adaptive, eta, eps: as in `sam_perturbation`.
+
+    Returns:
+        A list of perturbation tensors (or `None`) matching `gradients`.
+    """
+    if not len(gradients) == len(variables) == len(groups):
+        raise ValueError(
+            "`gradients`, `variables` and `groups` must have the same length. "
+            f"Received lengths {len(gradients)}, {len(variables)}, {len(groups)}"
+        )
+    perturbation = [None] * len(gradients)
+    for group, rho in radii.items():
+        index = [i for i, name in enumerate(groups) if name == group]
+        if not index or not rho:
+            continue
+        part = sam_perturbation(
+            [gradients[i] for i in index],
+            [variables[i] for i in index],
+            rho=rho,
+            adaptive=adaptive,
+            eta=eta,
+            eps=eps,
+        )
+        for i, e in zip(index, part):
+            perturbation[i] = e
+    return perturbation
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid")
+class SAM:
+    """Settings of a sharpness-aware training step.
+
+    Args:
+        rho: radius of the perturbation. With `perturb="all"` and
+            `rho_physical=None`, one global norm over all trainable
+            variables (standard SAM); otherwise the radius of the neural
+            group. Defaults to `0.05`.
+        perturb: which parameters are perturbed: `"all"`, `"neural"` (only
+            network weights; physical constants are evaluated at their
+            current value) or `"physical"` (only physical constants).
+            Defaults to `"all"`.
+        rho_physical: radius of the physical-constant group, normalized
+            separately from the neural group (their units differ). `None`
+            means: same radius and a shared norm with `perturb="all"`, and
+            `rho` with `perturb="physical"`. Defaults to `None`.
+        adaptive: adaptive SAM (ASAM), scaling the ball by `|w| + eta`.
+            Defaults to `False`.
+        eta: offset of the adaptive scaling. Defaults to `0.01`.
+        eps: added to gradient norms. Defaults to `1e-12`.
+        synchronized: under a `tf.distribute` strategy, compute the
+            perturbation from the all-reduced (global-batch) gradient, which
+            equals single-device SAM on the whole batch. `False` perturbs
+            each replica with its own gradient (m-sharpness, m = per-replica
+            batch). Defaults to `True`.
+
+    Example:
+
+    ```python
+    sam = SAM(rho=0.05, perturb="neural")
+    model = HybridModel(inputs, outputs, sam=sam)
+    ```
+    """
+
+    def __init__(
+        self,
+        rho=0.05,
+        perturb="all",
+        rho_physical=None,
+        adaptive=False,
+        eta=0.01,
+        eps=1e-12,
+        synchronized=True,
+    ):
+        self.rho = _check_radius("rho", rho)
+        self.rho_physical = _check_radius("rho_physical", rho_physical, allow_none=True)
+        if perturb not in PERTURB_CHOICES:
+            raise ValueError(
+                f"`perturb` must be one of {PERTURB_CHOICES}. Received: perturb={perturb!r}"
+            )
+        self.perturb = perturb
+        self.adaptive = bool(adaptive)
+        self.eta = _check_radius("eta", eta)
+        eps = _check_radius("eps", eps)
+        if eps == 0:
+            raise ValueError(f"`eps` must be > 0. Received: eps={eps!r}")
+        self.eps = eps
+        self.synchronized = bool(synchronized)
+
+    def radii(self):
+        """Dict `group -> rho` for `grouped_perturbation`, or `None` when
+        a single global norm over all variables is used."""
+        if self.perturb == "all":
+            if self.rho_physical is None:
+                return None
+            return {NEURAL: self.rho, PHYSICAL: self.rho_physical}
+        if self.perturb == NEURAL:
+            return {NEURAL: self.rho}
+        rho = self.rho if self.rho_physical is None else self.rho_physical
+        return {PHYSICAL: rho}
+
+    @property
+    def is_plain(self):
+        """True when no parameter is ever perturbed (a plain gradient step)."""
+        radii = self.radii()
+        if radii is None:
+            return self.rho == 0
+        return not any(radii.values())
+
+    def perturbation(self, gradients, variables, groups):
+        """The perturbation for these gradients, variables and groups."""
+        radii = self.radii()
+        kwargs = dict(adaptive=self.adaptive, eta=self.eta, eps=self.eps)
+        if radii is None:
+            return sam_perturbation(gradients, variables, rho=self.rho, **kwargs)
+        return grouped_perturbation(gradients, variables, groups, radii, **kwargs)
+
+    def get_config(self):
+        return {
+            "rho": self.rho,
+            "perturb": self.perturb,
+            "rho_physical": self.rho_physical,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "eps": self.eps,
+            "synchronized": self.synchronized,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"SAM({args})"
+
+    def __eq__(self, other):
+        return isinstance(other, SAM) and self.get_config() == other.get_config()
+
+    __hash__ = None
