@@ -45,10 +45,30 @@ class SAMTrainStep:
     radius, the step *is* Keras's plain step. Non-finite gradients skip the
     update (the weights keep their last finite values; with a
     `keras.optimizers.LossScaleOptimizer` its own skip-and-rescale applies).
+
+    Mix it into your own subclassed model, before `keras.Model`, and set
+    `self.sam`:
+
+    ```python
+    class MyModel(SAMTrainStep, keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.sam = SAM(rho=0.05)
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+    ```
     """
 
-    def _set_sam(self, sam):
-        self.sam = _as_sam(sam)
+    @property
+    def sam(self):
+        """The `SAM` settings of the training step (`None`: plain steps)."""
+        return getattr(self, "_sam", None)
+
+    @sam.setter
+    def sam(self, value):
+        self._sam = _as_sam(value)
 
     # -- physical constants -------------------------------------------------
 
@@ -186,12 +206,14 @@ class SAMTrainStep:
 
 @keras.saving.register_keras_serializable(package="keras_hybrid")
 class HybridModel(SAMTrainStep, keras.Model):
-    """A Keras model (functional or subclassed) trained with SAM.
+    """A functional Keras model trained with SAM.
 
-    Use it exactly like `keras.Model`: with `inputs` and `outputs` (the
-    functional API) or as a base class with your own `call`. `fit`,
-    `evaluate`, `predict` and saving work as usual; `train_step` is
-    sharpness-aware (see `SAMTrainStep`).
+    Use it exactly like `keras.Model(inputs, outputs)`. `fit`, `evaluate`,
+    `predict` and saving work as usual; `train_step` is sharpness-aware
+    (see `SAMTrainStep`). For a subclassed model with your own `call`,
+    mix `SAMTrainStep` into it instead (Keras turns a class used with
+    `inputs`/`outputs` into a functional class for good, so `HybridModel`
+    itself is not a base for subclassing); or wrap any model in `SAMModel`.
 
     Args:
         *args: `keras.Model` arguments, e.g. `inputs, outputs`.
@@ -218,7 +240,7 @@ class HybridModel(SAMTrainStep, keras.Model):
 
     def __init__(self, *args, sam="default", **kwargs):
         super().__init__(*args, **kwargs)
-        self._set_sam(SAM() if isinstance(sam, str) and sam == "default" else sam)
+        self.sam = SAM() if isinstance(sam, str) and sam == "default" else sam
 
     def get_config(self):
         config = super().get_config()
@@ -257,7 +279,7 @@ class SAMModel(SAMTrainStep, keras.Model):
         if not isinstance(model, keras.layers.Layer):
             raise TypeError(f"`model` must be a Keras model or layer. Received: model={model!r}")
         self.model = model
-        self._set_sam(SAM() if isinstance(sam, str) and sam == "default" else sam)
+        self.sam = SAM() if isinstance(sam, str) and sam == "default" else sam
         if model.built:
             self.built = True
 

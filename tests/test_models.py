@@ -1,0 +1,298 @@
+"""The SAM train_step, checked against hand-computed NumPy steps."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from keras_hybrid import SAM, HybridModel, PhysicalConstant, SAMModel, SAMTrainStep, ScientificLayer
+
+RHO, LR, L2 = 0.3, 0.1, 0.01
+
+
+def _linear_data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype("float32")
+    y = rng.normal(size=(n, 1)).astype("float32")
+    return x, y
+
+
+def _linear_model(sam, regularize=False, model_cls="hybrid"):
+    kernel = np.array([[0.5], [-0.3], [0.2]], "float32")
+    dense = keras.layers.Dense(
+        1,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        bias_initializer=keras.initializers.Constant(0.1),
+        kernel_regularizer=keras.regularizers.L2(L2) if regularize else None,
+    )
+    inputs = keras.Input((3,))
+    if model_cls == "hybrid":
+        return HybridModel(inputs, dense(inputs), sam=sam)
+    return SAMModel(keras.Model(inputs, dense(inputs)), sam=sam)
+
+
+def _loss_and_grads(w, b, x, y, s, regularize):
+    r = x @ w + b - y  # (n, 1)
+    n = len(x)
+    loss = np.sum(s[:, None] * r**2) / n
+    gw = 2 * x.T @ (s[:, None] * r) / n
+    gb = np.array([2 * np.sum(s[:, None] * r) / n])
+    if regularize:
+        loss += L2 * np.sum(w**2)
+        gw = gw + 2 * L2 * w
+    return loss, gw, gb
+
+
+def _hand_sam_step(x, y, s, regularize, adaptive=False, eta=0.01):
+    w = np.array([[0.5], [-0.3], [0.2]], "float64")
+    b = np.array([0.1])
+    loss, gw, gb = _loss_and_grads(w, b, x, y, s, regularize)
+    tw, tb = (np.abs(w) + eta, np.abs(b) + eta) if adaptive else (1.0, 1.0)
+    norm = np.sqrt(np.sum((tw * gw) ** 2) + np.sum((tb * gb) ** 2))
+    ew, eb = RHO * tw**2 * gw / norm, RHO * tb**2 * gb / norm
+    _, gw2, gb2 = _loss_and_grads(w + ew, b + eb, x, y, s, regularize)
+    return loss, w - LR * gw2, b - LR * gb2
+
+
+@pytest.mark.parametrize("model_cls", ["hybrid", "wrapper"])
+@pytest.mark.parametrize("regularize", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_one_step_equals_hand_computed_sam(model_cls, regularize, weighted, adaptive):
+    x, y = _linear_data()
+    s = np.linspace(0.5, 2.0, len(x)).astype("float32") if weighted else np.ones(len(x), "float32")
+    model = _linear_model(SAM(rho=RHO, adaptive=adaptive), regularize, model_cls)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", metrics=["mae"])
+    history = model.fit(
+        x, y, sample_weight=s if weighted else None, batch_size=len(x), epochs=1, verbose=0, shuffle=False
+    )
+    loss, w_new, b_new = _hand_sam_step(x.astype("float64"), y, s, regularize, adaptive)
+    kernel, bias = [v.numpy() for v in model.trainable_variables]
+    np.testing.assert_allclose(kernel, w_new, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b_new, rtol=1e-5, atol=1e-6)
+    # The reported loss is the real loss at the unperturbed weights.
+    np.testing.assert_allclose(history.history["loss"][0], loss, rtol=1e-5)
+    w0 = np.array([[0.5], [-0.3], [0.2]])
+    # `metrics=` are unweighted in Keras (only `weighted_metrics=` use s).
+    mae = np.mean(np.abs(x @ w0 + 0.1 - y))
+    np.testing.assert_allclose(history.history["mae"][0], mae, rtol=1e-5)
+
+
+def _two_step_weights(model, x, y):
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+    return [v.numpy() for v in model.weights]
+
+
+@pytest.mark.parametrize("sam", [SAM(rho=0.0), SAM(rho=0.5, perturb="physical"), None])
+def test_plain_radius_gives_exactly_the_keras_step(sam):
+    x, y = _linear_data()
+    keras.utils.set_random_seed(1)
+    plain = _linear_model(None)
+    plain = keras.Model(plain.inputs, plain.outputs)  # a genuine keras.Model
+    keras.utils.set_random_seed(1)
+    hybrid = _linear_model(sam)  # no physical constants: nothing perturbed
+    for a, b in zip(_two_step_weights(plain, x, y), _two_step_weights(hybrid, x, y)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_weights_are_restored_exactly_after_the_perturbed_pass():
+    # With a zero learning rate a SAM step must leave every bit unchanged.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype("float32")
+    y = rng.normal(size=(64, 2)).astype("float32")
+    net = keras.Sequential([keras.Input((5,)), keras.layers.Dense(32, "tanh"), keras.layers.Dense(2)])
+    model = SAMModel(net, sam=SAM(rho=1.0))
+    before = [v.numpy().copy() for v in model.weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    for a, b in zip(before, model.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+class _WithUnusedWeight(keras.layers.Layer):
+    def build(self, input_shape):
+        self.used = self.add_weight(shape=(input_shape[-1], 1), initializer="ones")
+        self.unused = self.add_weight(shape=(4,), initializer="ones")
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.used)
+
+
+def test_unused_variable_is_skipped():
+    x, y = _linear_data()
+    inputs = keras.Input((3,))
+    model = HybridModel(inputs, _WithUnusedWeight()(inputs), sam=SAM(rho=0.1))
+    model.compile(optimizer="sgd", loss="mse")
+    model.fit(x, y, epochs=2, verbose=0)
+    layer = model.layers[-1]
+    np.testing.assert_array_equal(layer.unused.numpy(), np.ones(4))
+    assert not np.allclose(layer.used.numpy(), 1.0)
+
+
+def test_zero_gradient_gives_no_nan():
+    x = np.ones((4, 3), "float32")
+    inputs = keras.Input((3,))
+    out = keras.layers.Dense(1, kernel_initializer="zeros")(inputs)
+    model = HybridModel(inputs, out, sam=SAM(rho=0.5))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, np.zeros((4, 1), "float32"), epochs=3, verbose=0)
+    for v in model.weights:
+        np.testing.assert_array_equal(v.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_non_finite_gradient_does_not_poison_weights(jit_compile):
+    x, y = _linear_data()
+    y_bad = y.copy()
+    y_bad[3, 0] = np.nan
+    model = _linear_model(SAM(rho=0.1))
+    before = [v.numpy().copy() for v in model.weights]
+    model.compile(optimizer="adam", loss="mse", jit_compile=jit_compile)
+    history = model.fit(x, y_bad, batch_size=len(x), epochs=2, verbose=0)
+    assert np.isnan(history.history["loss"][0])  # reported, not hidden
+    for a, b in zip(before, model.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    # Training then continues normally on clean data.
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
+    assert not np.array_equal(before[0], model.weights[0].numpy())
+
+
+def test_jit_and_eager_steps_agree():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.normal(size=(32, 1)).astype("float32")
+    results = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(3)
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, "tanh"), keras.layers.Dense(1)])
+        model = SAMModel(net, sam=SAM(rho=0.2, adaptive=True))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        results.append([v.numpy() for v in model.weights])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_step_matches_float32():
+    x, y = _linear_data()
+    model32 = _linear_model(SAM(rho=RHO))
+    model32.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    model32.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    keras.config.set_dtype_policy("mixed_float16")
+    model16 = _linear_model(SAM(rho=RHO))
+    model16.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    assert isinstance(model16.optimizer, keras.optimizers.LossScaleOptimizer)
+    model16.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    for a, b in zip(model32.trainable_variables, model16.trainable_variables):
+        assert b.dtype == "float32"
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=2e-3)
+
+
+def test_batchnorm_state_updated_once_per_step_by_unperturbed_pass():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(16, 2)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+    results = []
+    for sam in (None, SAM(rho=0.5)):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(momentum=0.5), keras.layers.Dense(1)])
+        model = SAMModel(net, sam=sam)
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        results.append(net.layers[0].moving_mean.numpy())
+    # One update with momentum 0.5 from 0: 0.5 * batch mean, as in plain training.
+    np.testing.assert_allclose(results[0], 0.5 * x.mean(0), rtol=1e-5)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_constraint_holds_in_perturbed_pass():
+    # log of the constant: a non-positive value in the perturbed pass would
+    # give NaN gradients and a skipped step.
+    def log_k(x, c):
+        return keras.ops.log(c["k"]) + 0.0 * x
+
+    x = np.ones((8, 1), "float32")
+    y = np.full((8, 1), 5.0, "float32")
+    inputs = keras.Input((1,))
+    layer = ScientificLayer(log_k, [PhysicalConstant("k", 0.01, constraint="positive")])
+    model = HybridModel(inputs, layer(inputs), sam=SAM(rho=50.0, perturb="physical"))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, epochs=3, verbose=0)
+    k = model.physical_constants()["k"]
+    assert np.isfinite(k) and k > 0.01  # moved, toward exp(5)
+
+
+def test_perturb_neural_ignores_the_constant_gradient():
+    # A model without a network: perturb="neural" leaves nothing to perturb
+    # (a plain step), perturb="physical" takes the gradient at a + e with
+    # e = rho * g / |g| = -0.5.
+    def scale(x, c):
+        return c["a"] * x
+
+    x = np.linspace(-1, 1, 16).astype("float32")[:, None]
+    y = 3.0 * x
+    for perturb, expect_change in (("neural", False), ("physical", True)):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((1,))
+        model = HybridModel(inputs, ScientificLayer(scale, [PhysicalConstant("a", 1.0)])(inputs),
+                            sam=SAM(rho=0.5, perturb=perturb))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        a = model.physical_constants()["a"]
+        # dL/da = 2 mean(x^2) (a - 3); SAM evaluates it at a = 1 - 0.5.
+        m2 = float(np.mean(x**2))
+        plain = 1.0 - 0.1 * 2 * m2 * (1.0 - 3.0)
+        sam = 1.0 - 0.1 * 2 * m2 * (1.0 + 0.5 * -1 - 3.0)
+        np.testing.assert_allclose(a, sam if expect_change else plain, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_cls", ["hybrid", "wrapper"])
+def test_keras_file_round_trip_keeps_sam_and_predictions(tmp_path, model_cls):
+    x, y = _linear_data()
+    sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.2, synchronized=False)
+    model = _linear_model(sam, model_cls=model_cls)
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=2, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model)
+    assert loaded.sam == sam
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    restored = type(model).from_config(model.get_config())
+    assert restored.sam == sam
+
+
+def test_sam_none_round_trips(tmp_path):
+    model = _linear_model(None)
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").sam is None
+
+
+def test_subclassed_model_with_sam_mixin():
+    class Net(SAMTrainStep, keras.Model):
+        def __init__(self, sam, **kwargs):
+            super().__init__(**kwargs)
+            self.sam = sam
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, x):
+            return self.dense(x)
+
+    x, y = _linear_data()
+    model = Net(sam=SAM(rho=RHO))
+    model(x)
+    model.dense.kernel.assign([[0.5], [-0.3], [0.2]])
+    model.dense.bias.assign([0.1])
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    _, w_new, b_new = _hand_sam_step(x.astype("float64"), y, np.ones(len(x)), False)
+    np.testing.assert_allclose(model.dense.kernel.numpy(), w_new, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.dense.bias.numpy(), b_new, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_sam_argument():
+    with pytest.raises(TypeError, match="sam=0.1"):
+        SAMModel(keras.Sequential([keras.layers.Dense(1)]), sam=0.1)

@@ -1,0 +1,101 @@
+"""The SAM perturbation as pure functions, checked against NumPy."""
+
+import numpy as np
+import pytest
+
+from keras_hybrid import SAM, grouped_perturbation, sam_perturbation
+from keras_hybrid.sam import NEURAL, PHYSICAL
+
+
+def _np(values):
+    return [None if v is None else np.asarray(v) for v in values]
+
+
+def test_sam_perturbation_matches_formula():
+    g = [np.array([3.0, 0.0], "float32"), np.array([[4.0]], "float32")]
+    e = _np(sam_perturbation(g, rho=0.5))
+    # ||g|| = 5 -> e = 0.5 * g / 5
+    np.testing.assert_allclose(e[0], [0.3, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(e[1], [[0.4]], rtol=1e-6)
+
+
+def test_adaptive_perturbation_matches_asam_formula():
+    g = [np.array([1.0, -2.0], "float32")]
+    w = [np.array([0.5, 3.0], "float32")]
+    eta = 0.1
+    t = np.abs(w[0]) + eta
+    expected = 0.2 * t**2 * g[0] / np.linalg.norm(t * g[0])
+    e = _np(sam_perturbation(g, w, rho=0.2, adaptive=True, eta=eta))
+    np.testing.assert_allclose(e[0], expected, rtol=1e-6)
+    # The scaled perturbation T^-1 e lies on the sphere of radius rho.
+    np.testing.assert_allclose(np.linalg.norm(e[0] / t), 0.2, rtol=1e-6)
+
+
+def test_none_gradients_are_skipped():
+    e = sam_perturbation([None, np.array([2.0], "float32")], rho=1.0)
+    assert e[0] is None
+    np.testing.assert_allclose(np.asarray(e[1]), [1.0])
+
+
+def test_zero_gradient_gives_zero_not_nan():
+    e = _np(sam_perturbation([np.zeros(3, "float32")], rho=0.1))
+    np.testing.assert_array_equal(e[0], np.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_gradient_gives_zero_perturbation(bad):
+    e = _np(sam_perturbation([np.array([1.0, bad], "float32"), np.ones(2, "float32")], rho=0.1))
+    for part in e:
+        np.testing.assert_array_equal(part, np.zeros(2))
+
+
+def test_grouped_perturbation_normalizes_each_group():
+    g = [np.array([3.0, 4.0], "float32"), np.array([0.001], "float32")]
+    w = [np.zeros(2, "float32"), np.zeros(1, "float32")]
+    e = _np(grouped_perturbation(g, w, [NEURAL, PHYSICAL], {NEURAL: 0.5, PHYSICAL: 0.1}))
+    np.testing.assert_allclose(e[0], [0.3, 0.4], rtol=1e-6)
+    # The tiny physical gradient still gets the full radius of its own group.
+    np.testing.assert_allclose(e[1], [0.1], rtol=1e-5)
+
+
+def test_grouped_perturbation_leaves_unlisted_group_alone():
+    g = [np.ones(2, "float32"), np.ones(1, "float32")]
+    e = grouped_perturbation(g, g, [NEURAL, PHYSICAL], {NEURAL: 1.0})
+    assert e[1] is None
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(e[0])), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, radii",
+    [
+        (dict(rho=0.1), None),
+        (dict(rho=0.1, rho_physical=0.02), {NEURAL: 0.1, PHYSICAL: 0.02}),
+        (dict(rho=0.1, perturb="neural"), {NEURAL: 0.1}),
+        (dict(rho=0.1, perturb="physical"), {PHYSICAL: 0.1}),
+        (dict(rho=0.1, perturb="physical", rho_physical=0.3), {PHYSICAL: 0.3}),
+    ],
+)
+def test_sam_radii(kwargs, radii):
+    assert SAM(**kwargs).radii() == radii
+
+
+def test_is_plain():
+    assert SAM(rho=0).is_plain
+    assert SAM(rho=0.1, perturb="physical", rho_physical=0).is_plain
+    assert not SAM(rho=0, rho_physical=0.1).is_plain
+
+
+@pytest.mark.parametrize("rho", [-1, float("nan"), float("inf"), "0.1", None, True])
+def test_bad_rho_is_rejected_with_value(rho):
+    with pytest.raises((ValueError, TypeError), match="rho"):
+        SAM(rho=rho)
+
+
+def test_bad_perturb_is_rejected():
+    with pytest.raises(ValueError, match="perturb='everything'"):
+        SAM(perturb="everything")
+
+
+def test_sam_config_round_trip():
+    sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.5, synchronized=False)
+    assert SAM.from_config(sam.get_config()) == sam
