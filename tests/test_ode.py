@@ -1,0 +1,93 @@
+"""ODE solvers against analytic solutions, their order, and gradients."""
+
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from keras_hybrid import TABLEAUS, odeint
+
+
+def _decay(t, y):
+    return -y
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4", "dopri5", "bdf"])
+def test_exponential_decay(method):
+    t = np.linspace(0.0, 2.0, 21)
+    y0 = np.array([[1.0], [2.0]], "float64")
+    substeps = 200 if method == "euler" else 20
+    y = np.asarray(odeint(_decay, y0, t, method=method, substeps=substeps))
+    assert y.shape == (2, 21, 1)
+    expected = y0[:, None, :] * np.exp(-t)[None, :, None]
+    tol = {"euler": 2e-3, "midpoint": 1e-5, "heun": 1e-5}.get(method, 1e-6)
+    np.testing.assert_allclose(y, expected, atol=tol)
+
+
+def _oscillator(t, y):
+    return tf.stack([y[..., 1], -4.0 * y[..., 0]], axis=-1)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+def test_harmonic_oscillator(method):
+    t = np.linspace(0.0, 3.0, 61)
+    y = np.asarray(odeint(_oscillator, np.array([1.0, 0.0]), t, method=method, substeps=4))
+    tol = 1e-6 if method == "rk4" else 1e-5  # dopri5 at its default rtol=1e-6
+    np.testing.assert_allclose(y[:, 0], np.cos(2 * t), atol=tol)
+    np.testing.assert_allclose(y[:, 1], -2 * np.sin(2 * t), atol=tol)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4"])
+def test_empirical_order_of_convergence(method):
+    t = np.array([0.0, 1.0])
+    y0 = np.array([1.0, 0.0])
+    exact = np.array([np.cos(2.0), -2 * np.sin(2.0)])
+    errors = []
+    for n in (16, 32, 64):
+        y = np.asarray(odeint(_oscillator, y0, t, method=method, substeps=n))[-1]
+        errors.append(np.linalg.norm(y - exact))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    np.testing.assert_allclose(orders, TABLEAUS[method].order, atol=0.15)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "bdf"])
+def test_gradient_with_respect_to_rate_constant(method):
+    # y' = -k y -> y(T) = y0 exp(-k T); dy(T)/dk = -T y(T)
+    t = np.linspace(0.0, 1.5, 4)
+    k = tf.Variable(0.7, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        y = odeint(lambda t, y, k: -k * y, tf.constant([1.0], tf.float64), t, method=method,
+                   substeps=20, constants={"k": tf.identity(k)})
+        final = y[-1, 0]
+    grad = tape.gradient(final, k)
+    np.testing.assert_allclose(final.numpy(), np.exp(-0.7 * 1.5), rtol=1e-5)
+    np.testing.assert_allclose(grad.numpy(), -1.5 * np.exp(-0.7 * 1.5), rtol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="method='rk5'"):
+        odeint(_decay, np.ones(1), [0.0, 1.0], method="rk5")
+    with pytest.raises(ValueError, match="substeps=0"):
+        odeint(_decay, np.ones(1), [0.0, 1.0], substeps=0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        odeint(_decay, np.ones(1), [0.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match="at least 2"):
+        odeint(_decay, np.ones(1), [0.0])
+
+
+def test_hundred_step_rk4_training_step_compiles_quickly():
+    # Unrolled in Python, this took minutes to compile under XLA; looped it
+    # takes seconds. The bound is loose (a slow machine), the point is the
+    # order of magnitude; benchmarks/ode_training.py measures it properly.
+    from keras_hybrid.systems import pendulum
+
+    times = np.arange(100) * 0.05
+    model = pendulum.build_model(times)
+    model.compile(optimizer="adam", loss="mse", jit_compile=True)
+    x = np.zeros((8, 2), "float32")
+    y = np.zeros((8, 100, 2), "float32")
+    start = time.perf_counter()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert time.perf_counter() - start < 60
