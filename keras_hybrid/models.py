@@ -109,6 +109,28 @@ class SAMTrainStep:
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         return y_pred, loss
 
+    def make_train_function(self, force=False):
+        self._build_sam_state()
+        return super().make_train_function(force=force)
+
+    def _build_sam_state(self):
+        # LookSAM keeps the last "flatness" direction between full SAM steps.
+        # The state lives outside Keras's tracking: it is not a model weight
+        # (not saved, not exported) and is rebuilt when training restarts.
+        sam = self.sam
+        if sam is None or sam.every == 1 or sam.is_plain:
+            object.__setattr__(self, "_sam_direction", None)
+            return
+        current = getattr(self, "_sam_direction", None)
+        shapes = [tuple(v.shape) for v in self.trainable_variables]
+        if current is not None and [tuple(d.shape) for d in current] == shapes:
+            return
+        directions = [
+            tf.Variable(tf.zeros(shape, "float32"), trainable=False, name="sam_direction")
+            for shape in shapes
+        ]
+        object.__setattr__(self, "_sam_direction", directions)
+
     def train_step(self, data):
         sam = getattr(self, "sam", None)
         if sam is None or sam.is_plain or not self.trainable_variables:
@@ -124,15 +146,32 @@ class SAMTrainStep:
         tracker = self._loss_metric()
         if tracker is not None:
             tracker.update_state(_unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
-        gradients = tape.gradient(scaled_loss, variables)
         loss_scale = self.optimizer.scale_loss(ops.convert_to_tensor(1.0, "float32"))
-        gradients = [None if g is None else g / ops.cast(loss_scale, g.dtype) for g in gradients]
+        gradients = [
+            None if g is None else g / ops.cast(loss_scale, g.dtype)
+            for g in tape.gradient(scaled_loss, variables)
+        ]
         gradients = self._maybe_synchronize(gradients, sam)
 
-        groups = [PHYSICAL if is_physical_variable(v) else NEURAL for v in variables]
-        perturbation = sam.perturbation(gradients, [v.value for v in variables], groups)
+        def full_sam_step():
+            return self._perturbed_gradients(x, y, sample_weight, variables, gradients, loss_scale)
 
-        # Pass 2, at w + e, without touching the variables.
+        if sam.every == 1:
+            final = full_sam_step()
+        else:
+            final = self._lookahead_gradients(sam, gradients, full_sam_step)
+        # The optimizer expects gradients of the scaled loss (x 1.0 without
+        # loss scaling, which leaves them bit-identical).
+        final = [None if g is None else g * ops.cast(loss_scale, g.dtype) for g in final]
+        self._apply_if_finite(final, variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
+        """Gradient of the loss at `w + e` (pass 2), unscaled."""
+        groups = [PHYSICAL if is_physical_variable(v) else NEURAL for v in variables]
+        perturbation = self.sam.perturbation(gradients, [v.value for v in variables], groups)
+        # The perturbed weights are fed through a StatelessScope: the
+        # variables are never modified, so there is nothing to restore.
         with tf.GradientTape() as tape:
             mapping, sources = [], []
             for variable, e in zip(variables, perturbation):
@@ -146,9 +185,42 @@ class SAMTrainStep:
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
                 _, perturbed_loss = self._forward_loss(x, y, sample_weight)
             perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
-        sam_gradients = tape.gradient(perturbed_loss, sources)
-        self._apply_if_finite(sam_gradients, variables)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return [
+            None if g is None else g / ops.cast(loss_scale, g.dtype)
+            for g in tape.gradient(perturbed_loss, sources)
+        ]
+
+    def _lookahead_gradients(self, sam, gradients, full_sam_step):
+        """LookSAM: a full SAM step every `sam.every` steps; in between,
+        the plain gradient plus the stored component of the SAM gradient
+        orthogonal to it (Liu et al., arXiv:2203.02714)."""
+        directions = self._sam_direction
+        present = [i for i, g in enumerate(gradients) if g is not None]
+
+        def dot(a, b):
+            return ops.sum(ops.stack([ops.sum(a[i] * b[i]) for i in present]))
+
+        def full():
+            sam_gradients = full_sam_step()
+            g = {i: ops.cast(gradients[i], "float32") for i in present}
+            gs = {i: ops.cast(sam_gradients[i], "float32") for i in present}
+            coeff = dot(g, gs) / (dot(g, g) + sam.eps)
+            for i in present:
+                directions[i].assign(gs[i] - coeff * g[i])
+            return [sam_gradients[i] for i in present]
+
+        def reuse():
+            g = {i: ops.cast(gradients[i], "float32") for i in present}
+            v = {i: directions[i] for i in present}
+            ratio = ops.sqrt(dot(g, g)) / (ops.sqrt(dot(v, v)) + sam.eps)
+            return [ops.cast(g[i] + sam.alpha * ratio * v[i], gradients[i].dtype) for i in present]
+
+        is_full_step = ops.equal(self.optimizer.iterations % sam.every, 0)
+        chosen = ops.cond(is_full_step, full, reuse)
+        out = [None] * len(gradients)
+        for i, g in zip(present, chosen):
+            out[i] = g
+        return out
 
     def _maybe_synchronize(self, gradients, sam):
         if not tf.distribute.has_strategy() or not sam.synchronized:

@@ -159,6 +159,12 @@ class SAM:
             equals single-device SAM on the whole batch. `False` perturbs
             each replica with its own gradient (m-sharpness, m = per-replica
             batch). Defaults to `True`.
+        every: compute the SAM gradient only every `every` steps (LookSAM,
+            Liu et al., arXiv:2203.02714); in between, one forward-backward
+            pass, with the stored component of the last SAM gradient
+            orthogonal to the plain gradient added back. `1` is full SAM.
+            Defaults to `1`.
+        alpha: LookSAM's weight of the stored direction. Defaults to `0.7`.
 
     Example:
 
@@ -177,6 +183,8 @@ class SAM:
         eta=0.01,
         eps=1e-12,
         synchronized=True,
+        every=1,
+        alpha=0.7,
     ):
         self.rho = _check_radius("rho", rho)
         self.rho_physical = _check_radius("rho_physical", rho_physical, allow_none=True)
@@ -192,6 +200,10 @@ class SAM:
             raise ValueError(f"`eps` must be > 0. Received: eps={eps!r}")
         self.eps = eps
         self.synchronized = bool(synchronized)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"`every` must be an integer >= 1. Received: every={every!r}")
+        self.every = every
+        self.alpha = _check_radius("alpha", alpha)
 
     def radii(self):
         """Dict `group -> rho` for `grouped_perturbation`, or `None` when
@@ -230,6 +242,8 @@ class SAM:
             "eta": self.eta,
             "eps": self.eps,
             "synchronized": self.synchronized,
+            "every": self.every,
+            "alpha": self.alpha,
         }
 
     @classmethod

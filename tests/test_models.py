@@ -78,6 +78,31 @@ def test_one_step_equals_hand_computed_sam(model_cls, regularize, weighted, adap
     np.testing.assert_allclose(history.history["mae"][0], mae, rtol=1e-5)
 
 
+def test_lookahead_sam_matches_hand_computed_steps():
+    # every=2: step 1 is a full SAM step and stores v, the part of the SAM
+    # gradient orthogonal to the plain one; step 2 uses g + alpha |g|/|v| v.
+    x, y = _linear_data()
+    s = np.ones(len(x))
+    model = _linear_model(SAM(rho=RHO, every=2, alpha=0.7))
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=2, verbose=0, shuffle=False)
+
+    w, b = np.array([[0.5], [-0.3], [0.2]]), np.array([0.1])
+    x64 = x.astype("float64")
+    _, gw, gb = _loss_and_grads(w, b, x64, y, s, False)
+    norm = np.sqrt(np.sum(gw**2) + np.sum(gb**2))
+    _, sw, sb = _loss_and_grads(w + RHO * gw / norm, b + RHO * gb / norm, x64, y, s, False)
+    coeff = (np.sum(gw * sw) + np.sum(gb * sb)) / (np.sum(gw**2) + np.sum(gb**2))
+    vw, vb = sw - coeff * gw, sb - coeff * gb
+    w, b = w - LR * sw, b - LR * sb
+    _, gw, gb = _loss_and_grads(w, b, x64, y, s, False)
+    ratio = np.sqrt(np.sum(gw**2) + np.sum(gb**2)) / np.sqrt(np.sum(vw**2) + np.sum(vb**2))
+    w, b = w - LR * (gw + 0.7 * ratio * vw), b - LR * (gb + 0.7 * ratio * vb)
+    kernel, bias = [v.numpy() for v in model.trainable_variables]
+    np.testing.assert_allclose(kernel, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, b, rtol=1e-5, atol=1e-6)
+
+
 def _two_step_weights(model, x, y):
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
     model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
@@ -251,7 +276,8 @@ def test_perturb_neural_ignores_the_constant_gradient():
 @pytest.mark.parametrize("model_cls", ["hybrid", "wrapper"])
 def test_keras_file_round_trip_keeps_sam_and_predictions(tmp_path, model_cls):
     x, y = _linear_data()
-    sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.2, synchronized=False)
+    sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.2, synchronized=False,
+              every=3, alpha=0.5)
     model = _linear_model(sam, model_cls=model_cls)
     model.compile(optimizer="adam", loss="mse")
     model.fit(x, y, epochs=2, verbose=0)

@@ -91,11 +91,18 @@ def test_bad_rho_is_rejected_with_value(rho):
         SAM(rho=rho)
 
 
+@pytest.mark.parametrize("every", [0, -2, 1.5, True])
+def test_bad_every_is_rejected(every):
+    with pytest.raises(ValueError, match=f"every={every!r}"):
+        SAM(every=every)
+
+
 def test_bad_perturb_is_rejected():
     with pytest.raises(ValueError, match="perturb='everything'"):
         SAM(perturb="everything")
 
 
 def test_sam_config_round_trip():
-    sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.5, synchronized=False)
+    sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.5, synchronized=False,
+              every=5, alpha=0.5)
     assert SAM.from_config(sam.get_config()) == sam
