@@ -5,14 +5,22 @@ instead of being absorbed by the network.
 
 __version__ = "0.1.0"
 
+from keras_hybrid.callbacks import ConstantsHistory
 from keras_hybrid.constants import PhysicalConstant
-from keras_hybrid.layers import ODELayer, ScientificLayer, is_physical_variable
+from keras_hybrid.layers import (
+    ODELayer,
+    ScientificLayer,
+    constant_units,
+    is_physical_variable,
+    physical_constants,
+)
 from keras_hybrid.models import HybridModel, SAMModel, SAMTrainStep
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
 
 __all__ = [
     "ButcherTableau",
+    "ConstantsHistory",
     "HybridModel",
     "ODELayer",
     "PhysicalConstant",
@@ -21,9 +29,11 @@ __all__ = [
     "SAMTrainStep",
     "ScientificLayer",
     "TABLEAUS",
+    "constant_units",
     "grouped_perturbation",
     "is_physical_variable",
     "odeint",
+    "physical_constants",
     "rk_step",
     "sam_perturbation",
 ]

@@ -16,6 +16,36 @@ def is_physical_variable(variable):
     return getattr(variable, PHYSICAL_MARKER, None) is not None
 
 
+def _keyed_constant_variables(layer):
+    found = [(v, getattr(v, PHYSICAL_MARKER)) for v in layer.weights if is_physical_variable(v)]
+    names = [spec.name for _, spec in found]
+    return [
+        (spec.name if names.count(spec.name) == 1 else variable.path, variable, spec)
+        for variable, spec in found
+    ]
+
+
+def physical_constants(layer):
+    """Physical constants of every `ScientificLayer` in a model or layer.
+
+    Works for any Keras model or layer (not only `HybridModel`). A name
+    shared by several layers is qualified by its variable path
+    (`"layer_name/w0"`).
+
+    Returns:
+        Dict `name -> float` of physical values.
+    """
+    return {
+        key: float(keras.ops.convert_to_numpy(spec.to_physical(variable.value)))
+        for key, variable, spec in _keyed_constant_variables(layer)
+    }
+
+
+def constant_units(layer):
+    """Units of the physical constants in a model or layer, `name -> unit`."""
+    return {key: spec.unit for key, _, spec in _keyed_constant_variables(layer)}
+
+
 def _as_constant(spec):
     if isinstance(spec, PhysicalConstant):
         return spec

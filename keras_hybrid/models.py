@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_hybrid.layers import PHYSICAL_MARKER, is_physical_variable
+from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.sam import NEURAL, PHYSICAL, SAM, all_finite
 
 
@@ -72,29 +72,17 @@ class SAMTrainStep:
 
     # -- physical constants -------------------------------------------------
 
-    def _constant_variables(self):
-        found = [(v, getattr(v, PHYSICAL_MARKER)) for v in self.weights if is_physical_variable(v)]
-        names = [spec.name for _, spec in found]
-        keyed = []
-        for variable, spec in found:
-            key = spec.name if names.count(spec.name) == 1 else variable.path
-            keyed.append((key, variable, spec))
-        return keyed
-
     def physical_constants(self):
         """Physical constants of all `ScientificLayer`s, `name -> float`.
 
         A name shared by several layers is qualified by the variable path
         (`"layer_name/w0"`).
         """
-        return {
-            key: float(ops.convert_to_numpy(spec.to_physical(variable.value)))
-            for key, variable, spec in self._constant_variables()
-        }
+        return physical_constants(self)
 
     def constant_units(self):
         """Units of the physical constants, `name -> unit string`."""
-        return {key: spec.unit for key, _, spec in self._constant_variables()}
+        return constant_units(self)
 
     # -- training -----------------------------------------------------------
 
