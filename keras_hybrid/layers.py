@@ -189,7 +189,7 @@ class ODELayer(ScientificLayer):
     trajectory of shape `(batch, len(times), n)` (`y0` first) of
 
     ```
-    dy/dt = equation(t, y, constants) + correction(y)      (or [y, t])
+    dy/dt = equation(t, y, constants) + correction([y, (t), (context)])
     ```
 
     the hybrid form in which a network supplies what the physics misses.
@@ -212,7 +212,10 @@ class ODELayer(ScientificLayer):
             the vector field. Defaults to `None`.
         correction_inputs: `"state"` (the correction sees `y`) or
             `"state_and_time"` (it sees `concat([y, t])`). Defaults to
-            `"state"`.
+            `"state"`. A per-sample `context` tensor passed at call time
+            (e.g. a latent code from an encoder) is appended to either.
+        context_size: width of that `context`, needed to build the
+            correction before the first call. Defaults to `0` (none).
         rtol: relative tolerance for adaptive methods. Defaults to `1e-6`.
         atol: absolute tolerance for adaptive methods. Defaults to `1e-8`.
         **kwargs: base `keras.layers.Layer` arguments.
@@ -245,11 +248,17 @@ class ODELayer(ScientificLayer):
         substeps=1,
         correction=None,
         correction_inputs="state",
+        context_size=0,
         rtol=1e-6,
         atol=1e-8,
         **kwargs,
     ):
         super().__init__(equation, constants, **kwargs)
+        if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
+            raise ValueError(
+                f"`context_size` must be an integer >= 0. Received: context_size={context_size!r}"
+            )
+        self.context_size = context_size
         self.times = ode._check_times(times)
         if method not in ode.METHODS:
             raise ValueError(f"`method` must be one of {ode.METHODS}. Received: method={method!r}")
@@ -281,24 +290,26 @@ class ODELayer(ScientificLayer):
                 f"(batch, n). Received: input_shape={tuple(input_shape)}"
             )
         if self.correction is not None and not self.correction.built:
-            extra = 1 if self.correction_inputs == "state_and_time" else 0
+            extra = (1 if self.correction_inputs == "state_and_time" else 0) + self.context_size
             self.correction.build((input_shape[0], input_shape[-1] + extra))
         self.state_size = int(input_shape[-1])
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], len(self.times), input_shape[-1])
 
-    def correction_term(self, t, y, training=None):
+    def correction_term(self, t, y, context=None, training=None):
         """The neural correction of the vector field at `(t, y)` (or `None`)."""
         if self.correction is None:
             return None
-        features = y
+        features = [y]
         if self.correction_inputs == "state_and_time":
-            time = keras.ops.ones_like(y[..., :1]) * keras.ops.cast(t, y.dtype)
-            features = keras.ops.concatenate([y, time], axis=-1)
+            features.append(keras.ops.ones_like(y[..., :1]) * keras.ops.cast(t, y.dtype))
+        if context is not None:
+            features.append(keras.ops.cast(context, y.dtype))
+        features = features[0] if len(features) == 1 else keras.ops.concatenate(features, axis=-1)
         return self.correction(features, training=training)
 
-    def vector_field_parts(self, t, y, constants=None, training=None):
+    def vector_field_parts(self, t, y, constants=None, context=None, training=None):
         """`(physics, correction)` terms of the vector field at `(t, y)`.
 
         Useful to measure the network's share of the dynamics,
@@ -306,13 +317,20 @@ class ODELayer(ScientificLayer):
         """
         values = self.constant_tensors(constants)
         physics = self.equation(t, y, values)
-        return physics, self.correction_term(t, y, training=training)
+        return physics, self.correction_term(t, y, context=context, training=training)
 
-    def call(self, y0, constants=None, training=None):
+    def call(self, y0, constants=None, context=None, training=None):
         if y0.shape[-1] is not None and hasattr(self, "state_size") and y0.shape[-1] != self.state_size:
             raise ValueError(
                 f"ODELayer '{self.name}' was built for states of size "
                 f"{self.state_size}. Received: y0 with shape {tuple(y0.shape)}"
+            )
+        if (context is None) != (self.context_size == 0) or (
+            context is not None and context.shape[-1] not in (None, self.context_size)
+        ):
+            raise ValueError(
+                f"ODELayer '{self.name}' has context_size={self.context_size}. "
+                f"Received: context with shape {None if context is None else tuple(context.shape)}"
             )
         values = self.constant_tensors(constants)
 
@@ -320,7 +338,7 @@ class ODELayer(ScientificLayer):
         # (TFP adjoint) solvers differentiate them exactly.
         def vector_field(t, y, **constant_values):
             dydt = self.equation(t, y, constant_values)
-            correction = self.correction_term(t, y, training=training)
+            correction = self.correction_term(t, y, context=context, training=training)
             return dydt if correction is None else dydt + correction
 
         return ode.odeint(
@@ -347,6 +365,7 @@ class ODELayer(ScientificLayer):
                     else keras.saving.serialize_keras_object(self.correction)
                 ),
                 "correction_inputs": self.correction_inputs,
+                "context_size": self.context_size,
                 "rtol": self.rtol,
                 "atol": self.atol,
             }

@@ -119,3 +119,21 @@ def test_ode_layer_rejects_wrong_state_shape():
         layer(np.ones((2, 3), "float32"))
     with pytest.raises(ValueError, match="input_shape"):
         ODELayer(decay, [PhysicalConstant("k", 1.0)], times=[0.0, 1.0])(np.ones((2,), "float32"))
+
+
+def test_ode_layer_context_reaches_the_correction():
+    # correction = context (identity Dense on the context column), so
+    # y' = -k y + c, y(0) = 0 -> y = c/k (1 - exp(-k t)).
+    times = np.linspace(0.0, 1.0, 5)
+    correction = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+        1, use_bias=False, kernel_initializer=keras.initializers.Constant([[0.0], [1.0]]))])
+    layer = ODELayer(decay, [PhysicalConstant("k", 2.0)], times=times, substeps=8,
+                     correction=correction, context_size=1)
+    c = np.array([[1.0], [3.0]], "float32")
+    y = np.asarray(layer(np.zeros((2, 1), "float32"), context=c))
+    np.testing.assert_allclose(y[..., 0], c / 2.0 * (1 - np.exp(-2.0 * times[None])), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="context_size=1"):
+        layer(np.zeros((2, 1), "float32"))
+    inputs, context = keras.Input((1,)), keras.Input((1,))
+    model = keras.Model([inputs, context], layer(inputs, context=context))
+    np.testing.assert_allclose(model.predict([np.zeros((2, 1)), c], verbose=0), y, rtol=1e-6)
