@@ -1,0 +1,173 @@
+"""Shared helpers of the benchmark scripts: timing callbacks, interleaved
+measurement of several training variants, and the benchmark models.
+
+Timing convention: the step time of a variant is the wall time of one
+`fit` epoch (from `on_epoch_begin` to `on_epoch_end`) divided by its number
+of steps. Variants are measured side by side in rounds; the order of the
+variants is rotated from round to round so that no variant always runs
+first (or last) after another, and the figures are medians over rounds,
+after warm-up epochs that absorb tracing and compilation.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+MLP_FEATURES = 128
+MLP_WIDTH = 1024
+MLP_OUTPUTS = 10
+MLP_BATCH = 1024
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of every epoch and of the first batch.
+
+    `first_batch` holds the duration of the first batch of the first epoch
+    (tracing and compilation included); `epochs` the durations of all
+    epochs, in seconds.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+        self.first_batch = None
+        self._epoch_start = None
+        self._batch_start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(time.perf_counter() - self._epoch_start)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.first_batch is None:
+            self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.first_batch is None:
+            # Force the result so that the measured time covers the step.
+            if logs:
+                for value in logs.values():
+                    np.asarray(value)
+            self.first_batch = time.perf_counter() - self._batch_start
+
+
+def epoch_step_time(model, x, y, batch_size, steps):
+    """Runs one epoch of `steps` steps; returns the time per step, in s."""
+    timer = EpochTimer()
+    model.fit(
+        x[: steps * batch_size],
+        y[: steps * batch_size],
+        batch_size=batch_size,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[timer],
+    )
+    return timer.epochs[0] / steps
+
+
+def interleaved(variants, rounds, warmup=1):
+    """Measures several variants side by side.
+
+    Args:
+        variants: dict `name -> callable()` returning one measurement (e.g.
+            a step time) each time it is called.
+        rounds: measured rounds; each round calls every variant once.
+        warmup: unmeasured rounds first (tracing, compilation, caches).
+            Defaults to `1`.
+
+    Returns:
+        Dict `name -> list of measurements`, one per measured round.
+    """
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    results = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name].append(variants[name]())
+    return results
+
+
+def summary(values):
+    """`(median, min, max)` of a list of numbers."""
+    return statistics.median(values), min(values), max(values)
+
+
+def ratio_spread(numerators, denominators):
+    """Median and range of the per-round ratios `numerators[i] / denominators[i]`.
+
+    Ratios of measurements taken in the same round cancel slow drifts of a
+    shared machine better than a ratio of medians.
+    """
+    ratios = [a / b for a, b in zip(numerators, denominators)]
+    return summary(ratios)
+
+
+def format_ms(values):
+    """`"median ms (min-max)"` of a list of durations in seconds."""
+    med, lo, hi = summary(values)
+    return f"{1e3 * med:9.2f} ms  ({1e3 * lo:.2f}-{1e3 * hi:.2f})"
+
+
+def peak_rss_mib():
+    """Peak resident set size of this process, MiB (Linux: `ru_maxrss` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine_line():
+    """One line describing the machine and the versions measured."""
+    return (
+        f"machine: {os.cpu_count()} CPU cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+def mlp_data(n, seed=0):
+    """Random regression data for the MLP benchmark: `(x, y)` float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, MLP_FEATURES)).astype("float32")
+    y = rng.standard_normal((n, MLP_OUTPUTS)).astype("float32")
+    return x, y
+
+
+def mlp(seed=0):
+    """The 2x1024 ReLU MLP of the benchmarks, built, as a `keras.Sequential`."""
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential(
+        [
+            keras.Input((MLP_FEATURES,)),
+            keras.layers.Dense(MLP_WIDTH, "relu", kernel_initializer=init(seed)),
+            keras.layers.Dense(MLP_WIDTH, "relu", kernel_initializer=init(seed + 1)),
+            keras.layers.Dense(MLP_OUTPUTS, kernel_initializer=init(seed + 2)),
+        ],
+        name="mlp",
+    )
+
+
+def pendulum_setup(n_steps=100, n_trajectories=200, seed=0):
+    """Pendulum data with `n_steps` time points: `(times, y0, observed)`."""
+    from keras_hybrid.systems import pendulum
+
+    return pendulum.simulate(n_trajectories=n_trajectories, n_steps=n_steps, seed=seed)
+
+
+def pendulum_model(times, sam=None, seed=0):
+    """The damped-pendulum hybrid (RK4, one step per time point)."""
+    from keras_hybrid.systems import pendulum
+
+    return pendulum.build_model(times, sam=sam, seed=seed)
