@@ -1,9 +1,13 @@
 """Keras models trained with a sharpness-aware (SAM) `train_step`."""
 
+import warnings
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.sam import NEURAL, PHYSICAL, SAM, all_finite
 
@@ -26,6 +30,34 @@ def _unscale_loss_for_distribution(loss):
 def _batch_size(x):
     first = next(t for t in tf.nest.flatten(x) if t is not None)
     return ops.shape(first)[0]
+
+
+def _non_finite_report(name, data):
+    """`None`, or a sentence locating the non-finite entries of `data`
+    (NumPy arrays and eager tensors only; datasets are not scanned)."""
+    found = []
+    for index, leaf in enumerate(tf.nest.flatten(data)):
+        if isinstance(leaf, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
+            continue
+        if not isinstance(leaf, (np.ndarray, tf.Tensor, tf.Variable)):
+            continue
+        array = np.asarray(leaf)
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            label = name if len(tf.nest.flatten(data)) == 1 else f"{name}[{index}]"
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            found.append(
+                f"`{label}` contains {int(bad.sum())} non-finite value(s) (NaN or Inf), "
+                f"the first at index {first}: {label}{list(first)}={array[first]!r}"
+            )
+    return " ".join(found) or None
+
+
+def _strategy_replicas(model):
+    strategy = getattr(model, "_distribute_strategy", None) or tf.distribute.get_strategy()
+    return strategy.num_replicas_in_sync, strategy
 
 
 class SAMTrainStep:
@@ -70,6 +102,25 @@ class SAMTrainStep:
     def sam(self, value):
         self._sam = _as_sam(value)
 
+    @property
+    def on_non_finite(self):
+        """What `fit` does with NaN/Inf: `"warn"`, `"raise"` or `"skip"`.
+
+        In every mode a step whose gradient is not finite is skipped, so the
+        weights keep their last finite values. `"warn"` (the default) also
+        warns once when `x`, `y` or `sample_weight` arrays passed to `fit`
+        contain NaN/Inf (naming the array and the first bad index) and once
+        at the first non-finite loss (naming the current physical
+        constants); `"raise"` raises a `ValueError` for such arrays before
+        training and a `FloatingPointError` at the first non-finite loss
+        (see `NonFiniteGuard`); `"skip"` only skips.
+        """
+        return getattr(self, "_on_non_finite", "warn")
+
+    @on_non_finite.setter
+    def on_non_finite(self, value):
+        self._on_non_finite = check_non_finite_policy(value)
+
     # -- physical constants -------------------------------------------------
 
     def physical_constants(self):
@@ -97,17 +148,65 @@ class SAMTrainStep:
         loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
         return y_pred, loss
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with the non-finite policy `on_non_finite`.
+
+        Arrays given as `x`, `y` or `sample_weight` are scanned for NaN/Inf
+        before training; a `NonFiniteGuard` is added to the callbacks
+        (unless one is there) to report a non-finite loss during training.
+        Everything else is `keras.Model.fit`.
+        """
+        policy = self.on_non_finite
+        if policy != "skip":
+            for name, data in (("x", x), ("y", y), ("sample_weight", kwargs.get("sample_weight"))):
+                report = _non_finite_report(name, data)
+                if report is None:
+                    continue
+                message = f"{report} Steps on batches with these samples are skipped."
+                if policy == "raise":
+                    raise ValueError(
+                        f"{report} Clean the data, or set `on_non_finite='warn'` to skip "
+                        "the affected steps."
+                    )
+                warnings.warn(message, stacklevel=2)
+            # `callbacks` is the sixth positional argument of `fit`.
+            if len(args) < 4:
+                callbacks = list(kwargs.get("callbacks") or [])
+                if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
+                    callbacks.append(NonFiniteGuard(mode=policy))
+                kwargs["callbacks"] = callbacks
+        return super().fit(x, y, *args, **kwargs)
+
     def make_train_function(self, force=False):
         self._build_sam_state()
+        replicas, strategy = _strategy_replicas(self)
+        if self.jit_compile and (replicas > 1 or tf.distribute.has_strategy() or (
+            getattr(self, "_distribute_strategy", None) is not None
+        )):
+            # keras-team/keras#19005: Keras cannot XLA-compile a train step
+            # under a tf.distribute strategy. Fall back to graph mode.
+            warnings.warn(
+                "`jit_compile=True` is not supported by Keras under a tf.distribute "
+                f"strategy ({type(strategy).__name__}, {replicas} replica(s)); training "
+                "without XLA (keras-team/keras#19005). Compile with "
+                "`jit_compile=False` to silence this warning.",
+                stacklevel=2,
+            )
+            self.jit_compile = False
         return super().make_train_function(force=force)
 
     def _build_sam_state(self):
         # LookSAM keeps the last "flatness" direction between full SAM steps.
         # The state lives outside Keras's tracking: it is not a model weight
         # (not saved, not exported) and is rebuilt when training restarts.
+        # A rebuilt direction is marked invalid, so the first step after a
+        # restart (e.g. a resumed fit) is a full SAM step whatever the
+        # iteration count; the every-k schedule then continues from the
+        # optimizer's restored `iterations`.
         sam = self.sam
         if sam is None or sam.every == 1 or sam.is_plain:
             object.__setattr__(self, "_sam_direction", None)
+            object.__setattr__(self, "_sam_direction_valid", None)
             return
         current = getattr(self, "_sam_direction", None)
         shapes = [tuple(v.shape) for v in self.trainable_variables]
@@ -118,11 +217,35 @@ class SAMTrainStep:
             for shape in shapes
         ]
         object.__setattr__(self, "_sam_direction", directions)
+        object.__setattr__(
+            self,
+            "_sam_direction_valid",
+            tf.Variable(False, trainable=False, name="sam_direction_valid"),
+        )
+
+    def _plain_train_step(self, data):
+        # Keras's own TensorFlow train step, with the update skipped when the
+        # gradient is not finite (same ops, so finite steps are bit-identical).
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = list(self.trainable_variables)
+        with tf.GradientTape() as tape:
+            y_pred, loss = self._forward_loss(x, y, sample_weight)
+            tracker = self._loss_metric()
+            if tracker is not None:
+                tracker.update_state(
+                    _unscale_loss_for_distribution(loss), sample_weight=_batch_size(x)
+                )
+            loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(loss, variables)
+        self._apply_if_finite(gradients, variables)
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, data):
         sam = getattr(self, "sam", None)
-        if sam is None or sam.is_plain or not self.trainable_variables:
+        if not self.trainable_variables:
             return super().train_step(data)
+        if sam is None or sam.is_plain:
+            return self._plain_train_step(data)
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = list(self.trainable_variables)
@@ -195,6 +318,7 @@ class SAMTrainStep:
             coeff = dot(g, gs) / (dot(g, g) + sam.eps)
             for i in present:
                 directions[i].assign(gs[i] - coeff * g[i])
+            self._sam_direction_valid.assign(True)
             return [sam_gradients[i] for i in present]
 
         def reuse():
@@ -203,7 +327,10 @@ class SAMTrainStep:
             ratio = ops.sqrt(dot(g, g)) / (ops.sqrt(dot(v, v)) + sam.eps)
             return [ops.cast(g[i] + sam.alpha * ratio * v[i], gradients[i].dtype) for i in present]
 
-        is_full_step = ops.equal(self.optimizer.iterations % sam.every, 0)
+        is_full_step = ops.logical_or(
+            ops.equal(self.optimizer.iterations % sam.every, 0),
+            ops.logical_not(self._sam_direction_valid),
+        )
         chosen = ops.cond(is_full_step, full, reuse)
         out = [None] * len(gradients)
         for i, g in zip(present, chosen):
@@ -279,6 +406,10 @@ class HybridModel(SAMTrainStep, keras.Model):
         *args: `keras.Model` arguments, e.g. `inputs, outputs`.
         sam: a `SAM` (or its config), or `None` for plain training. Defaults
             to `SAM()`.
+        on_non_finite: what `fit` does with NaN/Inf in the data or the
+            loss: `"warn"`, `"raise"` or `"skip"` (see
+            `SAMTrainStep.on_non_finite`; a non-finite step never updates
+            the weights). Defaults to `"warn"`.
         **kwargs: `keras.Model` keyword arguments (`name`, ...).
 
     Example:
@@ -298,13 +429,15 @@ class HybridModel(SAMTrainStep, keras.Model):
         Architecture-Agnostic Parameter Estimation", arXiv:2602.06837.
     """
 
-    def __init__(self, *args, sam="default", **kwargs):
+    def __init__(self, *args, sam="default", on_non_finite="warn", **kwargs):
         super().__init__(*args, **kwargs)
         self.sam = SAM() if isinstance(sam, str) and sam == "default" else sam
+        self.on_non_finite = on_non_finite
 
     def get_config(self):
         config = super().get_config()
         config["sam"] = None if self.sam is None else keras.saving.serialize_keras_object(self.sam)
+        config["on_non_finite"] = self.on_non_finite
         return config
 
 
@@ -320,6 +453,8 @@ class SAMModel(SAMTrainStep, keras.Model):
         model: the `keras.Model` (or layer) to train.
         sam: a `SAM` (or its config), or `None` for plain training. Defaults
             to `SAM()`.
+        on_non_finite: `"warn"`, `"raise"` or `"skip"`, as in
+            `HybridModel`. Defaults to `"warn"`.
         **kwargs: `keras.Model` keyword arguments (`name`, ...).
 
     Example:
@@ -332,7 +467,7 @@ class SAMModel(SAMTrainStep, keras.Model):
     ```
     """
 
-    def __init__(self, model, sam="default", **kwargs):
+    def __init__(self, model, sam="default", on_non_finite="warn", **kwargs):
         super().__init__(**kwargs)
         if isinstance(model, dict):
             model = keras.saving.deserialize_keras_object(model)
@@ -340,6 +475,7 @@ class SAMModel(SAMTrainStep, keras.Model):
             raise TypeError(f"`model` must be a Keras model or layer. Received: model={model!r}")
         self.model = model
         self.sam = SAM() if isinstance(sam, str) and sam == "default" else sam
+        self.on_non_finite = on_non_finite
         if model.built:
             self.built = True
 
@@ -356,6 +492,7 @@ class SAMModel(SAMTrainStep, keras.Model):
             {
                 "model": keras.saving.serialize_keras_object(self.model),
                 "sam": None if self.sam is None else keras.saving.serialize_keras_object(self.sam),
+                "on_non_finite": self.on_non_finite,
             }
         )
         return config
