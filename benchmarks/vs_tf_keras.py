@@ -1,0 +1,221 @@
+"""keras_hybrid's SAM versus the SAM of tf-keras (Keras 2).
+
+Same MLP (128 -> 1024 -> 1024 -> 10, ReLU, identical initial weights), same
+data (batch 1024, MSE), same optimizer (Adam, learning rate 1e-3), same
+radius (`rho=0.05`, one global norm):
+
+* `keras_hybrid`: `kh.SAMModel(keras.Sequential(...), sam=kh.SAM(rho=0.05))`
+  (Keras 3);
+* `tf_keras`: `tf_keras.models.experimental.SharpnessAwareMinimization(
+  tf_keras.Sequential(...), rho=0.05)` (Keras 2).
+
+The plain (non-SAM) step of each framework is measured too, so that the
+SAM overhead of each is visible apart from framework differences. Every
+measurement runs in its own subprocess (one framework imported per
+process), which gives its peak resident memory (`ru_maxrss`); the
+subprocesses of the variants alternate, round after round. Goal: SAM step
+time <= 1.0x that of tf-keras.
+
+Run:
+
+```
+python benchmarks/vs_tf_keras.py --quick   # smoke run, < 2 minutes
+python benchmarks/vs_tf_keras.py           # full run (also jit_compile=True)
+```
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+FEATURES, WIDTH, OUTPUTS, BATCH = 128, 1024, 10, 1024
+GOAL = 1.0
+VARIANTS = ("keras_hybrid SAM", "tf_keras SAM", "keras_hybrid plain", "tf_keras plain")
+
+
+def initial_weights(seed=0):
+    """Glorot-uniform kernels and zero biases, drawn with NumPy so that both
+    frameworks start from the very same weights."""
+    rng = np.random.default_rng(seed)
+    sizes = [FEATURES, WIDTH, WIDTH, OUTPUTS]
+    weights = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        weights.append(rng.uniform(-limit, limit, (fan_in, fan_out)).astype("float32"))
+        weights.append(np.zeros(fan_out, "float32"))
+    return weights
+
+
+def data(n, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, FEATURES)).astype("float32")
+    y = rng.standard_normal((n, OUTPUTS)).astype("float32")
+    return x, y
+
+
+def current_rss_mib():
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def build(variant, jit):
+    """The compiled model of a variant; imports only its own framework."""
+    framework, kind = variant.split()
+    if framework == "tf_keras":
+        import tf_keras as k
+
+        net = k.Sequential(
+            [
+                k.Input((FEATURES,)),
+                k.layers.Dense(WIDTH, "relu"),
+                k.layers.Dense(WIDTH, "relu"),
+                k.layers.Dense(OUTPUTS),
+            ]
+        )
+        net.set_weights(initial_weights())
+        model = net
+        if kind == "SAM":
+            model = k.models.experimental.SharpnessAwareMinimization(net, rho=0.05)
+        model.compile(optimizer=k.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
+        return model, k
+    import keras
+
+    import keras_hybrid as kh
+
+    net = keras.Sequential(
+        [
+            keras.Input((FEATURES,)),
+            keras.layers.Dense(WIDTH, "relu"),
+            keras.layers.Dense(WIDTH, "relu"),
+            keras.layers.Dense(OUTPUTS),
+        ]
+    )
+    net.set_weights(initial_weights())
+    model = net
+    if kind == "SAM":
+        model = kh.SAMModel(net, sam=kh.SAM(rho=0.05))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
+    return model, keras
+
+
+def child(variant, jit, steps, epochs, warmup):
+    """Runs in the subprocess: trains, prints one JSON line of results."""
+    import resource
+
+    import tensorflow as tf
+
+    model, framework = build(variant, jit)
+    x, y = data(steps * BATCH)
+    rss_before_fit = current_rss_mib()
+
+    class Timer(framework.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.durations = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.durations.append(time.perf_counter() - self.start)
+
+    timer = Timer()
+    model.fit(
+        x, y, batch_size=BATCH, epochs=warmup + epochs, shuffle=False, verbose=0, callbacks=[timer]
+    )
+    step_times = [d / steps for d in timer.durations[warmup:]]
+    result = {
+        "variant": variant,
+        "jit": jit,
+        "step_times": step_times,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "rss_before_fit_mib": rss_before_fit,
+        # Keras 2's SAM logs the mean of the unperturbed and perturbed
+        # losses; `evaluate` gives both variants' loss on the same footing.
+        "final_loss": float(model.evaluate(x, y, batch_size=BATCH, verbose=0)),
+        "versions": f"TF {tf.__version__}, {framework.__name__} {framework.__version__}",
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(variant, jit, steps, epochs, warmup):
+    command = [
+        sys.executable, os.path.abspath(__file__), "--child", variant,
+        "--steps", str(steps), "--epochs", str(epochs), "--warmup", str(warmup),
+    ] + (["--jit"] if jit else [])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"{variant} (jit_compile={jit}) failed:\n{out.stderr[-3000:]}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (< 2 minutes)")
+    parser.add_argument("--rounds", type=int, default=None, help="subprocess rounds per variant")
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=None, help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=None, help="measured epochs per subprocess")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured epochs per subprocess")
+    args = parser.parse_args(argv)
+
+    steps = args.steps or (6 if args.quick else 20)
+    epochs = args.epochs or (4 if args.quick else 8)
+    if args.child:
+        child(args.child, args.jit, steps, epochs, args.warmup)
+        return
+
+    rounds = args.rounds or (1 if args.quick else 3)
+    jit_modes = (False,) if args.quick else (False, True)
+    print(f"machine: {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'quick' if args.quick else 'full'} mode: {rounds} round(s) of one subprocess per "
+          f"variant (alternating); each: {args.warmup} warm-up + {epochs} measured epochs of "
+          f"{steps} steps, batch {BATCH}")
+    results = {(v, jit): [] for jit in jit_modes for v in VARIANTS}
+    keys = list(results)
+    for r in range(rounds):
+        shift = r % len(keys)
+        for variant, jit in keys[shift:] + keys[:shift]:
+            results[(variant, jit)].append(run_child(variant, jit, steps, epochs, args.warmup))
+    versions = sorted({run["versions"] for runs in results.values() for run in runs})
+    print("versions: " + "; ".join(versions))
+
+    print("\nstep time: median (min-max) over all measured epochs; peak RSS: max over subprocesses")
+    medians, peaks = {}, {}
+    for (variant, jit), runs in results.items():
+        times = [t for run in runs for t in run["step_times"]]
+        peak = max(run["peak_rss_mib"] for run in runs)
+        before = statistics.median(run["rss_before_fit_mib"] for run in runs)
+        loss = runs[0]["final_loss"]
+        medians[(variant, jit)] = statistics.median(times)
+        peaks[(variant, jit)] = peak
+        print(f"  {variant:<19} jit_compile={str(jit):<5} {1e3 * statistics.median(times):8.2f} ms "
+              f"({1e3 * min(times):.2f}-{1e3 * max(times):.2f})  peak RSS {peak:7.0f} MiB "
+              f"(before fit {before:.0f} MiB)  loss after training {loss:.4f}")
+
+    print(f"\nRatios keras_hybrid / tf_keras (goal for the SAM step time <= {GOAL}x)")
+    for jit in jit_modes:
+        sam = medians[("keras_hybrid SAM", jit)] / medians[("tf_keras SAM", jit)]
+        plain = medians[("keras_hybrid plain", jit)] / medians[("tf_keras plain", jit)]
+        rss = peaks[("keras_hybrid SAM", jit)] / peaks[("tf_keras SAM", jit)]
+        own = medians[("keras_hybrid SAM", jit)] / medians[("keras_hybrid plain", jit)]
+        theirs = medians[("tf_keras SAM", jit)] / medians[("tf_keras plain", jit)]
+        verdict = "meets goal" if sam <= GOAL else "MISSES goal"
+        print(f"  jit_compile={str(jit):<5} SAM step time {sam:.2f}x ({verdict}); plain step time "
+              f"{plain:.2f}x; SAM peak RSS {rss:.2f}x")
+        print(f"  jit_compile={str(jit):<5} SAM / plain within each framework: keras_hybrid "
+              f"{own:.2f}x, tf_keras {theirs:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
