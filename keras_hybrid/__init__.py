@@ -5,8 +5,9 @@ instead of being absorbed by the network.
 
 __version__ = "0.1.0"
 
-from keras_hybrid.callbacks import ConstantsHistory
+from keras_hybrid.callbacks import ConstantsHistory, NonFiniteGuard
 from keras_hybrid.constants import PhysicalConstant
+from keras_hybrid.export import export_saved_model, load_metadata
 from keras_hybrid.layers import (
     ODELayer,
     ScientificLayer,
@@ -22,6 +23,7 @@ __all__ = [
     "ButcherTableau",
     "ConstantsHistory",
     "HybridModel",
+    "NonFiniteGuard",
     "ODELayer",
     "PhysicalConstant",
     "SAM",
@@ -30,8 +32,10 @@ __all__ = [
     "ScientificLayer",
     "TABLEAUS",
     "constant_units",
+    "export_saved_model",
     "grouped_perturbation",
     "is_physical_variable",
+    "load_metadata",
     "odeint",
     "physical_constants",
     "rk_step",

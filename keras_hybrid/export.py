@@ -1,0 +1,240 @@
+"""Export of hybrid models as TensorFlow SavedModels for serving.
+
+The SavedModel holds traced graphs only: it is served by TensorFlow
+Serving, `saved_model_cli` or `tf.saved_model.load`, without Keras or
+`keras_hybrid` installed. It has three signatures:
+
+```
+serve           inputs (as the model's)  -> {"output_0": predictions}
+constants       ()                       -> {name: float32 scalar}
+constant_units  ()                       -> {name: string scalar}
+```
+
+(`serving_default` is an alias of `serve`.) `constants` reads the exported
+variables, so it always agrees with the served predictions. A JSON file
+`assets.extra/keras_hybrid.json` repeats the constants with their units,
+constraints and descriptions, plus the signature names, for tools that do
+not run TensorFlow.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_hybrid.layers import _keyed_constant_variables
+
+METADATA_FILE = os.path.join("assets.extra", "keras_hybrid.json")
+
+
+def _signature_key(name, taken):
+    """A signature output key for a constant name (`"layer/w0"` -> `"layer_w0"`)."""
+    key = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if not key or not (key[0].isalpha() or key[0] == "_"):
+        key = "c_" + key
+    base, i = key, 1
+    while key in taken:
+        i += 1
+        key = f"{base}_{i}"
+    taken.add(key)
+    return key
+
+
+def _input_signature(model, input_signature):
+    if input_signature is not None:
+        specs = tf.nest.flatten(input_signature)
+        if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
+            raise TypeError(
+                "`input_signature` must be a `tf.TensorSpec` or a list of them. "
+                f"Received: input_signature={input_signature!r}"
+            )
+        return specs
+    inner = model
+    while not getattr(inner, "inputs", None) and isinstance(getattr(inner, "model", None), keras.Model):
+        inner = inner.model  # SAMModel wrapping a functional model
+    inputs = getattr(inner, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "Cannot infer the input signature of this model (it has no `inputs`: "
+            "a subclassed model, or a wrapper around one). Pass `input_signature=`, "
+            "e.g. `[tf.TensorSpec((None, 2), tf.float32, name='y0')]`. "
+            f"Received: model={model.name!r}"
+        )
+    specs, names = [], set()
+    for i, tensor in enumerate(inputs):
+        name = getattr(tensor, "name", None) or f"input_{i}"
+        name = _signature_key(name.split(":")[0], names)
+        specs.append(tf.TensorSpec(tuple(tensor.shape), tf.as_dtype(tensor.dtype), name=name))
+    return specs
+
+
+def _constant_records(model):
+    records, taken = [], set()
+    for key, variable, spec in _keyed_constant_variables(model):
+        records.append(
+            {
+                "name": key,
+                "signature_key": _signature_key(key, taken),
+                "variable": variable,
+                "spec": spec,
+            }
+        )
+    return records
+
+
+def _write_archive(archive, directory):
+    archive.write_out(directory, verbose=False)
+
+
+def _check_target(path, overwrite):
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(
+            f"The export path already exists: {path!r}. Pass `overwrite=True` to replace it."
+        )
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileExistsError(
+            f"The export path exists and is not a directory: {path!r}. "
+            "Remove it first."
+        )
+
+
+def export_saved_model(model, path, overwrite=False, *, input_signature=None):
+    """Writes `model` as a TensorFlow SavedModel for serving.
+
+    The directory holds a `serve` signature (predictions, with
+    `training=False`), a `constants` signature returning the physical
+    constants by name (physical values, float32 scalars), a
+    `constant_units` signature returning their units (string scalars),
+    and `assets.extra/keras_hybrid.json` with names, values, units,
+    constraints and descriptions. It loads with `tf.saved_model.load` in a
+    process where neither Keras nor `keras_hybrid` is importable.
+
+    The model is written to a temporary directory next to `path` and moved
+    into place only once complete, so `path` never holds a half-written
+    export; an existing `path` is replaced only with `overwrite=True` (the
+    old directory is removed after the new one is in place).
+
+    Args:
+        model: a built Keras model (e.g. `HybridModel`, or `SAMModel`
+            around a functional model).
+        path: target directory.
+        overwrite: replace an existing `path`. Defaults to `False`.
+        input_signature: list of `tf.TensorSpec` for the `serve`
+            signature; needed only when the model has no `inputs` (a
+            subclassed model). Defaults to `None` (the model's inputs).
+
+    Returns:
+        The absolute path of the SavedModel directory.
+
+    Example:
+
+    ```python
+    path = export_saved_model(model, "served/pendulum")
+    # elsewhere, without keras_hybrid:
+    served = tf.saved_model.load("served/pendulum")
+    served.signatures["serve"](y0=tf.constant([[0.5, 0.0]]))["output_0"]
+    served.signatures["constants"]()       # {"w0": <tf.Tensor 0.998>}
+    served.signatures["constant_units"]()  # {"w0": <tf.Tensor b"rad/s">}
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a string or path. Received: path={path!r}")
+    if not model.built:
+        raise ValueError(
+            f"`model` must be built before export (call it on data, or `model.build`). "
+            f"Received: model={model.name!r}, which is not built"
+        )
+    path = os.path.abspath(os.fspath(path))
+    _check_target(path, overwrite)
+    specs = _input_signature(model, input_signature)
+    records = _constant_records(model)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(*inputs):
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    def constants():
+        return {
+            r["signature_key"]: tf.cast(r["spec"].to_physical(r["variable"].value), tf.float32)
+            for r in records
+        }
+
+    def units():
+        return {r["signature_key"]: tf.constant(r["spec"].unit, tf.string) for r in records}
+
+    archive.add_endpoint("serve", serve, input_signature=specs)
+    archive.add_endpoint("constants", constants, input_signature=[])
+    archive.add_endpoint("constant_units", units, input_signature=[])
+
+    metadata = {
+        "format": "keras_hybrid SavedModel",
+        "model": model.name,
+        "signatures": {
+            "serve": [s.name for s in specs],
+            "constants": "physical values, float32 scalars, by signature_key",
+            "constant_units": "unit strings, by signature_key",
+        },
+        "constants": [
+            {
+                "name": r["name"],
+                "signature_key": r["signature_key"],
+                "value": float(np.asarray(r["spec"].to_physical(r["variable"].value))),
+                "unit": r["spec"].unit,
+                "constraint": r["spec"].get_config()["constraint"],
+                "trainable": r["spec"].trainable,
+                "description": r["spec"].description,
+            }
+            for r in records
+        ],
+    }
+
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    try:
+        target = os.path.join(staging, "saved_model")
+        _write_archive(archive, target)
+        os.makedirs(os.path.join(target, "assets.extra"), exist_ok=True)
+        with open(os.path.join(target, METADATA_FILE), "w") as f:
+            json.dump(metadata, f, indent=2)
+        _check_target(path, overwrite)  # the target may have appeared meanwhile
+        if os.path.lexists(path):
+            old = os.path.join(staging, "replaced")
+            os.rename(path, old)
+        # A rename within one directory is atomic on POSIX file systems.
+        os.rename(target, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def load_metadata(path):
+    """Reads the constants metadata (`assets.extra/keras_hybrid.json`) of
+    a SavedModel written by `export_saved_model`.
+
+    Args:
+        path: the SavedModel directory.
+
+    Returns:
+        The metadata dict (keys `"constants"`, `"signatures"`, ...).
+    """
+    file = os.path.join(os.fspath(path), METADATA_FILE)
+    if not os.path.exists(file):
+        raise FileNotFoundError(
+            f"No keras_hybrid metadata in {os.fspath(path)!r}: expected {METADATA_FILE!r}. "
+            "Was it written by `export_saved_model`?"
+        )
+    with open(file) as f:
+        return json.load(f)
+
+
+__all__ = ["export_saved_model", "load_metadata"]
