@@ -1,12 +1,18 @@
 """Shared helpers of the benchmark scripts: timing callbacks, interleaved
 measurement of several training variants, and the benchmark models.
 
-Timing convention: the step time of a variant is the wall time of one
-`fit` epoch (from `on_epoch_begin` to `on_epoch_end`) divided by its number
-of steps. Variants are measured side by side in rounds; the order of the
-variants is rotated from round to round so that no variant always runs
-first (or last) after another, and the figures are medians over rounds,
-after warm-up epochs that absorb tracing and compilation.
+Timing convention: the step time of a variant is the time of one `fit`
+epoch (from `on_epoch_begin` to `on_epoch_end`) divided by its number of
+steps, as wall time and as CPU time of the process (all threads). Variants
+are measured side by side in rounds; the order of the variants is rotated
+from round to round so that no variant always runs first (or last) after
+another, and the figures are medians over rounds, after warm-up epochs that
+absorb tracing and compilation.
+
+Wall time is what a user waits for; on a machine shared with other jobs it
+swings with their load. CPU time counts the work the step itself does and
+barely moves with the load of others, so its ratios are the steadier
+figure when the machine is busy (the scripts print both).
 """
 
 import os
@@ -17,6 +23,7 @@ import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from collections import namedtuple  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -27,13 +34,16 @@ MLP_WIDTH = 1024
 MLP_OUTPUTS = 10
 MLP_BATCH = 1024
 
+Timing = namedtuple("Timing", ["wall", "cpu"])
+Timing.__doc__ = "Wall time and process CPU time, in seconds."
+
 
 class EpochTimer(keras.callbacks.Callback):
     """Records the wall time of every epoch and of the first batch.
 
-    `first_batch` holds the duration of the first batch of the first epoch
-    (tracing and compilation included); `epochs` the durations of all
-    epochs, in seconds.
+    `first_batch` holds the wall time of the first batch of the first epoch
+    (tracing and compilation included), in seconds; `epochs` a `Timing` per
+    epoch.
     """
 
     def __init__(self):
@@ -44,10 +54,11 @@ class EpochTimer(keras.callbacks.Callback):
         self._batch_start = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = Timing(time.perf_counter(), time.process_time())
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append(time.perf_counter() - self._epoch_start)
+        wall, cpu = self._epoch_start
+        self.epochs.append(Timing(time.perf_counter() - wall, time.process_time() - cpu))
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.first_batch is None:
@@ -63,7 +74,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def epoch_step_time(model, x, y, batch_size, steps):
-    """Runs one epoch of `steps` steps; returns the time per step, in s."""
+    """Runs one epoch of `steps` steps; returns the `Timing` per step."""
     timer = EpochTimer()
     model.fit(
         x[: steps * batch_size],
@@ -74,7 +85,8 @@ def epoch_step_time(model, x, y, batch_size, steps):
         verbose=0,
         callbacks=[timer],
     )
-    return timer.epochs[0] / steps
+    wall, cpu = timer.epochs[0]
+    return Timing(wall / steps, cpu / steps)
 
 
 def interleaved(variants, rounds, warmup=1):
@@ -120,7 +132,31 @@ def ratio_spread(numerators, denominators):
 def format_ms(values):
     """`"median ms (min-max)"` of a list of durations in seconds."""
     med, lo, hi = summary(values)
-    return f"{1e3 * med:9.2f} ms  ({1e3 * lo:.2f}-{1e3 * hi:.2f})"
+    return f"{1e3 * med:8.2f} ms ({1e3 * lo:.2f}-{1e3 * hi:.2f})"
+
+
+def format_timings(timings):
+    """Wall and CPU step time of a list of `Timing`s, median (min-max)."""
+    walls = [t.wall for t in timings]
+    cpus = [t.cpu for t in timings]
+    return f"wall {format_ms(walls)}   CPU {format_ms(cpus)}"
+
+
+def timing_ratios(numerators, denominators):
+    """Per-round ratios of two lists of `Timing`s: `{"wall": (median, min,
+    max), "cpu": (median, min, max)}`."""
+    return {
+        field: ratio_spread(
+            [getattr(t, field) for t in numerators], [getattr(t, field) for t in denominators]
+        )
+        for field in ("wall", "cpu")
+    }
+
+
+def format_ratio(spread):
+    """`"1.75x (1.70-1.81)"` of a `(median, min, max)` ratio."""
+    med, lo, hi = spread
+    return f"{med:.2f}x ({lo:.2f}-{hi:.2f})"
 
 
 def peak_rss_mib():
