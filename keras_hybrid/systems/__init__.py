@@ -1,6 +1,6 @@
 """Benchmark systems: simulators (NumPy, deterministic by seed) and the
-hybrid models that learn them."""
+physics parts of the hybrid models that learn them."""
 
-from keras_hybrid.systems import pendulum
+from keras_hybrid.systems import duffing, forced_pendulum, pendulum, reaction_diffusion
 
-__all__ = ["pendulum"]
+__all__ = ["duffing", "forced_pendulum", "pendulum", "reaction_diffusion"]

@@ -1,0 +1,142 @@
+"""Training methods compared by `keras_hybrid.experiments`, and the
+metrics they are scored with (private helpers)."""
+
+import collections
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_hybrid.sam import SAM
+
+# name -> (hyperparameter name, default value). `None`: no hyperparameter.
+METHODS = {
+    "erm": (None, None),
+    "l2": ("lambda", 1e-4),
+    "minnorm": ("lambda", 0.1),
+    "sam": ("rho", 0.05),
+    "sam-neural": ("rho", 0.3),
+    "asam": ("rho", 0.5),
+}
+
+Training = collections.namedtuple("Training", ["sam", "kernel_regularizer", "penalty"])
+
+
+def check_methods(names):
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        raise ValueError(
+            f"`--methods` must be a comma-separated subset of {list(METHODS)}. "
+            f"Received: {','.join(names)!r}"
+        )
+    return names
+
+
+def training_for(method, value):
+    """The `Training` settings of `method` with hyperparameter `value`."""
+    if method == "erm":
+        return Training(None, None, 0.0)
+    if method == "l2":
+        return Training(None, keras.regularizers.L2(value), 0.0)
+    if method == "minnorm":
+        return Training(None, None, float(value))
+    if method == "sam":
+        return Training(SAM(rho=value, perturb="all"), None, 0.0)
+    if method == "sam-neural":
+        return Training(SAM(rho=value, perturb="neural"), None, 0.0)
+    if method == "asam":
+        return Training(SAM(rho=value, perturb="all", adaptive=True), None, 0.0)
+    raise ValueError(f"Unknown method {method!r}. Valid: {list(METHODS)}")
+
+
+class CorrectionPenalty(keras.layers.Layer):
+    """Adds `weight * mean ||f_net(y)||^2` over a trajectory to the loss
+    (APHYNITY-style minimum-norm penalty on the network's output) and
+    returns the trajectory unchanged.
+
+    The correction of `ode_layer` is evaluated at every predicted state
+    (treated as data: no gradient flows into the states), at its time, with
+    the episode's context if any.
+    """
+
+    def __init__(self, ode_layer, weight, **kwargs):
+        super().__init__(**kwargs)
+        # Not tracked as a sublayer: its variables belong to the ODE layer.
+        object.__setattr__(self, "_ode_layer", ode_layer)
+        self.weight = float(weight)
+
+    def call(self, trajectory, context=None):
+        ode_layer = self._ode_layer
+        times = np.asarray(ode_layer.times, "float32")
+        n_times, n = len(times), trajectory.shape[-1]
+        states = ops.reshape(ops.stop_gradient(trajectory), (-1, n))
+        batch = ops.shape(trajectory)[0]
+        t = ops.reshape(ops.tile(ops.convert_to_tensor(times)[None, :], (batch, 1)), (-1, 1))
+        if context is not None:
+            context = ops.reshape(
+                ops.repeat(context[:, None, :], n_times, axis=1), (-1, context.shape[-1])
+            )
+        correction = ode_layer.correction_term(t, states, context=context, training=True)
+        self.add_loss(self.weight * ops.mean(ops.sum(ops.square(correction), axis=-1)))
+        return trajectory
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight"] = self.weight
+        return config
+
+
+def net_share(ode_layer, times, observations, constants=None, context=None):
+    """`||f_net|| / ||f_phys + f_net||` over all observed states.
+
+    Args:
+        ode_layer: the model's `ODELayer`.
+        times: `(T,)` observation times.
+        observations: `(n, T, d)` observed states.
+        constants: optional per-episode constants, dict of `(n,)` arrays.
+        context: optional per-episode context `(n, c)`.
+    """
+    net_sq, total_sq = 0.0, 0.0
+    for k, t in enumerate(np.asarray(times, "float32")):
+        y = ops.convert_to_tensor(observations[:, k])
+        c = None if constants is None else {key: ops.convert_to_tensor(v) for key, v in constants.items()}
+        t_col = ops.full((observations.shape[0], 1), float(t))
+        physics, correction = ode_layer.vector_field_parts(
+            t_col if ode_layer.correction_inputs == "state_and_time" else float(t),
+            y,
+            constants=c,
+            context=None if context is None else ops.convert_to_tensor(context),
+        )
+        physics = ops.convert_to_numpy(physics)
+        correction = 0.0 if correction is None else ops.convert_to_numpy(correction)
+        net_sq += float(np.sum(np.square(correction)))
+        total_sq += float(np.sum(np.square(physics + correction)))
+    return float(np.sqrt(net_sq / max(total_sq, 1e-30)))
+
+
+def select(sweep_rows, tolerance):
+    """Hyperparameter chosen from validation errors only.
+
+    The rule prefers the strongest regularization (largest value) whose
+    validation MSE is within `(1 + tolerance)` of the best validation MSE
+    of the sweep (a "one standard error"-style rule); `tolerance=0` is
+    plain argmin.
+
+    Args:
+        sweep_rows: list of dicts with `"value"` and `"val_mse"`.
+        tolerance: relative slack, >= 0.
+
+    Returns:
+        The chosen value.
+    """
+    finite = [r for r in sweep_rows if np.isfinite(r["val_mse"])]
+    if not finite:
+        return sweep_rows[0]["value"]
+    best = min(r["val_mse"] for r in finite)
+    eligible = [r["value"] for r in finite if r["val_mse"] <= (1.0 + tolerance) * best]
+    return max(eligible)
+
+
+def mean_std(values):
+    values = np.asarray(values, dtype="float64")
+    return float(np.mean(values)), float(np.std(values))

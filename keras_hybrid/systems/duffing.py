@@ -1,0 +1,71 @@
+"""Forced Duffing oscillator: simulator and its physics part.
+
+True dynamics (dimensionless units):
+
+```
+x'' + delta x' + alpha x + beta x^3 = gamma cos(Omega t)
+```
+
+with `alpha = 1.0`, `delta = 0.2`, `beta = 1.0`, `gamma = 0.5`,
+`Omega = 1.2`; initial `x(0)`, `x'(0)` uniform in [-1, 1]; 50 samples at
+`dt = 0.1` (t in [0, 4.9]); observation noise 0.01. The hybrid model knows
+the linear damped oscillator `x'' = -alpha x - delta x'` with `alpha`,
+`delta` unknown; a network of `(x, x', t)` supplies the cubic stiffness and
+the forcing.
+"""
+
+import keras
+import numpy as np
+
+from keras_hybrid.systems.pendulum import rk4_numpy
+
+TRUE_CONSTANTS = {"alpha": 1.0, "delta": 0.2, "beta": 1.0, "gamma": 0.5, "Omega": 1.2}
+
+
+def duffing_vector_field(alpha, delta, beta, gamma, Omega):
+    """NumPy vector field of the forced Duffing oscillator."""
+
+    def field(t, y):
+        x, v = y[..., 0], y[..., 1]
+        accel = -delta * v - alpha * x - beta * x**3 + gamma * np.cos(Omega * t)
+        return np.stack([v, accel], axis=-1)
+
+    return field
+
+
+def simulate(n_trajectories=200, n_steps=50, dt=0.1, noise=0.01, seed=0, substeps=10, **constants):
+    """Noisy trajectories of the forced Duffing oscillator.
+
+    Args:
+        n_trajectories: number of trajectories. Defaults to `200`.
+        n_steps: observed time points per trajectory. Defaults to `50`.
+        dt: sampling interval. Defaults to `0.1`.
+        noise: standard deviation of Gaussian observation noise. Defaults
+            to `0.01`.
+        seed: random seed. Defaults to `0`.
+        substeps: RK4 steps (float64) per sampling interval. Defaults to
+            `10`.
+        **constants: overrides of `TRUE_CONSTANTS` (`alpha`, `delta`,
+            `beta`, `gamma`, `Omega`).
+
+    Returns:
+        `(times, observations)`: times `(n_steps,)` and noisy trajectories
+        `(n, n_steps, 2)`, float32.
+    """
+    unknown = sorted(set(constants) - set(TRUE_CONSTANTS))
+    if unknown:
+        raise ValueError(f"Unknown Duffing constants {unknown}. Valid: {sorted(TRUE_CONSTANTS)}")
+    values = {**TRUE_CONSTANTS, **constants}
+    rng = np.random.default_rng(seed)
+    times = np.arange(n_steps) * dt
+    y0 = rng.uniform(-1.0, 1.0, (n_trajectories, 2))
+    clean = rk4_numpy(duffing_vector_field(**values), y0, times, substeps=substeps)
+    observed = clean + noise * rng.standard_normal(clean.shape)
+    return times.astype("float32"), observed.astype("float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid")
+def linear_damped_oscillator(t, y, constants):
+    """Physics part: `x' = v, v' = -alpha x - delta v`."""
+    x, v = y[..., 0], y[..., 1]
+    return keras.ops.stack([v, -constants["alpha"] * x - constants["delta"] * v], axis=-1)
