@@ -105,7 +105,42 @@ def build(variant, jit):
     return model, keras
 
 
-def child(variant, jit, steps, epochs, warmup):
+def op_profile(model, x, y, steps):
+    """CPU time per step by TensorFlow op type, ms, over one profiled epoch.
+
+    Reads the `tf.profiler` trace (`*.xplane.pb`) directly: the time of
+    every kernel executed on the compute threads, summed per op type.
+    """
+    import collections
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    totals = collections.Counter()
+    for plane in space.planes:
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith(("tf_Compute", "tf_XLA")):
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # Kernels are named "<node name>:<op type>"; executor
+                # events ("ExecutorState::Process") enclose them.
+                if ":" in name and not name.startswith("ExecutorState"):
+                    totals[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
+    return dict(totals.most_common(25))
+
+
+def child(variant, jit, steps, epochs, warmup, profile=False):
     """Runs in the subprocess: trains, prints one JSON line of results."""
     import resource
 
@@ -145,20 +180,37 @@ def child(variant, jit, steps, epochs, warmup):
         "final_loss": float(model.evaluate(x, y, batch_size=BATCH, verbose=0)),
         "versions": f"TF {tf.__version__}, {framework.__name__} {framework.__version__}",
     }
+    if profile:
+        result["op_profile"] = op_profile(model, x, y, steps)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(variant, jit, steps, epochs, warmup):
+def run_child(variant, jit, steps, epochs, warmup, profile=False):
     command = [
         sys.executable, os.path.abspath(__file__), "--child", variant,
         "--steps", str(steps), "--epochs", str(epochs), "--warmup", str(warmup),
-    ] + (["--jit"] if jit else [])
+    ] + (["--jit"] if jit else []) + (["--profile"] if profile else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     raise RuntimeError(f"{variant} (jit_compile={jit}) failed:\n{out.stderr[-3000:]}")
+
+
+def profile(steps, warmup):
+    """Prints the CPU time per op type of both SAM steps, side by side."""
+    print("CPU time per step by op type, ms (one profiled epoch of "
+          f"{steps} steps, jit_compile=False)")
+    profiles = {
+        variant: run_child(variant, False, steps, 1, warmup, profile=True)["op_profile"]
+        for variant in ("keras_hybrid SAM", "tf_keras SAM")
+    }
+    a, b = profiles.values()
+    print(f"  {'op type':<26} {'keras_hybrid':>12} {'tf_keras':>9}")
+    for op in sorted(set(a) | set(b), key=lambda op: -(a.get(op, 0) + b.get(op, 0)))[:16]:
+        print(f"  {op:<26} {a.get(op, 0.0):12.2f} {b.get(op, 0.0):9.2f}")
+    print(f"  {'total (top 25 op types)':<26} {sum(a.values()):12.2f} {sum(b.values()):9.2f}")
 
 
 def main(argv=None):
@@ -170,12 +222,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=None, help="measured epochs per subprocess")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured epochs per subprocess")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile the two SAM steps: CPU time per op type (tf.profiler)")
     args = parser.parse_args(argv)
 
     steps = args.steps or (6 if args.quick else 20)
     epochs = args.epochs or (4 if args.quick else 8)
     if args.child:
-        child(args.child, args.jit, steps, epochs, args.warmup)
+        child(args.child, args.jit, steps, epochs, args.warmup, args.profile)
+        return
+    if args.profile:
+        profile(steps, args.warmup)
         return
 
     rounds = args.rounds or (1 if args.quick else 3)
