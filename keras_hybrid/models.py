@@ -50,7 +50,7 @@ def _non_finite_report(name, data):
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             found.append(
                 f"`{label}` contains {int(bad.sum())} non-finite value(s) (NaN or Inf), "
-                f"the first at index {first}: {label}{list(first)}={array[first]!r}"
+                f"the first at index {first}: {label}{list(first)}={float(array[first])}."
             )
     return " ".join(found) or None
 
@@ -178,8 +178,17 @@ class SAMTrainStep:
         return super().fit(x, y, *args, **kwargs)
 
     def make_train_function(self, force=False):
-        self._build_sam_state()
         replicas, strategy = _strategy_replicas(self)
+        sam = self.sam
+        if sam is not None and sam.every > 1 and not sam.is_plain and replicas > 1:
+            raise ValueError(
+                f"`SAM(every={sam.every})` (LookSAM) is not supported under a tf.distribute "
+                f"strategy with more than one replica ({type(strategy).__name__}, {replicas} "
+                "replicas): its stored direction is per-model state that the replicas would "
+                "have to share. Use `every=1` for distributed training. "
+                f"Received: sam={sam!r}"
+            )
+        self._build_sam_state()
         if self.jit_compile and (replicas > 1 or tf.distribute.has_strategy() or (
             getattr(self, "_distribute_strategy", None) is not None
         )):
@@ -365,7 +374,17 @@ class SAMTrainStep:
         def apply():
             self.optimizer.apply_gradients(pairs)
 
-        ops.cond(all_finite(gradients), apply, lambda: None)
+        finite = all_finite(gradients)
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
+            # Pure replica context (no merge_call, e.g. XLA on GPUs): every
+            # replica must take the same branch, since applying gradients
+            # all-reduces them. Skip the step if any replica is non-finite.
+            bad = context.all_reduce(
+                tf.distribute.ReduceOp.SUM, ops.cast(ops.logical_not(finite), "float32")
+            )
+            finite = ops.equal(bad, 0.0)
+        ops.cond(finite, apply, lambda: None)
 
     def _apply_if_finite_cross_replica(self, gradients, variables):
         # A cond whose branch calls `merge_call` must run in cross-replica

@@ -156,14 +156,19 @@ class SAM:
         eps: added to gradient norms. Defaults to `1e-12`.
         synchronized: under a `tf.distribute` strategy, compute the
             perturbation from the all-reduced (global-batch) gradient, which
-            equals single-device SAM on the whole batch. `False` perturbs
-            each replica with its own gradient (m-sharpness, m = per-replica
-            batch). Defaults to `True`.
+            equals single-device SAM on the whole batch (one extra
+            all-reduce per step). `False` perturbs each replica with its own
+            gradient (m-sharpness, m = per-replica batch). In both cases the
+            gradients at the perturbed weights are averaged over replicas by
+            the optimizer, so replicas stay identical. Defaults to `True`.
         every: compute the SAM gradient only every `every` steps (LookSAM,
             Liu et al., arXiv:2203.02714); in between, one forward-backward
             pass, with the stored component of the last SAM gradient
             orthogonal to the plain gradient added back. `1` is full SAM.
-            Defaults to `1`.
+            The stored direction is not a model weight: it is not saved,
+            and the first step after a restart (a resumed `fit`, a loaded
+            model) is a full SAM step. Not available under a
+            multi-replica `tf.distribute` strategy. Defaults to `1`.
         alpha: LookSAM's weight of the stored direction. Defaults to `0.7`.
 
     Example:
