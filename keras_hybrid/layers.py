@@ -57,6 +57,42 @@ def _as_constant(spec):
     )
 
 
+def _function_name(fn):
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _shapes(tensors):
+    return [tuple(getattr(t, "shape", ())) for t in tensors]
+
+
+# Errors raised by an equation that cannot be traced into a graph (NumPy on
+# symbolic tensors, Python control flow on tensor values) or that does not
+# fit the shapes it receives.
+_EQUATION_ERRORS = (TypeError, ValueError, NotImplementedError, IndexError, AttributeError)
+
+
+def call_equation(layer, equation, args, constants, what="inputs"):
+    """Calls `equation(*args, constants)`; re-raises failures with a message
+    naming the equation, the layer and the shapes received."""
+    try:
+        return equation(*args, constants)
+    except _EQUATION_ERRORS as error:
+        if getattr(error, "_keras_hybrid_wrapped", False):
+            raise
+        message = (
+            f"The equation `{_function_name(equation)}` of layer '{layer.name}' failed on "
+            f"{what} with shapes {_shapes(args)} and constants {sorted(constants)}: "
+            f"{type(error).__name__}: {error}\nEquations are traced into a TensorFlow graph: "
+            "write them with `keras.ops` on tensors (e.g. `keras.ops.sin`, not `np.sin`), "
+            "without Python `if`/`while`/`bool()` on tensor values (use `keras.ops.where` "
+            "or `keras.ops.cond`), and check that the input shapes are the ones the "
+            "equation indexes."
+        )
+        new = (ValueError if isinstance(error, (ValueError, IndexError)) else TypeError)(message)
+        new._keras_hybrid_wrapped = True
+        raise new from error
+
+
 def _serialize_function(fn, arg):
     if not callable(fn):
         raise TypeError(f"`{arg}` must be callable. Received: {arg}={fn!r}")
@@ -167,8 +203,30 @@ class ScientificLayer(keras.layers.Layer):
         """Dict `name -> unit string`."""
         return {spec.name: spec.unit for spec in self.constant_specs}
 
+    def _check_input_shapes(self, inputs):
+        # The feature sizes seen at the first call (e.g. while building a
+        # functional model) are the ones the equation was written for.
+        received = [(len(s), s[-1] if s else None) for s in _shapes(inputs)]
+        expected = getattr(self, "_input_signature", None)
+        if expected is None:
+            object.__setattr__(self, "_input_signature", received)
+            object.__setattr__(self, "_input_shapes", _shapes(inputs))
+            return
+        compatible = len(expected) == len(received) and all(
+            rank == r_rank and (last is None or r_last is None or last == r_last)
+            for (rank, last), (r_rank, r_last) in zip(expected, received)
+        )
+        if not compatible:
+            raise ValueError(
+                f"ScientificLayer '{self.name}' (equation `{_function_name(self.equation)}`) "
+                f"was first called with {len(expected)} input(s) of shapes "
+                f"{self._input_shapes}; the rank and last dimension of each input must stay "
+                f"the same. Received: inputs with shapes {_shapes(inputs)}"
+            )
+
     def call(self, *inputs, constants=None):
-        return self.equation(*inputs, self.constant_tensors(constants))
+        self._check_input_shapes(inputs)
+        return call_equation(self, self.equation, inputs, self.constant_tensors(constants))
 
     def get_config(self):
         config = super().get_config()
@@ -316,8 +374,19 @@ class ODELayer(ScientificLayer):
         `||correction|| / ||physics + correction||`.
         """
         values = self.constant_tensors(constants)
-        physics = self.equation(t, y, values)
+        physics = self._physics(t, y, values)
         return physics, self.correction_term(t, y, context=context, training=training)
+
+    def _physics(self, t, y, values):
+        dydt = call_equation(self, self.equation, (t, y), values, what="(t, y)")
+        shape = tuple(getattr(dydt, "shape", ()))
+        if not shape or shape[-1] not in (None, y.shape[-1]):
+            raise ValueError(
+                f"The equation `{_function_name(self.equation)}` of ODELayer '{self.name}' "
+                f"must return dy/dt with the shape of the state {tuple(y.shape)}. "
+                f"Received: dy/dt with shape {shape}"
+            )
+        return dydt
 
     def call(self, y0, constants=None, context=None, training=None):
         if y0.shape[-1] is not None and hasattr(self, "state_size") and y0.shape[-1] != self.state_size:
@@ -337,7 +406,7 @@ class ODELayer(ScientificLayer):
         # Constants go through `odeint(constants=...)` so that the adaptive
         # (TFP adjoint) solvers differentiate them exactly.
         def vector_field(t, y, **constant_values):
-            dydt = self.equation(t, y, constant_values)
+            dydt = self._physics(t, y, constant_values)
             correction = self.correction_term(t, y, context=context, training=training)
             return dydt if correction is None else dydt + correction
 
