@@ -68,9 +68,9 @@ SEED = 0
 ## Data
 
 `pendulum.simulate` integrates the damped pendulum (float64 RK4) from 200
-random initial states (100 in fast mode), 50 time points 0.05 s apart, and adds Gaussian noise
-of standard deviation 0.01. The first observed state of each trajectory is
-the model's input, the whole trajectory its target.
+random initial states (100 in fast mode), 50 time points 0.05 s apart, and
+adds Gaussian noise of standard deviation 0.01. The first observed state of
+each trajectory is the model's input, the whole trajectory its target.
 """
 
 times, y0, observed = pendulum.simulate(n_trajectories=100 if FAST else 200, seed=SEED)
