@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 SCRIPT = r'''
@@ -192,6 +193,117 @@ except ValueError as error:
 with open(sys.argv[1], "w") as f:
     json.dump(results, f, indent=1)
 '''
+
+
+# Keras 3.15's `fit` fails under MultiWorkerMirroredStrategy with one CPU
+# device per worker before the first step (in `_maybe_symbolic_build`, for
+# plain `keras.Model`s too), so the workers drive `train_step` with
+# `strategy.run`, as a custom training loop does.
+WORKER = r'''
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow as tf
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+import keras  # noqa: E402
+import keras_hybrid as kh  # noqa: E402
+
+W0, B0 = np.array([[0.5], [-0.3], [0.2]], "float32"), np.array([0.1], "float32")
+rng = np.random.default_rng(0)
+x = rng.normal(size=(32, 3)).astype("float32")
+y = rng.normal(size=(32, 1)).astype("float32")
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+results = {}
+for synchronized in (True, False):
+    with strategy.scope():
+        inputs = keras.Input((3,))
+        dense = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(W0),
+                                   bias_initializer=keras.initializers.Constant(B0))
+        model = kh.HybridModel(inputs, dense(inputs), sam=kh.SAM(rho=0.3, synchronized=synchronized))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        model.optimizer.build(model.trainable_variables)
+    # Global batch 8: worker 0 trains on rows 0-3 of it, worker 1 on rows 4-7.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).with_options(options)
+
+    @tf.function
+    def step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        step(batch)
+    results[f"kernel_{synchronized}"] = model.weights[0].numpy()
+    results[f"bias_{synchronized}"] = model.weights[1].numpy()
+np.savez(sys.argv[1], replicas=strategy.num_replicas_in_sync, **results)
+'''
+
+
+def _free_ports(n):
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _hand_sam(x, y, batch, groups, rho=0.3, lr=0.1):
+    w, b = np.array([[0.5], [-0.3], [0.2]]), np.array([0.1])
+
+    def grads(w, b, x, y):
+        r = x @ w + b - y
+        return 2 * x.T @ r / len(x), np.array([2 * r.sum() / len(x)])
+
+    for s in range(len(x) // batch):
+        xb, yb = x[s * batch:(s + 1) * batch], y[s * batch:(s + 1) * batch]
+        n = batch // groups
+        step_w, step_b = 0.0, 0.0
+        for r in range(groups):
+            xr, yr = xb[r * n:(r + 1) * n], yb[r * n:(r + 1) * n]
+            gw, gb = grads(w, b, xr, yr)
+            norm = np.sqrt(np.sum(gw**2) + np.sum(gb**2))
+            gw2, gb2 = grads(w + rho * gw / norm, b + rho * gb / norm, xr, yr)
+            step_w, step_b = step_w + gw2 / groups, step_b + gb2 / groups
+        w, b = w - lr * step_w, b - lr * step_b
+    return w, b
+
+
+def test_train_step_under_multi_worker_mirrored_strategy(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    ports = _free_ports(2)
+    workers = []
+    for index in range(2):
+        config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                  "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(config))
+        workers.append(subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / f"worker{index}.npz")],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    for worker in workers:
+        try:
+            _, err = worker.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                w.kill()
+            raise
+        assert worker.returncode == 0, err[-4000:]
+    first, second = (np.load(tmp_path / f"worker{i}.npz") for i in range(2))
+    assert int(first["replicas"]) == 2
+    for key in first.files:  # the two workers hold identical weights
+        np.testing.assert_array_equal(first[key], second[key])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 3)), rng.normal(size=(32, 1))
+    for synchronized, groups in ((True, 1), (False, 2)):
+        w, b = _hand_sam(x.astype("float32").astype("float64"), y.astype("float32").astype("float64"), 8, groups)
+        np.testing.assert_allclose(first[f"kernel_{synchronized}"], w, atol=1e-6)
+        np.testing.assert_allclose(first[f"bias_{synchronized}"], b, atol=1e-6)
+    assert np.max(np.abs(first["kernel_True"] - first["kernel_False"])) > 1e-3
 
 
 @pytest.fixture(scope="module")
