@@ -73,6 +73,10 @@ class ConstantsHistory(keras.callbacks.Callback):
     def get_config(self):
         return {"log_dir": self.log_dir, "prefix": self.prefix}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
 
 NON_FINITE_POLICIES = ("warn", "raise", "skip")
 
@@ -163,3 +167,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
     def get_config(self):
         return {"mode": self.mode}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

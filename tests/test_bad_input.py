@@ -308,3 +308,12 @@ def test_unknown_constant_names():
         "Unknown constant names ['r'] for layer 'ohm'. Its constants are ['R']."
     )):
         layer(np.ones((2, 1), "float32"), constants={"r": np.ones((2, 1), "float32")})
+
+
+def test_guard_and_policy_serialize():
+    guard = kh.NonFiniteGuard(mode="warn")
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(guard))
+    assert isinstance(revived, kh.NonFiniteGuard) and revived.get_config() == {"mode": "warn"}
+    model = _ohm_model(on_non_finite="raise")
+    assert model.get_config()["on_non_finite"] == "raise"
+    assert kh.HybridModel.from_config(model.get_config()).on_non_finite == "raise"
