@@ -35,14 +35,13 @@ import keras_hybrid as kh
 from keras_hybrid.demo import fit_pendulum
 from keras_hybrid.systems import pendulum
 
-K = 5
 COST_GOAL = 1.3
 ERROR_GOAL = 1.5
 PENDULUM_SAM = dict(rho=0.3, perturb="neural")
 
 
-def cost_variants(workload, steps, jit_modes):
-    """`(kind, jit) -> runner` for plain, LookSAM (k=5) and full SAM."""
+def cost_variants(workload, steps, jit_modes, every, alpha):
+    """`(kind, jit) -> runner` for plain, LookSAM and full SAM."""
     if workload == "mlp":
         x, y = common.mlp_data(steps * common.MLP_BATCH)
         batch_size, sam_args, learning_rate = common.MLP_BATCH, dict(rho=0.05), 1e-3
@@ -50,7 +49,7 @@ def cost_variants(workload, steps, jit_modes):
         batch_size = 50
         times, x, y = common.pendulum_setup(n_steps=100, n_trajectories=steps * batch_size)
         sam_args, learning_rate = PENDULUM_SAM, 3e-3
-    settings = {"plain": None, f"LookSAM k={K}": kh.SAM(every=K, **sam_args),
+    settings = {"plain": None, f"LookSAM k={every}": kh.SAM(every=every, alpha=alpha, **sam_args),
                 "full SAM": kh.SAM(**sam_args)}
     variants = {}
     for jit in jit_modes:
@@ -68,12 +67,13 @@ def cost_variants(workload, steps, jit_modes):
 
 def measure_cost(args):
     rounds = args.rounds or (3 if args.quick else 11)
-    steps = 2 * K if args.quick else 4 * K
+    steps = 2 * args.every if args.quick else 4 * args.every
     jit_modes = (False, True)
     print(f"\nCost: {rounds} measured rounds after 1 warm-up round, {steps} steps/epoch")
     ratios = {}
     for workload, title in (("mlp", "MLP 2x1024, batch 1024"), ("pendulum", "pendulum ODE hybrid")):
-        results = common.interleaved(cost_variants(workload, steps, jit_modes), rounds)
+        variants = cost_variants(workload, steps, jit_modes, args.every, args.alpha)
+        results = common.interleaved(variants, rounds)
         print(f"{title}: step time, median (min-max) over rounds")
         for (kind, jit), values in results.items():
             print(f"  {kind:<12} jit_compile={str(jit):<5} {common.format_timings(values)}")
@@ -81,7 +81,7 @@ def measure_cost(args):
             plain = results[("plain", jit)]
             ratios[(title, jit)] = {
                 kind: common.timing_ratios(results[(kind, jit)], plain)
-                for kind in (f"LookSAM k={K}", "full SAM")
+                for kind in (f"LookSAM k={args.every}", "full SAM")
             }
     return ratios
 
@@ -96,8 +96,11 @@ def measure_accuracy(args):
     runs = {
         "ERM (plain)": None,
         "full SAM (rho=0.3, neural)": kh.SAM(**PENDULUM_SAM),
-        f"LookSAM (rho=0.3, neural, k={K})": kh.SAM(every=K, **PENDULUM_SAM),
+        f"LookSAM (k={args.every}, alpha={args.alpha:g})": kh.SAM(
+            every=args.every, alpha=args.alpha, **PENDULUM_SAM
+        ),
     }
+    runs = {label: sam for label, sam in runs.items() if label.split()[0] in args.runs}
     errors = {label: [] for label in runs}
     true_w0 = pendulum.TRUE_CONSTANTS["w0"]
     for seed in seeds:
@@ -117,6 +120,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds (cost)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (accuracy)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (accuracy)")
+    parser.add_argument("--every", type=int, default=5, help="LookSAM's k. Defaults to 5")
+    parser.add_argument("--alpha", type=float, default=0.7, help="LookSAM's alpha. Defaults to 0.7")
+    parser.add_argument("--runs", nargs="+", choices=("ERM", "full", "LookSAM"),
+                        default=["ERM", "full", "LookSAM"], help="trainings compared (accuracy)")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args(argv)
@@ -127,24 +134,25 @@ def main(argv=None):
 
     if ratios:
         print(f"\nRatios step time / plain step time (median of per-round ratios, min-max); "
-              f"goal for LookSAM k={K} <= {COST_GOAL}x")
+              f"goal for LookSAM k=5 <= {COST_GOAL}x")
         for (title, jit), by_kind in ratios.items():
-            look = by_kind[f"LookSAM k={K}"]
+            look = by_kind[f"LookSAM k={args.every}"]
             verdict = "meets goal" if look["wall"][0] <= COST_GOAL else "MISSES goal"
             print(f"  {title:<24} jit_compile={str(jit):<5} {verdict}")
             for kind, spread in by_kind.items():
                 print(f"    {kind:<12} wall {common.format_ratio(spread['wall'])}  "
                       f"CPU {common.format_ratio(spread['cpu'])}")
-    if errors:
-        labels = list(errors)
-        full, look = errors[labels[1]], errors[labels[2]]
+    by_kind = {label.split()[0]: values for label, values in errors.items()}
+    if "full" in by_kind and "LookSAM" in by_kind:
+        full, look = by_kind["full"], by_kind["LookSAM"]
         mean_full, mean_look = sum(full) / len(full), sum(look) / len(look)
-        mean_erm = sum(errors[labels[0]]) / len(errors[labels[0]])
         ratio = mean_look / mean_full
         verdict = "meets goal" if ratio <= ERROR_GOAL else "MISSES goal"
-        print(f"\nRatio of w0 errors (mean abs. error over seeds): LookSAM / full SAM = "
-              f"{mean_look:.4f} / {mean_full:.4f} = {ratio:.2f}x (goal <= {ERROR_GOAL}x, {verdict}); "
-              f"ERM / full SAM = {mean_erm / mean_full:.1f}x")
+        line = (f"\nRatio of w0 errors (mean abs. error over seeds): LookSAM / full SAM = "
+                f"{mean_look:.4f} / {mean_full:.4f} = {ratio:.2f}x (goal <= {ERROR_GOAL}x, {verdict})")
+        if "ERM" in by_kind:
+            line += f"; ERM / full SAM = {sum(by_kind['ERM']) / len(full) / mean_full:.1f}x"
+        print(line)
         per_seed = ", ".join(f"{a / b:.2f}x" for a, b in zip(look, full))
         print(f"  per seed LookSAM / full SAM: {per_seed}")
     print(f"\n(total {time.perf_counter() - start:.0f} s)")

@@ -226,8 +226,8 @@ def main(argv=None):
                         help="only profile the two SAM steps: CPU time per op type (tf.profiler)")
     args = parser.parse_args(argv)
 
-    steps = args.steps or (6 if args.quick else 20)
-    epochs = args.epochs or (4 if args.quick else 8)
+    steps = args.steps or (6 if args.quick else 16)
+    epochs = args.epochs or (4 if args.quick else 6)
     if args.child:
         child(args.child, args.jit, steps, epochs, args.warmup, args.profile)
         return
