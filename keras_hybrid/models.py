@@ -56,7 +56,9 @@ def _non_finite_report(name, data):
 
 
 def _strategy_replicas(model):
-    strategy = getattr(model, "_distribute_strategy", None) or tf.distribute.get_strategy()
+    # `distribute_strategy`: the strategy the model was created under, or
+    # the current (possibly default, one-device) strategy.
+    strategy = model.distribute_strategy
     return strategy.num_replicas_in_sync, strategy
 
 
@@ -189,9 +191,10 @@ class SAMTrainStep:
                 f"Received: sam={sam!r}"
             )
         self._build_sam_state()
-        if self.jit_compile and (replicas > 1 or tf.distribute.has_strategy() or (
-            getattr(self, "_distribute_strategy", None) is not None
-        )):
+        distributed = tf.distribute.has_strategy() or (
+            strategy is not tf.distribute.get_strategy()
+        )
+        if self.jit_compile and (replicas > 1 or distributed):
             # keras-team/keras#19005: Keras cannot XLA-compile a train step
             # under a tf.distribute strategy. Fall back to graph mode.
             warnings.warn(
