@@ -171,8 +171,11 @@ class SAMTrainStep:
                         "the affected steps."
                     )
                 warnings.warn(message, stacklevel=2)
-            # `callbacks` is the sixth positional argument of `fit`.
-            if len(args) < 4:
+            # `callbacks` is the sixth positional argument of `fit`; a
+            # ready-made CallbackList is left as it is.
+            if len(args) < 4 and not isinstance(
+                kwargs.get("callbacks"), keras.callbacks.CallbackList
+            ):
                 callbacks = list(kwargs.get("callbacks") or [])
                 if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
                     callbacks.append(NonFiniteGuard(mode=policy))
