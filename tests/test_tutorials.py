@@ -65,7 +65,8 @@ def test_tutorial_runs_in_fast_mode(script, tmp_path):
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"{script} exited with {result.returncode}:\n{output}"
     for png in pngs:
         path = tmp_path / png
         assert path.is_file(), f"{script} did not write {png}"

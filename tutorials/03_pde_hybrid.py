@@ -159,7 +159,8 @@ for label, (model, loss, seconds) in runs.items():
     print(
         f"  {label}: a = {a:.3e} (error {abs(a - true['a']) / true['a']:.0%}), "
         f"b = {b:.3e} (error {abs(b - true['b']) / true['b']:.0%}), "
-        f"train loss {loss:.2e}, test MSE {mse:.2e} (physics only {mse_physics:.2e}), {seconds:.0f} s"
+        f"train loss {loss:.2e}, test MSE {mse:.2e} "
+        f"(physics only {mse_physics:.2e}), {seconds:.0f} s"
     )
 
 """

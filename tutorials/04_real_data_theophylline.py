@@ -244,11 +244,11 @@ SAM with a radius that is large enough (`rho` of 1 or more here) keeps the
 network to a small correction and returns constants near the population
 values (in our full run, `rho = 1`: ka 1.57 /h, ke 0.071 /h, Cl 0.034
 L/h/kg; `rho = 3`: ka 1.46, ke 0.088, Cl 0.042), at a training error
-approaching that of the physics-only fit; small radii land in between. So on these data SAM does what it should (it stops the
-network from taking over the elimination), but it does not improve on the
-plain physics fit, and the radius matters: there is no ground truth to
-select it on, other than the prior knowledge that the network should
-explain only a small part of the curve. A fair comparison would use a
-mixed-effects model (per-subject constants), which this tutorial does not
-attempt.
+approaching that of the physics-only fit; small radii land in between.
+So on these data SAM does what it should (it stops the network from taking
+over the elimination), but it does not improve on the plain physics fit,
+and the radius matters: there is no ground truth to select it on, other
+than the prior knowledge that the network should explain only a small part
+of the curve. A fair comparison would use a mixed-effects model
+(per-subject constants), which this tutorial does not attempt.
 """

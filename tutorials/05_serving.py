@@ -99,9 +99,10 @@ with open(export_dir / "assets.extra" / "keras_hybrid.json") as f:
 signature with its inputs and outputs (dtypes and shapes).
 """
 
-cli = shutil.which("saved_model_cli") or str(pathlib.Path(sys.executable).parent / "saved_model_cli")
-if not os.path.exists(cli):
-    cli = None
+# The console script sits next to this Python (in a virtual environment that
+# is not activated it may not be on PATH); `python -m` is the fallback.
+cli = pathlib.Path(sys.executable).parent / "saved_model_cli"
+cli = str(cli) if cli.exists() else shutil.which("saved_model_cli")
 command = [cli] if cli else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
 shown = subprocess.run(
     command + ["show", "--dir", str(export_dir), "--all"],
