@@ -154,16 +154,16 @@ class DuffingTask(GlobalConstantTask):
     true_constants = {"alpha": duffing.TRUE_CONSTANTS["alpha"], "delta": duffing.TRUE_CONSTANTS["delta"]}
     sweeps = {
         "l2": [1e-4, 1e-3],
-        "minnorm": [0.01, 0.1, 1.0],
+        "minnorm": [0.1, 1.0],
         "sam": [0.05, 0.3],
-        "sam-neural": [0.03, 0.1, 0.3, 1.0],
+        "sam-neural": [0.1, 0.3, 1.0],
         "asam": [0.1, 0.5],
     }
 
     def config(self, quick):
         if quick:
-            return dict(n_train=100, n_val=50, n_test=50, epochs=120, batch_size=50, lr=1e-2)
-        return dict(n_train=200, n_val=50, n_test=50, epochs=500, batch_size=50, lr=3e-3)
+            return dict(n_train=100, n_val=50, n_test=50, epochs=120, batch_size=50, lr=5e-3)
+        return dict(n_train=200, n_val=50, n_test=50, epochs=300, batch_size=50, lr=3e-3)
 
     def data(self, seed, cfg):
         times, y = duffing.simulate(cfg["n_train"], seed=seed)
@@ -192,18 +192,20 @@ class ReactionDiffusionTask(GlobalConstantTask):
 
     name = "reaction_diffusion"
     true_constants = {"a": reaction_diffusion.TRUE_CONSTANTS["a"], "b": reaction_diffusion.TRUE_CONSTANTS["b"]}
+    # A one-value list fixes the hyperparameter (no sweep): this system is
+    # the most expensive, so only neural-only SAM is swept.
     sweeps = {
-        "l2": [1e-4, 1e-3],
-        "minnorm": [0.01, 0.1],
-        "sam": [0.05, 0.3],
-        "sam-neural": [0.1, 0.3, 1.0],
-        "asam": [0.1, 0.5],
+        "l2": [1e-3],
+        "minnorm": [0.1],
+        "sam": [0.05],
+        "sam-neural": [0.3, 1.0],
+        "asam": [0.5],
     }
 
     def config(self, quick):
         if quick:
             return dict(n_train=8, n_val=4, n_test=4, n_steps=6, epochs=40, batch_size=8, lr=1e-2, jit=False)
-        return dict(n_train=8, n_val=4, n_test=4, n_steps=10, epochs=250, batch_size=8, lr=1e-2, jit=False)
+        return dict(n_train=8, n_val=4, n_test=4, n_steps=10, epochs=100, batch_size=8, lr=1e-2, jit=False)
 
     def data(self, seed, cfg):
         steps = cfg["n_steps"]
@@ -296,7 +298,9 @@ class ForcedPendulumTask:
             [PhysicalConstant("w0", 1.5, unit="rad/s", constraint="positive", trainable=False)],
             times=times,
             substeps=2,
-            correction=_mlp(3 + self.latent, 2, 64, seed, training.kernel_regularizer),
+            correction=forced_pendulum.PeriodicCorrection(
+                2, seed=seed, kernel_regularizer=training.kernel_regularizer, name="correction"
+            ),
             correction_inputs="state_and_time",
             context_size=self.latent,
             name="forced_pendulum",
@@ -356,7 +360,8 @@ def run_one(task, cfg, data, method, value, seed, epochs=None):
     return result, model
 
 
-def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None, tolerance=0.25, log=print):
+def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None, tolerance=0.25, log=print,
+                   on_progress=None, first_seed=0, value=None):
     """Runs the comparison; returns `(report dict, last trained model)`.
 
     Args:
@@ -370,6 +375,12 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
         tolerance: slack of the selection rule (`select`). Defaults to
             `0.25`.
         log: progress printer. Defaults to `print`.
+        on_progress: optional function called with the partial report
+            after every trained model. Defaults to `None`.
+        first_seed: seeds are `first_seed, ..., first_seed + seeds - 1`
+            (to extend an earlier run). Defaults to `0`.
+        value: fixes the hyperparameter of every method (no sweep).
+            Defaults to `None`.
     """
     if system not in SYSTEMS:
         raise ValueError(f"`system` must be one of {list(SYSTEMS)}. Received: system={system!r}")
@@ -388,43 +399,8 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
             datasets[seed] = task.data(seed, cfg)
         return datasets[seed]
 
+    value_fixed = value
     results, sweep_rows, selection, model = [], [], {}, None
-    for method in methods:
-        hyper, default = methods_lib.METHODS[method]
-        reuse = None
-        if hyper is not None and sweep:
-            rows = []
-            for value in task.sweeps[method]:
-                result, model = run_one(task, cfg, data_for(0), method, value, 0)
-                log(f"  sweep {method} {hyper}={value:g}: val_mse={result['val_mse']:.3e} "
-                    f"param_rel_error={result['param_rel_error']:.4f} ({result['seconds']:.0f} s)")
-                rows.append({"method": method, "value": value, **{k: result[k] for k in (
-                    "val_mse", "test_mse", "param_error", "param_rel_error", "net_share", "constants")}})
-                if reuse is None or True:
-                    rows[-1]["_result"] = result
-            chosen = methods_lib.select(rows, tolerance)
-            argmin = methods_lib.select(rows, 0.0)
-            for row in rows:
-                result = row.pop("_result")
-                row["selected"] = row["value"] == chosen
-                row["argmin"] = row["value"] == argmin
-                if row["selected"]:
-                    reuse = result
-            sweep_rows.extend(rows)
-            value = chosen
-        else:
-            value = default
-        if hyper is not None:
-            selection[method] = {hyper: value}
-        for seed in range(seeds):
-            if seed == 0 and reuse is not None:
-                result = reuse
-            else:
-                result, model = run_one(task, cfg, data_for(seed), method, value, seed)
-            log(f"  {method} seed={seed}: param_error={result['param_error']:.4g} "
-                f"rel={result['param_rel_error']:.4f} test_mse={result['test_mse']:.3e} "
-                f"net_share={result['net_share']:.3f} ({result['seconds']:.0f} s)")
-            results.append(result)
     report = {
         "system": system,
         "quick": bool(quick),
@@ -434,6 +410,54 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
         "sweep": sweep_rows,
         "results": results,
     }
+
+    def progress():
+        if on_progress is not None:
+            on_progress(report)
+
+    for method in methods:
+        hyper, default = methods_lib.METHODS[method]
+        reuse = None
+        if hyper is not None and value_fixed is not None:
+            value = value_fixed
+        elif hyper is not None and sweep and len(task.sweeps[method]) == 1:
+            value = task.sweeps[method][0]
+        elif hyper is not None and sweep:
+            rows = []
+            for value in task.sweeps[method]:
+                result, model = run_one(task, cfg, data_for(0), method, value, 0)
+                log(f"  sweep {method} {hyper}={value:g}: val_mse={result['val_mse']:.3e} "
+                    f"param_rel_error={result['param_rel_error']:.4f} ({result['seconds']:.0f} s)")
+                rows.append({"method": method, "value": value, **{k: result[k] for k in (
+                    "val_mse", "test_mse", "param_error", "param_rel_error", "net_share", "constants")}})
+                rows[-1]["_result"] = result
+                sweep_rows.append(rows[-1])
+                progress()
+            chosen = methods_lib.select(rows, tolerance)
+            argmin = methods_lib.select(rows, 0.0)
+            for row in rows:
+                result = row.pop("_result")
+                row["selected"] = row["value"] == chosen
+                row["argmin"] = row["value"] == argmin
+                if row["selected"]:
+                    reuse = result
+            value = chosen
+        elif hyper is not None:
+            value = default
+        else:
+            value = None
+        if hyper is not None:
+            selection[method] = {hyper: value}
+        for seed in range(first_seed, first_seed + seeds):
+            if seed == 0 and reuse is not None:
+                result = reuse
+            else:
+                result, model = run_one(task, cfg, data_for(seed), method, value, seed)
+            log(f"  {method} seed={seed}: param_error={result['param_error']:.4g} "
+                f"rel={result['param_rel_error']:.4f} test_mse={result['test_mse']:.3e} "
+                f"net_share={result['net_share']:.3f} ({result['seconds']:.0f} s)")
+            results.append(result)
+            progress()
     return report, model
 
 
@@ -488,6 +512,9 @@ def main(argv=None):
     parser.add_argument("--no-sweep", dest="sweep", action="store_false")
     parser.add_argument("--tolerance", type=float, default=0.25,
                         help="selection slack on the validation MSE (0: argmin)")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed (to extend a run)")
+    parser.add_argument("--value", type=float, default=None,
+                        help="fix the hyperparameter (rho or lambda) of the methods; no sweep")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: default)")
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--export", default=None, help="SavedModel directory for the last model")
@@ -503,11 +530,22 @@ def main(argv=None):
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
+    directory = os.path.dirname(os.path.abspath(args.json))
+    os.makedirs(directory, exist_ok=True)
+
+    def write(report, complete):
+        report = {k: v for k, v in report.items()}
+        report["sweep"] = [{k: v for k, v in r.items() if k != "_result"} for r in report["sweep"]]
+        report["complete"] = complete
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
     start = time.perf_counter()
     print(f"{args.system}: methods={','.join(methods)} seeds={args.seeds} quick={args.quick}", flush=True)
     report, model = run_experiment(
         args.system, methods, args.seeds, quick=args.quick, epochs=args.epochs,
         sweep=args.sweep, tolerance=args.tolerance, log=lambda s: print(s, flush=True),
+        on_progress=lambda report: write(report, False), first_seed=args.first_seed, value=args.value,
     )
     report["wall_seconds"] = time.perf_counter() - start
     report["command"] = "python -m keras_hybrid.experiments " + " ".join(
@@ -519,10 +557,7 @@ def main(argv=None):
     print(f"\n{args.system}: mean ± std over {args.seeds} seed(s), test set")
     print(format_table(report))
     print(f"wall time {report['wall_seconds']:.0f} s")
-    directory = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(directory, exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=1)
+    write(report, True)
     if args.export:
         from keras_hybrid.export import export_saved_model
 
@@ -532,3 +567,33 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def markdown_tables(report):
+    """Markdown tables (sweep and mean ± std per method) of a report."""
+    out = []
+    if report.get("sweep"):
+        out.append("| method | value | val MSE | test MSE | param. error | rel. error | net share | chosen |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for row in report["sweep"]:
+            mark = ", ".join(m for m, flag in (("rule", row["selected"]), ("argmin", row["argmin"])) if flag)
+            out.append(
+                f"| {row['method']} | {row['value']:g} | {row['val_mse']:.3e} | {row['test_mse']:.3e} | "
+                f"{row['param_error']:.3e} | {row['param_rel_error']:.4f} | {row['net_share']:.3f} | {mark} |"
+            )
+        out.append("")
+    out.append("| method | hyperparameter | param. error | rel. error | test MSE | net share | s/run |")
+    out.append("|---|---|---|---|---|---|---|")
+    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
+    for method in methods:
+        rows = [r for r in report["results"] if r["method"] == method]
+        hyper = ", ".join(f"{k}={v:g}" for k, v in rows[0]["hyperparameter"].items()) or "-"
+        s = {k: methods_lib.mean_std([r[k] for r in rows]) for k in (
+            "param_error", "param_rel_error", "test_mse", "net_share", "seconds")}
+        out.append(
+            f"| {method} | {hyper} | {s['param_error'][0]:.3e} ± {s['param_error'][1]:.1e} | "
+            f"{s['param_rel_error'][0]:.4f} ± {s['param_rel_error'][1]:.4f} | "
+            f"{s['test_mse'][0]:.3e} ± {s['test_mse'][1]:.1e} | "
+            f"{s['net_share'][0]:.3f} ± {s['net_share'][1]:.3f} | {s['seconds'][0]:.0f} |"
+        )
+    return "\n".join(out)

@@ -18,6 +18,7 @@ Reference:
     Robust and Interpretable Generative Modeling", arXiv:2102.13156.
 """
 
+import keras
 import numpy as np
 
 from keras_hybrid.systems.pendulum import rk4_numpy
@@ -74,3 +75,98 @@ def simulate(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, seed=0, substeps=4
     clean = rk4_numpy(field, y0, times, substeps=substeps)
     observed = clean + noise * rng.standard_normal(clean.shape)
     return times.astype("float32"), observed.astype("float32"), constants
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid")
+class PeriodicCorrection(keras.layers.Layer):
+    """Correction network for time-periodic, episode-dependent dynamics.
+
+    Input: `concat([y, t, z])` (state of size `state_size`, time, latent
+    context `z`). Output:
+
+    ```
+    mlp([y, z]) + Dense([sin(w(z) t), cos(w(z) t)] * amp(z))
+    ```
+
+    where the `n_frequencies` angular frequencies `w(z)` and amplitudes
+    `amp(z)` are linear functions of `z`, frequencies initialised spread
+    over `frequency_range`. Generic for periodic forcing of unknown form;
+    a plain MLP of `(y, t, z)` could not fit forcing of 8 to 15 cycles per
+    episode.
+
+    Args:
+        state_size: size of the state `y`.
+        hidden: width of the two hidden layers of the MLP. Defaults to `64`.
+        n_frequencies: number of frequencies. Defaults to `16`.
+        frequency_range: `(lo, hi)` of the initial frequencies, rad/s.
+            Defaults to `(10.0, 45.0)`.
+        seed: seed of the initializers. Defaults to `0`.
+        kernel_regularizer: regularizer of every kernel. Defaults to `None`.
+        **kwargs: base layer arguments.
+    """
+
+    def __init__(self, state_size, hidden=64, n_frequencies=16, frequency_range=(10.0, 45.0),
+                 seed=0, kernel_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.state_size = int(state_size)
+        self.hidden = int(hidden)
+        self.n_frequencies = int(n_frequencies)
+        self.frequency_range = tuple(float(v) for v in frequency_range)
+        self.seed = int(seed)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        init = keras.initializers.GlorotUniform
+        reg = self.kernel_regularizer
+        lo, hi = self.frequency_range
+        self.mlp = [
+            keras.layers.Dense(hidden, "tanh", kernel_initializer=init(seed), kernel_regularizer=reg),
+            keras.layers.Dense(hidden, "tanh", kernel_initializer=init(seed + 1), kernel_regularizer=reg),
+            keras.layers.Dense(state_size, kernel_initializer=init(seed + 2), kernel_regularizer=reg),
+        ]
+        self.frequency = keras.layers.Dense(
+            n_frequencies,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 3),
+            bias_initializer=keras.initializers.Constant(np.linspace(lo, hi, n_frequencies)),
+            kernel_regularizer=reg,
+        )
+        self.amplitude = keras.layers.Dense(
+            2 * n_frequencies, kernel_initializer=init(seed + 4), kernel_regularizer=reg
+        )
+        self.mix = keras.layers.Dense(state_size, kernel_initializer=init(seed + 5), kernel_regularizer=reg)
+
+    def build(self, input_shape):
+        n_context = input_shape[-1] - self.state_size - 1
+        batch = input_shape[0]
+        self.mlp[0].build((batch, self.state_size + n_context))
+        self.mlp[1].build((batch, self.hidden))
+        self.mlp[2].build((batch, self.hidden))
+        self.frequency.build((batch, n_context))
+        self.amplitude.build((batch, n_context))
+        self.mix.build((batch, 2 * self.n_frequencies))
+
+    def call(self, features):
+        n = self.state_size
+        y, t, z = features[:, :n], features[:, n : n + 1], features[:, n + 1 :]
+        h = keras.ops.concatenate([y, z], axis=-1)
+        for layer in self.mlp:
+            h = layer(h)
+        phase = self.frequency(z) * t
+        waves = keras.ops.concatenate([keras.ops.sin(phase), keras.ops.cos(phase)], axis=-1)
+        return h + self.mix(waves * self.amplitude(z))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.state_size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "state_size": self.state_size,
+                "hidden": self.hidden,
+                "n_frequencies": self.n_frequencies,
+                "frequency_range": list(self.frequency_range),
+                "seed": self.seed,
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
+                if self.kernel_regularizer is not None else None,
+            }
+        )
+        return config

@@ -1,0 +1,120 @@
+"""Benchmark simulators against known physics."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_hybrid.systems import duffing, forced_pendulum, reaction_diffusion
+from keras_hybrid.systems.pendulum import rk4_numpy
+
+
+def test_forced_pendulum_conserves_energy_without_damping_and_forcing():
+    w0 = np.array([0.9, 2.5])
+    y0 = np.array([[1.2, 0.0], [-0.7, 0.3]])
+    times = np.arange(50) * 0.05
+    field = forced_vector_field = forced_pendulum.forced_vector_field(w0, 0.0, 4.0, 0.0)
+    ys = rk4_numpy(field, y0, times, substeps=20)
+    energy = 0.5 * ys[..., 1] ** 2 + w0[:, None] ** 2 * (1 - np.cos(ys[..., 0]))
+    drift = np.max(np.abs(energy - energy[:, :1]), axis=1) / energy[:, 0]
+    assert np.all(drift < 1e-8), drift
+    # With damping (and no forcing) energy strictly decreases.
+    damped = rk4_numpy(forced_pendulum.forced_vector_field(w0, 0.5, 4.0, 0.0), y0, times, substeps=20)
+    energy = 0.5 * damped[..., 1] ** 2 + w0[:, None] ** 2 * (1 - np.cos(damped[..., 0]))
+    assert np.all(np.diff(energy, axis=1) < 0)
+    assert forced_vector_field is field
+
+
+def test_forced_pendulum_small_angle_forced_response_matches_linear_theory():
+    # Small amplitude, no damping: theta'' = -w0^2 theta + A w0^2 cos(W t),
+    # theta(0) = 0, theta'(0) = 0 -> A w0^2 / (w0^2 - W^2) (cos W t - cos w0 t).
+    w0, f, amp = 1.5, 3.5, 1e-4
+    big_w = 2 * np.pi * f
+    times = np.arange(50) * 0.05
+    ys = rk4_numpy(forced_pendulum.forced_vector_field(w0, 0.0, f, amp), np.zeros((1, 2)), times, substeps=40)
+    expected = amp * w0**2 / (w0**2 - big_w**2) * (np.cos(big_w * times) - np.cos(w0 * times))
+    np.testing.assert_allclose(ys[0, :, 0], expected, atol=1e-9)
+
+
+def test_forced_pendulum_simulate_is_deterministic_and_in_range():
+    times, obs, constants = forced_pendulum.simulate(64, seed=3)
+    times2, obs2, _ = forced_pendulum.simulate(64, seed=3)
+    np.testing.assert_array_equal(obs, obs2)
+    assert obs.shape == (64, 50, 2) and obs.dtype == np.float32
+    np.testing.assert_allclose(np.diff(times), 0.05, rtol=1e-5)
+    for name, (lo, hi) in forced_pendulum.RANGES.items():
+        assert np.all(constants[name] >= lo) and np.all(constants[name] <= hi), name
+    # Noise: the first observation is theta0 plus N(0, 0.01) noise.
+    residual = obs[:, 0, 0] - constants["theta0"]
+    assert 0.005 < np.std(residual) < 0.015
+    assert not np.array_equal(forced_pendulum.simulate(64, seed=4)[1], obs)
+
+
+def test_linear_duffing_matches_analytic_damped_oscillator():
+    alpha, delta = duffing.TRUE_CONSTANTS["alpha"], duffing.TRUE_CONSTANTS["delta"]
+    times, obs = duffing.simulate(5, noise=0.0, beta=0.0, gamma=0.0, seed=1)
+    x0, v0 = obs[:, 0, 0].astype("float64"), obs[:, 0, 1].astype("float64")
+    wd = np.sqrt(alpha - delta**2 / 4)
+    t = times.astype("float64")[None, :]
+    envelope = np.exp(-delta * t / 2)
+    x = envelope * (x0[:, None] * np.cos(wd * t) + (v0[:, None] + delta * x0[:, None] / 2) / wd * np.sin(wd * t))
+    np.testing.assert_allclose(obs[..., 0], x, atol=2e-6)
+
+
+def test_duffing_physics_part_matches_numpy_field():
+    y = np.random.default_rng(0).normal(size=(7, 2)).astype("float32")
+    c = {"alpha": 1.3, "delta": 0.4}
+    got = keras.ops.convert_to_numpy(duffing.linear_damped_oscillator(0.0, y, c))
+    expected = duffing.duffing_vector_field(beta=0.0, gamma=0.0, Omega=1.0, **c)(0.0, y.astype("float64"))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_duffing_rejects_unknown_constant():
+    with pytest.raises(ValueError, match="Unknown Duffing constants"):
+        duffing.simulate(2, kappa=1.0)
+
+
+def test_diffusion_conserves_mass_with_neumann_boundaries():
+    _, obs = reaction_diffusion.simulate(2, n_steps=6, reaction=False, seed=0)
+    fields = obs.reshape(2, 6, 32, 32, 2).astype("float64")
+    totals = fields.sum(axis=(2, 3))
+    np.testing.assert_allclose(totals, np.broadcast_to(totals[:, :1], totals.shape), rtol=1e-6)
+    # ... while the field is smoothed (variance decreases).
+    variance = fields.var(axis=(2, 3))
+    assert np.all(np.diff(variance, axis=1) < 0)
+
+
+def test_laplacian_of_quadratic_is_exact_in_the_interior():
+    x = (np.arange(32) + 0.5) * reaction_diffusion.DX - 1.0
+    field = np.broadcast_to((x**2)[:, None, None], (32, 32, 1))
+    lap = reaction_diffusion.laplacian_numpy(field)
+    np.testing.assert_allclose(lap[1:-1, :, 0], 2.0, rtol=1e-9)
+
+
+def test_keras_diffusion_matches_simulator():
+    y = np.random.default_rng(1).uniform(size=(3, 2048)).astype("float32")
+    scale = reaction_diffusion.SCALE
+    c = {"a": 1e-3 / scale, "b": 5e-3 / scale}
+    got = keras.ops.convert_to_numpy(reaction_diffusion.fhn_diffusion(0.0, y, c))
+    expected = reaction_diffusion.fhn_vector_field(1e-3, 5e-3, 0.0, reaction=False)(0.0, y.astype("float64"))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fhn_reaction_term():
+    # A spatially uniform state has no diffusion: du/dt = u - u^3 - k - v.
+    y = np.tile(np.array([0.5, 0.2]), 1024)[None]
+    dy = reaction_diffusion.fhn_vector_field(1e-3, 5e-3, 5e-3)(0.0, y)
+    np.testing.assert_allclose(dy[0, 0], 0.5 - 0.125 - 5e-3 - 0.2)
+    np.testing.assert_allclose(dy[0, 1], 0.5 - 0.2)
+
+
+def test_periodic_correction_round_trip():
+    layer = forced_pendulum.PeriodicCorrection(2, hidden=8, n_frequencies=4, seed=1)
+    x = np.random.default_rng(0).normal(size=(5, 2 + 1 + 3)).astype("float32")
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert out.shape == (5, 2)
+    clone = forced_pendulum.PeriodicCorrection.from_config(layer.get_config())
+    clone.build(x.shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)), out, rtol=1e-6)
+    # Frequencies start spread over the range (bias), slopes small.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.frequency.bias), np.linspace(10, 45, 4), rtol=1e-6)
