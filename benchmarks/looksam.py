@@ -22,7 +22,12 @@ Run:
 ```
 python benchmarks/looksam.py --quick   # smoke run, < 2 minutes (50 epochs: w0 not converged)
 python benchmarks/looksam.py           # full run (600 epochs, as the demo; seeds 0 1 2)
+python benchmarks/looksam.py --skip-cost --runs LookSAM --epochs 900   # LookSAM at the
+                                       # compute of 600 full-SAM epochs
 ```
+
+`--every` and `--alpha` set LookSAM's `k` and `alpha`, `--seeds` and
+`--epochs` the accuracy runs, `--runs` which trainings are compared.
 """
 
 import argparse
