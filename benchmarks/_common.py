@@ -153,6 +153,14 @@ def timing_ratios(numerators, denominators):
     }
 
 
+def verdict(spread, passes):
+    """`"goal met (wall: yes, CPU: yes)"` for a `timing_ratios` result;
+    `passes(median)` says whether a median ratio meets the goal."""
+    wall, cpu = passes(spread["wall"][0]), passes(spread["cpu"][0])
+    word = "goal met" if wall and cpu else "goal MISSED" if not (wall or cpu) else "goal met in part"
+    return f"{word} (wall: {'yes' if wall else 'no'}, CPU: {'yes' if cpu else 'no'})"
+
+
 def format_ratio(spread):
     """`"1.75x (1.70-1.81)"` of a `(median, min, max)` ratio."""
     med, lo, hi = spread

@@ -142,7 +142,7 @@ def main(argv=None):
               f"goal for LookSAM k=5 <= {COST_GOAL}x")
         for (title, jit), by_kind in ratios.items():
             look = by_kind[f"LookSAM k={args.every}"]
-            verdict = "meets goal" if look["wall"][0] <= COST_GOAL else "MISSES goal"
+            verdict = common.verdict(look, lambda r: r <= COST_GOAL)
             print(f"  {title:<24} jit_compile={str(jit):<5} {verdict}")
             for kind, spread in by_kind.items():
                 print(f"    {kind:<12} wall {common.format_ratio(spread['wall'])}  "

@@ -75,10 +75,11 @@ def main(argv=None):
     for kind in ("plain", "SAM"):
         spread = common.timing_ratios(results[(kind, False)], results[(kind, True)])
         compiled = compile_times[(kind, True)]
-        ok = spread["wall"][0] >= SPEEDUP_GOAL and compiled < COMPILE_GOAL
+        speed = common.verdict(spread, lambda r: r >= SPEEDUP_GOAL)
+        compile_ok = "goal met" if compiled < COMPILE_GOAL else "goal MISSED"
         print(f"  {kind:<6} speed-up wall {common.format_ratio(spread['wall'])}, CPU "
-              f"{common.format_ratio(spread['cpu'])}; jitted first step {compiled:.1f} s  "
-              f"{'meets goals' if ok else 'MISSES a goal'}")
+              f"{common.format_ratio(spread['cpu'])}: {speed}; jitted first step "
+              f"{compiled:.1f} s: {compile_ok}")
 
 
 if __name__ == "__main__":

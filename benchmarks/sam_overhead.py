@@ -99,7 +99,7 @@ def main(argv=None):
     print(f"\nRatios SAM / plain step time (median of per-round ratios, min-max); goal <= {GOAL}x")
     for workload, ratios in all_ratios.items():
         for jit, spread in ratios.items():
-            verdict = "meets goal" if spread["wall"][0] <= GOAL else "MISSES goal"
+            verdict = common.verdict(spread, lambda r: r <= GOAL)
             print(f"  {workload:<24} jit_compile={str(jit):<5} wall {common.format_ratio(spread['wall'])}"
                   f"  CPU {common.format_ratio(spread['cpu'])}  {verdict}")
 
