@@ -576,7 +576,7 @@ def markdown_tables(report):
         out.append("| method | value | val MSE | test MSE | param. error | rel. error | net share | chosen |")
         out.append("|---|---|---|---|---|---|---|---|")
         for row in report["sweep"]:
-            mark = ", ".join(m for m, flag in (("rule", row["selected"]), ("argmin", row["argmin"])) if flag)
+            mark = ", ".join(m for m, flag in (("rule", row.get("selected")), ("argmin", row.get("argmin"))) if flag)
             out.append(
                 f"| {row['method']} | {row['value']:g} | {row['val_mse']:.3e} | {row['test_mse']:.3e} | "
                 f"{row['param_error']:.3e} | {row['param_rel_error']:.4f} | {row['net_share']:.3f} | {mark} |"
