@@ -86,6 +86,9 @@ class GlobalConstantTask:
 
     name = ""
     sweeps = {}
+    # Values used without a sweep (`--quick`): those the full run's
+    # validation protocol selected (benchmarks/RESULTS.md).
+    defaults = {}
 
     def data(self, seed, cfg):
         raise NotImplementedError
@@ -123,6 +126,7 @@ class PendulumTask(GlobalConstantTask):
         "sam-neural": [0.03, 0.1, 0.3, 1.0],
         "asam": [0.1, 0.5],
     }
+    defaults = {"l2": 1e-3, "minnorm": 0.01, "sam": 0.3, "sam-neural": 0.3, "asam": 0.1}
 
     def config(self, quick):
         if quick:
@@ -159,6 +163,7 @@ class DuffingTask(GlobalConstantTask):
         "sam-neural": [0.1, 0.3, 1.0],
         "asam": [0.1, 0.5],
     }
+    defaults = {"l2": 1e-4, "minnorm": 0.1, "sam": 0.05, "sam-neural": 0.1, "asam": 0.1}
 
     def config(self, quick):
         if quick:
@@ -201,6 +206,7 @@ class ReactionDiffusionTask(GlobalConstantTask):
         "sam-neural": [0.3, 1.0],
         "asam": [0.5],
     }
+    defaults = {"l2": 1e-3, "minnorm": 0.1, "sam": 0.05, "sam-neural": 0.3, "asam": 0.5}
 
     def config(self, quick):
         if quick:
@@ -443,7 +449,7 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
                     reuse = result
             value = chosen
         elif hyper is not None:
-            value = default
+            value = getattr(task, "defaults", {}).get(method, default)
         else:
             value = None
         if hyper is not None:
