@@ -41,7 +41,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
 
 from keras_hybrid import _experiment_methods as methods_lib  # noqa: E402
 from keras_hybrid.constants import PhysicalConstant  # noqa: E402
