@@ -8,7 +8,7 @@ Two workloads, each measured with and without `jit_compile`:
   points, RK4, 2x64 tanh correction), batch 50: a plain functional
   `keras.Model` vs `kh.HybridModel`.
 
-SAM is `kh.SAM(rho=0.05)` (one global norm over all weights); the optimizer
+SAM is `kh.SAM(rho=0.05, perturb="all")` (one global norm over all weights); the optimizer
 is Adam for both variants. SAM needs two forward-backward passes per step,
 so about 2x the plain step is its limit; the goal is <= 2.0x.
 
@@ -37,7 +37,7 @@ def mlp_variants(steps, jit_modes):
         for kind in ("plain", "SAM"):
             model = common.mlp()
             if kind == "SAM":
-                model = kh.SAMModel(model, sam=kh.SAM(rho=0.05))
+                model = kh.SAMModel(model, sam=kh.SAM(rho=0.05, perturb="all"))
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
             variants[(kind, jit)] = _runner(model, x, y, common.MLP_BATCH, steps)
     return variants
@@ -49,7 +49,7 @@ def pendulum_variants(steps, jit_modes, batch_size=50):
     for jit in jit_modes:
         for kind in ("plain", "SAM"):
             if kind == "SAM":
-                model = common.pendulum_model(times, sam=kh.SAM(rho=0.05))
+                model = common.pendulum_model(times, sam=kh.SAM(rho=0.05, perturb="all"))
             else:
                 hybrid = common.pendulum_model(times, sam=None)
                 model = keras.Model(hybrid.inputs, hybrid.outputs, name="plain_pendulum")

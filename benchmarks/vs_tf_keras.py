@@ -4,7 +4,7 @@ Same MLP (128 -> 1024 -> 1024 -> 10, ReLU, identical initial weights), same
 data (batch 1024, MSE), same optimizer (Adam, learning rate 1e-3), same
 radius (`rho=0.05`, one global norm):
 
-* `keras_hybrid`: `kh.SAMModel(keras.Sequential(...), sam=kh.SAM(rho=0.05))`
+* `keras_hybrid`: `kh.SAMModel(keras.Sequential(...), sam=kh.SAM(rho=0.05, perturb="all"))`
   (Keras 3);
 * `tf_keras`: `tf_keras.models.experimental.SharpnessAwareMinimization(
   tf_keras.Sequential(...), rho=0.05)` (Keras 2).
@@ -100,7 +100,7 @@ def build(variant, jit):
     net.set_weights(initial_weights())
     model = net
     if kind == "SAM":
-        model = kh.SAMModel(net, sam=kh.SAM(rho=0.05))
+        model = kh.SAMModel(net, sam=kh.SAM(rho=0.05, perturb="all"))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
     return model, keras
 

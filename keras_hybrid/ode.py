@@ -1,7 +1,7 @@
 """Differentiable ODE integration for hybrid models.
 
 Fixed-step explicit Runge-Kutta methods are driven by their Butcher tableau
-and looped with `tf.scan` / bounded `tf.while_loop`: time steps are
+and looped with bounded `tf.while_loop`s: time steps are
 never unrolled in Python, so a traced (or XLA-compiled) training step stays
 small whatever the number of steps. Adaptive and stiff solving goes through
 `tfp.math.ode` (Dormand-Prince, BDF).
@@ -141,12 +141,25 @@ def odeint(func, y0, t, method="rk4", substeps=1, rtol=1e-6, atol=1e-8, constant
         )
         return y_next
 
-    # tf.scan bounds its while loop (maximum_iterations), which XLA needs to
-    # differentiate through it; keras.ops.scan does not (TF 2.21).
-    ys = tf.scan(interval, (starts, steps), initializer=y0)
-    # scan stacks time first: (T-1, ..., n) -> (..., T, n) with y0 in front.
-    ys = tf.concat([tf.expand_dims(y0, 0), ys], axis=0)
-    return _time_axis_second_to_last(ys)
+    # A while loop with a static trip count (`maximum_iterations`), which
+    # XLA needs to differentiate through it; keras.ops.scan does not bound
+    # its loop (TF 2.21), and tf.scan mutates the global variable scope,
+    # which an exception raised mid-trace leaves corrupted.
+    intervals = len(t) - 1
+    trajectory = tf.TensorArray(dtype, size=len(t), element_shape=y0.shape).write(0, y0)
+
+    def step(i, y, trajectory):
+        y_next = interval(y, (starts[i], steps[i]))
+        return i + 1, y_next, trajectory.write(i + 1, y_next)
+
+    _, _, trajectory = tf.while_loop(
+        lambda i, *_: i < intervals,
+        step,
+        (0, y0, trajectory),
+        maximum_iterations=intervals,
+    )
+    # Stacked time first: (T, ..., n) -> (..., T, n).
+    return _time_axis_second_to_last(trajectory.stack())
 
 
 def _time_axis_second_to_last(ys):

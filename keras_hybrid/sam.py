@@ -86,13 +86,13 @@ def sam_perturbation(gradients, variables=None, rho=0.05, adaptive=False, eta=0.
         scaled.append((g, scale))
     squared = [ops.sum(ops.square(g * s if s is not None else g)) for g, s in scaled]
     norm = ops.sqrt(ops.sum(ops.stack(squared)))
-    finite = ops.logical_and(ops.isfinite(norm), all_finite([g for g, _ in scaled]))
-    factor = ops.where(finite, rho / (norm + eps), 0.0)
+    # Any NaN/Inf entry makes the norm non-finite; the scalar select then
+    # returns zeros, so no NaN can leak into the perturbed weights.
+    finite = ops.isfinite(norm)
+    factor = rho / (norm + eps)
     for (i, g_orig, _), (g, s) in zip(present, scaled):
         direction = g * ops.square(s) if s is not None else g
-        # Zero out non-finite entries so that factor * NaN cannot leak.
-        direction = ops.where(ops.isfinite(direction), direction, 0.0)
-        perturbation[i] = ops.cast(factor * direction, g_orig.dtype)
+        perturbation[i] = ops.cast(ops.where(finite, factor * direction, 0.0), g_orig.dtype)
     return perturbation
 
 
@@ -137,15 +137,24 @@ def grouped_perturbation(gradients, variables, groups, radii, adaptive=False, et
 class SAM:
     """Settings of a sharpness-aware training step.
 
+    The defaults, `rho=0.3, perturb="neural"`, are the variant that
+    recovered physical constants best in our reproductions
+    (`benchmarks/RESULTS.md`): on the damped pendulum it recovers the
+    frequency to 1.5 % (plain training: 45 %), whereas perturbing the
+    constants too (one global norm, or adaptive SAM) pushes them away
+    from their true values. On a model without physical constants,
+    `"neural"` and `"all"` are the same. The best radius depends on the
+    network and the loss scale: tune it on validation error.
+
     Args:
         rho: radius of the perturbation. With `perturb="all"` and
             `rho_physical=None`, one global norm over all trainable
-            variables (standard SAM); otherwise the radius of the neural
-            group. Defaults to `0.05`.
+            variables (standard SAM, where 0.05 is the usual radius);
+            otherwise the radius of the neural group. Defaults to `0.3`.
         perturb: which parameters are perturbed: `"all"`, `"neural"` (only
             network weights; physical constants are evaluated at their
             current value) or `"physical"` (only physical constants).
-            Defaults to `"all"`.
+            Defaults to `"neural"`.
         rho_physical: radius of the physical-constant group, normalized
             separately from the neural group (their units differ). `None`
             means: same radius and a shared norm with `perturb="all"`, and
@@ -174,15 +183,15 @@ class SAM:
     Example:
 
     ```python
-    sam = SAM(rho=0.05, perturb="neural")
+    sam = SAM(rho=0.3, perturb="neural")
     model = HybridModel(inputs, outputs, sam=sam)
     ```
     """
 
     def __init__(
         self,
-        rho=0.05,
-        perturb="all",
+        rho=0.3,
+        perturb="neural",
         rho_physical=None,
         adaptive=False,
         eta=0.01,

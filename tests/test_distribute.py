@@ -78,10 +78,10 @@ rng = np.random.default_rng(0)
 xh = rng.normal(size=(64, 3)).astype("float32")
 yh = (np.sin(2 * xh[:, :1]) + 0.5 * xh[:, 1:2]).astype("float32")
 for name, sam in {
-    "all": kh.SAM(rho=RHO),
-    "grouped_adaptive": kh.SAM(rho=RHO, rho_physical=0.05, adaptive=True),
+    "all": kh.SAM(rho=RHO, perturb="all"),
+    "grouped_adaptive": kh.SAM(rho=RHO, perturb="all", rho_physical=0.05, adaptive=True),
     "neural": kh.SAM(rho=RHO, perturb="neural"),
-    "per_replica": kh.SAM(rho=RHO, synchronized=False),
+    "per_replica": kh.SAM(rho=RHO, perturb="all", synchronized=False),
 }.items():
     single, dist = hybrid(sam), hybrid(sam, mirrored())
     h1 = single.fit(xh, yh, batch_size=8, epochs=5, verbose=0, shuffle=False)  # 40 steps
@@ -134,7 +134,7 @@ def hand_sam(x, y, batch, groups, rho=RHO):
 x = rng.normal(size=(32, 3)).astype("float32")
 y = rng.normal(size=(32, 1)).astype("float32")
 for synchronized in (True, False):
-    model = linear(kh.SAM(rho=RHO, synchronized=synchronized), mirrored())
+    model = linear(kh.SAM(rho=RHO, perturb="all", synchronized=synchronized), mirrored())
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     results[f"hand_synchronized_{synchronized}"] = {
         "err_vs_whole_batch_sam": max_diff(weights(model), hand_sam(x, y, 8, 1)),
@@ -146,8 +146,8 @@ for synchronized in (True, False):
 y_bad = y[:16].copy()
 y_bad[5, 0] = np.nan  # in replica 1's half of the first batch
 for label, sam, groups, rho in (
-    ("sync", kh.SAM(rho=RHO), 1, RHO),
-    ("per_replica", kh.SAM(rho=RHO, synchronized=False), 2, RHO),
+    ("sync", kh.SAM(rho=RHO, perturb="all"), 1, RHO),
+    ("per_replica", kh.SAM(rho=RHO, perturb="all", synchronized=False), 2, RHO),
     ("plain", None, 1, 0.0),
 ):
     model = linear(sam, mirrored())
@@ -160,7 +160,7 @@ for label, sam, groups, rho in (
         "loss_is_nan": bool(np.isnan(history.history["loss"][0])),
         "replicas_identical": replicas_identical(model),
     }
-model = linear(kh.SAM(rho=RHO), mirrored(), on_non_finite="raise")
+model = linear(kh.SAM(rho=RHO, perturb="all"), mirrored(), on_non_finite="raise")
 try:
     model.fit(tf.data.Dataset.from_tensor_slices((x[:16], y_bad)).batch(8), epochs=1, verbose=0)
     results["nonfinite_raise"] = None
@@ -173,9 +173,9 @@ except FloatingPointError as error:
 # -- 4. jit_compile=True under the strategy -----------------------------
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    jit = linear(kh.SAM(rho=RHO), mirrored(), jit=True)
+    jit = linear(kh.SAM(rho=RHO, perturb="all"), mirrored(), jit=True)
     jit.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
-graph = linear(kh.SAM(rho=RHO), mirrored())
+graph = linear(kh.SAM(rho=RHO, perturb="all"), mirrored())
 graph.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
 results["jit"] = {
     "warnings": [str(w.message) for w in caught if "19005" in str(w.message)],
@@ -185,7 +185,7 @@ results["jit"] = {
 
 # -- 5. LookSAM is refused under a multi-replica strategy ----------------
 try:
-    linear(kh.SAM(rho=RHO, every=2), mirrored()).fit(x, y, batch_size=8, epochs=1, verbose=0)
+    linear(kh.SAM(rho=RHO, perturb="all", every=2), mirrored()).fit(x, y, batch_size=8, epochs=1, verbose=0)
     results["looksam"] = None
 except ValueError as error:
     results["looksam"] = str(error)
@@ -221,7 +221,7 @@ for synchronized in (True, False):
         inputs = keras.Input((3,))
         dense = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(W0),
                                    bias_initializer=keras.initializers.Constant(B0))
-        model = kh.HybridModel(inputs, dense(inputs), sam=kh.SAM(rho=0.3, synchronized=synchronized))
+        model = kh.HybridModel(inputs, dense(inputs), sam=kh.SAM(rho=0.3, perturb="all", synchronized=synchronized))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
         model.optimizer.build(model.trainable_variables)
     # Global batch 8: worker 0 trains on rows 0-3 of it, worker 1 on rows 4-7.

@@ -58,7 +58,7 @@ def test_recovers_constant_within_one_percent():
     current = rng.uniform(0.1, 2.0, (256, 1)).astype("float32")
     voltage = (4.7 * current + 0.01 * rng.standard_normal((256, 1))).astype("float32")
     inputs = keras.Input((1,))
-    model = HybridModel(inputs, _resistor(1.0)(inputs), sam=SAM(rho=0.05))
+    model = HybridModel(inputs, _resistor(1.0)(inputs), sam=SAM(rho=0.05, perturb="all"))
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
     model.fit(current, voltage, batch_size=64, epochs=100, verbose=0)
     assert abs(model.physical_constants()["R"] - 4.7) / 4.7 < 0.01

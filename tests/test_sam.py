@@ -68,8 +68,9 @@ def test_grouped_perturbation_leaves_unlisted_group_alone():
 @pytest.mark.parametrize(
     "kwargs, radii",
     [
-        (dict(rho=0.1), None),
-        (dict(rho=0.1, rho_physical=0.02), {NEURAL: 0.1, PHYSICAL: 0.02}),
+        (dict(rho=0.1, perturb="all"), None),
+        (dict(rho=0.1, perturb="all", rho_physical=0.02), {NEURAL: 0.1, PHYSICAL: 0.02}),
+        (dict(rho=0.1), {NEURAL: 0.1}),
         (dict(rho=0.1, perturb="neural"), {NEURAL: 0.1}),
         (dict(rho=0.1, perturb="physical"), {PHYSICAL: 0.1}),
         (dict(rho=0.1, perturb="physical", rho_physical=0.3), {PHYSICAL: 0.3}),
@@ -82,7 +83,8 @@ def test_sam_radii(kwargs, radii):
 def test_is_plain():
     assert SAM(rho=0).is_plain
     assert SAM(rho=0.1, perturb="physical", rho_physical=0).is_plain
-    assert not SAM(rho=0, rho_physical=0.1).is_plain
+    assert not SAM(rho=0, perturb="all", rho_physical=0.1).is_plain
+    assert SAM(rho=0, rho_physical=0.1).is_plain  # "neural": the physical radius is unused
 
 
 @pytest.mark.parametrize("rho", [-1, float("nan"), float("inf"), "0.1", None, True])
@@ -100,6 +102,11 @@ def test_bad_every_is_rejected(every):
 def test_bad_perturb_is_rejected():
     with pytest.raises(ValueError, match="perturb='everything'"):
         SAM(perturb="everything")
+
+
+def test_defaults_are_the_measured_best_variant():
+    sam = SAM()
+    assert (sam.rho, sam.perturb, sam.adaptive, sam.every) == (0.3, "neural", False, 1)
 
 
 def test_sam_config_round_trip():
