@@ -32,6 +32,15 @@ def _batch_size(x):
     return ops.shape(first)[0]
 
 
+def _rescale(gradients, factor, divide):
+    """Gradients divided (or multiplied) by the loss scale `factor`;
+    unchanged when there is no loss scaling (`factor=None`)."""
+    if factor is None:
+        return list(gradients)
+    op = ops.divide if divide else ops.multiply
+    return [None if g is None else op(g, ops.cast(factor, g.dtype)) for g in gradients]
+
+
 def _non_finite_report(name, data):
     """`None`, or a sentence locating the non-finite entries of `data`
     (NumPy arrays and eager tensors only; datasets are not scanned)."""
@@ -272,11 +281,12 @@ class SAMTrainStep:
         tracker = self._loss_metric()
         if tracker is not None:
             tracker.update_state(_unscale_loss_for_distribution(loss), sample_weight=_batch_size(x))
-        loss_scale = self.optimizer.scale_loss(ops.convert_to_tensor(1.0, "float32"))
-        gradients = [
-            None if g is None else g / ops.cast(loss_scale, g.dtype)
-            for g in tape.gradient(scaled_loss, variables)
-        ]
+        # The perturbation needs the true gradient; with mixed precision the
+        # tape saw the scaled loss. Without loss scaling nothing is rescaled.
+        loss_scale = None
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            loss_scale = self.optimizer.scale_loss(ops.convert_to_tensor(1.0, "float32"))
+        gradients = _rescale(tape.gradient(scaled_loss, variables), loss_scale, divide=True)
         gradients = self._maybe_synchronize(gradients, sam)
 
         def full_sam_step():
@@ -286,10 +296,8 @@ class SAMTrainStep:
             final = full_sam_step()
         else:
             final = self._lookahead_gradients(sam, gradients, full_sam_step)
-        # The optimizer expects gradients of the scaled loss (x 1.0 without
-        # loss scaling, which leaves them bit-identical).
-        final = [None if g is None else g * ops.cast(loss_scale, g.dtype) for g in final]
-        self._apply_if_finite(final, variables)
+        # A LossScaleOptimizer expects gradients of the scaled loss.
+        self._apply_if_finite(_rescale(final, loss_scale, divide=False), variables)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
@@ -311,10 +319,7 @@ class SAMTrainStep:
             with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
                 _, perturbed_loss = self._forward_loss(x, y, sample_weight)
             perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
-        return [
-            None if g is None else g / ops.cast(loss_scale, g.dtype)
-            for g in tape.gradient(perturbed_loss, sources)
-        ]
+        return _rescale(tape.gradient(perturbed_loss, sources), loss_scale, divide=True)
 
     def _lookahead_gradients(self, sam, gradients, full_sam_step):
         """LookSAM: a full SAM step every `sam.every` steps; in between,
