@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras
 from keras_hybrid import SAM, HybridModel, PhysicalConstant, SAMModel, SAMTrainStep, ScientificLayer
