@@ -106,14 +106,45 @@ def test_fhn_reaction_term():
     np.testing.assert_allclose(dy[0, 1], 0.5 - 0.2)
 
 
-def test_periodic_correction_round_trip():
-    layer = forced_pendulum.PeriodicCorrection(2, hidden=8, n_frequencies=4, seed=1)
-    x = np.random.default_rng(0).normal(size=(5, 2 + 1 + 3)).astype("float32")
+def test_forcing_bank_correction_round_trip_and_forcing_term():
+    layer = forced_pendulum.ForcingBankCorrection(2, n_frequencies=4, frequency_range=(1.0, 4.0), hidden=8, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 2 + 1 + 8 + 3)).astype("float32")
     out = keras.ops.convert_to_numpy(layer(x))
     assert out.shape == (5, 2)
-    clone = forced_pendulum.PeriodicCorrection.from_config(layer.get_config())
+    clone = forced_pendulum.ForcingBankCorrection.from_config(layer.get_config())
     clone.build(x.shape)
     clone.set_weights(layer.get_weights())
     np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(x)), out, rtol=1e-6)
-    # Frequencies start spread over the range (bias), slopes small.
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.frequency.bias), np.linspace(10, 45, 4), rtol=1e-6)
+    # The forcing part is sum_k a_k sin(w_k t) + b_k cos(w_k t), routed
+    # linearly: changing only the amplitudes changes the output by
+    # route(delta forcing).
+    x2 = x.copy()
+    x2[:, 3:11] += rng.normal(size=(5, 8)).astype("float32")
+    t, w = x[:, 2:3], np.array([1.0, 2.0, 3.0, 4.0])
+    waves = np.concatenate([np.sin(t * w), np.cos(t * w)], axis=-1)
+    delta = np.sum(waves * (x2[:, 3:11] - x[:, 3:11]), axis=-1, keepdims=True)
+    route = keras.ops.convert_to_numpy(layer.route.kernel)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(layer(x2)) - out, delta @ route, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_forcing_bank_correction_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="frequency_range"):
+        forced_pendulum.ForcingBankCorrection(2, frequency_range=(4.0, 1.0))
+    layer = forced_pendulum.ForcingBankCorrection(2, n_frequencies=4)
+    with pytest.raises(ValueError, match="input features"):
+        layer.build((None, 6))
+
+def test_duffing_minimum_norm_split():
+    times, obs = duffing.simulate(50, seed=0, noise=0.0)
+    # Nothing missing from the physics part: the split is the truth.
+    exact = duffing.minimum_norm_split(obs, times, beta=0.0, gamma=0.0)
+    np.testing.assert_allclose([exact["alpha"], exact["delta"]], [1.0, 0.2], atol=1e-9)
+    # With the cubic term, the smallest network output is not the truth:
+    # the projection of -x^3 on -x moves alpha up by about half of beta.
+    times, obs = duffing.simulate(200, seed=0, noise=0.0)
+    split = duffing.minimum_norm_split(obs, times)
+    assert 1.4 < split["alpha"] < 1.7, split
+    assert split["residual_ratio"] < 0.8, split

@@ -9,9 +9,9 @@ theta'' = -w0^2 sin(theta) - gamma theta' + A w0^2 cos(2 pi f t)
 with `theta(0)` uniform in [-1.57, 1.57] rad, `theta'(0) = 0`, `w0` uniform
 in [0.785, 3.14] rad/s, `gamma` in [0, 0.8] 1/s, `f` in [3.14, 6.28] Hz and
 `A` in [0, 40] rad. The hybrid model knows only `theta'' = -w0^2 sin(theta)`;
-an encoder infers each episode's `w0` and a latent context from the
-observed sequence, and a network of `(theta, theta', t, context)` supplies
-the damping and the forcing.
+an encoder infers each episode's `w0`, forcing amplitudes and a latent
+context from the observed sequence, and a network of `(theta, theta', t,
+context)` (`ForcingBankCorrection`) supplies the damping and the forcing.
 
 Reference:
     Takeishi & Kalousis, "Physics-Integrated Variational Autoencoders for
@@ -78,80 +78,89 @@ def simulate(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, seed=0, substeps=4
 
 
 @keras.saving.register_keras_serializable(package="keras_hybrid")
-class PeriodicCorrection(keras.layers.Layer):
-    """Correction network for time-periodic, episode-dependent dynamics.
+class ForcingBankCorrection(keras.layers.Layer):
+    """Correction network for episode-dependent, time-periodic dynamics.
 
-    Input: `concat([y, t, z])` (state of size `state_size`, time, latent
-    context `z`). Output:
+    Input: `concat([y, t, amplitudes, z])`: the state (size `state_size`),
+    the time, `2 * n_frequencies` per-episode amplitudes and a latent
+    context `z`, the last two typically from an encoder. Output:
 
     ```
-    mlp([y, z]) + Dense([sin(w(z) t), cos(w(z) t)] * amp(z))
+    mlp([y, z]) + route(sum_k a_k sin(w_k t) + b_k cos(w_k t))
     ```
 
-    where the `n_frequencies` angular frequencies `w(z)` and amplitudes
-    `amp(z)` are linear functions of `z`, frequencies initialised spread
-    over `frequency_range`. Generic for periodic forcing of unknown form;
-    a plain MLP of `(y, t, z)` could not fit forcing of 8 to 15 cycles per
-    episode.
+    with a fixed bank of `n_frequencies` angular frequencies `w_k` spread
+    evenly over `frequency_range`, and `route` a learned linear map from the
+    scalar forcing to the state. The forcing is linear in the amplitudes,
+    so an encoder can learn it by regression; learning the frequencies
+    themselves by gradient descent (a sinusoid of trainable frequency)
+    failed to fit forcing of 8 to 15 cycles per episode, because the loss
+    is highly oscillatory in a frequency.
 
     Args:
         state_size: size of the state `y`.
+        n_frequencies: number of frequencies in the bank. Defaults to `48`.
+        frequency_range: `(lo, hi)` angular frequencies of the bank, rad per
+            time unit. Defaults to `(2 pi 3.0, 2 pi 6.5)`, which covers the
+            forcing frequencies 3.14 to 6.28 Hz of `simulate`.
         hidden: width of the two hidden layers of the MLP. Defaults to `64`.
-        n_frequencies: number of frequencies. Defaults to `16`.
-        frequency_range: `(lo, hi)` of the initial frequencies, rad/s.
-            Defaults to `(10.0, 45.0)`.
         seed: seed of the initializers. Defaults to `0`.
         kernel_regularizer: regularizer of every kernel. Defaults to `None`.
         **kwargs: base layer arguments.
     """
 
-    def __init__(self, state_size, hidden=64, n_frequencies=16, frequency_range=(10.0, 45.0),
-                 seed=0, kernel_regularizer=None, **kwargs):
+    def __init__(self, state_size, n_frequencies=48, frequency_range=(2 * np.pi * 3.0, 2 * np.pi * 6.5),
+                 hidden=64, seed=0, kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.state_size = int(state_size)
-        self.hidden = int(hidden)
         self.n_frequencies = int(n_frequencies)
         self.frequency_range = tuple(float(v) for v in frequency_range)
+        if self.n_frequencies < 1 or not 0 < self.frequency_range[0] < self.frequency_range[1]:
+            raise ValueError(
+                "`n_frequencies` must be >= 1 and `frequency_range` must be (lo, hi) with "
+                f"0 < lo < hi. Received: n_frequencies={n_frequencies!r}, "
+                f"frequency_range={frequency_range!r}"
+            )
+        self.hidden = int(hidden)
         self.seed = int(seed)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.frequencies = np.linspace(*self.frequency_range, self.n_frequencies).astype("float32")
         init = keras.initializers.GlorotUniform
         reg = self.kernel_regularizer
-        lo, hi = self.frequency_range
         self.mlp = [
             keras.layers.Dense(hidden, "tanh", kernel_initializer=init(seed), kernel_regularizer=reg),
             keras.layers.Dense(hidden, "tanh", kernel_initializer=init(seed + 1), kernel_regularizer=reg),
             keras.layers.Dense(state_size, kernel_initializer=init(seed + 2), kernel_regularizer=reg),
         ]
-        self.frequency = keras.layers.Dense(
-            n_frequencies,
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed + 3),
-            bias_initializer=keras.initializers.Constant(np.linspace(lo, hi, n_frequencies)),
-            kernel_regularizer=reg,
+        self.route = keras.layers.Dense(
+            state_size, use_bias=False, kernel_initializer=init(seed + 3), kernel_regularizer=reg
         )
-        self.amplitude = keras.layers.Dense(
-            2 * n_frequencies, kernel_initializer=init(seed + 4), kernel_regularizer=reg
-        )
-        self.mix = keras.layers.Dense(state_size, kernel_initializer=init(seed + 5), kernel_regularizer=reg)
 
     def build(self, input_shape):
-        n_context = input_shape[-1] - self.state_size - 1
+        n_latent = input_shape[-1] - self.state_size - 1 - 2 * self.n_frequencies
+        if n_latent < 0:
+            raise ValueError(
+                f"ForcingBankCorrection '{self.name}' expects at least "
+                f"{self.state_size + 1 + 2 * self.n_frequencies} input features (state, time, "
+                f"amplitudes). Received: input_shape={tuple(input_shape)}"
+            )
         batch = input_shape[0]
-        self.mlp[0].build((batch, self.state_size + n_context))
+        self.mlp[0].build((batch, self.state_size + n_latent))
         self.mlp[1].build((batch, self.hidden))
         self.mlp[2].build((batch, self.hidden))
-        self.frequency.build((batch, n_context))
-        self.amplitude.build((batch, n_context))
-        self.mix.build((batch, 2 * self.n_frequencies))
+        self.route.build((batch, 1))
 
     def call(self, features):
-        n = self.state_size
-        y, t, z = features[:, :n], features[:, n : n + 1], features[:, n + 1 :]
+        n, k = self.state_size, self.n_frequencies
+        y, t = features[:, :n], features[:, n : n + 1]
+        amplitudes, z = features[:, n + 1 : n + 1 + 2 * k], features[:, n + 1 + 2 * k :]
         h = keras.ops.concatenate([y, z], axis=-1)
         for layer in self.mlp:
             h = layer(h)
-        phase = self.frequency(z) * t
+        phase = t * keras.ops.convert_to_tensor(self.frequencies)[None, :]
         waves = keras.ops.concatenate([keras.ops.sin(phase), keras.ops.cos(phase)], axis=-1)
-        return h + self.mix(waves * self.amplitude(z))
+        forcing = keras.ops.sum(waves * amplitudes, axis=-1, keepdims=True)
+        return h + self.route(forcing)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.state_size)
@@ -161,9 +170,9 @@ class PeriodicCorrection(keras.layers.Layer):
         config.update(
             {
                 "state_size": self.state_size,
-                "hidden": self.hidden,
                 "n_frequencies": self.n_frequencies,
                 "frequency_range": list(self.frequency_range),
+                "hidden": self.hidden,
                 "seed": self.seed,
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
                 if self.kernel_regularizer is not None else None,
