@@ -17,7 +17,12 @@ METHODS = {
     "sam": ("rho", 0.05),
     "sam-neural": ("rho", 0.3),
     "asam": ("rho", 0.5),
+    "sam-correction": ("rho", 0.3),
 }
+
+# Run when `--methods` is not given (`sam-correction` differs from
+# `sam-neural` only on systems with an encoder).
+DEFAULT_METHODS = ("erm", "l2", "minnorm", "sam", "sam-neural", "asam")
 
 Training = collections.namedtuple("Training", ["sam", "kernel_regularizer", "penalty"])
 
@@ -32,8 +37,13 @@ def check_methods(names):
     return names
 
 
-def training_for(method, value):
-    """The `Training` settings of `method` with hyperparameter `value`."""
+def training_for(method, value, encoder_layers=()):
+    """The `Training` settings of `method` with hyperparameter `value`.
+
+    `encoder_layers` (layer names) are left unperturbed by `sam-correction`,
+    which is `sam-neural` without the encoder that infers per-episode
+    constants; without an encoder the two are the same.
+    """
     if method == "erm":
         return Training(None, None, 0.0)
     if method == "l2":
@@ -44,6 +54,8 @@ def training_for(method, value):
         return Training(SAM(rho=value, perturb="all"), None, 0.0)
     if method == "sam-neural":
         return Training(SAM(rho=value, perturb="neural"), None, 0.0)
+    if method == "sam-correction":
+        return Training(SAM(rho=value, perturb="neural", exclude=tuple(encoder_layers)), None, 0.0)
     if method == "asam":
         return Training(SAM(rho=value, perturb="all", adaptive=True), None, 0.0)
     raise ValueError(f"Unknown method {method!r}. Valid: {list(METHODS)}")

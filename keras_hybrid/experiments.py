@@ -260,6 +260,7 @@ class ForcedPendulumTask:
     inferred by an encoder from the observed episode."""
 
     name = "forced_pendulum"
+    encoder_layers = ("encoder_1", "encoder_2", "encoder_out", "encoder_amplitudes")
     latent = 4
     n_frequencies = 48
     amplitude_scale = 30.0
@@ -271,6 +272,7 @@ class ForcedPendulumTask:
         "sam": [0.05, 0.3],
         "sam-neural": [0.03, 0.1, 0.3],
         "asam": [0.1, 0.5],
+        "sam-correction": [0.1, 0.3, 1.0],
     }
 
     def config(self, quick):
@@ -361,7 +363,7 @@ def _mse(model, x, y, batch_size):
 
 def run_one(task, cfg, data, method, value, seed, epochs=None):
     """Trains one model and returns its result dict (and the model)."""
-    training = methods_lib.training_for(method, value)
+    training = methods_lib.training_for(method, value, encoder_layers=getattr(task, "encoder_layers", ()))
     keras.utils.set_random_seed(seed)
     model, ode_layer = task.build(cfg, training, seed, data["times"])
     optimizer = keras.optimizers.Adam(cfg["lr"], global_clipnorm=cfg.get("clipnorm"))
@@ -440,8 +442,8 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
         reuse = None
         if hyper is not None and value_fixed is not None:
             value = value_fixed
-        elif hyper is not None and sweep and len(task.sweeps[method]) == 1:
-            value = task.sweeps[method][0]
+        elif hyper is not None and sweep and len(task.sweeps.get(method, [default])) == 1:
+            value = task.sweeps.get(method, [default])[0]
         elif hyper is not None and sweep:
             rows = []
             for value in task.sweeps[method]:
@@ -522,7 +524,7 @@ def main(argv=None):
         description="Plain training vs regularizers vs SAM variants on hybrid models.",
     )
     parser.add_argument("system", choices=sorted(SYSTEMS))
-    parser.add_argument("--methods", default=",".join(methods_lib.METHODS),
+    parser.add_argument("--methods", default=",".join(methods_lib.DEFAULT_METHODS),
                         help="comma-separated subset of " + ",".join(methods_lib.METHODS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small configuration (minutes), no sweep")

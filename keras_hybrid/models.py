@@ -9,7 +9,7 @@ from keras import ops
 
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
-from keras_hybrid.sam import NEURAL, PHYSICAL, SAM, all_finite
+from keras_hybrid.sam import EXCLUDED, NEURAL, PHYSICAL, SAM, all_finite
 
 
 def _as_sam(sam):
@@ -302,7 +302,10 @@ class SAMTrainStep:
 
     def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
         """Gradient of the loss at `w + e` (pass 2), unscaled."""
-        groups = [PHYSICAL if is_physical_variable(v) else NEURAL for v in variables]
+        groups = [
+            EXCLUDED if self.sam.is_excluded(v.path) else PHYSICAL if is_physical_variable(v) else NEURAL
+            for v in variables
+        ]
         perturbation = self.sam.perturbation(gradients, [v.value for v in variables], groups)
         # The perturbed weights are fed through a StatelessScope: the
         # variables are never modified, so there is nothing to restore.

@@ -29,6 +29,7 @@ from keras import ops
 
 NEURAL = "neural"
 PHYSICAL = "physical"
+EXCLUDED = "excluded"
 PERTURB_CHOICES = ("all", NEURAL, PHYSICAL)
 
 
@@ -179,6 +180,13 @@ class SAM:
             model) is a full SAM step. Not available under a
             multi-replica `tf.distribute` strategy. Defaults to `1`.
         alpha: LookSAM's weight of the stored direction. Defaults to `0.7`.
+        exclude: names of layers whose weights are never perturbed, e.g.
+            an encoder that infers per-episode physical constants: its
+            weights are "neural", but perturbing them perturbs the
+            constants, and the ascent then pushes the model away from
+            relying on the physics. A variable is excluded when one of the
+            `/`-separated parts of its path equals one of these names.
+            Defaults to `()`.
 
     Example:
 
@@ -199,6 +207,7 @@ class SAM:
         synchronized=True,
         every=1,
         alpha=0.7,
+        exclude=(),
     ):
         self.rho = _check_radius("rho", rho)
         self.rho_physical = _check_radius("rho_physical", rho_physical, allow_none=True)
@@ -218,6 +227,16 @@ class SAM:
             raise ValueError(f"`every` must be an integer >= 1. Received: every={every!r}")
         self.every = every
         self.alpha = _check_radius("alpha", alpha)
+        if isinstance(exclude, str) or not all(isinstance(name, str) and name for name in exclude):
+            raise TypeError(
+                "`exclude` must be a list or tuple of layer names. "
+                f"Received: exclude={exclude!r}"
+            )
+        self.exclude = tuple(exclude)
+
+    def is_excluded(self, path):
+        """True if the variable at `path` is never perturbed (`exclude`)."""
+        return bool(self.exclude) and any(part in self.exclude for part in str(path).split("/"))
 
     def radii(self):
         """Dict `group -> rho` for `grouped_perturbation`, or `None` when
@@ -240,10 +259,15 @@ class SAM:
         return not any(radii.values())
 
     def perturbation(self, gradients, variables, groups):
-        """The perturbation for these gradients, variables and groups."""
+        """The perturbation for these gradients, variables and groups.
+
+        Variables of group `EXCLUDED` get no perturbation and do not count
+        in the norms.
+        """
         radii = self.radii()
         kwargs = dict(adaptive=self.adaptive, eta=self.eta, eps=self.eps)
         if radii is None:
+            gradients = [None if group == EXCLUDED else g for g, group in zip(gradients, groups)]
             return sam_perturbation(gradients, variables, rho=self.rho, **kwargs)
         return grouped_perturbation(gradients, variables, groups, radii, **kwargs)
 
@@ -258,6 +282,7 @@ class SAM:
             "synchronized": self.synchronized,
             "every": self.every,
             "alpha": self.alpha,
+            "exclude": list(self.exclude),
         }
 
     @classmethod

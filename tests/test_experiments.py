@@ -104,3 +104,46 @@ def test_sam_recovers_pendulum_frequency_better_than_erm():
     erm, sam = (r["param_rel_error"] for r in report["results"])
     assert erm > 0.3, erm
     assert sam < 0.75 * erm, (sam, erm)
+
+
+def _load_merge_script():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "merge_results.py"
+    spec = importlib.util.spec_from_file_location("merge_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reports_split_over_processes_merge(tmp_path, capsys):
+    parts = []
+    for seed in (0, 1):
+        out = tmp_path / f"part{seed}.json"
+        experiments.main(["pendulum", "--methods", "erm", "--seeds", "1", "--first-seed", str(seed),
+                          "--quick", "--epochs", "1", "--json", str(out)])
+        parts.append(out)
+    merge_results = _load_merge_script()
+    merged_path = tmp_path / "merged.json"
+    merge_results.main([str(merged_path), *map(str, parts)])
+    merged = json.loads(merged_path.read_text())
+    assert [(r["method"], r["seed"]) for r in merged["results"]] == [("erm", 0), ("erm", 1)]
+    assert merged["complete"] is True and len(merged["commands"]) == 2
+    assert "| erm | - |" in capsys.readouterr().out
+    other = json.loads(parts[0].read_text())
+    other["system"] = "duffing"
+    with pytest.raises(ValueError, match="one system"):
+        merge_results.merge([merged, other])
+
+
+def test_forced_pendulum_cli_smoke(tmp_path):
+    out = tmp_path / "fp.json"
+    experiments.main(["forced_pendulum", "--methods", "sam-neural", "--seeds", "1", "--quick",
+                      "--epochs", "1", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    # Per-episode w0 is scored against the test episodes' true values.
+    assert 0.785 <= row["true_constants"]["w0_mean"] <= 3.14
+    assert np.isfinite(row["param_error"]) and row["param_error"] > 0
+    # (net_share may exceed 1 when physics and network cancel.)
+    assert np.isfinite(row["test_mse"]) and row["net_share"] > 0.0

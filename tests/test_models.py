@@ -321,3 +321,31 @@ def test_subclassed_model_with_sam_mixin():
 def test_bad_sam_argument():
     with pytest.raises(TypeError, match="sam=0.1"):
         SAMModel(keras.Sequential([keras.layers.Dense(1)]), sam=0.1)
+
+
+@pytest.mark.parametrize("perturb", ["neural", "all"])
+def test_excluded_layer_is_not_perturbed(perturb):
+    # y_hat = w2 * w1 * x, with w1 excluded: only w2 moves, by
+    # e2 = rho * sign(g2), and the step uses the gradient at (w1, w2 + e2).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 1)).astype("float32")
+    y = 2.0 * x
+    inputs = keras.Input((1,))
+    first = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(0.5), name="first")
+    second = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(1.5), name="second")
+    rho, lr = 0.2, 0.1
+    model = HybridModel(inputs, second(first(inputs)), sam=SAM(rho=rho, perturb=perturb, exclude=("first",)))
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+
+    xs, ys = x[:, 0].astype("float64"), y[:, 0].astype("float64")
+
+    def grads(w1, w2):
+        r = w2 * w1 * xs - ys
+        return np.mean(2 * r * w2 * xs), np.mean(2 * r * w1 * xs)
+
+    w1, w2 = 0.5, 1.5
+    _, g2 = grads(w1, w2)
+    g1p, g2p = grads(w1, w2 + rho * np.sign(g2))
+    np.testing.assert_allclose(float(first.kernel.numpy()[0, 0]), w1 - lr * g1p, rtol=1e-5)
+    np.testing.assert_allclose(float(second.kernel.numpy()[0, 0]), w2 - lr * g2p, rtol=1e-5)

@@ -113,3 +113,14 @@ def test_sam_config_round_trip():
     sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.5, synchronized=False,
               every=5, alpha=0.5)
     assert SAM.from_config(sam.get_config()) == sam
+
+
+def test_exclude_matches_path_parts_and_round_trips():
+    sam = SAM(rho=0.1, exclude=("encoder",))
+    assert sam.is_excluded("encoder/kernel")
+    assert sam.is_excluded("model/encoder/dense/kernel")
+    assert not sam.is_excluded("encoder_2/kernel")
+    assert not SAM().is_excluded("encoder/kernel")
+    assert SAM.from_config(sam.get_config()) == sam
+    with pytest.raises(TypeError, match="exclude"):
+        SAM(exclude="encoder")
