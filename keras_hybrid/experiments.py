@@ -274,6 +274,8 @@ class ForcedPendulumTask:
         "asam": [0.1, 0.5],
         "sam-correction": [0.1, 0.3, 1.0],
     }
+    # The full run's selections (benchmarks/RESULTS.md), used by --quick.
+    defaults = {"l2": 1e-3, "minnorm": 1e-5, "sam": 0.05, "sam-neural": 0.03, "asam": 0.1, "sam-correction": 0.1}
 
     def config(self, quick):
         if quick:
