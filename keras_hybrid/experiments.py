@@ -7,14 +7,18 @@ Run, for example:
 python -m keras_hybrid.experiments pendulum --methods erm,sam-neural --seeds 3 --json out.json
 ```
 
-Systems: `pendulum` (damped, one global `w0`), `forced_pendulum` (forced
-damped pendulum, per-episode `w0` inferred by an encoder), `duffing`
+Systems: `pendulum` (damped, one global `w0`), `pendulum_episodes`
+(damped, per-episode `w0` inferred by an encoder, shared damping supplied
+by a global network), `forced_pendulum` (forced damped pendulum,
+per-episode `w0` inferred by an encoder), `duffing`
 (global `alpha`, `delta`), `reaction_diffusion` (FitzHugh-Nagumo, global
 diffusion coefficients `a`, `b`). Methods: `erm` (plain training), `l2`
 (weight decay on the network), `minnorm` (penalty `lambda ||f_net||^2` on
 the network's output, as in APHYNITY), `sam` (SAM on all parameters, one
 global norm), `sam-neural` (SAM on the network weights only), `asam`
-(adaptive SAM on all parameters). All methods share data, model,
+(adaptive SAM on all parameters), and, not run by default,
+`sam-correction` (`sam-neural` with the encoder of per-episode constants
+left unperturbed). All methods share data, model,
 initialization, optimizer and number of steps.
 
 Hyperparameters (`lambda`, `rho`) are chosen on seed 0 from the validation
@@ -255,7 +259,89 @@ class ReactionDiffusionTask(GlobalConstantTask):
         return {k: v * scale for k, v in physical_constants(model).items()}
 
 
-class ForcedPendulumTask:
+class EpisodeConstantTask:
+    """A system whose `w0` differs per episode and is inferred by an
+    encoder from the observed episode (`model._encoder_outputs` gives
+    `(w0, context)`; `context` is `None` without one)."""
+
+    encoder_layers = ()
+
+    def evaluate(self, model, ode_layer, data):
+        x, y = data["test"]
+        outputs = model._encoder_outputs.predict(x, verbose=0)
+        w0, context = (outputs, None) if isinstance(outputs, np.ndarray) else outputs
+        true_w0 = data["test_constants"]["w0"]
+        param_error, param_rel_error = _errors({"w0": w0}, {"w0": true_w0})
+        share = methods_lib.net_share(
+            ode_layer, data["times"], y, constants={"w0": w0.astype("float32")}, context=context
+        )
+        return {
+            "constants": {"w0_mean": float(np.mean(w0)), "w0_corr": float(np.corrcoef(w0, true_w0)[0, 1])},
+            "true_constants": {"w0_mean": float(np.mean(true_w0))},
+            "param_error": param_error,
+            "param_rel_error": param_rel_error,
+            "net_share": share,
+        }
+
+    @staticmethod
+    def _sequence_encoder(sequence, seed, width):
+        init = keras.initializers.GlorotUniform
+        flat = keras.layers.Flatten()(sequence)
+        hidden = keras.layers.Dense(width, "relu", kernel_initializer=init(seed + 10), name="encoder_1")(flat)
+        hidden = keras.layers.Dense(width, "relu", kernel_initializer=init(seed + 11), name="encoder_2")(hidden)
+        return flat, hidden
+
+
+class PendulumEpisodesTask(EpisodeConstantTask):
+    """Damped pendulum episodes with per-episode `w0` (from an encoder) and
+    a shared damping that a global network supplies."""
+
+    name = "pendulum_episodes"
+    encoder_layers = ("encoder_1", "encoder_2", "encoder_out")
+    sweeps = {
+        "l2": [1e-4, 1e-3],
+        "minnorm": [0.01, 0.1],
+        "sam": [0.05, 0.3],
+        "sam-neural": [0.1, 0.3],
+        "asam": [0.1, 0.5],
+        "sam-correction": [0.1, 0.3, 1.0],
+    }
+    # The full run's selections (benchmarks/RESULTS.md), used by --quick.
+    defaults = {"l2": 1e-4, "minnorm": 0.01, "sam": 0.05, "sam-neural": 0.1, "asam": 0.5, "sam-correction": 0.3}
+
+    def config(self, quick):
+        if quick:
+            return dict(n_train=100, n_val=50, n_test=100, epochs=300, batch_size=50, lr=3e-3)
+        return dict(n_train=200, n_val=50, n_test=100, epochs=600, batch_size=50, lr=3e-3)
+
+    def data(self, seed, cfg):
+        times, y, _ = pendulum.simulate_episodes(cfg["n_train"], seed=seed)
+        _, yv, _ = pendulum.simulate_episodes(cfg["n_val"], seed=seed + VAL_SEED_OFFSET)
+        _, yt, wt = pendulum.simulate_episodes(cfg["n_test"], seed=TEST_SEED)
+        return {"times": times, "train": (y, y), "val": (yv, yv), "test": (yt, yt),
+                "test_constants": {"w0": wt}}
+
+    def build(self, cfg, training, seed, times):
+        init = keras.initializers.GlorotUniform
+        sequence = keras.Input((len(times), 2), name="observed")
+        _, hidden = self._sequence_encoder(sequence, seed, 64)
+        head = keras.layers.Dense(1, kernel_initializer=init(seed + 12), name="encoder_out")(hidden)
+        # Starts near 1.3 rad/s, mid-range.
+        w0 = keras.layers.Activation("softplus", name="w0")(head[:, 0] + 1.0)
+        ode_layer = ODELayer(
+            pendulum.frictionless_pendulum,
+            [PhysicalConstant("w0", 1.3, unit="rad/s", constraint="positive", trainable=False)],
+            times=times,
+            correction=_mlp(2, 2, 32, seed, training.kernel_regularizer),
+            name="pendulum",
+        )
+        trajectory = ode_layer(sequence[:, 0, :], constants={"w0": w0})
+        model = _finish(ode_layer, trajectory, training, sequence, name="pendulum_episodes_hybrid")
+        model._encoder_outputs = keras.Model(sequence, w0, name="encoder")
+        return model, ode_layer
+
+
+class ForcedPendulumTask(EpisodeConstantTask):
     """Forced damped pendulum: per-episode `w0` and a latent context
     inferred by an encoder from the observed episode."""
 
@@ -301,9 +387,7 @@ class ForcedPendulumTask:
         n_times = len(times)
         k = self.n_frequencies
         sequence = keras.Input((n_times, 2), name="observed")
-        flat = keras.layers.Flatten()(sequence)
-        hidden = keras.layers.Dense(128, "relu", kernel_initializer=init(seed + 10), name="encoder_1")(flat)
-        hidden = keras.layers.Dense(128, "relu", kernel_initializer=init(seed + 11), name="encoder_2")(hidden)
+        flat, hidden = self._sequence_encoder(sequence, seed, 128)
         head = keras.layers.Dense(1 + self.latent, kernel_initializer=init(seed + 12), name="encoder_out")(hidden)
         # w0 > 0 through softplus; starts near 1.5 rad/s (mid-range).
         w0 = keras.layers.Activation("softplus", name="w0")(head[:, 0] + 1.3)
@@ -333,25 +417,9 @@ class ForcedPendulumTask:
         model._encoder_outputs = keras.Model(sequence, [w0, context], name="encoder")
         return model, ode_layer
 
-    def evaluate(self, model, ode_layer, data):
-        x, y = data["test"]
-        w0, context = model._encoder_outputs.predict(x, verbose=0)
-        true_w0 = data["test_constants"]["w0"]
-        param_error, param_rel_error = _errors({"w0": w0}, {"w0": true_w0})
-        share = methods_lib.net_share(
-            ode_layer, data["times"], y, constants={"w0": w0.astype("float32")}, context=context
-        )
-        return {
-            "constants": {"w0_mean": float(np.mean(w0)), "w0_corr": float(np.corrcoef(w0, true_w0)[0, 1])},
-            "true_constants": {"w0_mean": float(np.mean(true_w0))},
-            "param_error": param_error,
-            "param_rel_error": param_rel_error,
-            "net_share": share,
-        }
-
-
 SYSTEMS = {
     "pendulum": PendulumTask,
+    "pendulum_episodes": PendulumEpisodesTask,
     "forced_pendulum": ForcedPendulumTask,
     "duffing": DuffingTask,
     "reaction_diffusion": ReactionDiffusionTask,

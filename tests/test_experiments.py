@@ -106,6 +106,18 @@ def test_sam_recovers_pendulum_frequency_better_than_erm():
     assert sam < 0.75 * erm, (sam, erm)
 
 
+def test_sam_on_the_correction_recovers_per_episode_frequencies():
+    # Pendulum episodes, quick configuration (100 episodes, 300 epochs),
+    # seed 0. Measured: ERM rel. error 0.24, SAM with the encoder excluded
+    # (rho = 0.3) 0.087.
+    report, _ = experiments.run_experiment(
+        "pendulum_episodes", ["erm", "sam-correction"], 1, quick=True, log=lambda s: None
+    )
+    erm, sam = (r["param_rel_error"] for r in report["results"])
+    assert erm > 0.15, erm
+    assert sam < 0.5 * erm, (sam, erm)
+
+
 def _load_merge_script():
     import importlib.util
     import pathlib

@@ -148,3 +148,21 @@ def test_duffing_minimum_norm_split():
     split = duffing.minimum_norm_split(obs, times)
     assert 1.4 < split["alpha"] < 1.7, split
     assert split["residual_ratio"] < 0.8, split
+
+
+def test_pendulum_episodes_use_their_own_frequency():
+    from keras_hybrid.systems import pendulum
+
+    times, obs, w0 = pendulum.simulate_episodes(32, noise=0.0, seed=5)
+    assert obs.shape == (32, 50, 2) and w0.shape == (32,)
+    lo, hi = pendulum.EPISODE_W0_RANGE
+    assert np.all((w0 >= lo) & (w0 <= hi)) and np.ptp(w0) > 0.5
+    # With its own w0 each episode loses energy (damping only); with the
+    # frequency of another episode the "energy" is not monotone.
+    theta, omega = obs[..., 0].astype("float64"), obs[..., 1].astype("float64")
+    energy = 0.5 * omega**2 + w0[:, None] ** 2 * (1 - np.cos(theta))
+    assert np.all(np.diff(energy, axis=1) <= 1e-5)
+    wrong = 0.5 * omega**2 + np.roll(w0, 1)[:, None] ** 2 * (1 - np.cos(theta))
+    assert np.mean(np.any(np.diff(wrong, axis=1) > 1e-3, axis=1)) > 0.5
+    with pytest.raises(ValueError, match="w0_range"):
+        pendulum.simulate_episodes(4, w0_range=(2.0, 1.0))

@@ -25,6 +25,7 @@ EXPECTED = {
         {"ka": 3, "ke": 3, "Cl": 3},
     ),
     "05_serving.py": (["05_serving.png"], {"w0": 3}),
+    "06_per_episode_constants.py": (["06_per_episode_constants.png"], {"w0": 3}),
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"

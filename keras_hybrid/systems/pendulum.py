@@ -75,6 +75,43 @@ def simulate(n_trajectories=200, n_steps=50, dt=0.05, noise=0.01, w0=1.0, gamma=
     return times.astype("float32"), observed[:, 0].astype("float32"), observed.astype("float32")
 
 
+EPISODE_W0_RANGE = (0.8, 2.0)
+
+
+def simulate_episodes(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, w0_range=EPISODE_W0_RANGE,
+                      gamma=0.2, seed=0):
+    """Damped pendulum episodes, each with its own natural frequency.
+
+    `w0` is drawn per episode, uniform in `w0_range`; the damping `gamma`
+    is shared. Initial states as in `simulate`.
+
+    Args:
+        n_episodes: number of episodes. Defaults to `200`.
+        n_steps: observed time points per episode. Defaults to `50`.
+        dt: sampling interval, s. Defaults to `0.05`.
+        noise: standard deviation of Gaussian observation noise. Defaults
+            to `0.01`.
+        w0_range: `(lo, hi)` of the natural frequencies, rad/s. Defaults to
+            `(0.8, 2.0)`.
+        gamma: damping rate, 1/s. Defaults to `0.2`.
+        seed: random seed. Defaults to `0`.
+
+    Returns:
+        `(times, observations, w0)`: times `(n_steps,)`, noisy episodes
+        `(n, n_steps, 2)` (float32) and the true `w0` of each episode `(n,)`.
+    """
+    lo, hi = w0_range
+    if not 0 < lo < hi:
+        raise ValueError(f"`w0_range` must be (lo, hi) with 0 < lo < hi. Received: w0_range={w0_range!r}")
+    rng = np.random.default_rng(seed)
+    w0 = rng.uniform(lo, hi, n_episodes)
+    times = np.arange(n_steps) * dt
+    y0 = np.stack([rng.uniform(-1.57, 1.57, n_episodes), rng.uniform(-1.0, 1.0, n_episodes)], -1)
+    clean = rk4_numpy(damped_vector_field(w0, gamma), y0, times)
+    observed = clean + noise * rng.standard_normal(clean.shape)
+    return times.astype("float32"), observed.astype("float32"), w0
+
+
 @keras.saving.register_keras_serializable(package="keras_hybrid")
 def frictionless_pendulum(t, y, constants):
     """Physics part: `theta' = omega, omega' = -w0^2 sin(theta)`."""
