@@ -45,6 +45,11 @@ def damped_vector_field(w0, gamma):
     return field
 
 
+def _initial_states(rng, n):
+    """Angles uniform in [-1.57, 1.57] rad, angular velocities in [-1, 1] rad/s."""
+    return np.stack([rng.uniform(-1.57, 1.57, n), rng.uniform(-1.0, 1.0, n)], -1)
+
+
 def simulate(n_trajectories=200, n_steps=50, dt=0.05, noise=0.01, w0=1.0, gamma=0.2, seed=0):
     """Noisy trajectories of the damped pendulum.
 
@@ -67,9 +72,7 @@ def simulate(n_trajectories=200, n_steps=50, dt=0.05, noise=0.01, w0=1.0, gamma=
     """
     rng = np.random.default_rng(seed)
     times = np.arange(n_steps) * dt
-    y0 = np.stack(
-        [rng.uniform(-1.57, 1.57, n_trajectories), rng.uniform(-1.0, 1.0, n_trajectories)], -1
-    )
+    y0 = _initial_states(rng, n_trajectories)
     clean = rk4_numpy(damped_vector_field(w0, gamma), y0, times)
     observed = clean + noise * rng.standard_normal(clean.shape)
     return times.astype("float32"), observed[:, 0].astype("float32"), observed.astype("float32")
@@ -106,7 +109,7 @@ def simulate_episodes(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, w0_range=
     rng = np.random.default_rng(seed)
     w0 = rng.uniform(lo, hi, n_episodes)
     times = np.arange(n_steps) * dt
-    y0 = np.stack([rng.uniform(-1.57, 1.57, n_episodes), rng.uniform(-1.0, 1.0, n_episodes)], -1)
+    y0 = _initial_states(rng, n_episodes)
     clean = rk4_numpy(damped_vector_field(w0, gamma), y0, times)
     observed = clean + noise * rng.standard_normal(clean.shape)
     return times.astype("float32"), observed.astype("float32"), w0
