@@ -588,6 +588,36 @@ def format_sweep(report):
     return "\n".join(lines)
 
 
+def markdown_tables(report):
+    """Markdown tables (sweep and mean ± std per method) of a report."""
+    out = []
+    if report.get("sweep"):
+        out.append("| method | value | val MSE | test MSE | param. error | rel. error | net share | chosen |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for row in report["sweep"]:
+            mark = ", ".join(m for m, flag in (("rule", row.get("selected")), ("argmin", row.get("argmin"))) if flag)
+            out.append(
+                f"| {row['method']} | {row['value']:g} | {row['val_mse']:.3e} | {row['test_mse']:.3e} | "
+                f"{row['param_error']:.3e} | {row['param_rel_error']:.4f} | {row['net_share']:.3f} | {mark} |"
+            )
+        out.append("")
+    out.append("| method | hyperparameter | param. error | rel. error | test MSE | net share | s/run |")
+    out.append("|---|---|---|---|---|---|---|")
+    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
+    for method in methods:
+        rows = [r for r in report["results"] if r["method"] == method]
+        hyper = ", ".join(f"{k}={v:g}" for k, v in rows[0]["hyperparameter"].items()) or "-"
+        s = {k: methods_lib.mean_std([r[k] for r in rows]) for k in (
+            "param_error", "param_rel_error", "test_mse", "net_share", "seconds")}
+        out.append(
+            f"| {method} | {hyper} | {s['param_error'][0]:.3e} ± {s['param_error'][1]:.1e} | "
+            f"{s['param_rel_error'][0]:.4f} ± {s['param_rel_error'][1]:.4f} | "
+            f"{s['test_mse'][0]:.3e} ± {s['test_mse'][1]:.1e} | "
+            f"{s['net_share'][0]:.3f} ± {s['net_share'][1]:.3f} | {s['seconds'][0]:.0f} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_hybrid.experiments",
@@ -660,32 +690,3 @@ def main(argv=None):
 if __name__ == "__main__":
     main()
 
-
-def markdown_tables(report):
-    """Markdown tables (sweep and mean ± std per method) of a report."""
-    out = []
-    if report.get("sweep"):
-        out.append("| method | value | val MSE | test MSE | param. error | rel. error | net share | chosen |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        for row in report["sweep"]:
-            mark = ", ".join(m for m, flag in (("rule", row.get("selected")), ("argmin", row.get("argmin"))) if flag)
-            out.append(
-                f"| {row['method']} | {row['value']:g} | {row['val_mse']:.3e} | {row['test_mse']:.3e} | "
-                f"{row['param_error']:.3e} | {row['param_rel_error']:.4f} | {row['net_share']:.3f} | {mark} |"
-            )
-        out.append("")
-    out.append("| method | hyperparameter | param. error | rel. error | test MSE | net share | s/run |")
-    out.append("|---|---|---|---|---|---|---|")
-    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
-    for method in methods:
-        rows = [r for r in report["results"] if r["method"] == method]
-        hyper = ", ".join(f"{k}={v:g}" for k, v in rows[0]["hyperparameter"].items()) or "-"
-        s = {k: methods_lib.mean_std([r[k] for r in rows]) for k in (
-            "param_error", "param_rel_error", "test_mse", "net_share", "seconds")}
-        out.append(
-            f"| {method} | {hyper} | {s['param_error'][0]:.3e} ± {s['param_error'][1]:.1e} | "
-            f"{s['param_rel_error'][0]:.4f} ± {s['param_rel_error'][1]:.4f} | "
-            f"{s['test_mse'][0]:.3e} ± {s['test_mse'][1]:.1e} | "
-            f"{s['net_share'][0]:.3f} ± {s['net_share'][1]:.3f} | {s['seconds'][0]:.0f} |"
-        )
-    return "\n".join(out)
