@@ -553,18 +553,25 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
     return report, model
 
 
+def _method_summaries(report):
+    """`(method, hyperparameter dict, {metric: (mean, std)})` per method,
+    in the order the methods ran."""
+    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
+    for method in methods:
+        rows = [r for r in report["results"] if r["method"] == method]
+        stats = {k: methods_lib.mean_std([r[k] for r in rows]) for k in (
+            "param_error", "param_rel_error", "test_mse", "net_share", "seconds")}
+        yield method, rows[0]["hyperparameter"], stats
+
+
 def format_table(report):
     """Mean ± std over seeds, one row per method."""
     lines = [
         f"{'method':<11} {'hyper':<13} {'param_error':>21} {'rel_error':>17} "
         f"{'test_mse':>21} {'net_share':>15} {'time[s]':>8}"
     ]
-    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
-    for method in methods:
-        rows = [r for r in report["results"] if r["method"] == method]
-        hyper = ",".join(f"{k}={v:g}" for k, v in rows[0]["hyperparameter"].items()) or "-"
-        stats = {k: methods_lib.mean_std([r[k] for r in rows]) for k in (
-            "param_error", "param_rel_error", "test_mse", "net_share", "seconds")}
+    for method, hyperparameter, stats in _method_summaries(report):
+        hyper = ",".join(f"{k}={v:g}" for k, v in hyperparameter.items()) or "-"
         lines.append(
             f"{method:<11} {hyper:<13} "
             f"{stats['param_error'][0]:>10.3e}±{stats['param_error'][1]:<10.2e} "
@@ -603,12 +610,8 @@ def markdown_tables(report):
         out.append("")
     out.append("| method | hyperparameter | param. error | rel. error | test MSE | net share | s/run |")
     out.append("|---|---|---|---|---|---|---|")
-    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
-    for method in methods:
-        rows = [r for r in report["results"] if r["method"] == method]
-        hyper = ", ".join(f"{k}={v:g}" for k, v in rows[0]["hyperparameter"].items()) or "-"
-        s = {k: methods_lib.mean_std([r[k] for r in rows]) for k in (
-            "param_error", "param_rel_error", "test_mse", "net_share", "seconds")}
+    for method, hyperparameter, s in _method_summaries(report):
+        hyper = ", ".join(f"{k}={v:g}" for k, v in hyperparameter.items()) or "-"
         out.append(
             f"| {method} | {hyper} | {s['param_error'][0]:.3e} ± {s['param_error'][1]:.1e} | "
             f"{s['param_rel_error'][0]:.4f} ± {s['param_rel_error'][1]:.4f} | "

@@ -50,6 +50,14 @@ def _initial_states(rng, n):
     return np.stack([rng.uniform(-1.57, 1.57, n), rng.uniform(-1.0, 1.0, n)], -1)
 
 
+def _observe(field, y0, n_steps, dt, noise, rng):
+    """Times and noisy float32 observations of `field` integrated from `y0`."""
+    times = np.arange(n_steps) * dt
+    clean = rk4_numpy(field, y0, times)
+    observed = clean + noise * rng.standard_normal(clean.shape)
+    return times.astype("float32"), observed.astype("float32")
+
+
 def simulate(n_trajectories=200, n_steps=50, dt=0.05, noise=0.01, w0=1.0, gamma=0.2, seed=0):
     """Noisy trajectories of the damped pendulum.
 
@@ -71,11 +79,9 @@ def simulate(n_trajectories=200, n_steps=50, dt=0.05, noise=0.01, w0=1.0, gamma=
         states `(n, 2)` and noisy trajectories `(n, n_steps, 2)`, float32.
     """
     rng = np.random.default_rng(seed)
-    times = np.arange(n_steps) * dt
     y0 = _initial_states(rng, n_trajectories)
-    clean = rk4_numpy(damped_vector_field(w0, gamma), y0, times)
-    observed = clean + noise * rng.standard_normal(clean.shape)
-    return times.astype("float32"), observed[:, 0].astype("float32"), observed.astype("float32")
+    times, observed = _observe(damped_vector_field(w0, gamma), y0, n_steps, dt, noise, rng)
+    return times, observed[:, 0], observed
 
 
 EPISODE_W0_RANGE = (0.8, 2.0)
@@ -108,11 +114,9 @@ def simulate_episodes(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, w0_range=
         raise ValueError(f"`w0_range` must be (lo, hi) with 0 < lo < hi. Received: w0_range={w0_range!r}")
     rng = np.random.default_rng(seed)
     w0 = rng.uniform(lo, hi, n_episodes)
-    times = np.arange(n_steps) * dt
     y0 = _initial_states(rng, n_episodes)
-    clean = rk4_numpy(damped_vector_field(w0, gamma), y0, times)
-    observed = clean + noise * rng.standard_normal(clean.shape)
-    return times.astype("float32"), observed.astype("float32"), w0
+    times, observed = _observe(damped_vector_field(w0, gamma), y0, n_steps, dt, noise, rng)
+    return times, observed, w0
 
 
 @keras.saving.register_keras_serializable(package="keras_hybrid")
