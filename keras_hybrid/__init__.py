@@ -16,6 +16,7 @@ from keras_hybrid.layers import (
     physical_constants,
 )
 from keras_hybrid.models import HybridModel, SAMModel, SAMTrainStep
+from keras_hybrid.radius import RadiusPath, choose_radius, radius_path
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
 
@@ -26,11 +27,13 @@ __all__ = [
     "NonFiniteGuard",
     "ODELayer",
     "PhysicalConstant",
+    "RadiusPath",
     "SAM",
     "SAMModel",
     "SAMTrainStep",
     "ScientificLayer",
     "TABLEAUS",
+    "choose_radius",
     "constant_units",
     "export_saved_model",
     "grouped_perturbation",
@@ -38,6 +41,7 @@ __all__ = [
     "load_metadata",
     "odeint",
     "physical_constants",
+    "radius_path",
     "rk_step",
     "sam_perturbation",
 ]
