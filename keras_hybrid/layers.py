@@ -276,6 +276,11 @@ class ODELayer(ScientificLayer):
             correction before the first call. Defaults to `0` (none).
         rtol: relative tolerance for adaptive methods. Defaults to `1e-6`.
         atol: absolute tolerance for adaptive methods. Defaults to `1e-8`.
+        checkpoint: fixed-step methods only: `None`, or the number of time
+            intervals per checkpointed segment. The backward pass then
+            re-integrates each segment instead of storing every step, so
+            the memory of a training step grows with `checkpoint` rather
+            than with `len(times)` (see `odeint`). Defaults to `None`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -309,9 +314,16 @@ class ODELayer(ScientificLayer):
         context_size=0,
         rtol=1e-6,
         atol=1e-8,
+        checkpoint=None,
         **kwargs,
     ):
         super().__init__(equation, constants, **kwargs)
+        self.checkpoint = ode.check_checkpoint(checkpoint)
+        if self.checkpoint is not None and method in ode.ADAPTIVE_METHODS:
+            raise ValueError(
+                "`checkpoint` applies to fixed-step methods only. "
+                f"Received: checkpoint={checkpoint!r} with method={method!r}"
+            )
         if isinstance(context_size, bool) or not isinstance(context_size, int) or context_size < 0:
             raise ValueError(
                 f"`context_size` must be an integer >= 0. Received: context_size={context_size!r}"
@@ -402,12 +414,17 @@ class ODELayer(ScientificLayer):
                 f"Received: context with shape {None if context is None else tuple(context.shape)}"
             )
         values = self.constant_tensors(constants)
+        checkpointed = self.checkpoint is not None and context is not None
+        if checkpointed:
+            # A checkpointed segment differentiates only what it is given.
+            values = dict(values, __context__=context)
 
         # Constants go through `odeint(constants=...)` so that the adaptive
         # (TFP adjoint) solvers differentiate them exactly.
         def vector_field(t, y, **constant_values):
+            ctx = constant_values.pop("__context__") if checkpointed else context
             dydt = self._physics(t, y, constant_values)
-            correction = self.correction_term(t, y, context=context, training=training)
+            correction = self.correction_term(t, y, context=ctx, training=training)
             return dydt if correction is None else dydt + correction
 
         return ode.odeint(
@@ -419,6 +436,12 @@ class ODELayer(ScientificLayer):
             rtol=self.rtol,
             atol=self.atol,
             constants=values,
+            checkpoint=self.checkpoint,
+            variables=(
+                self.correction.variables
+                if self.checkpoint is not None and self.correction is not None
+                else None
+            ),
         )
 
     def get_config(self):
@@ -437,6 +460,7 @@ class ODELayer(ScientificLayer):
                 "context_size": self.context_size,
                 "rtol": self.rtol,
                 "atol": self.atol,
+                "checkpoint": self.checkpoint,
             }
         )
         return config

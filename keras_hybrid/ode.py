@@ -78,7 +78,18 @@ def _check_times(t):
     return t
 
 
-def odeint(func, y0, t, method="rk4", substeps=1, rtol=1e-6, atol=1e-8, constants=None):
+def odeint(
+    func,
+    y0,
+    t,
+    method="rk4",
+    substeps=1,
+    rtol=1e-6,
+    atol=1e-8,
+    constants=None,
+    checkpoint=None,
+    variables=None,
+):
     """Integrates `dy/dt = func(t, y)` and returns `y` at the time points `t`.
 
     Args:
@@ -96,9 +107,36 @@ def odeint(func, y0, t, method="rk4", substeps=1, rtol=1e-6, atol=1e-8, constant
         atol: absolute tolerance of adaptive methods. Defaults to `1e-8`.
         constants: optional dict of tensors forwarded to `func` as keyword
             arguments. Defaults to `None`.
+        checkpoint: fixed-step methods only: `None` (backpropagate through
+            every stored step) or an integer `k >= 1`, the number of
+            intervals between consecutive time points `t` per checkpointed
+            segment. The forward pass then keeps only the state at segment
+            starts (and the returned trajectory); the backward pass
+            re-integrates each segment to get its gradient. Memory of the
+            intermediate stage values grows with `k` instead of `len(t)`
+            (about `sqrt(len(t))` minimizes the total) at the cost of one
+            more forward integration. Defaults to `None`.
+        variables: with `checkpoint`, the Keras variables that `func` reads
+            (e.g. `correction.variables`). Their current values (also the
+            perturbed values inside a `keras.StatelessScope`, as in a SAM
+            step) are passed to each segment explicitly, so that their
+            gradients are exact. Gradients flow to `y0`, `constants`,
+            `variables` and to `tf.Variable`s read by `func`; any other
+            tensor that `func` captures is treated as a constant in the
+            backward pass: pass it through `constants` if it needs a
+            gradient. Defaults to `None`.
 
     Returns:
         Tensor of shape `(..., len(t), n)`: the trajectory, `y0` first.
+
+    Checkpointing computes the same numbers as the plain loop (it runs the
+    same steps), so its gradients equal the plain ones to rounding; it does
+    not apply to the adaptive methods, whose gradients come from TFP's
+    adjoint solve (memory constant in the trajectory length, but one
+    backward ODE solve per step and gradients exact only to the solver's
+    tolerance). Random ops in `func` (dropout) draw again in the
+    recomputation, and state updates made by `func` (BatchNorm statistics)
+    inside a segment are dropped.
 
     Example:
 
@@ -106,6 +144,8 @@ def odeint(func, y0, t, method="rk4", substeps=1, rtol=1e-6, atol=1e-8, constant
     t = np.linspace(0.0, 1.0, 11)
     y = odeint(lambda t, y: -y, np.ones((1, 1), "float32"), t)
     # y[0, -1, 0] ~ exp(-1)
+    y = odeint(lambda t, y: -y, np.ones((1, 1), "float32"), t, checkpoint=3)
+    # the same values; gradients recompute segments of 3 intervals
     ```
     """
     if method not in METHODS:
@@ -113,10 +153,27 @@ def odeint(func, y0, t, method="rk4", substeps=1, rtol=1e-6, atol=1e-8, constant
     if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"`substeps` must be an integer >= 1. Received: substeps={substeps!r}")
     t = _check_times(t)
+    checkpoint = check_checkpoint(checkpoint)
+    if checkpoint is not None and method in ADAPTIVE_METHODS:
+        raise ValueError(
+            "`checkpoint` applies to the fixed-step methods "
+            f"{tuple(TABLEAUS)}; adaptive methods differentiate through TFP's adjoint "
+            f"solve. Received: checkpoint={checkpoint!r} with method={method!r}"
+        )
+    variables = list(variables or [])
+    if variables and checkpoint is None:
+        raise ValueError(
+            "`variables` is only used with `checkpoint`. "
+            f"Received: variables with {len(variables)} entries and checkpoint=None"
+        )
     constants = dict(constants or {})
     y0 = keras.ops.convert_to_tensor(y0)
     if method in ADAPTIVE_METHODS:
         return _odeint_tfp(func, y0, t, method, rtol, atol, constants)
+    if checkpoint is not None:
+        return _odeint_checkpointed(
+            func, y0, t, TABLEAUS[method], substeps, constants, checkpoint, variables
+        )
 
     def vector_field(time, y):
         return func(time, y, **constants) if constants else func(time, y)
@@ -160,6 +217,118 @@ def odeint(func, y0, t, method="rk4", substeps=1, rtol=1e-6, atol=1e-8, constant
     )
     # Stacked time first: (T, ..., n) -> (..., T, n).
     return _time_axis_second_to_last(trajectory.stack())
+
+
+def check_checkpoint(checkpoint):
+    """Validates a `checkpoint` argument: `None` or an integer >= 1."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer)) or checkpoint < 1:
+        raise ValueError(
+            f"`checkpoint` must be None or an integer >= 1. Received: checkpoint={checkpoint!r}"
+        )
+    return int(checkpoint)
+
+
+def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables):
+    """The fixed-step loop in segments of `k` intervals, each under a custom
+    gradient that re-integrates the segment in the backward pass.
+
+    Everything a segment differentiates is passed to it explicitly: the
+    segment start state, the constants and the values of `variables`
+    (remapped inside the segment through a `keras.StatelessScope`, so a
+    perturbed value given by an outer scope is the one differentiated).
+    """
+    dtype = y0.dtype
+    names = sorted(constants)
+    constant_values = [tf.convert_to_tensor(constants[name]) for name in names]
+    variable_values = [tf.cast(tf.convert_to_tensor(v.value), v.dtype) for v in variables]
+    starts = tf.constant(t[:-1], dtype=dtype)
+    steps = tf.constant(np.diff(t) / substeps, dtype=dtype)
+    intervals = len(t) - 1
+    k = min(k, intervals)
+
+    def integrate(first, length, y, const_vals, var_vals):
+        """States after each of `length` intervals from interval `first`:
+        shape `(length, ..., n)`."""
+
+        def vector_field(time, state):
+            if constants:
+                return func(time, state, **dict(zip(names, const_vals)))
+            return func(time, state)
+
+        def interval(y_start, start, dt):
+            if substeps == 1:
+                return rk_step(vector_field, start, y_start, dt, tableau)
+
+            def substep(j, y_sub):
+                time = start + tf.cast(j, dtype) * dt
+                return j + 1, rk_step(vector_field, time, y_sub, dt, tableau)
+
+            _, y_next = tf.while_loop(
+                lambda j, _: j < substeps, substep, (0, y_start), maximum_iterations=substeps
+            )
+            return y_next
+
+        def run():
+            out = tf.TensorArray(dtype, size=length, element_shape=y.shape)
+
+            def step(j, y_j, out):
+                y_next = interval(y_j, starts[first + j], steps[first + j])
+                return j + 1, y_next, out.write(j, y_next)
+
+            _, _, out = tf.while_loop(
+                lambda j, *_: j < length, step, (0, y, out), maximum_iterations=length
+            )
+            return out.stack()
+
+        if not variables:
+            return run()
+        with keras.StatelessScope(state_mapping=list(zip(variables, var_vals))):
+            return run()
+
+    n_const, n_var = len(constant_values), len(variable_values)
+
+    def segment(first, length, y):
+        @tf.custom_gradient
+        def checkpointed(y, *flat):
+            const_vals, var_vals = list(flat[:n_const]), list(flat[n_const:])
+            ys = integrate(first, length, y, const_vals, var_vals)
+
+            def grad_fn(dys, variables=None):
+                tf_variables = list(variables or [])
+                sources = [y] + const_vals + var_vals
+                with tf.GradientTape() as tape:
+                    tape.watch(sources)
+                    ys_again = integrate(first, length, y, const_vals, var_vals)
+                grads = tape.gradient(
+                    ys_again,
+                    sources + tf_variables,
+                    output_gradients=dys,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
+                return grads[: len(sources)], grads[len(sources):]
+
+            return ys, grad_fn
+
+        return checkpointed(y, *constant_values, *variable_values)
+
+    n_segments, remainder = divmod(intervals, k)
+    blocks = tf.TensorArray(dtype, size=n_segments, element_shape=(k,) + tuple(y0.shape))
+
+    def body(i, y, blocks):
+        ys = segment(i * k, k, y)
+        return i + 1, ys[-1], blocks.write(i, ys)
+
+    _, y_last, blocks = tf.while_loop(
+        lambda i, *_: i < n_segments, body, (0, y0, blocks), maximum_iterations=n_segments
+    )
+    stacked = blocks.stack()  # (n_segments, k, ..., n)
+    merged = tf.reshape(stacked, tf.concat([[n_segments * k], tf.shape(y0)], axis=0))
+    pieces = [y0[None], tf.ensure_shape(merged, (n_segments * k,) + tuple(y0.shape))]
+    if remainder:
+        pieces.append(segment(n_segments * k, remainder, y_last))
+    return _time_axis_second_to_last(tf.concat(pieces, axis=0))
 
 
 def _time_axis_second_to_last(ys):
