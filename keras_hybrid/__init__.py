@@ -19,11 +19,13 @@ from keras_hybrid.models import HybridModel, SAMModel, SAMTrainStep
 from keras_hybrid.radius import RadiusPath, choose_radius, radius_path
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
+from keras_hybrid.shooting import MultipleShooting, SegmentOffsets
 
 __all__ = [
     "ButcherTableau",
     "ConstantsHistory",
     "HybridModel",
+    "MultipleShooting",
     "NonFiniteGuard",
     "ODELayer",
     "PhysicalConstant",
@@ -32,6 +34,7 @@ __all__ = [
     "SAMModel",
     "SAMTrainStep",
     "ScientificLayer",
+    "SegmentOffsets",
     "TABLEAUS",
     "choose_radius",
     "constant_units",

@@ -1,0 +1,182 @@
+"""Multiple shooting: segment algebra, segments against a reference
+integrator, continuity of the prediction, per-episode constants, SAM
+groups, the penalty schedule, saving, and recovery of a constant."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_hybrid as kh
+from keras_hybrid import shooting
+from keras_hybrid.systems import pendulum
+
+DT = 0.1
+
+
+def _layer(n_times=41, w0=1.0, correction=None, **kwargs):
+    return kh.ODELayer(
+        pendulum.frictionless_pendulum,
+        [kh.PhysicalConstant("w0", w0, unit="rad/s", constraint="positive")],
+        times=np.arange(n_times) * DT,
+        correction=correction,
+        **kwargs,
+    )
+
+
+def _frictionless(y0, n_times, w0):
+    """Reference float64 RK4 (one step per interval, as the layer)."""
+    field = pendulum.damped_vector_field(np.asarray(w0)[..., None], 0.0)
+    return pendulum.rk4_numpy(field, y0, np.arange(n_times) * DT, substeps=1)
+
+
+def _observed(n=4, n_times=41, w0=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    y0 = np.stack([rng.uniform(-1.5, 1.5, n), rng.uniform(-1, 1, n)], -1)
+    return _frictionless(y0, n_times, w0).astype("float32")
+
+
+def test_segment_algebra():
+    np.testing.assert_array_equal(shooting.segment_starts(41, 10), [0, 10, 20, 30])
+    segments = np.arange(2 * 3 * 4 * 1, dtype="float32").reshape(2, 3, 4, 1)
+    stitched = np.asarray(shooting.stitch(segments))
+    assert stitched.shape == (2, 3 * 3 + 1, 1)
+    np.testing.assert_array_equal(stitched[0, :, 0], [0, 1, 2, 4, 5, 6, 8, 9, 10, 11])
+    gaps = np.asarray(shooting.continuity_gaps(segments))
+    np.testing.assert_array_equal(gaps[..., 0], [[1, 1], [1, 1]])  # start[s+1] - end[s]
+
+
+def test_segments_match_reference_and_prediction_is_one_trajectory():
+    # Noisy observations: each segment is integrated from the observation at
+    # its start; the prediction integrates the whole horizon from the first.
+    rng = np.random.default_rng(1)
+    observed = _observed() + 0.05 * rng.standard_normal((4, 41, 2)).astype("float32")
+    model = kh.MultipleShooting(_layer(w0=1.3), segment_length=10, sam=None)
+    segments = np.asarray(model.segments(observed))
+    assert segments.shape == (4, 4, 11, 2)
+    for s in range(4):
+        expected = _frictionless(observed[:, 10 * s].astype("float64"), 11, 1.3)
+        np.testing.assert_allclose(segments[:, s], expected, rtol=1e-5, atol=1e-5)
+    stitched = np.asarray(model(observed, training=True))
+    np.testing.assert_allclose(stitched, shooting.stitch(segments), rtol=0, atol=0)
+    gap = np.mean((segments[:, 1:, 0] - segments[:, :-1, -1]) ** 2)
+    np.testing.assert_allclose(float(model.losses[0]), gap, rtol=1e-5)
+    predicted = model.predict(observed, verbose=0)
+    np.testing.assert_allclose(predicted, _frictionless(observed[:, 0].astype("float64"), 41, 1.3),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_exact_model_has_no_gaps():
+    observed = _observed(w0=0.9)
+    model = kh.MultipleShooting(_layer(w0=0.9), segment_length=8, sam=None)
+    np.testing.assert_allclose(model(observed, training=True), observed, atol=2e-6)
+    assert float(model.losses[0]) < 1e-11
+
+
+def test_per_episode_constants_are_repeated_per_segment():
+    w0 = np.array([0.7, 1.6], "float32")
+    observed = np.concatenate([_observed(1, w0=0.7, seed=2), _observed(1, w0=1.6, seed=3)])
+    model = kh.MultipleShooting(_layer(w0=1.0), segment_length=10, sam=None)
+
+    def gap(values):
+        model({"trajectories": observed, "constants": {"w0": values}}, training=True)
+        return float(model.losses[0])
+
+    assert gap(w0) < 1e-11
+    assert gap(w0[::-1]) > 1e-3
+    # An encoder giving the same constants.
+    encoder = keras.layers.Lambda(lambda obs: {"w0": keras.ops.convert_to_tensor(w0)})
+    with_encoder = kh.MultipleShooting(_layer(w0=1.0), segment_length=10, encoder=encoder, sam=None)
+    np.testing.assert_allclose(with_encoder(observed, training=True), observed, atol=2e-6)
+
+
+def test_trainable_states_start_at_data_and_are_excluded_from_sam():
+    observed = _observed()
+    data = kh.MultipleShooting(_layer(w0=1.2), segment_length=10, sam=None)
+    trainable = kh.MultipleShooting(_layer(w0=1.2), segment_length=10, initial_states="trainable",
+                                    n_trajectories=4, sam=kh.SAM(rho=0.3))
+    x = {"trajectories": observed, "index": np.arange(4)}
+    np.testing.assert_allclose(trainable(x, training=True), data(observed, training=True), atol=0)
+    offsets = trainable.offsets.offsets
+    assert tuple(offsets.shape) == (4, 4, 2)
+    assert trainable.sam.is_excluded(offsets.path)
+    assert not trainable.sam.is_excluded(trainable.layer.weights[0].path)
+    # Offsets move the segment starts: a gradient reaches them.
+    with tf.GradientTape() as tape:
+        trainable({"trajectories": tf.constant(observed), "index": tf.range(4)}, training=True)
+        loss = trainable.losses[0]
+    grad = tf.convert_to_tensor(tape.gradient(loss, offsets.value)).numpy()
+    assert np.abs(grad[:, 1:]).min() > 0  # every later segment start moves its gap
+
+
+def test_continuity_weight_schedule():
+    observed = _observed()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=2.0)
+    model = kh.MultipleShooting(_layer(w0=1.2), segment_length=10, continuity_weight=schedule,
+                                sam=None)
+    plain = kh.MultipleShooting(_layer(w0=1.2), segment_length=10, continuity_weight=1.0, sam=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    model.optimizer.iterations.assign(20)
+    model(observed, training=True)
+    plain(observed, training=True)
+    np.testing.assert_allclose(float(model.losses[0]), 0.4 * float(plain.losses[0]), rtol=1e-5)
+
+
+def test_config_round_trip_and_keras_file(tmp_path):
+    observed = _observed()
+    correction = keras.Sequential([keras.layers.Dense(4, "tanh"), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="Build MultipleShooting before"):
+        kh.MultipleShooting(_layer(correction=correction), segment_length=20).compile("sgd")
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=10, decay_rate=2.0)
+    model = kh.MultipleShooting(_layer(correction=correction, checkpoint=5), segment_length=20,
+                                initial_states="trainable", n_trajectories=4,
+                                continuity_weight=schedule, sam=kh.SAM(rho=0.2), state_size=2)
+    x = {"trajectories": observed, "index": np.arange(4)}
+    model.offsets.offsets.assign(np.random.default_rng(0).normal(0, 0.1, (4, 2, 2)))
+    config = model.get_config()
+    clone = kh.MultipleShooting.from_config(config)
+    assert clone.get_config() == config
+    model.save(tmp_path / "ms.keras")
+    loaded = keras.saving.load_model(tmp_path / "ms.keras")
+    assert loaded.sam.rho == 0.2 and "segment_states" in loaded.sam.exclude
+    assert loaded.layer.checkpoint == 5
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(loaded(x, training=True), model(x, training=True), atol=1e-6)
+
+
+def test_multiple_shooting_recovers_frequency_over_a_long_horizon():
+    # Physics only, w0 = 1.4 rad/s observed for 8 s (about 2 periods) from
+    # a guess of 0.5: segments of 1 s recover it to 1 %.
+    observed = _observed(n=8, n_times=81, w0=1.4)
+    model = kh.MultipleShooting(_layer(n_times=81, w0=0.5), segment_length=10, sam=None)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse", jit_compile=False)
+    model.fit(observed, observed, batch_size=8, epochs=100, verbose=0)
+    np.testing.assert_allclose(model.physical_constants()["w0"], 1.4, rtol=0.01)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="segment_length=7 for 41 time points"):
+        kh.MultipleShooting(_layer(), segment_length=7)
+    with pytest.raises(ValueError, match="segment_length=0"):
+        kh.MultipleShooting(_layer(), segment_length=0)
+    with pytest.raises(ValueError, match="initial_states='free'"):
+        kh.MultipleShooting(_layer(), segment_length=10, initial_states="free")
+    with pytest.raises(ValueError, match="n_trajectories=None"):
+        kh.MultipleShooting(_layer(), segment_length=10, initial_states="trainable")
+    with pytest.raises(ValueError, match="continuity_weight=-1"):
+        kh.MultipleShooting(_layer(), segment_length=10, continuity_weight=-1)
+    with pytest.raises(ValueError, match="method='dopri5'"):
+        kh.MultipleShooting(_layer(method="dopri5"), segment_length=10)
+    with pytest.raises(ValueError, match="correction_inputs='state_and_time'"):
+        kh.MultipleShooting(_layer(correction=keras.layers.Dense(2),
+                                   correction_inputs="state_and_time"), segment_length=10)
+    with pytest.raises(TypeError, match="layer="):
+        kh.MultipleShooting(keras.layers.Dense(2), segment_length=10)
+    model = kh.MultipleShooting(_layer(), segment_length=10, initial_states="trainable",
+                                n_trajectories=4)
+    with pytest.raises(ValueError, match="no 'index'"):
+        model(_observed(), training=True)
+    with pytest.raises(ValueError, match=r"shape \(4, 21, 2\)"):
+        model({"trajectories": _observed(n_times=21), "index": np.arange(4)}, training=True)
+    with pytest.raises(ValueError, match="keys"):
+        model({"trajectory": _observed()}, training=True)
