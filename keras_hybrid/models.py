@@ -299,8 +299,14 @@ class SAMTrainStep:
 
     def _record(self, applied, loss, fallback=None):
         record = getattr(self, "_step_record", None)
-        if record is not None:  # None when `train_step` is called directly
-            record.update(applied, loss, fallback)
+        if record is None:  # `train_step` called directly
+            return
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
+            # The global loss (Keras divided each replica's by their number),
+            # so that a NaN on any replica is recorded as such.
+            loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        record.update(applied, loss, fallback)
 
     def _plain_train_step(self, data):
         # Keras's own TensorFlow train step, with the non-finite guard (same
