@@ -9,10 +9,13 @@ from round to round so that no variant always runs first (or last) after
 another, and the figures are medians over rounds, after warm-up epochs that
 absorb tracing and compilation.
 
-Wall time is what a user waits for; on a machine shared with other jobs it
-swings with their load. CPU time counts the work the step itself does and
-barely moves with the load of others, so its ratios are the steadier
-figure when the machine is busy (the scripts print both).
+Wall time is what a user waits for, and it is the headline figure; the
+ratio wall / CPU of each variant shows idle time (above 1 on one busy
+core: waiting; below 1: work on several cores at once). On a machine
+shared with other jobs wall time swings with their load, so ratios are
+taken within a round (variants measured one after the other) and their
+spread over rounds is printed; CPU time counts the work the step itself
+does and barely moves with the load of others (the scripts print both).
 """
 
 import os
@@ -136,10 +139,12 @@ def format_ms(values):
 
 
 def format_timings(timings):
-    """Wall and CPU step time of a list of `Timing`s, median (min-max)."""
+    """Wall and CPU step time of a list of `Timing`s, median (min-max), and
+    the median of the per-round ratios wall / CPU."""
     walls = [t.wall for t in timings]
     cpus = [t.cpu for t in timings]
-    return f"wall {format_ms(walls)}   CPU {format_ms(cpus)}"
+    idle = statistics.median(w / c for w, c in zip(walls, cpus))
+    return f"wall {format_ms(walls)}   CPU {format_ms(cpus)}   wall/CPU {idle:.2f}"
 
 
 def timing_ratios(numerators, denominators):
@@ -177,8 +182,14 @@ def machine_line():
     return (
         f"machine: {os.cpu_count()} CPU cores, {platform.machine()}, Python "
         f"{platform.python_version()}, TF {tf.__version__}, Keras {keras.__version__}; "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"{load_line()}"
     )
+
+
+def load_line():
+    """The load averages (1, 5, 15 minutes): other jobs on the machine."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
 def mlp_data(n, seed=0):

@@ -3,14 +3,20 @@
 Two workloads, each measured with and without `jit_compile`:
 
 * an MLP 128 -> 1024 -> 1024 -> 10 (ReLU), batch 1024, MSE loss: plain
-  `keras.Sequential` vs the same network wrapped in `kh.SAMModel`;
+  `keras.Sequential`, the same network wrapped in `kh.SAMModel(sam=None)`
+  (our plain step, with its non-finite guard) and in `kh.SAMModel` (SAM);
 * the damped-pendulum ODE hybrid (`keras_hybrid.systems.pendulum`, 100 time
   points, RK4, 2x64 tanh correction), batch 50: a plain functional
-  `keras.Model` vs `kh.HybridModel`.
+  `keras.Model`, `kh.HybridModel(sam=None)` and `kh.HybridModel` (SAM).
 
 SAM is `kh.SAM(rho=0.05, perturb="all")` (one global norm over all weights); the optimizer
-is Adam for both variants. SAM needs two forward-backward passes per step,
-so about 2x the plain step is its limit; the goal is <= 2.0x.
+is Adam for every variant. SAM needs two forward-backward passes per step,
+so about 2x the plain step is its limit; the goals: SAM / Keras plain
+<= 2.0x and our plain step / Keras's <= 1.05x, in wall time.
+
+`--guard-cost` adds a variant of the SAM step without the check that rolls
+back an update making weights or optimizer state non-finite
+(`keras_hybrid.non_finite`), to measure what that check costs.
 
 Run:
 
@@ -21,54 +27,85 @@ python benchmarks/sam_overhead.py           # full run
 """
 
 import argparse
+import contextlib
 
 import _common as common
 import keras
 
 import keras_hybrid as kh
+from keras_hybrid import non_finite
 
 GOAL = 2.0
+PLAIN_GOAL = 1.05
+KINDS = ("plain", "ours plain", "SAM")
 
 
-def mlp_variants(steps, jit_modes):
+@contextlib.contextmanager
+def _unguarded():
+    # The apply without the post-update check (traced while this is active).
+    def apply(optimizer, gradients, variables):
+        optimizer.apply_gradients(zip(gradients, variables))
+        return keras.ops.convert_to_tensor(True)
+
+    saved = non_finite._apply_and_keep_if_finite
+    non_finite._apply_and_keep_if_finite = apply
+    try:
+        yield
+    finally:
+        non_finite._apply_and_keep_if_finite = saved
+
+
+def mlp_variants(steps, jit_modes, kinds):
     x, y = common.mlp_data(steps * common.MLP_BATCH)
     variants = {}
     for jit in jit_modes:
-        for kind in ("plain", "SAM"):
+        for kind in kinds:
             model = common.mlp()
-            if kind == "SAM":
+            if kind == "ours plain":
+                model = kh.SAMModel(model, sam=None)
+            elif kind.startswith("SAM"):
                 model = kh.SAMModel(model, sam=kh.SAM(rho=0.05, perturb="all"))
             model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
-            variants[(kind, jit)] = _runner(model, x, y, common.MLP_BATCH, steps)
+            variants[(kind, jit)] = _runner(model, x, y, common.MLP_BATCH, steps, kind)
     return variants
 
 
-def pendulum_variants(steps, jit_modes, batch_size=50):
+def pendulum_variants(steps, jit_modes, kinds, batch_size=50):
     times, y0, observed = common.pendulum_setup(n_steps=100, n_trajectories=steps * batch_size)
     variants = {}
     for jit in jit_modes:
-        for kind in ("plain", "SAM"):
-            if kind == "SAM":
+        for kind in kinds:
+            if kind.startswith("SAM"):
                 model = common.pendulum_model(times, sam=kh.SAM(rho=0.05, perturb="all"))
+            elif kind == "ours plain":
+                model = common.pendulum_model(times, sam=None)
             else:
                 hybrid = common.pendulum_model(times, sam=None)
                 model = keras.Model(hybrid.inputs, hybrid.outputs, name="plain_pendulum")
             model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=jit)
-            variants[(kind, jit)] = _runner(model, y0, observed, batch_size, steps)
+            variants[(kind, jit)] = _runner(model, y0, observed, batch_size, steps, kind)
     return variants
 
 
-def _runner(model, x, y, batch_size, steps):
-    return lambda: common.epoch_step_time(model, x, y, batch_size, steps)
+def _runner(model, x, y, batch_size, steps, kind):
+    def run():
+        with _unguarded() if kind == "SAM unguarded" else contextlib.nullcontext():
+            return common.epoch_step_time(model, x, y, batch_size, steps)
+
+    return run
 
 
-def report(title, results, jit_modes):
-    print(f"\n{title}: step time, median (min-max) over rounds")
+def report(title, results, jit_modes, kinds):
+    print(f"\n{title}: step time, median (min-max) over rounds; wall/CPU: median per round")
     for (kind, jit), values in results.items():
-        print(f"  {kind:<6} jit_compile={str(jit):<5} {common.format_timings(values)}")
+        print(f"  {kind:<13} jit_compile={str(jit):<5} {common.format_timings(values)}")
     ratios = {}
     for jit in jit_modes:
-        ratios[jit] = common.timing_ratios(results[("SAM", jit)], results[("plain", jit)])
+        for kind, reference, goal in (("SAM", "plain", GOAL), ("ours plain", "plain", PLAIN_GOAL),
+                                      ("SAM", "SAM unguarded", None)):
+            if kind in kinds and reference in kinds:
+                ratios[(f"{kind} / {reference}", jit)] = (
+                    common.timing_ratios(results[(kind, jit)], results[(reference, jit)]), goal)
     return ratios
 
 
@@ -78,9 +115,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
     parser.add_argument("--workload", choices=("all", "mlp", "pendulum"), default="all")
     parser.add_argument("--no-jit-only", action="store_true", help="skip jit_compile=True")
+    parser.add_argument("--guard-cost", action="store_true",
+                        help="add SAM without the non-finite rollback check")
     args = parser.parse_args(argv)
 
-    rounds = args.rounds or (3 if args.quick else 15)
+    rounds = args.rounds or (5 if args.quick else 15)
+    kinds = KINDS + (("SAM unguarded",) if args.guard_cost else ())
     mlp_steps, pendulum_steps = (6, 4) if args.quick else (20, 8)
     jit_modes = (False,) if args.no_jit_only else (False, True)
     print(common.machine_line())
@@ -90,18 +130,22 @@ def main(argv=None):
 
     all_ratios = {}
     if args.workload in ("all", "mlp"):
-        results = common.interleaved(mlp_variants(mlp_steps, jit_modes), rounds)
-        all_ratios["MLP 2x1024, batch 1024"] = report("MLP 2x1024, batch 1024", results, jit_modes)
+        results = common.interleaved(mlp_variants(mlp_steps, jit_modes, kinds), rounds)
+        all_ratios["MLP 2x1024"] = report("MLP 2x1024, batch 1024", results, jit_modes, kinds)
     if args.workload in ("all", "pendulum"):
-        results = common.interleaved(pendulum_variants(pendulum_steps, jit_modes), rounds)
-        all_ratios["pendulum ODE hybrid"] = report("pendulum ODE hybrid", results, jit_modes)
+        results = common.interleaved(pendulum_variants(pendulum_steps, jit_modes, kinds), rounds)
+        all_ratios["pendulum hybrid"] = report("pendulum ODE hybrid", results, jit_modes, kinds)
 
-    print(f"\nRatios SAM / plain step time (median of per-round ratios, min-max); goal <= {GOAL}x")
+    print(f"\nRatios of step times, wall (headline) and CPU: median of per-round ratios "
+          f"(min-max over {rounds} rounds); goals: SAM / plain <= {GOAL}x, ours plain / plain "
+          f"<= {PLAIN_GOAL}x (wall)")
     for workload, ratios in all_ratios.items():
-        for jit, spread in ratios.items():
-            verdict = common.verdict(spread, lambda r: r <= GOAL)
-            print(f"  {workload:<24} jit_compile={str(jit):<5} wall {common.format_ratio(spread['wall'])}"
-                  f"  CPU {common.format_ratio(spread['cpu'])}  {verdict}")
+        for (name, jit), (spread, goal) in ratios.items():
+            verdict = "" if goal is None else common.verdict(spread, lambda r, g=goal: r <= g)
+            print(f"  {workload:<16} {name:<24} jit_compile={str(jit):<5} "
+                  f"wall {common.format_ratio(spread['wall'])}  CPU {common.format_ratio(spread['cpu'])}"
+                  f"  {verdict}")
+    print(common.load_line() + " (at the end)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Callbacks for hybrid models."""
 
 import math
+import threading
 import warnings
 
 import keras
@@ -105,20 +106,32 @@ def _describe_constants(model):
 
 @keras.saving.register_keras_serializable(package="keras_hybrid")
 class NonFiniteGuard(keras.callbacks.Callback):
-    """Reports the first non-finite training loss, naming the constants.
+    """Counts and reports non-finite training steps, naming the constants.
 
     A hybrid model's loss turns NaN/Inf when the data contain NaN/Inf or
     when the model itself diverges, typically an ODE that blows up for the
     current constants. The hybrid models' training step then skips the
-    update (the weights keep their last finite values); this callback makes
-    that visible. `HybridModel.fit` and `SAMModel.fit` add one
+    update (the weights and the optimizer state keep their last finite
+    values), or, when only SAM's perturbed pass is not finite, falls back
+    to the plain gradient. This callback makes that visible: at the end of
+    every epoch it adds `skipped_steps` (and, with SAM, `sam_fallbacks`) to
+    the logs, so they appear in `history.history`, and warns or raises
+    naming the epoch and batch of the first event. A non-finite validation
+    loss is reported too. `HybridModel.fit` and `SAMModel.fit` add one
     automatically (mode from the model's `on_non_finite`); add it yourself
-    to any other model.
+    to any other model (it then watches the batch loss only).
+
+    The callback is safe for Keras's asynchronous callback dispatch: it
+    reads the model's step counters once per epoch, and its per-batch check
+    (of the logged loss, used to stop a `"raise"` fit early) runs on
+    values Keras has already fetched, off the training thread.
 
     Args:
-        mode: `"raise"`: stop training with a `FloatingPointError` at the
-            first non-finite batch loss; `"warn"`: warn once per `fit`;
-            `"skip"`: do nothing. Defaults to `"raise"`.
+        mode: `"raise"`: stop training at the first non-finite batch loss
+            and raise a `FloatingPointError` at the end of that epoch (also
+            for a skipped step or a SAM fallback); `"warn"`: warn once per
+            `fit` and kind of event; `"skip"`: only record the counts.
+            Defaults to `"raise"`.
 
     Example:
 
@@ -129,6 +142,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
     ```
     """
 
+    async_safe = True
+
     def __init__(self, mode="raise"):
         super().__init__()
         if mode not in NON_FINITE_POLICIES:
@@ -136,34 +151,102 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 f"`mode` must be one of {NON_FINITE_POLICIES}. Received: mode={mode!r}"
             )
         self.mode = mode
-        self._epoch = 0
-        self._warned = False
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self):
+        self._warned = set()
+        self._first_bad_batch = None
+
+    def _record(self):
+        return getattr(self.model, "_step_record", None)
 
     def on_train_begin(self, logs=None):
-        self._warned = False
+        self._reset()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        with self._lock:
+            self._first_bad_batch = None
+        record = self._record()
+        if record is not None:
+            record.reset()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.mode == "skip" or self._warned or not logs or "loss" not in logs:
+        # May run on a worker thread (asynchronous dispatch): only plain
+        # Python values, no model calls.
+        if self.mode == "skip" or not logs or "loss" not in logs:
             return
-        loss = float(keras.ops.convert_to_numpy(logs["loss"]))
+        loss = float(logs["loss"])
         if math.isfinite(loss):
             return
-        message = (
-            f"Non-finite training loss ({loss}) at epoch {self._epoch}, batch {batch}. "
-            "Either the data contain NaN/Inf (`x`, `y` or `sample_weight`) or the model "
-            "diverged, e.g. its ODE blew up for the current constants. Steps with a "
-            "non-finite gradient are skipped: the weights keep their last finite values. "
+        with self._lock:
+            if self._first_bad_batch is None or batch < self._first_bad_batch[0]:
+                self._first_bad_batch = (batch, loss)
+        if self.mode == "raise":
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        events = []
+        record = self._record()
+        if record is not None:
+            counts = record.read()
+            if logs is not None:
+                logs["skipped_steps"] = counts["skipped"]
+                sam = getattr(self.model, "sam", None)
+                if sam is not None and not sam.is_plain:
+                    logs["sam_fallbacks"] = counts["fallbacks"]
+            if counts["skipped"]:
+                events.append(("skip", self._skip_message(
+                    epoch, counts["first_skip"], counts["first_skip_loss"], counts["skipped"])))
+            if counts["fallbacks"]:
+                events.append(("fallback", self._fallback_message(
+                    epoch, counts["first_fallback"], counts["fallbacks"])))
+        elif self._first_bad_batch is not None:
+            batch, loss = self._first_bad_batch
+            events.append(("skip", self._skip_message(epoch, batch, loss, None)))
+        val_loss = (logs or {}).get("val_loss")
+        if val_loss is not None and not math.isfinite(float(val_loss)):
+            events.append(("validation", (
+                f"Non-finite validation loss ({float(val_loss)}) at epoch {epoch}. "
+                "The validation data contain NaN/Inf, or the model diverges on them. "
+                f"{_describe_constants(self.model)}"
+            )))
+        if self.mode == "skip":
+            return
+        for kind, message in events:
+            if self.mode == "raise":
+                self.model.stop_training = True
+                raise FloatingPointError(message)
+            if kind not in self._warned:
+                self._warned.add(kind)
+                warnings.warn(message, stacklevel=2)
+
+    def _skip_message(self, epoch, batch, loss, count):
+        if math.isfinite(loss):
+            head = (
+                f"Training step skipped at epoch {epoch}, batch {batch}: the update would make "
+                f"weights or optimizer state non-finite (loss {loss:.4g})."
+            )
+        else:
+            head = f"Non-finite training loss ({loss}) at epoch {epoch}, batch {batch}."
+        counted = "" if count is None else f" {count} step(s) skipped in this epoch."
+        return (
+            f"{head}{counted} Either the data contain NaN/Inf (`x`, `y` or `sample_weight`) "
+            "or the model diverged, e.g. its ODE blew up for the current constants. Skipped "
+            "steps leave the weights and the optimizer state at their last finite values. "
             f"{_describe_constants(self.model)} Consider a smaller learning rate, bounds on "
             "the constants (`constraint=(lo, hi)`), or more solver substeps."
         )
-        if self.mode == "raise":
-            self.model.stop_training = True
-            raise FloatingPointError(message)
-        self._warned = True
-        warnings.warn(message, stacklevel=2)
+
+    def _fallback_message(self, epoch, batch, count):
+        return (
+            f"The loss at SAM's perturbed weights was not finite at epoch {epoch}, batch "
+            f"{batch} ({count} step(s) in this epoch): those steps used the plain gradient, "
+            "without perturbation. Typically the perturbation pushes an input of an "
+            "equation out of its domain (`sqrt` or `log` of a negative value). A smaller "
+            "`rho`, `perturb='neural'` or a constraint on the constant avoids it. "
+            f"{_describe_constants(self.model)}"
+        )
 
     def get_config(self):
         return {"mode": self.mode}

@@ -1,22 +1,30 @@
 """Keras models trained with a sharpness-aware (SAM) `train_step`."""
 
+import contextlib
+import inspect
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
+from keras_hybrid.looksam import LookSAMState
+from keras_hybrid.non_finite import StepRecord, guarded_apply, non_finite_report
 from keras_hybrid.sam import EXCLUDED, NEURAL, PHYSICAL, SAM, all_finite
-
 
 def _as_sam(sam):
     if sam is None or isinstance(sam, SAM):
         return sam
     if isinstance(sam, dict):
-        return keras.saving.deserialize_keras_object(sam) if "class_name" in sam else SAM(**sam)
+        value = keras.saving.deserialize_keras_object(sam) if "class_name" in sam else SAM(**sam)
+        if not isinstance(value, SAM):
+            raise TypeError(
+                "`sam` must be a `keras_hybrid.SAM` or its config; this config deserializes to "
+                f"a `{type(value).__name__}`. Received: sam={sam!r}"
+            )
+        return value
     raise TypeError(f"`sam` must be a `keras_hybrid.SAM`, a dict or None. Received: sam={sam!r}")
 
 
@@ -41,27 +49,23 @@ def _rescale(gradients, factor, divide):
     return [None if g is None else op(g, ops.cast(factor, g.dtype)) for g in gradients]
 
 
-def _non_finite_report(name, data):
-    """`None`, or a sentence locating the non-finite entries of `data`
-    (NumPy arrays and eager tensors only; datasets are not scanned)."""
-    found = []
-    for index, leaf in enumerate(tf.nest.flatten(data)):
-        if isinstance(leaf, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
-            continue
-        if not isinstance(leaf, (np.ndarray, tf.Tensor, tf.Variable)):
-            continue
-        array = np.asarray(leaf)
-        if not np.issubdtype(array.dtype, np.floating):
-            continue
-        bad = ~np.isfinite(array)
-        if bad.any():
-            label = name if len(tf.nest.flatten(data)) == 1 else f"{name}[{index}]"
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            found.append(
-                f"`{label}` contains {int(bad.sum())} non-finite value(s) (NaN or Inf), "
-                f"the first at index {first}: {label}{list(first)}={float(array[first])}."
-            )
-    return " ".join(found) or None
+def _select(condition, if_true, if_false):
+    """`if_true` where `condition` holds, else `if_false` (lists with the
+    same `None` entries)."""
+    present = [i for i, (a, b) in enumerate(zip(if_true, if_false)) if a is not None and b is not None]
+    if not present:
+        return list(if_false)
+    chosen = ops.cond(
+        condition, lambda: [if_true[i] for i in present], lambda: [if_false[i] for i in present]
+    )
+    out = list(if_false)
+    for i, g in zip(present, chosen):
+        out[i] = g
+    return out
+
+
+def _is_seed_state(variable):
+    return str(variable.path).split("/")[-1] == "seed_generator_state"
 
 
 def _strategy_replicas(model):
@@ -82,12 +86,20 @@ class SAMTrainStep:
     2. `g' = grad L(w + e)` with `e` from `self.sam` (see `SAM`). The
        perturbed pass runs inside a `keras.StatelessScope`: variables are
        never modified, so "restoring" them is exact by construction, and
-       state updates of that pass are discarded.
+       state updates of that pass are discarded, except the random-number
+       generators' (dropout, noise), which advance so that the pass draws
+       its own masks.
 
     `g'` is applied with the compiled optimizer. With `sam=None` or a zero
-    radius, the step *is* Keras's plain step. Non-finite gradients skip the
-    update (the weights keep their last finite values; with a
-    `keras.optimizers.LossScaleOptimizer` its own skip-and-rescale applies).
+    radius, the step *is* Keras's plain step. Non-finite steps are skipped:
+    if the loss, or the gradient applied, is NaN/Inf, or if the update
+    would make a weight or an optimizer variable NaN/Inf, the weights, the
+    optimizer state and `optimizer.iterations` keep their values (see
+    `keras_hybrid.non_finite`). If only the perturbed pass is non-finite
+    (e.g. `w + e` leaves an equation's domain), the step falls back to the
+    plain gradient `g`. Skipped steps and fallbacks are counted per epoch
+    in the logs (`skipped_steps`, `sam_fallbacks`) and reported according
+    to `on_non_finite`.
 
     Mix it into your own subclassed model, before `keras.Model`, and set
     `self.sam`:
@@ -106,25 +118,40 @@ class SAMTrainStep:
 
     @property
     def sam(self):
-        """The `SAM` settings of the training step (`None`: plain steps)."""
+        """The `SAM` settings of the training step (`None`: plain steps).
+
+        `SAM` objects are read-only; assign new settings to change them
+        (`model.sam = SAM(rho=0.1)`): they are validated, and the next `fit`
+        traces a new training step.
+        """
         return getattr(self, "_sam", None)
 
     @sam.setter
     def sam(self, value):
-        self._sam = _as_sam(value)
+        value = _as_sam(value)
+        changed = value != getattr(self, "_sam", None)
+        self._sam = value
+        if changed and getattr(self, "train_function", None) is not None:
+            self.train_function = None
+        if changed:
+            object.__setattr__(self, "_looksam", None)
 
     @property
     def on_non_finite(self):
         """What `fit` does with NaN/Inf: `"warn"`, `"raise"` or `"skip"`.
 
-        In every mode a step whose gradient is not finite is skipped, so the
-        weights keep their last finite values. `"warn"` (the default) also
-        warns once when `x`, `y` or `sample_weight` arrays passed to `fit`
-        contain NaN/Inf (naming the array and the first bad index) and once
-        at the first non-finite loss (naming the current physical
-        constants); `"raise"` raises a `ValueError` for such arrays before
-        training and a `FloatingPointError` at the first non-finite loss
-        (see `NonFiniteGuard`); `"skip"` only skips.
+        In every mode a non-finite step is skipped (see `SAMTrainStep`), so
+        the weights and the optimizer state keep their last finite values,
+        and the logs count skipped steps (`skipped_steps`) and SAM
+        fallbacks (`sam_fallbacks`) per epoch. `"warn"` (the default) also
+        warns once when arrays passed to `fit` (`x`, `y`, `sample_weight`,
+        `validation_data`) contain NaN/Inf, naming the array and the first
+        bad index, and once per kind of event during training (a skipped
+        step, a SAM fallback, a non-finite validation loss), naming the
+        current physical constants; `"raise"` raises a `ValueError` for such
+        arrays before training and a `FloatingPointError` at the end of the
+        epoch of the first event (training stops at the first non-finite
+        loss); `"skip"` only skips. See `NonFiniteGuard`.
         """
         return getattr(self, "_on_non_finite", "warn")
 
@@ -156,40 +183,86 @@ class SAMTrainStep:
 
     def _forward_loss(self, x, y, sample_weight):
         y_pred = self(x, training=True)
-        loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        # An override of `compute_loss` without `training` (the older
+        # signature) is called as Keras calls it.
+        if "training" in inspect.signature(self.compute_loss).parameters:
+            loss = self.compute_loss(
+                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+            )
+        else:
+            loss = self.compute_loss(x, y, y_pred, sample_weight)
         return y_pred, loss
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with the non-finite policy `on_non_finite`.
 
-        Arrays given as `x`, `y` or `sample_weight` are scanned for NaN/Inf
-        before training; a `NonFiniteGuard` is added to the callbacks
-        (unless one is there) to report a non-finite loss during training.
-        Everything else is `keras.Model.fit`.
+        Arrays given as `x`, `y`, `sample_weight` or `validation_data` are
+        scanned for NaN/Inf before training; a `NonFiniteGuard` is added to
+        the callbacks (unless one is there) to count and report non-finite
+        steps. Everything else is `keras.Model.fit`.
         """
         policy = self.on_non_finite
         if policy != "skip":
-            for name, data in (("x", x), ("y", y), ("sample_weight", kwargs.get("sample_weight"))):
-                report = _non_finite_report(name, data)
-                if report is None:
-                    continue
-                message = f"{report} Steps on batches with these samples are skipped."
-                if policy == "raise":
-                    raise ValueError(
-                        f"{report} Clean the data, or set `on_non_finite='warn'` to skip "
-                        "the affected steps."
-                    )
-                warnings.warn(message, stacklevel=2)
-            # `callbacks` is the sixth positional argument of `fit`; a
-            # ready-made CallbackList is left as it is.
-            if len(args) < 4 and not isinstance(
-                kwargs.get("callbacks"), keras.callbacks.CallbackList
-            ):
-                callbacks = list(kwargs.get("callbacks") or [])
-                if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
-                    callbacks.append(NonFiniteGuard(mode=policy))
+            self._check_fit_arrays(policy, x, y, kwargs)
+        # `callbacks` is the fourth positional argument after `x` and `y`;
+        # a ready-made CallbackList is left as it is.
+        args = list(args)
+        positional = len(args) >= 4
+        callbacks = args[3] if positional else kwargs.get("callbacks")
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks or [])
+            if not any(isinstance(c, NonFiniteGuard) for c in callbacks):
+                callbacks.append(NonFiniteGuard(mode=policy))
+            if positional:
+                args[3] = callbacks
+            else:
                 kwargs["callbacks"] = callbacks
         return super().fit(x, y, *args, **kwargs)
+
+    def _check_fit_arrays(self, policy, x, y, kwargs):
+        for name, data, consequence in (
+            ("x", x, "Steps on batches with these samples are skipped."),
+            ("y", y, "Steps on batches with these samples are skipped."),
+            ("sample_weight", kwargs.get("sample_weight"),
+             "Steps on batches with these samples are skipped."),
+            ("validation_data", kwargs.get("validation_data"),
+             "The validation loss will not be finite."),
+        ):
+            report = non_finite_report(name, data)
+            if report is None:
+                continue
+            if policy == "raise":
+                raise ValueError(
+                    f"{report} Clean the data, or set `on_non_finite='warn'` to go on "
+                    "regardless."
+                )
+            warnings.warn(f"{report} {consequence}", stacklevel=3)
+
+    @contextlib.contextmanager
+    def _without_jit_under_strategy(self):
+        # keras-team/keras#19005: Keras cannot XLA-compile a step under a
+        # tf.distribute strategy. Trace without XLA, and leave the user's
+        # `jit_compile` setting as it was.
+        replicas, strategy = _strategy_replicas(self)
+        distributed = tf.distribute.has_strategy() or (
+            strategy is not tf.distribute.get_strategy()
+        )
+        if not (self.jit_compile and (replicas > 1 or distributed)):
+            yield
+            return
+        warnings.warn(
+            "`jit_compile=True` is not supported by Keras under a tf.distribute "
+            f"strategy ({type(strategy).__name__}, {replicas} replica(s)); training "
+            "without XLA (keras-team/keras#19005). Compile with "
+            "`jit_compile=False` to silence this warning.",
+            stacklevel=3,
+        )
+        saved = self.jit_compile
+        self.jit_compile = False
+        try:
+            yield
+        finally:
+            self.jit_compile = saved
 
     def make_train_function(self, force=False):
         replicas, strategy = _strategy_replicas(self)
@@ -202,54 +275,42 @@ class SAMTrainStep:
                 "have to share. Use `every=1` for distributed training. "
                 f"Received: sam={sam!r}"
             )
-        self._build_sam_state()
-        distributed = tf.distribute.has_strategy() or (
-            strategy is not tf.distribute.get_strategy()
-        )
-        if self.jit_compile and (replicas > 1 or distributed):
-            # keras-team/keras#19005: Keras cannot XLA-compile a train step
-            # under a tf.distribute strategy. Fall back to graph mode.
-            warnings.warn(
-                "`jit_compile=True` is not supported by Keras under a tf.distribute "
-                f"strategy ({type(strategy).__name__}, {replicas} replica(s)); training "
-                "without XLA (keras-team/keras#19005). Compile with "
-                "`jit_compile=False` to silence this warning.",
-                stacklevel=2,
-            )
-            self.jit_compile = False
-        return super().make_train_function(force=force)
+        if sam is not None and sam.exclude:
+            sam.check_exclude(self.trainable_variables)
+        self._build_step_state(strategy)
+        if self.train_function is not None and not force:
+            return self.train_function
+        with self._without_jit_under_strategy():
+            return super().make_train_function(force=force)
 
-    def _build_sam_state(self):
-        # LookSAM keeps the last "flatness" direction between full SAM steps.
-        # The state lives outside Keras's tracking: it is not a model weight
-        # (not saved, not exported) and is rebuilt when training restarts.
-        # A rebuilt direction is marked invalid, so the first step after a
-        # restart (e.g. a resumed fit) is a full SAM step whatever the
-        # iteration count; the every-k schedule then continues from the
-        # optimizer's restored `iterations`.
+    def _build_step_state(self, strategy):
+        # Per-step records and LookSAM's direction: state outside Keras's
+        # tracking (not weights, not saved, not exported).
+        if getattr(self, "_step_record", None) is None:
+            with strategy.scope():
+                object.__setattr__(self, "_step_record", StepRecord())
         sam = self.sam
         if sam is None or sam.every == 1 or sam.is_plain:
-            object.__setattr__(self, "_sam_direction", None)
-            object.__setattr__(self, "_sam_direction_valid", None)
+            object.__setattr__(self, "_looksam", None)
             return
-        current = getattr(self, "_sam_direction", None)
-        shapes = [tuple(v.shape) for v in self.trainable_variables]
-        if current is not None and [tuple(d.shape) for d in current] == shapes:
+        current = getattr(self, "_looksam", None)
+        if current is None or not current.matches(self.trainable_variables):
+            object.__setattr__(self, "_looksam", LookSAMState(self.trainable_variables))
+
+    def _record(self, applied, loss, fallback=None):
+        record = getattr(self, "_step_record", None)
+        if record is None:  # `train_step` called directly
             return
-        directions = [
-            tf.Variable(tf.zeros(shape, "float32"), trainable=False, name="sam_direction")
-            for shape in shapes
-        ]
-        object.__setattr__(self, "_sam_direction", directions)
-        object.__setattr__(
-            self,
-            "_sam_direction_valid",
-            tf.Variable(False, trainable=False, name="sam_direction_valid"),
-        )
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
+            # The global loss (Keras divided each replica's by their number),
+            # so that a NaN on any replica is recorded as such.
+            loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        record.update(applied, loss, fallback)
 
     def _plain_train_step(self, data):
-        # Keras's own TensorFlow train step, with the update skipped when the
-        # gradient is not finite (same ops, so finite steps are bit-identical).
+        # Keras's own TensorFlow train step, with the non-finite guard (same
+        # ops, so finite steps are bit-identical).
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = list(self.trainable_variables)
         with tf.GradientTape() as tape:
@@ -259,9 +320,10 @@ class SAMTrainStep:
                 tracker.update_state(
                     _unscale_loss_for_distribution(loss), sample_weight=_batch_size(x)
                 )
-            loss = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(loss, variables)
-        self._apply_if_finite(gradients, variables)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        applied = guarded_apply(self.optimizer, gradients, variables, [loss])
+        self._record(applied, loss)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, data):
@@ -286,27 +348,40 @@ class SAMTrainStep:
         loss_scale = None
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             loss_scale = self.optimizer.scale_loss(ops.convert_to_tensor(1.0, "float32"))
-        gradients = _rescale(tape.gradient(scaled_loss, variables), loss_scale, divide=True)
-        gradients = self._maybe_synchronize(gradients, sam)
+        local_gradients = _rescale(tape.gradient(scaled_loss, variables), loss_scale, divide=True)
+        gradients = self._maybe_synchronize(local_gradients, sam)
 
         def full_sam_step():
-            return self._perturbed_gradients(x, y, sample_weight, variables, gradients, loss_scale)
+            perturbed, fallback = self._perturbed_gradients(
+                x, y, sample_weight, variables, gradients, loss_scale
+            )
+            # Fallback: this replica's own plain gradient (the optimizer
+            # all-reduces what is applied).
+            return _select(fallback, local_gradients, perturbed), fallback
 
         if sam.every == 1:
-            final = full_sam_step()
+            final, fallback = full_sam_step()
         else:
-            final = self._lookahead_gradients(sam, gradients, full_sam_step)
+            final, fallback = self._looksam.gradients(
+                sam, self.optimizer.iterations, gradients, full_sam_step
+            )
         # A LossScaleOptimizer expects gradients of the scaled loss.
-        self._apply_if_finite(_rescale(final, loss_scale, divide=False), variables)
+        applied = guarded_apply(
+            self.optimizer, _rescale(final, loss_scale, divide=False), variables, [loss]
+        )
+        # A step skipped for its own loss is not counted as a fallback too.
+        self._record(applied, loss, ops.logical_and(fallback, ops.all(ops.isfinite(loss))))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
-        """Gradient of the loss at `w + e` (pass 2), unscaled."""
+        """Gradient of the loss at `w + e` (pass 2), unscaled, and a scalar
+        bool: the pass was not finite (the caller then falls back)."""
         groups = [
             EXCLUDED if self.sam.is_excluded(v.path) else PHYSICAL if is_physical_variable(v) else NEURAL
             for v in variables
         ]
         perturbation = self.sam.perturbation(gradients, [v.value for v in variables], groups)
+        seed_states = [v for v in self.non_trainable_variables if _is_seed_state(v)]
         # The perturbed weights are fed through a StatelessScope: the
         # variables are never modified, so there is nothing to restore.
         with tf.GradientTape() as tape:
@@ -319,46 +394,22 @@ class SAMTrainStep:
                     tape.watch(perturbed)
                     mapping.append((variable, perturbed))
                     sources.append(perturbed)
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
                 _, perturbed_loss = self._forward_loss(x, y, sample_weight)
-            perturbed_loss = self.optimizer.scale_loss(perturbed_loss)
-        return _rescale(tape.gradient(perturbed_loss, sources), loss_scale, divide=True)
-
-    def _lookahead_gradients(self, sam, gradients, full_sam_step):
-        """LookSAM: a full SAM step every `sam.every` steps; in between,
-        the plain gradient plus the stored component of the SAM gradient
-        orthogonal to it (Liu et al., arXiv:2203.02714)."""
-        directions = self._sam_direction
-        present = [i for i, g in enumerate(gradients) if g is not None]
-
-        def dot(a, b):
-            return ops.sum(ops.stack([ops.sum(a[i] * b[i]) for i in present]))
-
-        def full():
-            sam_gradients = full_sam_step()
-            g = {i: ops.cast(gradients[i], "float32") for i in present}
-            gs = {i: ops.cast(sam_gradients[i], "float32") for i in present}
-            coeff = dot(g, gs) / (dot(g, g) + sam.eps)
-            for i in present:
-                directions[i].assign(gs[i] - coeff * g[i])
-            self._sam_direction_valid.assign(True)
-            return [sam_gradients[i] for i in present]
-
-        def reuse():
-            g = {i: ops.cast(gradients[i], "float32") for i in present}
-            v = {i: directions[i] for i in present}
-            ratio = ops.sqrt(dot(g, g)) / (ops.sqrt(dot(v, v)) + sam.eps)
-            return [ops.cast(g[i] + sam.alpha * ratio * v[i], gradients[i].dtype) for i in present]
-
-        is_full_step = ops.logical_or(
-            ops.equal(self.optimizer.iterations % sam.every, 0),
-            ops.logical_not(self._sam_direction_valid),
-        )
-        chosen = ops.cond(is_full_step, full, reuse)
-        out = [None] * len(gradients)
-        for i, g in zip(present, chosen):
-            out[i] = g
-        return out
+                advanced_seeds = [scope.get_current_value(v) for v in seed_states]
+            scaled_loss = self.optimizer.scale_loss(perturbed_loss)
+        # The random generators advance past this pass, so that the next
+        # step's first pass does not reuse its dropout/noise masks.
+        for variable, value in zip(seed_states, advanced_seeds):
+            if value is not None:
+                variable.assign(value)
+        perturbed_gradients = _rescale(tape.gradient(scaled_loss, sources), loss_scale, divide=True)
+        finite = ops.all(ops.isfinite(perturbed_loss))
+        if loss_scale is None:
+            # With loss scaling, overflowing gradients are the
+            # LossScaleOptimizer's to handle (it lowers its scale).
+            finite = ops.logical_and(finite, all_finite(perturbed_gradients))
+        return perturbed_gradients, ops.logical_not(finite)
 
     def _maybe_synchronize(self, gradients, sam):
         if not tf.distribute.has_strategy() or not sam.synchronized:
@@ -372,56 +423,6 @@ class SAMTrainStep:
         for i, g in zip(present, reduced):
             gradients[i] = g
         return gradients
-
-    def _apply_if_finite(self, gradients, variables):
-        pairs = list(zip(gradients, variables))
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # It unscales, and skips non-finite steps itself.
-            self.optimizer.apply_gradients(pairs)
-            return
-        strategy_needs_merge = tf.distribute.has_strategy() and not (
-            tf.__internal__.distribute.strategy_supports_no_merge_call()
-        )
-        if strategy_needs_merge:
-            self._apply_if_finite_cross_replica(gradients, variables)
-            return
-        def apply():
-            self.optimizer.apply_gradients(pairs)
-
-        finite = all_finite(gradients)
-        context = tf.distribute.get_replica_context()
-        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
-            # Pure replica context (no merge_call, e.g. XLA on GPUs): every
-            # replica must take the same branch, since applying gradients
-            # all-reduces them. Skip the step if any replica is non-finite.
-            bad = context.all_reduce(
-                tf.distribute.ReduceOp.SUM, ops.cast(ops.logical_not(finite), "float32")
-            )
-            finite = ops.equal(bad, 0.0)
-        ops.cond(finite, apply, lambda: None)
-
-    def _apply_if_finite_cross_replica(self, gradients, variables):
-        # A cond whose branch calls `merge_call` must run in cross-replica
-        # context (as keras.optimizers.LossScaleOptimizer does).
-        def cross_replica(distribution, gradients, variables):
-            finite_per_replica = distribution.extended.call_for_each_replica(
-                all_finite, args=(gradients,)
-            )
-            # Replicas see the same all-reduced verdict only if gradients are
-            # synchronized; require every replica to be finite.
-            finite = ops.all(ops.stack(distribution.experimental_local_results(finite_per_replica)))
-
-            def apply_on_replica(gradients, variables):
-                self.optimizer.apply_gradients(zip(gradients, variables))
-
-            def apply():
-                distribution.extended.call_for_each_replica(
-                    apply_on_replica, args=(gradients, variables)
-                )
-
-            ops.cond(finite, apply, lambda: None)
-
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(gradients, variables))
 
 
 @keras.saving.register_keras_serializable(package="keras_hybrid")

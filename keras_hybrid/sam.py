@@ -45,6 +45,12 @@ def _check_radius(arg, value, allow_none=False):
     return float(value)
 
 
+def _check_bool(arg, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
+    return value
+
+
 def all_finite(tensors):
     """Scalar boolean tensor: every entry of every (non-`None`) tensor is finite."""
     checks = [ops.all(ops.isfinite(x)) for x in tensors if x is not None]
@@ -219,13 +225,13 @@ class SAM:
                 f"`perturb` must be one of {PERTURB_CHOICES}. Received: perturb={perturb!r}"
             )
         self.perturb = perturb
-        self.adaptive = bool(adaptive)
+        self.adaptive = _check_bool("adaptive", adaptive)
         self.eta = _check_radius("eta", eta)
         eps = _check_radius("eps", eps)
         if eps == 0:
             raise ValueError(f"`eps` must be > 0. Received: eps={eps!r}")
         self.eps = eps
-        self.synchronized = bool(synchronized)
+        self.synchronized = _check_bool("synchronized", synchronized)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"`every` must be an integer >= 1. Received: every={every!r}")
         self.every = every
@@ -236,6 +242,33 @@ class SAM:
                 f"Received: exclude={exclude!r}"
             )
         self.exclude = tuple(exclude)
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError(
+                f"`SAM` settings are read-only (the compiled training step depends on them). "
+                f"To change `{name}`, assign new settings to the model: "
+                f"`model.sam = SAM(..., {name}={value!r})`."
+            )
+        object.__setattr__(self, name, value)
+
+    def check_exclude(self, variables):
+        """Raises if a name in `exclude` matches no variable path.
+
+        Args:
+            variables: the variables that could be excluded (e.g. a model's
+                trainable variables).
+        """
+        parts = {part for v in variables for part in str(v.path).split("/")}
+        missing = [name for name in self.exclude if name not in parts]
+        if missing:
+            layers = sorted({part for v in variables for part in str(v.path).split("/")[:-1]})
+            raise ValueError(
+                f"`exclude` names {missing} match no part of any trainable variable's path, "
+                f"so nothing would be excluded. Layer names of the trainable variables: "
+                f"{layers}. Received: exclude={list(self.exclude)!r}"
+            )
 
     def is_excluded(self, path):
         """True if the variable at `path` is never perturbed (`exclude`)."""

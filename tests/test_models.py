@@ -155,12 +155,18 @@ def test_unused_variable_is_skipped():
 
 
 def test_zero_gradient_gives_no_nan():
+    # g = 0 exactly: e = rho g / (|g| + eps) must be 0, not 0/0. Without eps
+    # the perturbed pass would be NaN: every step would fall back (or, before
+    # the fallback, be skipped).
     x = np.ones((4, 3), "float32")
     inputs = keras.Input((3,))
     out = keras.layers.Dense(1, kernel_initializer="zeros")(inputs)
     model = HybridModel(inputs, out, sam=SAM(rho=0.5))
     model.compile(optimizer="adam", loss="mse")
-    model.fit(x, np.zeros((4, 1), "float32"), epochs=3, verbose=0)
+    history = model.fit(x, np.zeros((4, 1), "float32"), epochs=3, verbose=0)
+    assert history.history["sam_fallbacks"] == [0, 0, 0]
+    assert history.history["skipped_steps"] == [0, 0, 0]
+    assert int(model.optimizer.iterations) == 3
     for v in model.weights:
         np.testing.assert_array_equal(v.numpy(), 0.0)
 
@@ -183,20 +189,26 @@ def test_non_finite_gradient_does_not_poison_weights(jit_compile):
     assert not np.array_equal(before[0], model.weights[0].numpy())
 
 
-def test_jit_and_eager_steps_agree():
+def test_eager_graph_and_xla_steps_agree():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype("float32")
     y = rng.normal(size=(32, 1)).astype("float32")
-    results = []
-    for jit in (False, True):
+    results = {}
+    for mode, options in (("eager", {"run_eagerly": True}), ("graph", {"jit_compile": False}),
+                          ("xla", {"jit_compile": True})):
         keras.utils.set_random_seed(3)
         net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, "tanh"), keras.layers.Dense(1)])
         model = SAMModel(net, sam=SAM(rho=0.2, adaptive=True))
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **options)
         model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
-        results.append([v.numpy() for v in model.weights])
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        results[mode] = [v.numpy() for v in model.weights]
+    for mode in ("graph", "xla"):
+        for a, b in zip(results["eager"], results[mode]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The steps moved the weights (the comparison is not between initial values).
+    keras.utils.set_random_seed(3)
+    init = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, "tanh"), keras.layers.Dense(1)])
+    assert np.max(np.abs(init.weights[0].numpy() - results["eager"][0])) > 1e-3
 
 
 def test_mixed_precision_step_matches_float32():
@@ -214,20 +226,87 @@ def test_mixed_precision_step_matches_float32():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=2e-3)
 
 
+def _mixed_precision_pair(build, fit):
+    # The float16 model's loss scale starts at 128, low enough that no
+    # step overflows (and is skipped by the LossScaleOptimizer): both
+    # models take the same steps.
+    keras.utils.set_random_seed(0)
+    model32 = build(lambda opt: opt)
+    fit(model32)
+    keras.config.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    model16 = build(lambda opt: keras.optimizers.LossScaleOptimizer(opt, initial_scale=128.0))
+    fit(model16)
+    keras.config.set_dtype_policy("float32")
+    return model32, model16
+
+
+def test_mixed_precision_looksam_matches_float32():
+    x, y = _linear_data()
+
+    def build(wrap):
+        model = _linear_model(SAM(rho=RHO, every=2))
+        model.compile(optimizer=wrap(keras.optimizers.SGD(LR)), loss="mse")
+        return model
+
+    def fit(model):
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)  # full, reuse, ...
+
+    model32, model16 = _mixed_precision_pair(build, fit)
+    assert int(model16.optimizer.iterations) == 4
+    moved = np.max(np.abs(model32.weights[0].numpy() - np.array([[0.5], [-0.3], [0.2]])))
+    assert moved > 0.05
+    for a, b in zip(model32.trainable_variables, model16.trainable_variables):
+        assert b.dtype == "float32"
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=2e-3)
+
+
+def test_mixed_precision_ode_hybrid_matches_float32():
+    from keras_hybrid.systems import pendulum
+
+    times, y0, observed = pendulum.simulate(n_trajectories=8, n_steps=6, seed=0)
+
+    def build(wrap):
+        model = pendulum.build_model(times, sam=SAM(rho=0.3), hidden=8)
+        model.compile(optimizer=wrap(keras.optimizers.SGD(0.5)), loss="mse")
+        return model
+
+    def fit(model):
+        model.fit(y0, observed, batch_size=4, epochs=2, verbose=0, shuffle=False)
+
+    model32, model16 = _mixed_precision_pair(build, fit)
+    assert int(model16.optimizer.iterations) == 4
+    assert model16.layers[-1].dtype_policy.name == "mixed_float16"
+    w0_32, w0_16 = model32.physical_constants()["w0"], model16.physical_constants()["w0"]
+    assert abs(w0_32 - 0.5) > 1e-3  # the constant was trained
+    np.testing.assert_allclose(w0_16 - 0.5, w0_32 - 0.5, rtol=2e-2)
+    for a, b in zip(model32.trainable_variables, model16.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-2, atol=2e-3)
+
+
 def test_batchnorm_state_updated_once_per_step_by_unperturbed_pass():
+    # A Dense layer before the BatchNorm: the perturbed pass feeds it a
+    # different input, so statistics updated there would show.
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=(16, 2)).astype("float32")
     y = rng.normal(size=(16, 1)).astype("float32")
+    kernel = np.array([[0.5, -1.0, 0.3], [0.2, 0.4, -0.6]], "float32")
     results = []
     for sam in (None, SAM(rho=0.5)):
         keras.utils.set_random_seed(0)
-        net = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization(momentum=0.5), keras.layers.Dense(1)])
+        net = keras.Sequential([
+            keras.Input((2,)),
+            keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(kernel)),
+            keras.layers.BatchNormalization(momentum=0.5),
+            keras.layers.Dense(1),
+        ])
         model = SAMModel(net, sam=sam)
         model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
         model.fit(x, y, batch_size=16, epochs=1, verbose=0)
-        results.append(net.layers[0].moving_mean.numpy())
-    # One update with momentum 0.5 from 0: 0.5 * batch mean, as in plain training.
-    np.testing.assert_allclose(results[0], 0.5 * x.mean(0), rtol=1e-5)
+        results.append(net.layers[1].moving_mean.numpy())
+    # One update with momentum 0.5 from 0: 0.5 * batch mean of the Dense
+    # output at the unperturbed weights, as in plain training.
+    np.testing.assert_allclose(results[0], 0.5 * (x @ kernel).mean(0), rtol=1e-5)
     np.testing.assert_array_equal(results[0], results[1])
 
 

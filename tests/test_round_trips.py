@@ -145,9 +145,9 @@ def test_looksam_resume_starts_with_a_full_sam_step(tmp_path):
     assert not np.array_equal(_weights(model)[-1], _weights(full)[-1])
     # From then on the schedule is the uninterrupted one again: step 5
     # (5 % 3 == 2) reuses the direction stored by the full step.
-    directions = [d.numpy().copy() for d in resumed._sam_direction]
+    directions = [d.numpy().copy() for d in resumed._looksam.directions]
     resumed.fit(*one_batch, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
-    _assert_same([d.numpy() for d in resumed._sam_direction], directions)
+    _assert_same([d.numpy() for d in resumed._looksam.directions], directions)
     assert any(np.any(d != 0) for d in directions)
 
 

@@ -1,0 +1,73 @@
+"""LookSAM: a full SAM step every `k` steps, a reused direction in between
+(Liu et al., "Towards Efficient and Scalable Sharpness-Aware Minimization",
+arXiv:2203.02714).
+
+The state, the last "flatness" direction, lives outside Keras's tracking:
+it is not a model weight (not saved, not exported) and is rebuilt when
+training restarts. A rebuilt direction is marked invalid, so the first step
+after a restart (e.g. a resumed fit) is a full SAM step whatever the
+iteration count; the every-k schedule then continues from the optimizer's
+restored `iterations`.
+"""
+
+import tensorflow as tf
+from keras import ops
+
+
+class LookSAMState:
+    """The stored direction of LookSAM for one list of variables."""
+
+    def __init__(self, variables):
+        self.shapes = [tuple(v.shape) for v in variables]
+        self.directions = [
+            tf.Variable(tf.zeros(shape, "float32"), trainable=False, name="sam_direction")
+            for shape in self.shapes
+        ]
+        self.valid = tf.Variable(False, trainable=False, name="sam_direction_valid")
+
+    def matches(self, variables):
+        return [tuple(v.shape) for v in variables] == self.shapes
+
+    def gradients(self, sam, iterations, gradients, full_sam_step):
+        """LookSAM's gradient for this step.
+
+        A full SAM step (`full_sam_step()`, which returns the gradients and
+        whether it fell back to the plain gradient) when `iterations % sam.every == 0`
+        or no direction is stored; it stores `v`, the part of the SAM
+        gradient orthogonal to the plain gradient `g`. Otherwise
+        `g + alpha |g| / |v| v`.
+
+        Returns:
+            The gradients and a scalar bool: the SAM step fell back.
+        """
+        directions = self.directions
+        present = [i for i, g in enumerate(gradients) if g is not None]
+
+        def dot(a, b):
+            return ops.sum(ops.stack([ops.sum(a[i] * b[i]) for i in present]))
+
+        def full():
+            sam_gradients, fallback = full_sam_step()
+            g = {i: ops.cast(gradients[i], "float32") for i in present}
+            gs = {i: ops.cast(sam_gradients[i], "float32") for i in present}
+            coeff = dot(g, gs) / (dot(g, g) + sam.eps)
+            for i in present:
+                directions[i].assign(gs[i] - coeff * g[i])
+            self.valid.assign(True)
+            return [sam_gradients[i] for i in present] + [fallback]
+
+        def reuse():
+            g = {i: ops.cast(gradients[i], "float32") for i in present}
+            v = {i: directions[i] for i in present}
+            ratio = ops.sqrt(dot(g, g)) / (ops.sqrt(dot(v, v)) + sam.eps)
+            reused = [ops.cast(g[i] + sam.alpha * ratio * v[i], gradients[i].dtype) for i in present]
+            return reused + [ops.convert_to_tensor(False)]
+
+        is_full_step = ops.logical_or(
+            ops.equal(iterations % sam.every, 0), ops.logical_not(self.valid)
+        )
+        *chosen, fallback = ops.cond(is_full_step, full, reuse)
+        out = [None] * len(gradients)
+        for i, g in zip(present, chosen):
+            out[i] = g
+        return out, fallback

@@ -1,0 +1,203 @@
+"""The non-finite policy inside the training step.
+
+A step is applied only if it keeps the model finite:
+
+1. the loss of the step (and, with SAM, the gradient used) must be finite;
+2. the update must leave every weight and every optimizer variable
+   (moments, iteration count, loss scale) finite.
+
+(2) is checked after the optimizer has run: the state read before the
+update is kept (TensorFlow's resource variables guarantee that a value read
+before an update does not see it), and assigned back if anything became
+non-finite. A skipped step therefore leaves the weights, the optimizer slots
+and `optimizer.iterations` exactly as they were.
+
+Each step also writes a few scalars (`StepRecord`) that `NonFiniteGuard`
+reads once per epoch, so nothing is read back to the host per batch.
+"""
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+import keras
+
+from keras_hybrid.sam import all_finite
+
+
+def non_finite_report(name, data):
+    """`None`, or a sentence locating the non-finite entries of `data`
+    (NumPy arrays and eager tensors only; datasets are not scanned)."""
+    found = []
+    leaves = tf.nest.flatten(data)
+    for index, leaf in enumerate(leaves):
+        if isinstance(leaf, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
+            continue
+        if not isinstance(leaf, (np.ndarray, tf.Tensor, tf.Variable)):
+            continue
+        array = np.asarray(leaf)
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        bad = ~np.isfinite(array)
+        if bad.any():
+            label = name if len(leaves) == 1 else f"{name}[{index}]"
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            found.append(
+                f"`{label}` contains {int(bad.sum())} non-finite value(s) (NaN or Inf), "
+                f"the first at index {first}: {label}{list(first)}={float(array[first])}."
+            )
+    return " ".join(found) or None
+
+
+def _float_values(variables):
+    return [v for v in variables if np.issubdtype(np.dtype(str(v.dtype)), np.floating)]
+
+
+def _state_of(optimizer, variables):
+    seen, state = set(), []
+    for v in list(variables) + list(optimizer.variables):
+        if id(v) not in seen:
+            seen.add(id(v))
+            state.append(v)
+    return state
+
+
+def _apply_and_keep_if_finite(optimizer, gradients, variables):
+    """Applies the gradients; restores weights and optimizer state if the
+    result is non-finite. Returns a scalar bool: the update was kept."""
+    state = _state_of(optimizer, variables)
+    saved = [tf.identity(v.value) for v in state]
+    optimizer.apply_gradients(zip(gradients, variables))
+    after = [tf.identity(v.value) for v in _float_values(state)]
+    kept = all_finite(after)
+
+    def restore():
+        for v, value in zip(state, saved):
+            v.assign(value)
+        return ops.convert_to_tensor(False)
+
+    return ops.cond(kept, lambda: ops.convert_to_tensor(True), restore)
+
+
+def guarded_apply(optimizer, gradients, variables, losses):
+    """Applies `gradients` with `optimizer` only if the step keeps the model
+    finite (see the module docstring).
+
+    Args:
+        optimizer: a built Keras optimizer.
+        gradients: list of gradients (or `None`), one per variable.
+        variables: the trainable variables.
+        losses: scalar losses of the step that must be finite.
+
+    Returns:
+        A scalar bool tensor: the update was applied.
+    """
+    if not optimizer.built:
+        with tf.init_scope():
+            optimizer.build(variables)
+    losses_finite = all_finite(losses)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # It checks the gradients itself (and lowers its scale when they
+        # overflow); only the loss and the result are ours to check.
+        finite = losses_finite
+    else:
+        finite = ops.logical_and(losses_finite, all_finite(gradients))
+    if not tf.distribute.has_strategy():
+        return ops.cond(
+            finite,
+            lambda: _apply_and_keep_if_finite(optimizer, gradients, variables),
+            lambda: ops.convert_to_tensor(False),
+        )
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # Under a strategy it must be called in replica context: its own
+        # skip applies, and the loss check cannot wrap it in a `cond`.
+        optimizer.apply_gradients(zip(gradients, variables))
+        return finite
+    return tf.distribute.get_replica_context().merge_call(
+        _cross_replica_apply, args=(optimizer, gradients, variables, finite)
+    )
+
+
+def _cross_replica_apply(distribution, optimizer, gradients, variables, finite):
+    # A `cond` whose branch calls `merge_call` (as `apply_gradients` does
+    # under a strategy) must run in cross-replica context, as
+    # `keras.optimizers.LossScaleOptimizer` does. Every replica must agree,
+    # since the replicas' gradients are all-reduced.
+    finite = ops.all(ops.stack(distribution.experimental_local_results(finite)))
+
+    def apply():
+        state = _state_of(optimizer, variables)
+        saved = [tf.identity(v.value) for v in state]
+
+        def apply_on_replica(gradients, variables):
+            optimizer.apply_gradients(zip(gradients, variables))
+
+        distribution.extended.call_for_each_replica(apply_on_replica, args=(gradients, variables))
+        after = [
+            tf.identity(local)
+            for v in _float_values(state)
+            for local in distribution.experimental_local_results(v.value)
+        ]
+        kept = all_finite(after)
+
+        def restore():
+            for v, value in zip(state, saved):
+                v.assign(value)
+            return ops.convert_to_tensor(False)
+
+        return ops.cond(kept, lambda: ops.convert_to_tensor(True), restore)
+
+    return ops.cond(finite, apply, lambda: ops.convert_to_tensor(False))
+
+
+class StepRecord:
+    """What the training steps of one epoch did, as variables written by the
+    step and read once per epoch by `NonFiniteGuard`.
+
+    `steps`, `skipped` and `fallbacks` count steps; `first_skip` and
+    `first_fallback` are the batch indices (within the epoch) of the first
+    skipped step and the first SAM fallback (-1: none); `first_skip_loss` is
+    the loss of that skipped step.
+    """
+
+    _INT = ("steps", "skipped", "fallbacks", "first_skip", "first_fallback")
+
+    def __init__(self):
+        for name in self._INT:
+            setattr(self, name, keras.Variable(
+                0 if name in ("steps", "skipped", "fallbacks") else -1, dtype="int32",
+                trainable=False, aggregation="only_first_replica", name=f"record_{name}",
+            ))
+        self.first_skip_loss = keras.Variable(
+            0.0, dtype="float32", trainable=False, aggregation="only_first_replica",
+            name="record_first_skip_loss",
+        )
+
+    def reset(self):
+        for name in ("steps", "skipped", "fallbacks"):
+            getattr(self, name).assign(0)
+        self.first_skip.assign(-1)
+        self.first_fallback.assign(-1)
+        self.first_skip_loss.assign(0.0)
+
+    def update(self, applied, loss, fallback=None):
+        """Records one step (in the traced step function)."""
+        batch = self.steps.value
+        skipped = ops.logical_not(applied)
+        new_skip = ops.logical_and(skipped, ops.less(self.first_skip.value, 0))
+        self.first_skip.assign(ops.where(new_skip, batch, self.first_skip.value))
+        self.first_skip_loss.assign(
+            ops.where(new_skip, ops.cast(loss, "float32"), self.first_skip_loss.value)
+        )
+        self.skipped.assign_add(ops.cast(skipped, "int32"))
+        if fallback is not None:
+            new_fallback = ops.logical_and(fallback, ops.less(self.first_fallback.value, 0))
+            self.first_fallback.assign(ops.where(new_fallback, batch, self.first_fallback.value))
+            self.fallbacks.assign_add(ops.cast(fallback, "int32"))
+        self.steps.assign_add(1)
+
+    def read(self):
+        """Host values, a dict (one read per epoch)."""
+        values = {name: int(getattr(self, name).numpy()) for name in self._INT}
+        values["first_skip_loss"] = float(self.first_skip_loss.numpy())
+        return values

@@ -1,0 +1,191 @@
+"""The SAM step's settings and inputs: read-only `SAM`, settings changed
+between fits, fresh random numbers in the perturbed pass, `exclude` names,
+the older `compute_loss` signature, saved files with a wrong `sam` entry,
+and the user's `jit_compile` left as it was."""
+
+import json
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+import keras_hybrid as kh
+
+LR = 0.1
+W, B = np.array([[0.5], [-0.3], [0.2]]), np.array([0.1])
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")
+
+
+def _linear(sam, weights=(W, B)):
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(weights[0]),
+                               bias_initializer=keras.initializers.Constant(weights[1]))
+    model = kh.HybridModel(inputs, dense(inputs), sam=sam)
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    return model
+
+
+def _hand_step(w, b, x, y, rho, scale=1.0):
+    """One SGD step on `scale * mse` with SAM of radius `rho` (0: plain)."""
+    def grads(w, b):
+        r = x @ w + b - y
+        return scale * 2 * x.T @ r / len(x), scale * np.array([2 * r.sum() / len(x)])
+
+    gw, gb = grads(w, b)
+    norm = np.sqrt(np.sum(gw**2) + np.sum(gb**2))
+    gw2, gb2 = grads(w + rho * gw / norm, b + rho * gb / norm)
+    return w - LR * gw2, b - LR * gb2
+
+
+def test_sam_settings_are_read_only_and_point_to_assignment():
+    sam = kh.SAM(rho=0.3)
+    with pytest.raises(AttributeError, match=r"read-only.*`model\.sam = SAM\(\.\.\., rho=-1\.0\)`"):
+        sam.rho = -1.0
+    assert sam.rho == 0.3
+
+
+def test_new_sam_settings_after_a_fit_take_effect_and_are_validated():
+    x, y = _data()
+    x64, y64 = x.astype("float64"), y.astype("float64")
+    model = _linear(kh.SAM(rho=0.3, perturb="all"))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    w, b = _hand_step(W, B, x64, y64, rho=0.3)
+    model.sam = kh.SAM(rho=0.05, perturb="all")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    w, b = _hand_step(w, b, x64, y64, rho=0.05)
+    np.testing.assert_allclose(model.weights[0].numpy(), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.weights[1].numpy(), b, rtol=1e-5, atol=1e-6)
+    model.sam = None  # plain steps from now on
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    w, b = _hand_step(w, b, x64, y64, rho=0.0)
+    np.testing.assert_allclose(model.weights[0].numpy(), w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`rho` must be >= 0 and finite. Received: rho=-1"):
+        model.sam = {"rho": -1}
+    assert model.sam is None
+
+
+@pytest.mark.parametrize("kwargs", [{"adaptive": "no"}, {"synchronized": 1}])
+def test_bool_settings_must_be_bools(kwargs):
+    (name, value), = kwargs.items()
+    with pytest.raises(TypeError, match=rf"`{name}` must be True or False. Received: {name}={value!r}"):
+        kh.SAM(**kwargs)
+
+
+def test_exclude_name_matching_nothing_fails_at_the_first_fit():
+    x, y = _data()
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4, name="encoder")(inputs)
+    model = kh.HybridModel(inputs, keras.layers.Dense(1, name="head")(hidden),
+                           sam=kh.SAM(exclude=("encodr",)))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"`exclude` names \['encodr'\] match no part.*"
+                       r"\['encoder', 'head'\]. Received: exclude=\['encodr'\]"):
+        model.fit(x, y, verbose=0)
+    model.sam = kh.SAM(exclude=("encoder",))
+    model.fit(x, y, verbose=0)  # a matching name trains
+
+
+class _RecordingDropout(keras.layers.Layer):
+    """Multiplies by a dropout mask and records each mask drawn (eager)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dropout = keras.layers.Dropout(0.5, seed=3)
+        self.masks = []
+
+    def call(self, x, training=None):
+        mask = self.dropout(keras.ops.ones_like(x), training=training)
+        if tf.executing_eagerly():
+            self.masks.append(keras.ops.convert_to_numpy(mask) != 0)
+        return x * mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def test_perturbed_pass_draws_its_own_dropout_masks():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 32)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+    inputs = keras.Input((32,))
+    recorder = _RecordingDropout()
+    model = kh.HybridModel(inputs, keras.layers.Dense(1)(recorder(inputs)), sam=kh.SAM(rho=0.1))
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    recorder.masks.clear()
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    first_1, second_1, first_2, second_2 = recorder.masks
+    # Step 1's perturbed pass must not reuse step 2's first-pass masks, nor
+    # its own first pass's masks (512 entries: equal by chance ~ 2^-512).
+    assert not np.array_equal(second_1, first_2)
+    assert not np.array_equal(second_1, first_1)
+    assert not np.array_equal(second_2, first_2)
+
+
+class OldSignatureLoss(kh.SAMTrainStep, keras.Model):
+    """`compute_loss` without `training` (Keras < 3.5 signature), doubled."""
+
+    def __init__(self, sam=None, **kwargs):
+        super().__init__(name="old_signature", **kwargs)
+        self.sam = sam
+        self.dense = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(W),
+                                        bias_initializer=keras.initializers.Constant(B))
+
+    def call(self, x):
+        return self.dense(x)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+        return 2.0 * super().compute_loss(x, y, y_pred, sample_weight)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3])
+def test_compute_loss_with_the_older_signature(rho):
+    x, y = _data()
+    model = OldSignatureLoss(sam=kh.SAM(rho=rho, perturb="all"))
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    x64, y64 = x.astype("float64"), y.astype("float64")
+    w, b = _hand_step(W, B, x64, y64, rho=rho, scale=2.0)
+    np.testing.assert_allclose(model.dense.kernel.numpy(), w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.dense.bias.numpy(), b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(history.history["loss"][0],
+                               2 * np.mean((x64 @ W + B - y64) ** 2), rtol=1e-5)
+
+
+def test_keras_file_whose_sam_entry_is_another_class_fails_at_load(tmp_path):
+    x, y = _data()
+    path = tmp_path / "model.keras"
+    _linear(kh.SAM(rho=0.1)).save(path)
+    edited = tmp_path / "edited.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(edited, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["config"]["sam"] = keras.saving.serialize_keras_object(
+                    kh.NonFiniteGuard(mode="warn"))
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    with pytest.raises(TypeError, match=r"`sam` must be a `keras_hybrid.SAM` or its config; this "
+                       r"config deserializes to a `NonFiniteGuard`"):
+        keras.saving.load_model(edited)
+
+
+def test_jit_fallback_under_a_strategy_keeps_the_users_setting():
+    x, y = _data()
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        model = _linear(kh.SAM(rho=0.3, perturb="all"))
+        model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", jit_compile=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert sum("keras-team/keras#19005" in str(w.message) for w in caught) == 1
+    assert model.jit_compile is True  # the user's setting, untouched
+    w, b = _hand_step(W, B, x.astype("float64"), y.astype("float64"), rho=0.3)
+    np.testing.assert_allclose(model.weights[0].numpy(), w, rtol=1e-5, atol=1e-6)
