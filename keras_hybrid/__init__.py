@@ -20,6 +20,7 @@ from keras_hybrid.radius import RadiusPath, choose_radius, radius_path
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
 from keras_hybrid.shooting import MultipleShooting, SegmentOffsets
+from keras_hybrid.summary import constants_table, summary
 
 __all__ = [
     "ButcherTableau",
@@ -38,6 +39,7 @@ __all__ = [
     "TABLEAUS",
     "choose_radius",
     "constant_units",
+    "constants_table",
     "export_saved_model",
     "grouped_perturbation",
     "is_physical_variable",
@@ -47,4 +49,5 @@ __all__ = [
     "radius_path",
     "rk_step",
     "sam_perturbation",
+    "summary",
 ]

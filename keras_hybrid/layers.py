@@ -1,23 +1,47 @@
 """Keras layers wrapping mechanistic equations with physical constants."""
 
+import warnings
+import weakref
+
 import keras
 import numpy as np
 
 from keras_hybrid import ode
 from keras_hybrid.constants import PhysicalConstant
 
-# Attribute set on the raw variable of every physical constant, so that a
-# training step can tell the physical group from the neural one.
-PHYSICAL_MARKER = "_keras_hybrid_constant"
+# Raw variables of physical constants, so that a training step can tell the
+# physical group from the neural one: `id(variable) -> (weak reference,
+# PhysicalConstant)`. An entry goes away with its variable; the identity
+# check in `_constant_spec` guards against a reused id.
+_REGISTRY = {}
+
+
+def _register(variable, spec):
+    key = id(variable)
+
+    def forget(ref, key=key):
+        entry = _REGISTRY.get(key)
+        if entry is not None and entry[0] is ref:
+            del _REGISTRY[key]
+
+    _REGISTRY[key] = (weakref.ref(variable, forget), spec)
+
+
+def _constant_spec(variable):
+    """The `PhysicalConstant` whose raw value is `variable`, or `None`."""
+    entry = _REGISTRY.get(id(variable))
+    if entry is None or entry[0]() is not variable:
+        return None
+    return entry[1]
 
 
 def is_physical_variable(variable):
     """True if `variable` is the raw value of a `PhysicalConstant`."""
-    return getattr(variable, PHYSICAL_MARKER, None) is not None
+    return _constant_spec(variable) is not None
 
 
 def _keyed_constant_variables(layer):
-    found = [(v, getattr(v, PHYSICAL_MARKER)) for v in layer.weights if is_physical_variable(v)]
+    found = [(v, _constant_spec(v)) for v in layer.weights if is_physical_variable(v)]
     names = [spec.name for _, spec in found]
     return [
         (spec.name if names.count(spec.name) == 1 else variable.path, variable, spec)
@@ -154,16 +178,24 @@ class ScientificLayer(keras.layers.Layer):
                 f"Constant names must be unique. Received duplicates: {duplicates}"
             )
         self._raw = {}
+        self._initial_state_specs = []
         for spec in self.constant_specs:
-            variable = self.add_weight(
-                name=spec.name,
-                shape=(),
-                initializer=keras.initializers.Constant(spec.raw_initial_value()),
-                trainable=spec.trainable,
-                dtype="float32",
-            )
-            setattr(variable, PHYSICAL_MARKER, spec)
-            self._raw[spec.name] = variable
+            self._add_constant(spec)
+
+    def _add_constant(self, spec):
+        variable = self.add_weight(
+            name=spec.name,
+            shape=(),
+            initializer=keras.initializers.Constant(spec.raw_initial_value()),
+            trainable=spec.trainable,
+            dtype="float32",
+        )
+        _register(variable, spec)
+        self._raw[spec.name] = variable
+
+    def _all_specs(self):
+        # The equation's constants, then the fitted initial state (ODELayer).
+        return self.constant_specs + [s for s in self._initial_state_specs if s is not None]
 
     @property
     def constant_names(self):
@@ -177,14 +209,15 @@ class ScientificLayer(keras.layers.Layer):
                 own constants (per-sample values inferred by a network).
         """
         constants = dict(constants or {})
-        unknown = sorted(set(constants) - set(self.constant_names))
+        names = [spec.name for spec in self._all_specs()]
+        unknown = sorted(set(constants) - set(names))
         if unknown:
             raise ValueError(
                 f"Unknown constant names {unknown} for layer '{self.name}'. "
-                f"Its constants are {self.constant_names}."
+                f"Its constants are {names}."
             )
         values = {}
-        for spec in self.constant_specs:
+        for spec in self._all_specs():
             if spec.name in constants:
                 values[spec.name] = keras.ops.cast(constants[spec.name], self.compute_dtype)
             else:
@@ -196,12 +229,67 @@ class ScientificLayer(keras.layers.Layer):
         """Current physical values as a dict `name -> float`."""
         return {
             spec.name: float(keras.ops.convert_to_numpy(spec.to_physical(self._raw[spec.name].value)))
-            for spec in self.constant_specs
+            for spec in self._all_specs()
         }
+
+    def save_own_variables(self, store):
+        """Saves the raw variables and, next to them, each constant's
+        physical value (`"<name>:physical"`), so that a file loads into a
+        layer whose constant has another constraint or parameterization."""
+        super().save_own_variables(store)
+        for spec in self._all_specs():
+            value = spec.to_physical(self._raw[spec.name].value)
+            store[f"{spec.name}:physical"] = np.asarray(keras.ops.convert_to_numpy(value), "float64")
+
+    def load_own_variables(self, store):
+        """Loads raw variables; converts those saved under another map.
+
+        A raw value is kept bit for bit when this layer's constant maps it
+        to the physical value saved with it. Otherwise (the file was saved
+        under another constraint, scale or parameterization) the saved
+        physical value is converted with `to_raw`. Files without physical
+        values (keras_hybrid 0.1) hold raw values of the legacy map under
+        the same constraint.
+        """
+        variables = self._trainable_variables + self._non_trainable_variables
+        raw_keys = [k for k in store.keys() if not str(k).endswith(":physical")]
+        if len(raw_keys) != len(variables):
+            raise ValueError(
+                f"Layer '{self.name}' expected {len(variables)} variables, but the "
+                f"weights file lists {len(raw_keys)} for it."
+            )
+        for i, variable in enumerate(variables):
+            raw = np.asarray(store[f"{i}"])
+            spec = _constant_spec(variable)
+            if spec is not None:
+                raw = self._converted_raw(spec, raw, store)
+            variable.assign(raw)
+
+    def _converted_raw(self, spec, raw, store):
+        key = f"{spec.name}:physical"
+        if key in store:
+            physical = np.asarray(store[key], "float64")
+        elif spec.parameterization == "legacy":
+            return raw
+        else:
+            legacy = PhysicalConstant.from_config(
+                {**spec.get_config(), "parameterization": "legacy", "value": spec.value}
+            )
+            physical = np.asarray(keras.ops.convert_to_numpy(legacy.to_physical(raw)), "float64")
+        current = np.asarray(keras.ops.convert_to_numpy(spec.to_physical(raw)), "float64")
+        if np.allclose(current, physical, rtol=1e-6, atol=0.0):
+            return raw
+        converted = spec.to_raw(physical)
+        if not np.all(np.isfinite(converted)):
+            raise ValueError(
+                f"Constant '{spec.name}' of layer '{self.name}' was saved with the value "
+                f"{physical.tolist()}, which its constraint={spec.constraint!r} cannot hold."
+            )
+        return converted
 
     def units(self):
         """Dict `name -> unit string`."""
-        return {spec.name: spec.unit for spec in self.constant_specs}
+        return {spec.name: spec.unit for spec in self._all_specs()}
 
     def _check_input_shapes(self, inputs):
         # The feature sizes seen at the first call (e.g. while building a
@@ -281,6 +369,17 @@ class ODELayer(ScientificLayer):
             re-integrates each segment instead of storing every step, so
             the memory of a training step grows with `checkpoint` rather
             than with `len(times)` (see `odeint`). Defaults to `None`.
+        initial_state: `None` (the input `y0` is the initial state) or a
+            list with one entry per state component: a `PhysicalConstant`
+            (that component of `y0` is fitted, one value shared by every
+            trajectory) or `None` (taken from the input). The input's
+            fitted columns are ignored. Fitted initial values are physical
+            constants like the others: `physical_constants(model)` lists
+            them, SAM puts them in its physical group (they are physical
+            quantities, not network weights, so `perturb="neural"` leaves
+            them unperturbed) and they can be given per trajectory at call
+            time, `layer(y0, constants={"T0": t0_per_sample})`, e.g. from
+            an `Embedding` of the trajectory id. Defaults to `None`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -299,6 +398,15 @@ class ODELayer(ScientificLayer):
                                      keras.layers.Dense(2)]),
     )
     trajectory = layer(y0)  # (batch, 50, 2)
+
+    # A cooling curve whose first reading is as noisy as the others:
+    # fit the initial temperature too.
+    cooling = ODELayer(
+        newton,  # dT/dt = -k (T - T_room)
+        [PhysicalConstant("k", 0.1, unit="1/min", constraint="positive")],
+        times=np.arange(30.0),
+        initial_state=[PhysicalConstant("T0", 90.0, unit="degC")],
+    )
     ```
     """
 
@@ -315,9 +423,11 @@ class ODELayer(ScientificLayer):
         rtol=1e-6,
         atol=1e-8,
         checkpoint=None,
+        initial_state=None,
         **kwargs,
     ):
         super().__init__(equation, constants, **kwargs)
+        self._set_initial_state(initial_state)
         self.checkpoint = ode.check_checkpoint(checkpoint)
         if self.checkpoint is not None and method in ode.ADAPTIVE_METHODS:
             raise ValueError(
@@ -353,11 +463,49 @@ class ODELayer(ScientificLayer):
         self.rtol = float(rtol)
         self.atol = float(atol)
 
+    def _set_initial_state(self, initial_state):
+        if initial_state is None:
+            self._initial_state_specs = []
+            self.initial_state = None
+            return
+        if isinstance(initial_state, (PhysicalConstant, dict)) or not isinstance(
+            initial_state, (list, tuple)
+        ):
+            raise TypeError(
+                "`initial_state` must be None or a list with one `PhysicalConstant` "
+                f"or None per state component. Received: initial_state={initial_state!r}"
+            )
+        specs = [None if spec is None else _as_constant(spec) for spec in initial_state]
+        if all(spec is None for spec in specs):
+            raise ValueError(
+                "`initial_state` must contain at least one `PhysicalConstant` (use "
+                f"initial_state=None to take the input as it is). Received: "
+                f"initial_state={initial_state!r}"
+            )
+        names = [spec.name for spec in self.constant_specs + [s for s in specs if s]]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                "Names of `initial_state` constants must differ from each other and "
+                f"from the equation's constants. Received duplicates: {duplicates}"
+            )
+        self._initial_state_specs = specs
+        self.initial_state = specs
+        for spec in specs:
+            if spec is not None:
+                self._add_constant(spec)
+
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
             raise ValueError(
                 f"ODELayer '{self.name}' expects an initial state of shape "
                 f"(batch, n). Received: input_shape={tuple(input_shape)}"
+            )
+        if self.initial_state is not None and len(self.initial_state) != input_shape[-1]:
+            raise ValueError(
+                f"ODELayer '{self.name}' has initial_state with {len(self.initial_state)} "
+                f"entries, one per state component, but its input has "
+                f"{input_shape[-1]} components. Received: input_shape={tuple(input_shape)}"
             )
         if self.correction is not None and not self.correction.built:
             extra = (1 if self.correction_inputs == "state_and_time" else 0) + self.context_size
@@ -386,7 +534,7 @@ class ODELayer(ScientificLayer):
         `||correction|| / ||physics + correction||`.
         """
         values = self.constant_tensors(constants)
-        physics = self._physics(t, y, values)
+        physics = self._physics(t, y, {name: values[name] for name in self.constant_names})
         return physics, self.correction_term(t, y, context=context, training=training)
 
     def _physics(self, t, y, values):
@@ -414,6 +562,9 @@ class ODELayer(ScientificLayer):
                 f"Received: context with shape {None if context is None else tuple(context.shape)}"
             )
         values = self.constant_tensors(constants)
+        if self.initial_state is not None:
+            y0 = self._fitted_initial_state(y0, values)
+        values = {name: values[name] for name in self.constant_names}
         checkpointed = self.checkpoint is not None and context is not None
         if checkpointed:
             # A checkpointed segment differentiates only what it is given.
@@ -444,10 +595,26 @@ class ODELayer(ScientificLayer):
             ),
         )
 
+    def _fitted_initial_state(self, y0, values):
+        columns = []
+        for i, spec in enumerate(self.initial_state):
+            observed = y0[:, i]
+            if spec is None:
+                columns.append(observed)
+            else:
+                value = keras.ops.reshape(keras.ops.cast(values[spec.name], y0.dtype), (-1,))
+                columns.append(keras.ops.zeros_like(observed) + value)
+        return keras.ops.stack(columns, axis=-1)
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
+                "initial_state": (
+                    None
+                    if self.initial_state is None
+                    else [None if s is None else s.get_config() for s in self.initial_state]
+                ),
                 "times": np.asarray(self.times).tolist(),
                 "method": self.method,
                 "substeps": self.substeps,

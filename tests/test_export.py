@@ -186,7 +186,8 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     with pytest.raises(FileExistsError, match="already exists: '.*served'.*overwrite=True"):
         kh.export_saved_model(model, target)
     assert (target / "saved_model.pb").stat().st_mtime_ns == stamp
-    model.layers[-1]._raw["A"].assign(4.0)  # no constraint: raw value = physical value
+    layer = model.layers[-1]
+    layer._raw["A"].assign(layer.constant_specs[0].to_raw(4.0))
     kh.export_saved_model(model, target, overwrite=True)
     served = tf.saved_model.load(str(target))
     assert float(served.signatures["constants"]()["A"]) == 4.0

@@ -27,8 +27,8 @@ def test_algebraic_layer_computes_equation_with_physical_value():
     np.testing.assert_allclose(out, [[10.0], [20.0]], rtol=1e-5)
     np.testing.assert_allclose(layer.physical_constants()["R"], 10.0, rtol=1e-6)
     assert layer.units() == {"R": "ohm"}
-    # Stored unconstrained: raw = softplus^-1(10)
-    np.testing.assert_allclose(layer.weights[0].numpy(), np.log(np.expm1(10.0)), rtol=1e-5)
+    # Stored unconstrained: value = scale * exp(raw), scale = 10, so raw = 0.
+    assert layer.weights[0].numpy() == 0.0
 
 
 def test_per_sample_constants_override_owned_ones():
