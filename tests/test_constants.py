@@ -46,3 +46,235 @@ def test_bad_constants_are_rejected(kwargs, match):
 def test_config_round_trip():
     c = PhysicalConstant("D", 1e-3, unit="m^2/s", constraint=(0.0, 0.1), description="diffusivity")
     assert PhysicalConstant.from_config(c.get_config()) == c
+
+
+# --- scale-relative parameterization ---------------------------------------
+
+import keras  # noqa: E402
+
+import keras_hybrid as kh  # noqa: E402
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize(
+    "kwargs, raw",
+    [
+        # positive: value = scale * exp(raw)
+        (dict(value=3e5, constraint="positive", scale=2e5), np.log(1.5)),
+        (dict(value=2e5, constraint="positive"), 0.0),  # scale defaults to |value|
+        (dict(value=3e-4, constraint="positive", scale=1e-3), np.log(0.3)),
+        # unconstrained: value = scale * raw
+        (dict(value=-6.0, scale=3.0), -2.0),
+        (dict(value=-6.0), -1.0),
+        (dict(value=0.0), 0.0),  # scale 1 for a zero value
+        # bounded: lo + (hi - lo) * sigmoid(raw), scale unused
+        (dict(value=1.5, constraint=(0.0, 2.0), scale=7.0), np.log(3.0)),
+        # legacy (keras_hybrid 0.1): softplus and identity
+        (dict(value=25.0, constraint="positive", parameterization="legacy"), 25.0 + np.log(-np.expm1(-25.0))),
+        (dict(value=0.5, constraint="positive", parameterization="legacy"), np.log(np.expm1(0.5))),
+        (dict(value=-6.0, parameterization="legacy"), -6.0),
+    ],
+)
+def test_raw_values_are_the_documented_maps(kwargs, raw):
+    c = PhysicalConstant("k", **kwargs)
+    np.testing.assert_allclose(c.raw_initial_value(), raw, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(c.to_raw(kwargs["value"]), raw, rtol=1e-6, atol=1e-7)
+    assert c.to_raw(kwargs["value"]).dtype == np.float32
+    # to_raw inverts to_physical on arrays and on tensors.
+    values = np.array([0.7, 1.0, 1.3]) * kwargs["value"] if kwargs["value"] else np.array([-1.0, 0.0, 2.0])
+    if isinstance(c.constraint, tuple):
+        values = np.array([0.1, 1.0, 1.9])
+    back = np.asarray(c.to_physical(c.to_raw(values)))
+    np.testing.assert_allclose(back, values, rtol=2e-6, atol=1e-7)
+    tensor_raw = c.to_raw(keras.ops.convert_to_tensor(values, "float32"))
+    assert keras.ops.is_tensor(tensor_raw)
+    np.testing.assert_allclose(np.asarray(c.to_physical(tensor_raw)), values, rtol=2e-6, atol=1e-7)
+
+
+def test_to_physical_is_differentiable_with_the_chain_rule():
+    import tensorflow as tf
+
+    c = PhysicalConstant("Vm", 200.0, constraint="positive", scale=100.0)
+    raw = tf.Variable(np.log(2.0), dtype="float32")
+    with tf.GradientTape() as tape:
+        value = c.to_physical(raw)
+    # d(scale * exp(raw)) / d raw = value = 200
+    np.testing.assert_allclose(float(tape.gradient(value, raw)), 200.0, rtol=1e-6)
+
+
+def _mm_least_squares(s, v):
+    """Least-squares Michaelis-Menten constants (float64): a log grid on K
+    with Vm profiled out, then Gauss-Newton on (Vm, K)."""
+    s, v = np.asarray(s, float), np.asarray(v, float)
+
+    def profile(k):
+        f = s / (k + s)
+        vm = f @ v / (f @ f)
+        return vm, np.sum((vm * f - v) ** 2)
+
+    grid = np.geomspace(s.min() * 1e-3, s.max() * 1e3, 4001)
+    k = grid[np.argmin([profile(g)[1] for g in grid])]
+    vm = profile(k)[0]
+    for _ in range(30):
+        f = s / (k + s)
+        jac = np.stack([f, -vm * s / (k + s) ** 2], 1)
+        step = np.linalg.lstsq(jac, v - vm * f, rcond=None)[0]
+        vm, k = vm + step[0], k + step[1]
+    return np.array([vm, k])
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+def michaelis_menten(s, c):
+    return c["Vm"] * s / (c["K"] + s)
+
+
+def _fit_steps(layer, x, y, steps, learning_rate=1e-2):
+    """Full-batch Adam on the MSE; returns the constants after each step."""
+    import tensorflow as tf
+
+    layer(x)
+    variables = layer.trainable_variables
+    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(variables)
+    names = [spec.name for spec in layer.constant_specs]
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean((layer(x) - y) ** 2)
+        optimizer.apply(tape.gradient(loss, variables), variables)
+        values = layer.constant_tensors()
+        return keras.ops.stack([values[n] for n in names])
+
+    return np.array([np.asarray(step()) for _ in range(steps)])
+
+
+@pytest.mark.parametrize("magnitude", [1e-3, 1.0, 1e3])
+def test_michaelis_menten_reaches_least_squares_at_every_magnitude(magnitude):
+    # Issue 15's goal: Vm = 200, K = 0.05, started at 100 and 0.5, Adam(1e-2),
+    # full batch; every magnitude (data and constants) times 1e-3, 1, 1e3.
+    rng = np.random.default_rng(0)
+    s = np.geomspace(0.005, 1.0, 24) * magnitude
+    v = 200.0 * magnitude * s / (0.05 * magnitude + s) + 4.0 * magnitude * rng.standard_normal(24)
+    expected = _mm_least_squares(s, v)
+    layer = kh.ScientificLayer(michaelis_menten, [
+        PhysicalConstant("Vm", 100.0 * magnitude, unit="uM/s", constraint="positive"),
+        PhysicalConstant("K", 0.5 * magnitude, unit="uM", constraint="positive"),
+    ])
+    path = _fit_steps(layer, s[:, None].astype("float32"), v[:, None].astype("float32"), 1500)
+    error = np.max(np.abs(path / expected - 1), axis=1)
+    # Within 1 % by step 1500 and stays there (measured: from step 843 on).
+    assert error[-1] < 0.01, (path[-1], expected)
+    assert np.all(error[1000:] < 0.01)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        # Issue 12, item 7: float32 overflow became inf, collapsed bounds NaN.
+        (dict(value=1e39), r"overflows float32.*value=1e\+39"),
+        (dict(value=-1e39), r"overflows float32.*value=-1e\+39"),
+        (dict(value=1e-45, constraint="positive"), r"underflows float32.*value=1e-45"),
+        (dict(value=1.0 + 5e-9, constraint=(1.0, 1.0 + 1e-8)), r"collapse in float32.*constraint=\(1.0, 1.00000001\)"),
+        (dict(value=0.0, constraint=(-3e38, 3e38)), r"collapse in float32.*width inf"),
+        (dict(value=0.5, constraint=(0.0, 1e39)), r"overflows float32.*constraint\[1\]=1e\+39"),
+        (dict(value=1.0, scale=-1), r"`scale` must be > 0. Received: scale=-1"),
+        (dict(value=1.0, scale=0.0), r"`scale` must be > 0. Received: scale=0.0"),
+        (dict(value=1.0, scale=1e-40), r"underflows float32.*scale=1e-40"),
+        (dict(value=1.0, scale="big"), r"scale='big'"),
+        (dict(value=1.0, parameterization="log"), r"parameterization='log'"),
+    ],
+)
+def test_values_float32_cannot_hold_are_rejected(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        PhysicalConstant("k", **kwargs)
+
+
+def test_largest_float32_values_are_accepted_and_finite():
+    for c in (PhysicalConstant("k", 3e38), PhysicalConstant("k", 3e38, constraint="positive"),
+              PhysicalConstant("k", 1e-37, constraint="positive")):
+        value = float(np.asarray(c.to_physical(c.raw_initial_value())))
+        np.testing.assert_allclose(value, c.value, rtol=1e-6)
+
+
+def test_config_has_every_argument_and_a_missing_parameterization_is_legacy():
+    c = PhysicalConstant("Vm", 2e5, "uM/s", "positive", False, "max rate", scale=1e5)
+    config = c.get_config()
+    assert config["scale"] == 1e5 and config["parameterization"] == "scaled"
+    assert PhysicalConstant.from_config(config) == c
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(c)) == c
+    # A keras_hybrid 0.1 config has neither `scale` nor `parameterization`.
+    old = {k: v for k, v in config.items() if k not in ("scale", "parameterization")}
+    legacy = PhysicalConstant.from_config(old)
+    assert legacy.parameterization == "legacy"
+    np.testing.assert_allclose(legacy.raw_initial_value(), 2e5, rtol=1e-6)  # softplus^-1(x) ~ x
+
+
+# keras_hybrid 0.1 wrote these (tests/data/make_legacy_0_1.py): raw values
+# k = 1.7 (softplus), A = -3.25 (identity), b = 0.4 (2 * sigmoid).
+LEGACY_VALUES = {"k": np.log1p(np.exp(1.7)), "A": -3.25, "b": 2.0 / (1.0 + np.exp(-0.4))}
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+def legacy_law(x, c):
+    return c["k"] * x + c["A"] + c["b"] * x * x
+
+
+def _law_model(**constraints):
+    inputs = keras.Input((1,))
+    layer = kh.ScientificLayer(legacy_law, [
+        PhysicalConstant("k", 2.0, unit="1/s", constraint=constraints.get("k", "positive")),
+        PhysicalConstant("A", 4.0, unit="V", constraint=constraints.get("A")),
+        PhysicalConstant("b", 1.5, constraint=constraints.get("b", (0.0, 2.0))),
+    ], name="law")
+    return keras.Model(inputs, layer(inputs))
+
+
+def _assert_legacy_values(model):
+    values = kh.physical_constants(model)
+    for name, expected in LEGACY_VALUES.items():
+        np.testing.assert_allclose(values[name], expected, rtol=1e-6)
+    x = np.array([[2.0]], "float32")
+    expected = LEGACY_VALUES["k"] * 2 + LEGACY_VALUES["A"] + LEGACY_VALUES["b"] * 4
+    np.testing.assert_allclose(model.predict(x, verbose=0), [[expected]], rtol=1e-5)
+
+
+def test_keras_file_saved_by_0_1_loads_with_its_values():
+    model = keras.saving.load_model(DATA / "legacy_0_1.keras")
+    _assert_legacy_values(model)
+    specs = model.get_layer("law").constant_specs
+    assert [s.parameterization for s in specs] == ["legacy"] * 3
+    # The raw variables are the file's, bit for bit.
+    np.testing.assert_array_equal([v.numpy() for v in model.weights], np.float32([1.7, -3.25, 0.4]))
+
+
+def test_weights_file_saved_by_0_1_loads_into_a_scaled_model_with_its_values():
+    model = _law_model()
+    model.load_weights(DATA / "legacy_0_1.weights.h5")
+    _assert_legacy_values(model)
+    # Converted to the scaled maps: k = 2 exp(raw), A = 4 raw.
+    np.testing.assert_allclose(model.weights[0].numpy(), np.log(LEGACY_VALUES["k"] / 2.0), rtol=1e-5)
+    np.testing.assert_allclose(model.weights[1].numpy(), -3.25 / 4.0, rtol=1e-6)
+
+
+def test_weights_load_into_another_constraint_by_physical_value(tmp_path):
+    # Issue 12, item 7: a positive 2.0 loaded under another constraint became 0.8647.
+    saved = _law_model()
+    saved.get_layer("law")._raw["k"].assign(np.log(1.25))  # k = 2 exp(raw) = 2.5
+    saved.save_weights(tmp_path / "w.weights.h5")
+    other = _law_model(k=(0.0, 10.0), A="positive", b=None)
+    other.load_weights(tmp_path / "w.weights.h5")
+    values = kh.physical_constants(other)
+    np.testing.assert_allclose([values["k"], values["A"], values["b"]], [2.5, 4.0, 1.5], rtol=1e-6)
+    # k = 10 sigmoid(raw) = 2.5: raw = log(2.5 / 7.5)
+    np.testing.assert_allclose(other.weights[0].numpy(), np.log(1.0 / 3.0), rtol=1e-5)
+    # Under the same constraints the raw values load bit for bit.
+    same = _law_model()
+    same.load_weights(tmp_path / "w.weights.h5")
+    np.testing.assert_array_equal([v.numpy() for v in same.weights], [v.numpy() for v in saved.weights])
+    # A value the new constraint cannot hold is an error naming it.
+    saved.get_layer("law")._raw["A"].assign(-1.0)  # A = 4 * raw = -4
+    saved.save_weights(tmp_path / "negative.weights.h5")
+    with pytest.raises(ValueError, match=r"'A' of layer 'law'.*-4.0.*'positive'"):
+        other.load_weights(tmp_path / "negative.weights.h5")
