@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import keras
+import keras_hybrid as kh
 from keras_hybrid import SAM, HybridModel, ODELayer, PhysicalConstant, ScientificLayer
 
 
@@ -137,3 +138,173 @@ def test_ode_layer_context_reaches_the_correction():
     inputs, context = keras.Input((1,)), keras.Input((1,))
     model = keras.Model([inputs, context], layer(inputs, context=context))
     np.testing.assert_allclose(model.predict([np.zeros((2, 1)), c], verbose=0), y, rtol=1e-6)
+
+
+# --- fitted initial state ----------------------------------------------------
+
+
+def _exponential_least_squares(t, y, y0=None):
+    """Least squares of y = y0 exp(-k t) in float64 (Gauss-Newton); `y0`
+    fixed when given, fitted otherwise. Returns `(y0, k)`."""
+    fixed = y0 is not None
+    a, k = (y0 if fixed else y[0]), 0.3
+    for _ in range(100):
+        e = np.exp(-k * t)
+        jac = np.stack([e, -a * t * e], 1)[:, 1:] if fixed else np.stack([e, -a * t * e], 1)
+        step = np.linalg.lstsq(jac, y - a * e, rcond=None)[0]
+        if fixed:
+            k += step[0]
+        else:
+            a, k = a + step[0], k + step[1]
+    return a, k
+
+
+REPLICATES = 20
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+def decay_replicates(t, y, constants):
+    # Replicate i is state component i, with its own rate k_i.
+    rates = keras.ops.stack([constants[f"k{i}"] for i in range(REPLICATES)])
+    return -rates * y
+
+
+def _fit(layer, x, y, steps, learning_rate):
+    """Full-batch Adam on the MSE."""
+    import tensorflow as tf
+
+    layer(x)
+    variables = layer.trainable_variables
+    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(variables)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean((layer(x) - y) ** 2)
+        optimizer.apply(tape.gradient(loss, variables), variables)
+
+    for _ in range(steps):
+        step()
+    return layer.physical_constants()
+
+
+def test_fitted_initial_state_estimates_the_rate_better_than_the_first_reading():
+    # Issue 15's goal: y = y0 exp(-k t) + noise (y0 = 1, k = 0.5, sd 0.05,
+    # 21 readings), 20 replicates; y0 fitted against y0 fixed at the noisy
+    # first reading. The replicates are the 20 components of one state, each
+    # with its own constants: the loss is their mean and Adam's update is
+    # elementwise, so this is 20 separate fits in one graph.
+    rng = np.random.default_rng(0)
+    times = np.linspace(0.0, 4.0, 21)
+    readings = np.exp(-0.5 * times) + 0.05 * rng.standard_normal((REPLICATES, times.size))
+    rates = [PhysicalConstant(f"k{i}", 0.3, unit="1/s", constraint="positive") for i in range(REPLICATES)]
+    fixed = ODELayer(decay_replicates, rates, times)
+    fitted = ODELayer(decay_replicates, [PhysicalConstant.from_config(c.get_config()) for c in rates], times,
+                      initial_state=[PhysicalConstant(f"y0_{i}", float(y[0])) for i, y in enumerate(readings)])
+    first = readings[None, :, 0].astype("float32")  # ignored by `fitted`
+    target = readings.T[None].astype("float32")  # (1, time, replicate)
+    fixed_c = _fit(fixed, first, target, 150, 0.03)
+    fitted_c = _fit(fitted, first, target, 150, 0.03)
+    k_fixed = np.array([fixed_c[f"k{i}"] for i in range(REPLICATES)])
+    k_fitted = np.array([fitted_c[f"k{i}"] for i in range(REPLICATES)])
+    y0_fitted = np.array([fitted_c[f"y0_{i}"] for i in range(REPLICATES)])
+    # Each fit reached its least-squares solution (RK4 vs exact exp: < 1e-5).
+    for i, y in enumerate(readings):
+        np.testing.assert_allclose(k_fixed[i], _exponential_least_squares(times, y, y0=y[0])[1], rtol=1e-2)
+        np.testing.assert_allclose([y0_fitted[i], k_fitted[i]], _exponential_least_squares(times, y), rtol=1e-2)
+    error_fixed, error_fitted = np.mean(np.abs(k_fixed - 0.5)), np.mean(np.abs(k_fitted - 0.5))
+    # Least squares in numpy: 0.0244 fixed, 0.0162 fitted.
+    assert error_fitted < error_fixed, (error_fitted, error_fixed)
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+def two_decays(t, y, constants):
+    return -constants["k"] * y
+
+
+def test_initial_state_mixes_fitted_and_observed_components_and_round_trips(tmp_path):
+    layer = ODELayer(two_decays, [PhysicalConstant("k", 0.5, unit="1/s", constraint="positive")],
+                     times=[0.0, 1.0], method="rk4", substeps=4,
+                     initial_state=[None, PhysicalConstant("T0", 3.0, unit="K")])
+    y0 = np.array([[2.0, 100.0], [5.0, -7.0]], "float32")  # column 1 is ignored
+    out = np.asarray(layer(y0))
+    np.testing.assert_allclose(out[:, 0], [[2.0, 3.0], [5.0, 3.0]])
+    np.testing.assert_allclose(out[:, 1], np.array([[2.0, 3.0], [5.0, 3.0]]) * np.exp(-0.5), rtol=1e-4)
+    assert layer.physical_constants() == {"k": 0.5, "T0": 3.0}
+    assert layer.units() == {"k": "1/s", "T0": "K"}
+    # Per-sample initial values through `constants=`, like any constant.
+    out = np.asarray(layer(y0, constants={"T0": np.array([[1.0], [4.0]], "float32")}))
+    np.testing.assert_allclose(out[:, 0, 1], [1.0, 4.0])
+    # The fitted value is a physical constant: SAM's physical group.
+    inputs = keras.Input((2,))
+    model = HybridModel(inputs, layer(inputs), sam=SAM(rho=0.1, perturb="neural"))
+    assert kh.physical_constants(model) == {"k": 0.5, "T0": 3.0}
+    assert [v.path for v in model.trainable_variables if kh.is_physical_variable(v)] == [
+        f"{layer.name}/k", f"{layer.name}/T0"]
+    layer._raw["T0"].assign(layer.initial_state[1].to_raw(3.5))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.layers[-1].get_config()["initial_state"] == layer.get_config()["initial_state"]
+    np.testing.assert_allclose(loaded.predict(y0, verbose=0), model.predict(y0, verbose=0))
+    np.testing.assert_allclose(kh.physical_constants(loaded)["T0"], 3.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "initial_state, error, match",
+    [
+        (PhysicalConstant("T0", 1.0), TypeError, "one `PhysicalConstant` or None per state component"),
+        ([None, None], ValueError, "at least one"),
+        ([None, PhysicalConstant("k", 1.0)], ValueError, r"duplicates: \['k'\]"),
+    ],
+)
+def test_bad_initial_state_is_rejected(initial_state, error, match):
+    with pytest.raises(error, match=match):
+        ODELayer(two_decays, [PhysicalConstant("k", 0.5)], times=[0.0, 1.0], initial_state=initial_state)
+
+
+def test_initial_state_length_must_match_the_state():
+    layer = ODELayer(two_decays, [PhysicalConstant("k", 0.5)], times=[0.0, 1.0],
+                     initial_state=[PhysicalConstant("T0", 1.0)])
+    with pytest.raises(ValueError, match=r"initial_state with 1 entries.*input has 2 components"):
+        layer(np.ones((1, 2), "float32"))
+
+
+# --- registry and summary ----------------------------------------------------
+
+
+def test_constants_are_known_by_a_registry_not_an_attribute_on_the_variable():
+    inputs = keras.Input((1,))
+    dense = keras.layers.Dense(1)
+    physics = _resistor(2.0)
+    model = keras.Model(inputs, physics(inputs) + dense(inputs))
+    raw = physics._raw["R"]
+    assert kh.is_physical_variable(raw)
+    assert not kh.is_physical_variable(dense.kernel) and not kh.is_physical_variable(dense.bias)
+    assert [a for a in vars(raw) if "keras_hybrid" in a] == []  # nothing patched onto Keras's object
+    assert kh.physical_constants(model) == {"R": 2.0}
+    # A clone has its own variables, registered by its own layers.
+    clone = keras.models.clone_model(model)
+    clone_raw = [v for v in clone.weights if kh.is_physical_variable(v)]
+    assert len(clone_raw) == 1 and clone_raw[0] is not raw
+
+
+def test_summary_prints_name_value_unit_constraint_trainable():
+    inputs = keras.Input((2,))
+    layer = ODELayer(two_decays, [PhysicalConstant("k", 0.25, unit="1/s", constraint="positive"),
+                                  PhysicalConstant("b", 1.5, constraint=(0.0, 2.0), trainable=False)],
+                     times=[0.0, 1.0], initial_state=[None, PhysicalConstant("T0", -3.0, unit="K")],
+                     name="cooling")
+    model = keras.Model(inputs, layer(inputs), name="m")
+    lines = []
+    kh.summary(model, print_fn=lines.append)
+    assert lines == [
+        "Physical constants of 'm'",
+        "name  value  unit  constraint  trainable  variable",
+        "k     0.25   1/s   positive    True       cooling/k",
+        "T0    -3     K     none        True       cooling/T0",
+        "b     1.5    -     (0, 2)      False      cooling/b",
+    ]
+    lines.clear()
+    kh.summary(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="plain"), print_fn=lines.append)
+    assert lines == ["Model 'plain' has no physical constants."]
