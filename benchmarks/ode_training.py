@@ -10,13 +10,18 @@ and `jit_compile=True`, side by side.
   (tracing, graph optimization and, with `jit_compile=True`, XLA
   compilation, plus one step); goal < 30 s;
 * step time: median over epochs after warm-up; goal: the jitted step at
-  least 1.5x faster than the non-jitted one.
+  least 1.5x faster than the non-jitted one;
+* with `--steps-per-execution 1,10,100`: for each `k`, a fresh jitted model
+  compiled with `steps_per_execution=k`; the first call of `fit` runs `k`
+  steps, so its wall time is split into `k` times the steady step time
+  (the mean over the next `k` steps) and the rest, the compile overhead.
 
 Run:
 
 ```
 python benchmarks/ode_training.py --quick   # smoke run, < 2 minutes
 python benchmarks/ode_training.py           # full run
+python benchmarks/ode_training.py --quick --steps-per-execution 1,10,100
 ```
 """
 
@@ -37,7 +42,13 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smoke run (< 2 minutes)")
     parser.add_argument("--rounds", type=int, default=None, help="measured rounds")
     parser.add_argument("--time-points", type=int, default=100)
+    parser.add_argument("--steps-per-execution", default=None,
+                        help="comma-separated values, e.g. 1,10,100: measure only the first "
+                             "call of jitted models against steps_per_execution")
     args = parser.parse_args(argv)
+    if args.steps_per_execution:
+        values = [int(v) for v in args.steps_per_execution.split(",")]
+        return steps_per_execution_table(values, args.time_points)
 
     rounds = args.rounds or (3 if args.quick else 15)
     steps = 4 if args.quick else 8
@@ -80,6 +91,30 @@ def main(argv=None):
         print(f"  {kind:<6} speed-up wall {common.format_ratio(spread['wall'])}, CPU "
               f"{common.format_ratio(spread['cpu'])}: {speed}; jitted first step "
               f"{compiled:.1f} s: {compile_ok}")
+
+
+def steps_per_execution_table(values, time_points):
+    """First `fit` call of jitted models against `steps_per_execution`."""
+    print(common.machine_line())
+    print(f"pendulum hybrid, {time_points} time points (RK4), batch {BATCH}, jit_compile=True; "
+          "first call of fit = compile overhead + k steps")
+    times, y0, observed = common.pendulum_setup(
+        n_steps=time_points, n_trajectories=2 * max(values) * BATCH
+    )
+    print(f"\n  {'step':<6} {'k':>5} {'first call':>11} {'steady step':>12} "
+          f"{'k x steady':>11} {'overhead':>9}")
+    for kind, sam in (("plain", None), ("SAM", kh.SAM(rho=0.3, perturb="neural"))):
+        for k in values:
+            model = common.pendulum_model(times, sam=sam)
+            model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=True,
+                          steps_per_execution=k)
+            timer = common.EpochTimer()
+            model.fit(y0[: k * BATCH], observed[: k * BATCH], batch_size=BATCH, epochs=1,
+                      verbose=0, callbacks=[timer])
+            first = timer.first_batch
+            steady = common.epoch_step_time(model, y0[k * BATCH:], observed[k * BATCH:], BATCH, k)
+            print(f"  {kind:<6} {k:>5} {first:>9.2f} s {steady.wall * 1e3:>9.1f} ms "
+                  f"{k * steady.wall:>9.2f} s {first - k * steady.wall:>7.2f} s", flush=True)
 
 
 if __name__ == "__main__":
