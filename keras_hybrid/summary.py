@@ -57,10 +57,20 @@ def summary(model, print_fn=None):
     Example:
 
     ```python
+    import keras
     import keras_hybrid as kh
-    kh.summary(model)
-    # name  value     unit   constraint  trainable  variable
-    # w0    0.998112  rad/s  positive    True       pendulum/w0
+
+    def ohm(current, c):
+        return c["R"] * current
+
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(
+        ohm, [kh.PhysicalConstant("R", 10.0, unit="ohm", constraint="positive")], name="ohm"
+    )
+    kh.summary(keras.Model(inputs, law(inputs), name="circuit"))
+    # Physical constants of 'circuit'
+    # name  value  unit  constraint  trainable  variable
+    # R     10     ohm   positive    True       ohm/R
     ```
     """
     print_fn = print if print_fn is None else print_fn
