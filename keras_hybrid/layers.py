@@ -401,8 +401,12 @@ class ODELayer(ScientificLayer):
 
     # A cooling curve whose first reading is as noisy as the others:
     # fit the initial temperature too.
+    @keras.saving.register_keras_serializable()
+    def newton(t, y, c):  # dT/dt = -k (T - 20 degC)
+        return -c["k"] * (y - 20.0)
+
     cooling = ODELayer(
-        newton,  # dT/dt = -k (T - T_room)
+        newton,
         [PhysicalConstant("k", 0.1, unit="1/min", constraint="positive")],
         times=np.arange(30.0),
         initial_state=[PhysicalConstant("T0", 90.0, unit="degC")],
