@@ -7,6 +7,13 @@ __version__ = "0.1.0"
 
 from keras_hybrid.callbacks import ConstantsHistory, NonFiniteGuard
 from keras_hybrid.constants import PhysicalConstant
+from keras_hybrid.diagnostics import (
+    ConstantUncertainty,
+    ProfileLikelihood,
+    constant_uncertainty,
+    profile_likelihood,
+    report,
+)
 from keras_hybrid.export import export_saved_model, load_metadata
 from keras_hybrid.layers import (
     ODELayer,
@@ -24,6 +31,7 @@ from keras_hybrid.summary import constants_table, summary
 
 __all__ = [
     "ButcherTableau",
+    "ConstantUncertainty",
     "ConstantsHistory",
     "HybridModel",
     "MultipleShooting",
@@ -31,6 +39,7 @@ __all__ = [
     "ODELayer",
     "PhysicalConstant",
     "RadiusPath",
+    "ProfileLikelihood",
     "SAM",
     "SAMModel",
     "SAMTrainStep",
@@ -38,6 +47,7 @@ __all__ = [
     "SegmentOffsets",
     "TABLEAUS",
     "choose_radius",
+    "constant_uncertainty",
     "constant_units",
     "constants_table",
     "export_saved_model",
@@ -47,6 +57,8 @@ __all__ = [
     "odeint",
     "physical_constants",
     "radius_path",
+    "profile_likelihood",
+    "report",
     "rk_step",
     "sam_perturbation",
     "summary",

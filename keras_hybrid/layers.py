@@ -70,6 +70,14 @@ def constant_units(layer):
     return {key: spec.unit for key, _, spec in _keyed_constant_variables(layer)}
 
 
+def constant_to_raw(spec, value):
+    """Raw (unconstrained) value whose physical image under `spec` is
+    `value` (the inverse of `spec.to_physical`), as float32."""
+    inverse = getattr(spec, "to_raw", None)
+    raw = inverse(value) if inverse is not None else spec.bijector.inverse(np.float32(value))
+    return np.float32(keras.ops.convert_to_numpy(raw))
+
+
 def _as_constant(spec):
     if isinstance(spec, PhysicalConstant):
         return spec
@@ -187,9 +195,12 @@ class ScientificLayer(keras.layers.Layer):
             name=spec.name,
             shape=(),
             initializer=keras.initializers.Constant(spec.raw_initial_value()),
-            trainable=spec.trainable,
+            # Created trainable so that TensorFlow's tapes watch it even if
+            # it is frozen now and freed later (`set_constant_trainable`).
+            trainable=True,
             dtype="float32",
         )
+        variable.trainable = spec.trainable
         _register(variable, spec)
         self._raw[spec.name] = variable
 
@@ -224,6 +235,62 @@ class ScientificLayer(keras.layers.Layer):
                 raw = keras.ops.cast(self._raw[spec.name], "float32")
                 values[spec.name] = keras.ops.cast(spec.to_physical(raw), self.compute_dtype)
         return values
+
+    def _constant_variable(self, name, arg="name"):
+        if name not in self._raw:
+            raise ValueError(
+                f"Unknown constant `{arg}` for layer '{self.name}'. Its constants are "
+                f"{self.constant_names}. Received: {arg}={name!r}"
+            )
+        return self._raw[name]
+
+    def set_constant(self, name, value):
+        """Sets constant `name` to the physical `value` (in its unit).
+
+        The raw variable is assigned the inverse image of `value`, so the
+        value must satisfy the constant's constraint. Saved with the
+        weights, like any trained value.
+
+        Args:
+            name: the constant's name.
+            value: new physical value, finite and inside the constraint.
+        """
+        variable = self._constant_variable(name)
+        spec = _constant_spec(variable)
+        if isinstance(value, bool) or not np.isscalar(value) or not np.isfinite(value):
+            raise ValueError(
+                f"`value` of constant '{name}' must be a finite number. Received: value={value!r}"
+            )
+        constraint = spec.constraint
+        if (constraint == "positive" and not value > 0) or (
+            isinstance(constraint, tuple) and not constraint[0] < value < constraint[1]
+        ):
+            raise ValueError(
+                f"`value` of constant '{name}' must satisfy its constraint {constraint!r}. "
+                f"Received: value={value!r}"
+            )
+        variable.assign(constant_to_raw(spec, float(value)))
+
+    def set_constant_trainable(self, name, trainable):
+        """Freezes (`trainable=False`) or frees constant `name`.
+
+        The flag is part of the layer's config, so a frozen constant stays
+        frozen after saving and loading. A compiled model keeps its
+        optimizer; recompile it (or use a fresh optimizer) after freeing a
+        constant that was frozen when the optimizer was built.
+
+        Args:
+            name: the constant's name.
+            trainable: bool.
+        """
+        variable = self._constant_variable(name)
+        if not isinstance(trainable, bool):
+            raise TypeError(f"`trainable` must be a bool. Received: trainable={trainable!r}")
+        old = _constant_spec(variable)
+        spec = PhysicalConstant.from_config({**old.get_config(), "trainable": trainable})
+        self.constant_specs = [spec if c is old else c for c in self.constant_specs]
+        _register(variable, spec)
+        variable.trainable = trainable
 
     def physical_constants(self):
         """Current physical values as a dict `name -> float`."""

@@ -1,0 +1,413 @@
+"""Uncertainty of fitted constants: the linear algebra (pure NumPy).
+
+Gauss–Newton / Laplace approximation of a least-squares fit with
+parameters split into the physical constants `c` (in their raw,
+unconstrained space) and the network weights `w`. With residuals `r` over
+`n` observed values, the Jacobian blocks `J_c = dr/dc`, `J_w = dr/dw`,
+the noise variance `sigma^2` and a Gaussian prior of precision `alpha` on
+the weights, the posterior precision is
+
+```
+H = [[J_c^T J_c, J_c^T J_w], [J_w^T J_c, J_w^T J_w]] / sigma^2 + [[0, 0], [0, alpha I]]
+```
+
+and the constants' marginal covariance is the inverse of the Schur
+complement of the weight block,
+
+```
+Cov(c) = sigma^2 (A_cc - A_cw (A_ww + alpha sigma^2 I)^-1 A_wc)^-1,   A = J^T J
+```
+
+which tends to the network-fixed (conditional) covariance
+`sigma^2 A_cc^-1` as `alpha -> inf`. Without a network it is the classical
+nonlinear-least-squares covariance `s^2 (J^T J)^-1`.
+
+These functions hold no Keras state; `keras_hybrid.diagnostics` computes
+the Jacobian products from a model and calls them.
+
+Reference:
+    Bates & Watts, *Nonlinear Regression Analysis and Its Applications*
+    (Wiley, 1988), ch. 2; MacKay, "A practical Bayesian framework for
+    backpropagation networks", Neural Computation 4 (1992); Daxberger et
+    al., "Laplace Redux", arXiv:2106.14806.
+"""
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+#: Verdict thresholds (documented in `constant_uncertainty`).
+IDENTIFIED_WIDTH = 1.0  # (hi - lo) / |estimate| at most this: identified (std. err. ~ 25 %)
+WEAK_WIDTH = 2.0  # at most this: weakly identified; above: not identified
+NETWORK_SHARE = 0.99  # fraction of a constant's information the network can mimic
+NEAR_NULL = 1e-3  # eigenvalue of the constants' correlation matrix
+BOUND_MARGIN = 0.01  # estimate within 1 % of the bound range (or of a zero bound)
+
+
+def normal_quantile(level):
+    """Two-sided standard-normal quantile: `z` with `P(|Z| <= z) = level`."""
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
+def _betacf(a, b, x):
+    # Continued fraction of the incomplete beta function (modified Lentz).
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a, b, x):
+    """Regularized incomplete beta function `I_x(a, b)`."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_quantile(level, dof):
+    """Two-sided Student-t quantile: `t` with `P(|T| <= t) = level` for
+    `dof` (real, > 0) degrees of freedom; the normal quantile for
+    `dof = inf`."""
+    z = normal_quantile(level)
+    if not math.isfinite(dof):
+        return z
+    if not dof > 0:
+        raise ValueError(f"`dof` must be > 0. Received: dof={dof!r}")
+
+    def tail(t):  # P(|T| > t)
+        return _betainc(dof / 2.0, 0.5, dof / (dof + t * t))
+
+    lo, hi = 0.0, z
+    while tail(hi) > 1.0 - level:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if tail(mid) > 1.0 - level else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def chi2_1_quantile(level):
+    """Quantile of the chi-square distribution with one degree of freedom
+    (`3.841` at `level=0.95`)."""
+    return normal_quantile(level) ** 2
+
+
+def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200):
+    """Solves `(M + shift I) x = b` for a symmetric positive semi-definite
+    `M` given by `matvec(v) = M v`.
+
+    ```
+    r_k = b - (M + shift I) x_k,   stop when ||r_k|| <= tol ||b||
+    ```
+
+    Args:
+        matvec: function of a 1-D float64 array returning `M v`.
+        b: right-hand side, 1-D.
+        shift: added to the diagonal (a scalar or a 1-D array). Defaults
+            to `0`.
+        tol: relative residual tolerance. Defaults to `1e-6`.
+        max_iter: iteration limit. Defaults to `200`.
+
+    Returns:
+        `(x, info)` where `info` has `iterations`, `residual` (relative) and
+        `converged`.
+    """
+    b = np.asarray(b, "float64")
+    x = np.zeros_like(b)
+    r = b.copy()
+    p = r.copy()
+    rr = float(r @ r)
+    norm_b = math.sqrt(rr)
+    if norm_b == 0.0:
+        return x, {"iterations": 0, "residual": 0.0, "converged": True}
+    k = 0
+    for k in range(1, max_iter + 1):
+        q = np.asarray(matvec(p), "float64") + shift * p
+        pq = float(p @ q)
+        if pq <= 0.0:
+            break
+        step = rr / pq
+        x += step * p
+        r -= step * q
+        rr_new = float(r @ r)
+        if math.sqrt(rr_new) <= tol * norm_b:
+            rr = rr_new
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    residual = math.sqrt(rr) / norm_b
+    return x, {"iterations": k, "residual": residual, "converged": residual <= tol}
+
+
+def schur_information(a_cc, a_cw=None, a_ww=None, shift=0.0):
+    """Constants' information left after marginalizing the weights (dense).
+
+    ```
+    S = A_cc - A_cw (A_ww + shift I)^-1 A_wc,   shift = alpha sigma^2
+    ```
+
+    Args:
+        a_cc: `(p_c, p_c)` block of `J^T J`.
+        a_cw: `(p_c, p_w)` block, or `None` (no network).
+        a_ww: `(p_w, p_w)` block, or `None`.
+        shift: `alpha sigma^2` (scalar or per weight); `inf` gives `A_cc`
+            (network fixed).
+
+    Returns:
+        The `(p_c, p_c)` matrix `S` (in units of `J^T J`).
+    """
+    a_cc = np.atleast_2d(np.asarray(a_cc, "float64"))
+    if a_cw is None or np.size(a_cw) == 0 or np.all(np.isinf(shift)):
+        return a_cc
+    a_cw = np.asarray(a_cw, "float64")
+    a_ww = np.asarray(a_ww, "float64")
+    m = a_ww + np.diag(np.broadcast_to(np.asarray(shift, "float64"), a_ww.shape[:1]))
+    solved = np.linalg.lstsq(m, a_cw.T, rcond=None)[0]
+    s = a_cc - a_cw @ solved
+    return 0.5 * (s + s.T)
+
+
+def effective_parameters(a, prior_diagonal, noise_variance):
+    """Effective number of parameters `tr(A (A + sigma^2 P)^-1)` of a
+    Laplace fit with prior precisions `P = diag(prior_diagonal)` (a
+    parameter without prior, `P_ii = 0`, counts 1)."""
+    a = np.asarray(a, "float64")
+    m = a + noise_variance * np.diag(np.asarray(prior_diagonal, "float64"))
+    return float(np.trace(np.linalg.lstsq(m, a, rcond=None)[0]))
+
+
+def noise_variance(rss, n, parameters):
+    """`s^2 = RSS / (n - parameters)`, the residual variance estimate."""
+    dof = n - parameters
+    if dof <= 0:
+        return float("nan")
+    return float(rss) / dof
+
+
+def covariance_from_information(information, noise_var):
+    """`sigma^2 S^-1`, with a pseudo-inverse (and `inf` variances) when `S`
+    is singular."""
+    s = np.atleast_2d(np.asarray(information, "float64"))
+    eigval, eigvec = np.linalg.eigh(s)
+    top = max(float(np.max(np.abs(eigval))), 1e-300)
+    inv = np.where(eigval > 1e-12 * top, 1.0 / np.where(eigval > 0, eigval, 1.0), np.inf)
+    with np.errstate(invalid="ignore"):
+        cov = (eigvec * inv) @ eigvec.T
+    cov = np.where(np.isnan(cov), np.inf, cov)
+    return noise_var * cov
+
+
+def physical_intervals(raw, raw_stderr, to_physical, derivative, z):
+    """Estimates, delta-method standard errors and end-point intervals.
+
+    ```
+    estimate = g(raw),   stderr = |g'(raw)| * stderr_raw,
+    interval = sort(g(raw - z stderr_raw), g(raw + z stderr_raw))
+    ```
+
+    The end points are mapped through the bijector `g`, so they respect
+    the constant's constraint.
+
+    Args:
+        raw: raw values, 1-D.
+        raw_stderr: their standard errors, 1-D (`inf` allowed).
+        to_physical: list of functions `g_i` (float -> float).
+        derivative: list of `g_i'(raw_i)` values.
+        z: normal quantile of the level.
+
+    Returns:
+        `(estimates, stderr, intervals)` as lists.
+    """
+    estimates, stderr, intervals = [], [], []
+    for r, se, g, d in zip(raw, raw_stderr, to_physical, derivative):
+        estimates.append(float(g(r)))
+        stderr.append(float(abs(d) * se) if math.isfinite(se) else math.inf)
+        if math.isfinite(se):
+            ends = sorted((float(g(r - z * se)), float(g(r + z * se))))
+        else:
+            ends = [float(g(-math.inf)), float(g(math.inf))]
+        intervals.append(tuple(ends))
+    return estimates, stderr, intervals
+
+
+def correlation(cov):
+    """Correlation matrix of a covariance (`nan` where a variance is not
+    finite)."""
+    cov = np.atleast_2d(np.asarray(cov, "float64"))
+    sd = np.sqrt(np.diag(cov))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = cov / np.outer(sd, sd)
+    corr[~np.isfinite(corr)] = np.nan
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def profile_interval(values, rss, n, rss_min=None, level=0.95):
+    """Likelihood-ratio interval from a profile of the residual sum of
+    squares.
+
+    ```
+    {v : n log(RSS(v) / RSS_min) <= chi2_1(level)}
+    ```
+
+    Linear interpolation of `sqrt(statistic)` between grid points; an end at which the profile
+    never crosses the threshold is reported as `-inf`/`inf` (flat or too
+    short a grid).
+
+    Args:
+        values: grid of the fixed constant, 1-D.
+        rss: residual sum of squares after refitting at each value.
+        n: number of observed values.
+        rss_min: the smallest RSS (e.g. of the free fit). Defaults to the
+            grid's minimum.
+        level: confidence level. Defaults to `0.95`.
+
+    Returns:
+        `(lo, hi, statistic)`, `statistic = n log(RSS/RSS_min)` per value.
+    """
+    values = np.asarray(values, "float64")
+    rss = np.asarray(rss, "float64")
+    order = np.argsort(values)
+    values, rss = values[order], rss[order]
+    best = float(np.nanmin(rss)) if rss_min is None else min(float(rss_min), float(np.nanmin(rss)))
+    stat = n * np.log(rss / best)
+    threshold = chi2_1_quantile(level)
+    i_min = int(np.nanargmin(stat))
+    # Interpolate the root deviance sqrt(statistic), nearly linear in the
+    # value near the minimum (exactly so for a linear model).
+    root = np.sqrt(np.clip(stat, 0.0, None))
+    cut = math.sqrt(threshold)
+    lo, hi = -math.inf, math.inf
+    for i in range(i_min, 0, -1):
+        if stat[i - 1] > threshold:
+            f = (cut - root[i]) / (root[i - 1] - root[i])
+            lo = float(values[i] + f * (values[i - 1] - values[i]))
+            break
+    for i in range(i_min, len(values) - 1):
+        if stat[i + 1] > threshold:
+            f = (cut - root[i]) / (root[i + 1] - root[i])
+            hi = float(values[i] + f * (values[i + 1] - values[i]))
+            break
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return lo, hi, stat[inverse]
+
+
+def verdicts(names, estimates, intervals, information_fixed, information_marginal, bounds,
+             profile_flat=None):
+    """Identifiability verdict and warnings per constant.
+
+    Rules (thresholds are module constants):
+
+    - relative width `w = (hi - lo) / |estimate|`: `w <= 0.5` identified,
+      `w <= 2` weakly identified, otherwise (or infinite) not identified;
+    - a flat profile (`profile_flat[name]` true) makes it "not identified";
+    - if marginalizing the network removes more than 99 % of a constant's
+      information (`S_ii / A_ii < 0.01`), the constant is "confounded with
+      the network" (reported; the verdict is then not "identified");
+    - a near-null eigenvector (eigenvalue < 1e-3) of the constants'
+      normalized information names a confounded combination of constants
+      (a note: its effect on each constant is already in the interval
+      widths, which are infinite for an exact null direction);
+    - an estimate within 1 % of a bound (of the range for `(lo, hi)`,
+      relative for a positive constant) is warned about.
+
+    Args:
+        names: constant names.
+        estimates: physical estimates.
+        intervals: `(lo, hi)` per constant.
+        information_fixed: `A_cc` (raw space), `(p, p)`.
+        information_marginal: Schur complement `S`, `(p, p)`.
+        bounds: per constant `None`, `"positive"` or `(lo, hi)`.
+        profile_flat: optional dict `name -> bool`.
+
+    Returns:
+        `(verdicts, notes, warnings)`: `name -> verdict`, `name -> list of
+        explanations`, list of warning strings.
+    """
+    p = len(names)
+    a = np.atleast_2d(np.asarray(information_fixed, "float64"))
+    s = np.atleast_2d(np.asarray(information_marginal, "float64"))
+    rank = {"identified": 0, "weakly identified": 1, "not identified": 2}
+    out, notes, warnings = {}, {name: [] for name in names}, []
+    for i, name in enumerate(names):
+        lo, hi = intervals[i]
+        est = estimates[i]
+        width = (hi - lo) / abs(est) if est != 0 and math.isfinite(hi - lo) else math.inf
+        verdict = (
+            "identified" if width <= IDENTIFIED_WIDTH
+            else "weakly identified" if width <= WEAK_WIDTH else "not identified"
+        )
+        if math.isfinite(width):
+            notes[name].append(f"relative interval width {width:.3g}")
+        else:
+            notes[name].append("interval unbounded")
+        kept = s[i, i] / a[i, i] if a[i, i] > 0 else 0.0
+        if a[i, i] <= 0:
+            notes[name].append(f"the data carry no information on {name}")
+            verdict = "not identified"
+        elif kept < 1.0 - NETWORK_SHARE:
+            notes[name].append(
+                f"{name} is confounded with the network (the network can mimic "
+                f"{1 - max(kept, 0):.2%} of its effect on the fit)"
+            )
+            verdict = max(verdict, "weakly identified", key=rank.get)
+        if profile_flat and profile_flat.get(name):
+            notes[name].append(f"the profile of {name} is flat")
+            verdict = "not identified"
+        out[name] = verdict
+        bound = bounds[i]
+        margin = None
+        if bound == "positive":
+            margin = est <= BOUND_MARGIN * max(abs(hi), abs(est), 1e-300) if math.isfinite(hi) else False
+            where = "0"
+        elif isinstance(bound, tuple):
+            span = bound[1] - bound[0]
+            near_lo = est - bound[0] <= BOUND_MARGIN * span
+            near_hi = bound[1] - est <= BOUND_MARGIN * span
+            margin = near_lo or near_hi
+            where = repr(bound[0] if near_lo else bound[1])
+        if margin:
+            warnings.append(
+                f"{name} = {est:.4g} is at or next to its bound {where}: the interval is "
+                "distorted by the constraint and the approximation may be poor."
+            )
+    if p > 1:
+        d = np.sqrt(np.clip(np.diag(s), 1e-300, None))
+        r = s / np.outer(d, d)
+        eigval, eigvec = np.linalg.eigh(0.5 * (r + r.T))
+        for k in range(p):
+            if eigval[k] < NEAR_NULL * max(float(eigval[-1]), 1e-300):
+                vec = eigvec[:, k] / np.max(np.abs(eigvec[:, k]))
+                involved = [i for i in range(p) if abs(vec[i]) > 0.1]
+                if len(involved) < 2:
+                    continue
+                text = (
+                    " and ".join(names[i] for i in involved)
+                    + ": direction ("
+                    + ", ".join(f"{eigvec[i, k]:.2f}" for i in involved)
+                    + ") in raw space is not identified"
+                )
+                for i in involved:
+                    notes[names[i]].append(text)
+    return out, notes, warnings

