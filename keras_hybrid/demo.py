@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 
+from keras_hybrid.diagnostics import constant_uncertainty  # noqa: E402
 from keras_hybrid.sam import SAM  # noqa: E402
 from keras_hybrid.systems import pendulum  # noqa: E402
 
@@ -52,6 +53,11 @@ def main(argv=None):
         w0 = model.physical_constants()["w0"]
         loss = history.history["loss"][-1]
         print(f"{label:<26} {w0:>11.4f} {abs(w0 - true_w0) / true_w0:>11.2%} {loss:>11.2e} {seconds:>9.1f}")
+        trust = constant_uncertainty(model, data[1], data[2])
+        fixed = constant_uncertainty(model, data[1], data[2], network="fixed")
+        (lo, hi), (flo, fhi) = trust.intervals["w0"], fixed.intervals["w0"]
+        print(f"{'':<26} w0 95% interval [{lo:.3f}, {hi:.3f}] rad/s: {trust.verdicts['w0']} "
+              f"(network marginalized; held fixed: [{flo:.4f}, {fhi:.4f}])")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,23 @@ for label, model in runs.items():
     print(f"  {label:<24} {text}, V = {c['Cl'] / c['ke']:.3f} L/kg, MSE {losses[label]:.3f}")
 
 """
+## How far to trust them
+
+`kh.constant_uncertainty` gives each constant a 95 % interval and a
+verdict (see tutorial 7). The network is integrated out under a
+standard-normal prior on its weights: a constant the network can take
+over gets a wide interval, whatever the training method.
+"""
+
+for label in ("physics only", [label for label in runs if label.startswith("SAM")][-1]):
+    result = kh.constant_uncertainty(runs[label], [dose_time, features], concentration)
+    print(f"  {label}:")
+    for name in ("ka", "ke", "Cl"):
+        lo, hi = result.intervals[name]
+        print(f"    {name} = {result.estimates[name]:.4f} {result.units[name]}, 95% interval "
+              f"[{lo:.4f}, {hi:.4f}] ({result.verdicts[name]})")
+
+"""
 ## Plots
 
 First, each subject's data with the fitted curves of the physics-only fit,
