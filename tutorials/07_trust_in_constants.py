@@ -55,7 +55,7 @@ OUTPUT_DIR = pathlib.Path(
 )
 OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
 EPOCHS = 20 if FAST else 600
-N_TRAJ, N_STEPS, HIDDEN = (16, 16, 8) if FAST else (200, 50, 64)
+N_TRAJ, N_STEPS, HIDDEN = (8, 10, 8) if FAST else (200, 50, 64)
 SEED = 0
 
 """
@@ -72,7 +72,7 @@ times, y0, observed = pendulum.simulate(n_trajectories=N_TRAJ, n_steps=N_STEPS, 
 def fit(sam, epochs=EPOCHS):
     keras.utils.set_random_seed(SEED)
     model = pendulum.build_model(times, sam=sam, hidden=HIDDEN, seed=SEED)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=not FAST)
     model.fit(y0, observed, batch_size=min(50, N_TRAJ), epochs=epochs, verbose=0)
     return model
 
@@ -81,12 +81,14 @@ results = {}
 for label, sam in (("ERM", None), ("SAM", kh.SAM(rho=0.3, perturb="neural"))):
     model = fit(sam)
     marginal = kh.constant_uncertainty(model, y0, observed)
-    fixed = kh.constant_uncertainty(model, y0, observed, network="fixed")
-    results[label] = (model, marginal, fixed)
+    results[label] = (model, marginal)
     lo, hi = marginal.intervals["w0"]
-    flo, fhi = fixed.intervals["w0"]
     print(f"{label}: w0 = {marginal.estimates['w0']:.4f} rad/s, 95% interval [{lo:.3f}, {hi:.3f}] "
-          f"({marginal.verdicts['w0']}); network fixed: [{flo:.4f}, {fhi:.4f}]")
+          f"({marginal.verdicts['w0']})")
+    if not FAST:  # the overconfident comparison (skipped in fast mode to save time)
+        fixed = kh.constant_uncertainty(model, y0, observed, network="fixed")
+        flo, fhi = fixed.intervals["w0"]
+        print(f"{label}: network fixed: w0 in [{flo:.4f}, {fhi:.4f}]")
     print(marginal)
 
 """
@@ -108,7 +110,7 @@ sam_model = results["SAM"][0]
 w0_hat = sam_model.physical_constants()["w0"]
 profile = kh.profile_likelihood(
     sam_model, "w0", w0_hat * (np.array([0.8, 1.0, 1.2]) if FAST else np.linspace(0.7, 1.3, 7)),
-    y0, observed, epochs=2 if FAST else 100, batch_size=min(50, N_TRAJ),
+    y0, observed, epochs=1 if FAST else 100, batch_size=min(50, N_TRAJ),
 )
 print(profile)
 
@@ -123,12 +125,12 @@ alone as a reference.
 
 def build(sam):
     model = pendulum.build_model(times, sam=sam, hidden=HIDDEN, seed=SEED)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=not FAST)
     return model
 
 
 path = kh.radius_path(build, y0, observed, rhos=(0.0, 0.3) if FAST else (0.0, 0.03, 0.1, 0.3, 1.0),
-                      epochs=3 if FAST else 300, batch_size=min(50, N_TRAJ), physics_only=not FAST)
+                      epochs=2 if FAST else 300, batch_size=min(50, N_TRAJ), physics_only=not FAST)
 print(path)
 
 """
@@ -172,3 +174,18 @@ profile.plot(axes[2], truth=1.0)
 fig.tight_layout()
 fig.savefig(OUTPUT_DIR / "07_trust_in_constants.png", dpi=90)
 print(f"wrote {OUTPUT_DIR / '07_trust_in_constants.png'}")
+
+"""
+## Reading the results
+
+In the full run (600 epochs, the demo's data) plain training ends at
+`w0` = 0.530 and SAM at 1.011 (truth 1.0). The network-fixed intervals
+are a few thousandths wide and exclude the truth for both: conditional on
+the network, and overconfident. The marginal report flags `w0` as
+confounded with the network in both fits and does not call it
+"identified", but the Laplace approximation is local and its interval
+still misses the truth (ERM [0.508, 0.554], SAM [1.009, 1.014]): read the
+note, not only the interval. The profile and the radius path are the
+checks that look further away. The six-point fit is "not identified", as
+it should be (`benchmarks/README.md`, "Uncertainty of constants").
+"""
