@@ -195,12 +195,9 @@ class ScientificLayer(keras.layers.Layer):
             name=spec.name,
             shape=(),
             initializer=keras.initializers.Constant(spec.raw_initial_value()),
-            # Created trainable so that TensorFlow's tapes watch it even if
-            # it is frozen now and freed later (`set_constant_trainable`).
-            trainable=True,
+            trainable=spec.trainable,
             dtype="float32",
         )
-        variable.trainable = spec.trainable
         _register(variable, spec)
         self._raw[spec.name] = variable
 
@@ -275,7 +272,9 @@ class ScientificLayer(keras.layers.Layer):
         """Freezes (`trainable=False`) or frees constant `name`.
 
         The flag is part of the layer's config, so a frozen constant stays
-        frozen after saving and loading. A compiled model keeps its
+        frozen after saving and loading. Only a constant created trainable
+        can be freed again (TensorFlow does not differentiate a variable
+        created non-trainable): freeze, refit, free. A compiled model keeps its
         optimizer; recompile it (or use a fresh optimizer) after freeing a
         constant that was frozen when the optimizer was built.
 
@@ -286,6 +285,13 @@ class ScientificLayer(keras.layers.Layer):
         variable = self._constant_variable(name)
         if not isinstance(trainable, bool):
             raise TypeError(f"`trainable` must be a bool. Received: trainable={trainable!r}")
+        if trainable and not getattr(variable.value, "trainable", True):
+            raise ValueError(
+                f"Constant '{name}' of layer '{self.name}' was created frozen, and TensorFlow "
+                "does not compute gradients for a variable created non-trainable. Rebuild the "
+                "layer with the constant trainable (e.g. from its config) and load the weights. "
+                f"Received: trainable={trainable!r}"
+            )
         old = _constant_spec(variable)
         spec = PhysicalConstant.from_config({**old.get_config(), "trainable": trainable})
         self.constant_specs = [spec if c is old else c for c in self.constant_specs]

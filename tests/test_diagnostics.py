@@ -288,11 +288,14 @@ def test_set_and_freeze_constant_round_trip(tmp_path):
     law = loaded.get_layer("law")
     assert law.physical_constants()["k"] == pytest.approx(0.75, rel=1e-6)
     assert not law._raw["k"].trainable and len(loaded.trainable_variables) == 1
-    # Freed on a model whose optimizer was built without it: a fresh optimizer is needed.
-    law.set_constant_trainable("k", True)
-    kh.diagnostics.fresh_compile(loaded)
-    loaded.fit(t, y, epochs=5, verbose=0)
-    assert law.physical_constants()["k"] != pytest.approx(0.75, rel=1e-4)
+    with pytest.raises(ValueError, match=r"created frozen.*Received: trainable=True"):
+        law.set_constant_trainable("k", True)
+    # Freed on the original model, whose optimizer was built without it: a
+    # fresh optimizer (cloned from the compiled config) is needed.
+    layer.set_constant_trainable("k", True)
+    kh.diagnostics.fresh_compile(model)
+    model.fit(t, y, epochs=5, verbose=0)
+    assert layer.physical_constants()["k"] != pytest.approx(0.75, rel=1e-4)
 
 
 def test_bad_input_names_argument_and_value():
