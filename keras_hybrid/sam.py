@@ -59,27 +59,62 @@ def all_finite(tensors):
     return ops.all(ops.stack(checks))
 
 
-def sam_perturbation(gradients, variables=None, rho=0.05, adaptive=False, eta=0.01, eps=1e-12):
+def _is_kernel(variable):
+    """Rank >= 2: a kernel (dense or convolution), not a bias or a scalar."""
+    return variable is not None and len(getattr(variable, "shape", ())) >= 2
+
+
+def sam_perturbation(
+    gradients,
+    variables=None,
+    rho=0.05,
+    adaptive=False,
+    eta=0.01,
+    eps=1e-12,
+    adaptive_scope="all",
+    relative=False,
+):
     """Perturbation `e` of one parameter group (SAM or adaptive SAM).
+
+    ```
+    e = r T^2 g / ||T g||
+    T = 1 (SAM), |w| + eta (ASAM, scaled variables), 1 (ASAM, others)
+    r = rho, or rho ||w|| with `relative=True`
+    ```
 
     Args:
         gradients: list of gradient tensors; `None` entries (unused
             variables) give `None` perturbations.
         variables: list of current parameter values, same order; needed only
-            when `adaptive=True`. Defaults to `None`.
+            when `adaptive=True` or `relative=True`. Defaults to `None`.
         rho: radius of the neighbourhood. Defaults to `0.05`.
         adaptive: scale by `|w| + eta` (ASAM). Defaults to `False`.
         eta: offset of the adaptive scaling. Defaults to `0.01`.
         eps: added to the norm so that a zero gradient gives a zero (not NaN)
             perturbation. Defaults to `1e-12`.
+        adaptive_scope: which variables ASAM scales: `"all"`, or
+            `"kernels"` (variables of rank >= 2 only, as the reference
+            ASAM implementation does; biases and scalars keep `T = 1`).
+            Defaults to `"all"`.
+        relative: the radius is `rho` times the norm of this group's
+            variables (with a gradient), so that it follows the scale of
+            the weights. Defaults to `False`.
 
     Returns:
         A list of perturbation tensors (or `None`) matching `gradients`. If
         any gradient is non-finite the perturbation is zero: the step then
         falls back to the plain gradient instead of poisoning the weights.
     """
-    if adaptive and variables is None:
-        raise ValueError("`variables` are required when `adaptive=True`.")
+    if adaptive_scope not in ("all", "kernels"):
+        raise ValueError(
+            "`adaptive_scope` must be 'all' or 'kernels'. "
+            f"Received: adaptive_scope={adaptive_scope!r}"
+        )
+    if (adaptive or relative) and variables is None:
+        raise ValueError(
+            "`variables` are required when `adaptive=True` or `relative=True`. "
+            f"Received: variables=None, adaptive={adaptive!r}, relative={relative!r}"
+        )
     if variables is None:
         variables = [None] * len(gradients)
     present = [(i, g, w) for i, (g, w) in enumerate(zip(gradients, variables)) if g is not None]
@@ -89,21 +124,36 @@ def sam_perturbation(gradients, variables=None, rho=0.05, adaptive=False, eta=0.
     scaled = []
     for _, g, w in present:
         g = ops.cast(g, "float32")
-        scale = ops.abs(ops.cast(w, "float32")) + eta if adaptive else None
+        use_scale = adaptive and (adaptive_scope == "all" or _is_kernel(w))
+        scale = ops.abs(ops.cast(w, "float32")) + eta if use_scale else None
         scaled.append((g, scale))
     squared = [ops.sum(ops.square(g * s if s is not None else g)) for g, s in scaled]
     norm = ops.sqrt(ops.sum(ops.stack(squared)))
+    radius = rho
+    if relative:
+        weight_sq = [ops.sum(ops.square(ops.cast(w, "float32"))) for _, _, w in present]
+        radius = rho * ops.sqrt(ops.sum(ops.stack(weight_sq)))
     # Any NaN/Inf entry makes the norm non-finite; the scalar select then
     # returns zeros, so no NaN can leak into the perturbed weights.
-    finite = ops.isfinite(norm)
-    factor = rho / (norm + eps)
+    finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(radius))
+    factor = radius / (norm + eps)
     for (i, g_orig, _), (g, s) in zip(present, scaled):
         direction = g * ops.square(s) if s is not None else g
         perturbation[i] = ops.cast(ops.where(finite, factor * direction, 0.0), g_orig.dtype)
     return perturbation
 
 
-def grouped_perturbation(gradients, variables, groups, radii, adaptive=False, eta=0.01, eps=1e-12):
+def grouped_perturbation(
+    gradients,
+    variables,
+    groups,
+    radii,
+    adaptive=False,
+    eta=0.01,
+    eps=1e-12,
+    adaptive_scope="all",
+    relative=False,
+):
     """Perturbation with one norm and one radius per parameter group.
 
     Args:
@@ -112,7 +162,9 @@ def grouped_perturbation(gradients, variables, groups, radii, adaptive=False, et
         groups: list of group names, one per variable.
         radii: dict `group name -> rho`; a group missing from the dict or
             with radius 0 is not perturbed.
-        adaptive, eta, eps: as in `sam_perturbation`.
+        adaptive, eta, eps, adaptive_scope, relative: as in
+            `sam_perturbation`, applied to each group on its own (with
+            `relative=True` each group's radius follows its own norm).
 
     Returns:
         A list of perturbation tensors (or `None`) matching `gradients`.
@@ -134,6 +186,8 @@ def grouped_perturbation(gradients, variables, groups, radii, adaptive=False, et
             adaptive=adaptive,
             eta=eta,
             eps=eps,
+            adaptive_scope=adaptive_scope,
+            relative=relative,
         )
         for i, e in zip(index, part):
             perturbation[i] = e
@@ -196,6 +250,14 @@ class SAM:
             relying on the physics. A variable is excluded when one of the
             `/`-separated parts of its path equals one of these names.
             Defaults to `()`.
+        adaptive_scope: with `adaptive=True`, which variables are scaled
+            by `|w| + eta`: `"all"`, or `"kernels"` (rank >= 2 only, as in
+            the reference ASAM implementation; biases and physical
+            constants then keep `T = 1`, i.e. a physical constant is
+            perturbed in its raw space, unscaled). Defaults to `"all"`.
+        relative: make each group's radius `rho` times the norm of that
+            group's weights (`rho` is then a fraction, e.g. 0.03), so that
+            the ball follows the scale of the weights. Defaults to `False`.
 
     Example:
 
@@ -217,6 +279,8 @@ class SAM:
         every=1,
         alpha=0.7,
         exclude=(),
+        adaptive_scope="all",
+        relative=False,
     ):
         self.rho = _check_radius("rho", rho)
         self.rho_physical = _check_radius("rho_physical", rho_physical, allow_none=True)
@@ -242,6 +306,13 @@ class SAM:
                 f"Received: exclude={exclude!r}"
             )
         self.exclude = tuple(exclude)
+        if adaptive_scope not in ("all", "kernels"):
+            raise ValueError(
+                "`adaptive_scope` must be 'all' or 'kernels'. "
+                f"Received: adaptive_scope={adaptive_scope!r}"
+            )
+        self.adaptive_scope = adaptive_scope
+        self.relative = _check_bool("relative", relative)
         self._frozen = True
 
     def __setattr__(self, name, value):
@@ -301,7 +372,13 @@ class SAM:
         in the norms.
         """
         radii = self.radii()
-        kwargs = dict(adaptive=self.adaptive, eta=self.eta, eps=self.eps)
+        kwargs = dict(
+            adaptive=self.adaptive,
+            eta=self.eta,
+            eps=self.eps,
+            adaptive_scope=self.adaptive_scope,
+            relative=self.relative,
+        )
         if radii is None:
             gradients = [None if group == EXCLUDED else g for g, group in zip(gradients, groups)]
             return sam_perturbation(gradients, variables, rho=self.rho, **kwargs)
@@ -319,6 +396,8 @@ class SAM:
             "every": self.every,
             "alpha": self.alpha,
             "exclude": list(self.exclude),
+            "adaptive_scope": self.adaptive_scope,
+            "relative": self.relative,
         }
 
     @classmethod

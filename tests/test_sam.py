@@ -31,6 +31,67 @@ def test_adaptive_perturbation_matches_asam_formula():
     np.testing.assert_allclose(np.linalg.norm(e[0] / t), 0.2, rtol=1e-6)
 
 
+def test_adaptive_kernels_only_matches_reference_asam():
+    # Reference ASAM (Kwon et al.): T = |w| + eta for weight matrices only;
+    # biases (and scalars such as raw physical constants) keep T = 1.
+    kernel = np.array([[0.5, -3.0], [0.0, 1.0]], "float32")
+    bias = np.array([2.0, -1.0], "float32")
+    g_kernel = np.array([[1.0, -2.0], [0.5, 0.25]], "float32")
+    g_bias = np.array([0.3, -0.4], "float32")
+    eta, rho = 0.1, 0.2
+    t = np.abs(kernel) + eta
+    norm = np.sqrt(np.sum((t * g_kernel) ** 2) + np.sum(g_bias**2))
+    e = _np(sam_perturbation([g_kernel, g_bias], [kernel, bias], rho=rho, adaptive=True, eta=eta,
+                             adaptive_scope="kernels"))
+    np.testing.assert_allclose(e[0], rho * t**2 * g_kernel / norm, rtol=1e-6)
+    np.testing.assert_allclose(e[1], rho * g_bias / norm, rtol=1e-6)
+    # The default ("all") scales the bias too, so the two differ.
+    e_all = _np(sam_perturbation([g_kernel, g_bias], [kernel, bias], rho=rho, adaptive=True, eta=eta))
+    assert np.max(np.abs(e_all[1] - e[1])) > 0.02  # measured 0.033
+
+
+def test_relative_radius_follows_the_weight_norm():
+    g = [np.array([3.0, 4.0], "float32"), np.array([[0.0]], "float32")]
+    w = [np.array([1.0, 2.0], "float32"), np.array([[2.0]], "float32")]
+    e = _np(sam_perturbation(g, w, rho=0.1, relative=True))
+    # ||w|| = 3, ||g|| = 5: e = 0.1 * 3 * g / 5.
+    np.testing.assert_allclose(e[0], [0.18, 0.24], rtol=1e-6)
+    # Scaling all weights by 10 scales the perturbation by 10.
+    e10 = _np(sam_perturbation(g, [10 * v for v in w], rho=0.1, relative=True))
+    np.testing.assert_allclose(e10[0], 10 * e[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="variables"):
+        sam_perturbation(g, rho=0.1, relative=True)
+
+
+def test_grouped_relative_radius_uses_each_groups_norm():
+    g = [np.array([1.0, 0.0], "float32"), np.array([2.0], "float32")]
+    w = [np.array([0.0, 4.0], "float32"), np.array([0.5], "float32")]
+    e = _np(grouped_perturbation(g, w, [NEURAL, PHYSICAL], {NEURAL: 0.5, PHYSICAL: 0.1}, relative=True))
+    np.testing.assert_allclose(e[0], [2.0, 0.0], rtol=1e-6)  # 0.5 * ||(0, 4)||
+    np.testing.assert_allclose(e[1], [0.05], rtol=1e-5)      # 0.1 * 0.5
+
+
+def test_sam_passes_scope_and_relative_to_the_perturbation():
+    sam = SAM(rho=0.2, adaptive=True, eta=0.1, adaptive_scope="kernels")
+    g = [np.ones((2, 2), "float32"), np.ones(2, "float32")]
+    w = [np.full((2, 2), 2.0, "float32"), np.full(2, 2.0, "float32")]
+    e = _np(sam.perturbation(g, w, [NEURAL, NEURAL]))
+    # Kernel entries scaled by T^2 = 2.1^2, bias entries by 1.
+    np.testing.assert_allclose(e[0] / e[1][0], np.full((2, 2), 2.1**2), rtol=1e-5)
+    rel = SAM(rho=0.1, relative=True)
+    e = _np(rel.perturbation(g, w, [NEURAL, NEURAL]))
+    np.testing.assert_allclose(np.sqrt(sum(np.sum(x**2) for x in e)), 0.1 * np.sqrt(24.0), rtol=1e-5)
+
+
+def test_bad_adaptive_scope_and_relative_are_rejected():
+    with pytest.raises(ValueError, match="adaptive_scope='biases'"):
+        SAM(adaptive_scope="biases")
+    with pytest.raises(TypeError, match="relative='yes'"):
+        SAM(relative="yes")
+    with pytest.raises(ValueError, match="adaptive_scope='x'"):
+        sam_perturbation([np.ones(1, "float32")], [np.ones(1, "float32")], adaptive=True, adaptive_scope="x")
+
+
 def test_none_gradients_are_skipped():
     e = sam_perturbation([None, np.array([2.0], "float32")], rho=1.0)
     assert e[0] is None
@@ -111,7 +172,7 @@ def test_defaults_are_the_measured_best_variant():
 
 def test_sam_config_round_trip():
     sam = SAM(rho=0.2, perturb="neural", rho_physical=0.01, adaptive=True, eta=0.5, synchronized=False,
-              every=5, alpha=0.5)
+              every=5, alpha=0.5, adaptive_scope="kernels", relative=True)
     assert SAM.from_config(sam.get_config()) == sam
 
 

@@ -166,3 +166,50 @@ def test_pendulum_episodes_use_their_own_frequency():
     assert np.mean(np.any(np.diff(wrong, axis=1) > 1e-3, axis=1)) > 0.5
     with pytest.raises(ValueError, match="w0_range"):
         pendulum.simulate_episodes(4, w0_range=(2.0, 1.0))
+
+
+# -- small-data algebraic laws --------------------------------------------
+
+from keras_hybrid.systems import algebraic  # noqa: E402
+
+
+def test_michaelis_menten_truth_at_known_points():
+    # At S = Km the saturable part is Vmax / 2; the left-out term is k_ns S.
+    np.testing.assert_allclose(algebraic.michaelis_menten_truth(np.array([0.3])), [0.5 + 0.06], rtol=1e-12)
+    np.testing.assert_allclose(algebraic.michaelis_menten_truth(np.array([0.0])), [0.0], atol=1e-15)
+    law = algebraic.michaelis_menten_law(np.array([[0.3]], "float32"), {"Vmax": 2.0, "Km": 0.3})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(law), [[1.0]], rtol=1e-6)
+
+
+def test_arrhenius_truth_at_known_points():
+    # Ea / (R T) = 20 at T = Ea / (20 R): ln k = ln(1 + k_b).
+    t_star = 50.0 / (20.0 * algebraic.GAS_CONSTANT)
+    np.testing.assert_allclose(algebraic.arrhenius_truth(np.array([t_star])), [np.log(1.05)], rtol=1e-12)
+    # At 630 K the background rate is negligible: the law itself.
+    hot = algebraic.arrhenius_truth(np.array([630.0]))
+    np.testing.assert_allclose(hot, [20.0 - 50.0 / (algebraic.GAS_CONSTANT * 630.0)], atol=1e-5)
+    law = algebraic.arrhenius_law(np.array([[t_star]], "float32"), {"lnA": 20.0, "Ea": 50.0})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(law), [[0.0]], atol=2e-5)
+
+
+def test_first_order_truth_at_known_points():
+    half_life = np.log(2) / 0.02
+    np.testing.assert_allclose(algebraic.first_order_truth(np.array([0.0, half_life])), [1.1, 0.6], rtol=1e-12)
+    law = algebraic.first_order_law(np.array([[half_life]], "float32"), {"C0": 1.0, "k": 0.02})
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(law), [[0.5]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(algebraic.TASKS))
+def test_algebraic_simulate_design_noise_and_determinism(name):
+    spec = algebraic.TASKS[name]
+    x, y = algebraic.simulate(name, seed=4)
+    assert x.shape == y.shape == (spec["n"], 1) and x.dtype == y.dtype == np.float32
+    np.testing.assert_allclose([x.min(), x.max()], spec["range"], rtol=1e-6)
+    np.testing.assert_array_equal(y, algebraic.simulate(name, seed=4)[1])
+    # Residuals around the truth have the stated noise level (loose: few points).
+    residual = y[:, 0] - spec["truth"](x[:, 0].astype("float64"))
+    assert 0.3 * spec["noise"] < np.std(residual) < 2.0 * spec["noise"], np.std(residual)
+    xs = algebraic.uniform_inputs(name, 50, seed=1)
+    assert np.all((xs >= spec["range"][0]) & (xs <= spec["range"][1]))
+    with pytest.raises(ValueError, match="name='ohm'"):
+        algebraic.simulate("ohm")

@@ -18,13 +18,19 @@ METHODS = {
     "sam-neural": ("rho", 0.3),
     "asam": ("rho", 0.5),
     "sam-correction": ("rho", 0.3),
+    "asam-neural": ("rho", 0.5),
+    "sam-relative": ("rho", 0.03),
+    "sam-auto": ("rho", None),
+    "physics": (None, None),
 }
 
 # Run when `--methods` is not given (`sam-correction` differs from
 # `sam-neural` only on systems with an encoder).
 DEFAULT_METHODS = ("erm", "l2", "minnorm", "sam", "sam-neural", "asam")
 
-Training = collections.namedtuple("Training", ["sam", "kernel_regularizer", "penalty"])
+Training = collections.namedtuple(
+    "Training", ["sam", "kernel_regularizer", "penalty", "physics_only"], defaults=(False,)
+)
 
 
 def check_methods(names):
@@ -39,6 +45,13 @@ def check_methods(names):
 
 def training_for(method, value, encoder_layers=()):
     """The `Training` settings of `method` with hyperparameter `value`.
+
+    `asam-neural` is adaptive SAM on the network weights only, with the
+    reference ASAM's scaling of kernels alone (biases unscaled);
+    `sam-relative` is neural-only SAM whose radius is `rho` times the
+    norm of the network's weights; `sam-auto` is neural-only SAM with the
+    radius chosen by `keras_hybrid.radius_path`; `physics` fits the
+    physics part alone (no network).
 
     `encoder_layers` (layer names) are left unperturbed by `sam-correction`,
     which is `sam-neural` without the encoder that infers per-episode
@@ -58,7 +71,36 @@ def training_for(method, value, encoder_layers=()):
         return Training(SAM(rho=value, perturb="neural", exclude=tuple(encoder_layers)), None, 0.0)
     if method == "asam":
         return Training(SAM(rho=value, perturb="all", adaptive=True), None, 0.0)
+    if method == "asam-neural":
+        return Training(SAM(rho=value, perturb="neural", adaptive=True, adaptive_scope="kernels"), None, 0.0)
+    if method == "sam-relative":
+        return Training(SAM(rho=value, perturb="neural", relative=True), None, 0.0)
+    if method == "sam-auto":
+        # The radius is chosen by `radius_path`; `value` is its choice.
+        return Training(None if not value else SAM(rho=value, perturb="neural"), None, 0.0)
+    if method == "physics":
+        return Training(None, None, 0.0, physics_only=True)
     raise ValueError(f"Unknown method {method!r}. Valid: {list(METHODS)}")
+
+
+class OutputPenalty(keras.layers.Layer):
+    """Called on `[output, correction]`: adds `weight * mean ||correction||^2`
+    over the batch to the loss (minimum-norm penalty of an additive
+    correction) and returns `output` unchanged."""
+
+    def __init__(self, weight, **kwargs):
+        super().__init__(**kwargs)
+        self.weight = float(weight)
+
+    def call(self, inputs):
+        output, correction = inputs
+        self.add_loss(self.weight * ops.mean(ops.sum(ops.square(correction), axis=-1)))
+        return output
+
+    def get_config(self):
+        config = super().get_config()
+        config["weight"] = self.weight
+        return config
 
 
 class CorrectionPenalty(keras.layers.Layer):

@@ -1,0 +1,235 @@
+"""Training runs, hyperparameter selection, and the sweep protocol."""
+
+import time
+
+import keras
+import numpy as np
+
+from keras_hybrid.experiments import methods as methods_lib
+from keras_hybrid.experiments.algebraic import ALGEBRAIC_SYSTEMS
+from keras_hybrid.experiments.tasks import (
+    DuffingTask,
+    ForcedPendulumTask,
+    PendulumEpisodesTask,
+    PendulumTask,
+    ReactionDiffusionTask,
+)
+
+SYSTEMS = {
+    "pendulum": PendulumTask,
+    "pendulum_episodes": PendulumEpisodesTask,
+    "forced_pendulum": ForcedPendulumTask,
+    "duffing": DuffingTask,
+    "reaction_diffusion": ReactionDiffusionTask,
+    **ALGEBRAIC_SYSTEMS,
+}
+
+
+def _mse(model, x, y, batch_size):
+    pred = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.square(pred - y)))
+
+
+def _build(task, cfg, training, seed, data):
+    if hasattr(task, "build_from_data"):
+        return task.build_from_data(cfg, training, seed, data)
+    return task.build(cfg, training, seed, data["times"])
+
+
+def _compile(model, cfg):
+    optimizer = keras.optimizers.Adam(cfg["lr"], global_clipnorm=cfg.get("clipnorm"))
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=cfg.get("jit", True))
+    return model
+
+
+def _fit_arrays(cfg, data, epochs):
+    """`(x, y, epochs, shuffle)` for `fit`. With `cfg["repeat"] = k` the
+    training set is tiled `k` times and read in order, so that one epoch
+    is `k` full-batch steps (Keras's per-epoch overhead dominates on a
+    dozen points); the number of steps stays `epochs`."""
+    x, y = data["train"]
+    k = int(cfg.get("repeat", 1))
+    if k == 1:
+        return x, y, epochs, True
+    if epochs % k:
+        raise ValueError(f"`epochs` must be a multiple of repeat={k}. Received: epochs={epochs}")
+    return np.tile(x, (k, 1)), np.tile(y, (k, 1)), epochs // k, False
+
+
+def _finish_result(task, cfg, data, method, value, seed, model, part, seconds):
+    result = {"method": method, "seed": int(seed)}
+    hyper = methods_lib.METHODS[method][0]
+    result["hyperparameter"] = {} if hyper is None else {hyper: value}
+    result.update(task.evaluate(model, part, data))
+    result["val_mse"] = _mse(model, *data["val"], cfg["batch_size"])
+    result["test_mse"] = _mse(model, *data["test"], cfg["batch_size"])
+    result["seconds"] = seconds
+    return result
+
+
+def run_one(task, cfg, data, method, value, seed, epochs=None):
+    """Trains one model and returns its result dict (and the model)."""
+    if method == "sam-auto":
+        return run_auto(task, cfg, data, seed, epochs=epochs)
+    training = methods_lib.training_for(method, value, encoder_layers=getattr(task, "encoder_layers", ()))
+    keras.utils.set_random_seed(seed)
+    model, part = _build(task, cfg, training, seed, data)
+    _compile(model, cfg)
+    x, y, n_epochs, shuffle = _fit_arrays(cfg, data, epochs or cfg["epochs"])
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=cfg["batch_size"], epochs=n_epochs, shuffle=shuffle, verbose=0)
+    seconds = time.perf_counter() - start
+    return _finish_result(task, cfg, data, method, value, seed, model, part, seconds), model
+
+
+def run_auto(task, cfg, data, seed, epochs=None):
+    """`sam-auto`: neural-only SAM whose radius `keras_hybrid.radius_path`
+    chooses from this seed's training and validation data only."""
+    from keras_hybrid.radius import radius_path
+
+    parts = {}
+
+    def build_model(sam):
+        keras.utils.set_random_seed(seed)
+        training = methods_lib.Training(sam, None, 0.0)
+        model, part = _build(task, cfg, training, seed, data)
+        parts[id(model)] = part
+        return _compile(model, cfg)
+
+    x, y, n_epochs, shuffle = _fit_arrays(cfg, data, epochs or cfg["epochs"])
+    start = time.perf_counter()
+    path = radius_path(
+        build_model, x, y, rhos=getattr(task, "auto_rhos", None), validation_data=data["val"],
+        epochs=n_epochs, tolerance=getattr(task, "auto_tolerance", 0.25),
+        batch_size=cfg["batch_size"], shuffle=shuffle, verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    model = path.best_model
+    result = _finish_result(task, cfg, data, "sam-auto", float(path.chosen), seed, model, parts[id(model)], seconds)
+    result["radius_path"] = [
+        {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v)
+         for k, v in row.items() if not hasattr(v, "fit")}
+        for row in _rows(path)
+    ]
+    return result, model
+
+
+def _rows(path):
+    rows = []
+    for row in getattr(path, "rows", []):
+        rows.append(row if isinstance(row, dict) else getattr(row, "_asdict", lambda: vars(row))())
+    return rows
+
+
+def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None, tolerance=0.25, log=print,
+                   on_progress=None, first_seed=0, value=None, standardize=False):
+    """Runs the comparison; returns `(report dict, last trained model)`.
+
+    Args:
+        system: one of `SYSTEMS`.
+        methods: list of method names (see `_experiment_methods.METHODS`).
+        seeds: number of seeds (0, 1, ...).
+        quick: small configuration (minutes). Defaults to `False`.
+        epochs: overrides the configuration's number of epochs.
+        sweep: sweep hyperparameters on seed 0 and select by validation
+            MSE; `None` means: sweep unless `quick`. Defaults to `None`.
+        tolerance: slack of the selection rule (`select`). Defaults to
+            `0.25`.
+        log: progress printer. Defaults to `print`.
+        on_progress: optional function called with the partial report
+            after every trained model. Defaults to `None`.
+        first_seed: seeds are `first_seed, ..., first_seed + seeds - 1`
+            (to extend an earlier run). Defaults to `0`.
+        value: fixes the hyperparameter of every method (no sweep).
+            Defaults to `None`.
+        standardize: standardize the correction network's inputs
+            (algebraic tasks only). Defaults to `False`.
+    """
+    if system not in SYSTEMS:
+        raise ValueError(f"`system` must be one of {list(SYSTEMS)}. Received: system={system!r}")
+    methods_lib.check_methods(methods)
+    if seeds < 1:
+        raise ValueError(f"`seeds` must be >= 1. Received: seeds={seeds}")
+    task = SYSTEMS[system]()
+    cfg = task.config(quick)
+    if epochs is not None:
+        cfg["epochs"] = int(epochs)
+    if standardize:
+        if "standardize" not in cfg:
+            raise ValueError(
+                f"`standardize` is available on the algebraic tasks {sorted(ALGEBRAIC_SYSTEMS)} only. "
+                f"Received: system={system!r}, standardize={standardize!r}"
+            )
+        cfg["standardize"] = True
+    sweep = (not quick) if sweep is None else sweep
+    datasets = {}
+
+    def data_for(seed):
+        if seed not in datasets:
+            datasets[seed] = task.data(seed, cfg)
+        return datasets[seed]
+
+    value_fixed = value
+    results, sweep_rows, selection, model = [], [], {}, None
+    report = {
+        "system": system,
+        "quick": bool(quick),
+        "config": cfg,
+        "tolerance": tolerance,
+        "selection": selection,
+        "sweep": sweep_rows,
+        "results": results,
+    }
+
+    def progress():
+        if on_progress is not None:
+            on_progress(report)
+
+    for method in methods:
+        hyper, default = methods_lib.METHODS[method]
+        reuse = None
+        if method == "sam-auto":
+            # Chosen per seed by `radius_path` from that seed's data.
+            hyper, value = None, None
+            selection[method] = "radius_path per seed"
+        elif hyper is not None and value_fixed is not None:
+            value = value_fixed
+        elif hyper is not None and sweep and len(task.sweeps.get(method, [default])) == 1:
+            value = task.sweeps.get(method, [default])[0]
+        elif hyper is not None and sweep:
+            rows = []
+            for value in task.sweeps[method]:
+                result, model = run_one(task, cfg, data_for(0), method, value, 0)
+                log(f"  sweep {method} {hyper}={value:g}: val_mse={result['val_mse']:.3e} "
+                    f"param_rel_error={result['param_rel_error']:.4f} ({result['seconds']:.0f} s)")
+                rows.append({"method": method, "value": value, **{k: result[k] for k in (
+                    "val_mse", "test_mse", "param_error", "param_rel_error", "param_mse", "net_share", "constants")}})
+                rows[-1]["_result"] = result
+                sweep_rows.append(rows[-1])
+                progress()
+            chosen = methods_lib.select(rows, tolerance)
+            argmin = methods_lib.select(rows, 0.0)
+            for row in rows:
+                result = row.pop("_result")
+                row["selected"] = row["value"] == chosen
+                row["argmin"] = row["value"] == argmin
+                if row["selected"]:
+                    reuse = result
+            value = chosen
+        elif hyper is not None:
+            value = getattr(task, "defaults", {}).get(method, default)
+        else:
+            value = None
+        if hyper is not None:
+            selection[method] = {hyper: value}
+        for seed in range(first_seed, first_seed + seeds):
+            if seed == 0 and reuse is not None:
+                result = reuse
+            else:
+                result, model = run_one(task, cfg, data_for(seed), method, value, seed)
+            log(f"  {method} seed={seed}: param_error={result['param_error']:.4g} "
+                f"rel={result['param_rel_error']:.4f} test_mse={result['test_mse']:.3e} "
+                f"net_share={result['net_share']:.3f} ({result['seconds']:.0f} s)")
+            results.append(result)
+            progress()
+    return report, model

@@ -1,0 +1,385 @@
+"""The ODE systems of the experiments: data, hybrid models, metrics.
+
+Each task class gives `config(quick)`, `data(seed, cfg)`,
+`build(cfg, training, seed, times) -> (model, ode_layer)` and
+`evaluate(model, ode_layer, data) -> dict` (constants, errors, net share).
+"""
+
+import keras
+import numpy as np
+
+from keras_hybrid.constants import PhysicalConstant
+from keras_hybrid.experiments import methods as methods_lib
+from keras_hybrid.layers import ODELayer, physical_constants
+from keras_hybrid.models import HybridModel
+from keras_hybrid.systems import duffing, forced_pendulum, pendulum, reaction_diffusion
+
+TEST_SEED = 10_000
+VAL_SEED_OFFSET = 1_000
+
+
+def _mlp(n_in, n_out, hidden, seed, regularizer, name="correction"):
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential(
+        [
+            keras.Input((n_in,)),
+            keras.layers.Dense(hidden, "tanh", kernel_initializer=init(seed), kernel_regularizer=regularizer),
+            keras.layers.Dense(hidden, "tanh", kernel_initializer=init(seed + 1), kernel_regularizer=regularizer),
+            keras.layers.Dense(n_out, kernel_initializer=init(seed + 2), kernel_regularizer=regularizer),
+        ],
+        name=name,
+    )
+
+
+def _finish(ode_layer, trajectory, training, inputs, context=None, name="hybrid"):
+    if training.penalty:
+        trajectory = methods_lib.CorrectionPenalty(ode_layer, training.penalty, name="minnorm")(
+            trajectory, context=context
+        )
+    return HybridModel(inputs, trajectory, sam=training.sam, name=name)
+
+
+def _errors(estimates, truths):
+    """Mean absolute error, relative error and squared error over the
+    constants (arrays allowed: per-episode values are averaged too)."""
+    diff = {k: np.asarray(estimates[k], "float64") - truths[k] for k in truths}
+    abs_err = [np.mean(np.abs(d)) for d in diff.values()]
+    rel_err = [np.mean(np.abs(diff[k]) / np.abs(truths[k])) for k in truths]
+    sq_err = [np.mean(np.square(d)) for d in diff.values()]
+    return float(np.mean(abs_err)), float(np.mean(rel_err)), float(np.mean(sq_err))
+
+
+class GlobalConstantTask:
+    """A system whose unknown constants are global `PhysicalConstant`s."""
+
+    name = ""
+    sweeps = {}
+    # Values used without a sweep (`--quick`): those the full run's
+    # validation protocol selected (benchmarks/RESULTS.md).
+    defaults = {}
+
+    def data(self, seed, cfg):
+        raise NotImplementedError
+
+    def build(self, cfg, training, seed):
+        raise NotImplementedError
+
+    def physical_values(self, model):
+        return physical_constants(model)
+
+    def evaluate(self, model, ode_layer, data):
+        estimates = self.physical_values(model)
+        truths = self.true_constants
+        param_error, param_rel_error, param_mse = _errors(estimates, truths)
+        x, y = data["test"]
+        share = methods_lib.net_share(ode_layer, data["times"], y)
+        return {
+            "constants": {k: float(v) for k, v in estimates.items()},
+            "true_constants": dict(truths),
+            "param_error": param_error,
+            "param_rel_error": param_rel_error,
+            "param_mse": param_mse,
+            "net_share": share,
+        }
+
+
+class PendulumTask(GlobalConstantTask):
+    """Damped pendulum, one global `w0` (the demo's setting)."""
+
+    name = "pendulum"
+    true_constants = {"w0": pendulum.TRUE_CONSTANTS["w0"]}
+    sweeps = {
+        "l2": [1e-5, 1e-4, 1e-3],
+        "minnorm": [0.01, 0.1, 1.0],
+        "sam": [0.05, 0.3],
+        "sam-neural": [0.03, 0.1, 0.3, 1.0],
+        "asam": [0.1, 0.5],
+    }
+    defaults = {"l2": 1e-3, "minnorm": 0.01, "sam": 0.3, "sam-neural": 0.3, "asam": 0.1}
+
+    def config(self, quick):
+        if quick:
+            return dict(n_train=100, n_val=50, n_test=50, epochs=150, batch_size=50, lr=1e-2)
+        return dict(n_train=200, n_val=50, n_test=50, epochs=600, batch_size=50, lr=3e-3)
+
+    def data(self, seed, cfg):
+        times, x, y = pendulum.simulate(cfg["n_train"], seed=seed)
+        _, xv, yv = pendulum.simulate(cfg["n_val"], seed=seed + VAL_SEED_OFFSET)
+        _, xt, yt = pendulum.simulate(cfg["n_test"], seed=TEST_SEED)
+        return {"times": times, "train": (x, y), "val": (xv, yv), "test": (xt, yt)}
+
+    def build(self, cfg, training, seed, times):
+        ode_layer = ODELayer(
+            pendulum.frictionless_pendulum,
+            [PhysicalConstant("w0", 0.5, unit="rad/s", constraint="positive")],
+            times=times,
+            correction=_mlp(2, 2, 64, seed, training.kernel_regularizer),
+            name="pendulum",
+        )
+        y0 = keras.Input((2,), name="y0")
+        return _finish(ode_layer, ode_layer(y0), training, y0, name="pendulum_hybrid"), ode_layer
+
+
+class DuffingTask(GlobalConstantTask):
+    """Forced Duffing oscillator; physics: linear damped oscillator."""
+
+    name = "duffing"
+    true_constants = {"alpha": duffing.TRUE_CONSTANTS["alpha"], "delta": duffing.TRUE_CONSTANTS["delta"]}
+    sweeps = {
+        "l2": [1e-4, 1e-3],
+        "minnorm": [0.1, 1.0],
+        "sam": [0.05, 0.3],
+        "sam-neural": [0.1, 0.3, 1.0],
+        "asam": [0.1, 0.5],
+    }
+    defaults = {"l2": 1e-4, "minnorm": 0.1, "sam": 0.05, "sam-neural": 0.1, "asam": 0.1}
+
+    def config(self, quick):
+        if quick:
+            return dict(n_train=100, n_val=50, n_test=50, epochs=120, batch_size=50, lr=5e-3)
+        return dict(n_train=200, n_val=50, n_test=50, epochs=300, batch_size=50, lr=3e-3)
+
+    def data(self, seed, cfg):
+        times, y = duffing.simulate(cfg["n_train"], seed=seed)
+        _, yv = duffing.simulate(cfg["n_val"], seed=seed + VAL_SEED_OFFSET)
+        _, yt = duffing.simulate(cfg["n_test"], seed=TEST_SEED)
+        return {"times": times, "train": (y[:, 0], y), "val": (yv[:, 0], yv), "test": (yt[:, 0], yt)}
+
+    def build(self, cfg, training, seed, times):
+        ode_layer = ODELayer(
+            duffing.linear_damped_oscillator,
+            [
+                PhysicalConstant("alpha", 0.5, unit="1/s^2", constraint="positive"),
+                PhysicalConstant("delta", 0.5, unit="1/s", constraint="positive"),
+            ],
+            times=times,
+            correction=_mlp(3, 2, 64, seed, training.kernel_regularizer),
+            correction_inputs="state_and_time",
+            name="duffing",
+        )
+        y0 = keras.Input((2,), name="y0")
+        return _finish(ode_layer, ode_layer(y0), training, y0, name="duffing_hybrid"), ode_layer
+
+
+class ReactionDiffusionTask(GlobalConstantTask):
+    """FitzHugh-Nagumo; physics: diffusion with unknown `a`, `b`."""
+
+    name = "reaction_diffusion"
+    true_constants = {"a": reaction_diffusion.TRUE_CONSTANTS["a"], "b": reaction_diffusion.TRUE_CONSTANTS["b"]}
+    # A one-value list fixes the hyperparameter (no sweep): this system is
+    # the most expensive, so only neural-only SAM is swept.
+    sweeps = {
+        "l2": [1e-3],
+        "minnorm": [0.1],
+        "sam": [0.05],
+        "sam-neural": [0.3, 1.0],
+        "asam": [0.5],
+    }
+    defaults = {"l2": 1e-3, "minnorm": 0.1, "sam": 0.05, "sam-neural": 0.3, "asam": 0.5}
+
+    def config(self, quick):
+        if quick:
+            return dict(n_train=8, n_val=4, n_test=4, n_steps=6, epochs=40, batch_size=8, lr=1e-2, jit=False)
+        return dict(n_train=8, n_val=4, n_test=4, n_steps=10, epochs=100, batch_size=8, lr=1e-2, jit=False)
+
+    def data(self, seed, cfg):
+        steps = cfg["n_steps"]
+        times, y = reaction_diffusion.simulate(cfg["n_train"], n_steps=steps, seed=seed)
+        _, yv = reaction_diffusion.simulate(cfg["n_val"], n_steps=steps, seed=seed + VAL_SEED_OFFSET)
+        _, yt = reaction_diffusion.simulate(cfg["n_test"], n_steps=steps, seed=TEST_SEED)
+        return {"times": times, "train": (y[:, 0], y), "val": (yv[:, 0], yv), "test": (yt[:, 0], yt)}
+
+    def build(self, cfg, training, seed, times):
+        init = keras.initializers.GlorotUniform
+        reg = training.kernel_regularizer
+        n = reaction_diffusion.GRID
+        cnn = keras.Sequential(
+            [
+                keras.Input((n * n * 2,)),
+                keras.layers.Reshape((n, n, 2)),
+                keras.layers.Conv2D(16, 3, padding="same", activation="tanh",
+                                    kernel_initializer=init(seed), kernel_regularizer=reg),
+                keras.layers.Conv2D(16, 1, activation="tanh", kernel_initializer=init(seed + 1),
+                                    kernel_regularizer=reg),
+                keras.layers.Conv2D(2, 1, kernel_initializer=init(seed + 2), kernel_regularizer=reg),
+                keras.layers.Reshape((n * n * 2,)),
+            ],
+            name="correction",
+        )
+        unit = "1e-2 L^2/T"
+        ode_layer = ODELayer(
+            reaction_diffusion.fhn_diffusion,
+            [
+                PhysicalConstant("a", 0.3, unit=unit, constraint="positive"),
+                PhysicalConstant("b", 0.3, unit=unit, constraint="positive"),
+            ],
+            times=times,
+            correction=cnn,
+            name="fhn",
+        )
+        y0 = keras.Input((n * n * 2,), name="y0")
+        return _finish(ode_layer, ode_layer(y0), training, y0, name="fhn_hybrid"), ode_layer
+
+    def physical_values(self, model):
+        scale = reaction_diffusion.SCALE
+        return {k: v * scale for k, v in physical_constants(model).items()}
+
+
+class EpisodeConstantTask:
+    """A system whose `w0` differs per episode and is inferred by an
+    encoder from the observed episode (`model._encoder_outputs` gives
+    `(w0, context)`; `context` is `None` without one)."""
+
+    encoder_layers = ()
+
+    def evaluate(self, model, ode_layer, data):
+        x, y = data["test"]
+        outputs = model._encoder_outputs.predict(x, verbose=0)
+        w0, context = (outputs, None) if isinstance(outputs, np.ndarray) else outputs
+        true_w0 = data["test_constants"]["w0"]
+        param_error, param_rel_error, param_mse = _errors({"w0": w0}, {"w0": true_w0})
+        share = methods_lib.net_share(
+            ode_layer, data["times"], y, constants={"w0": w0.astype("float32")}, context=context
+        )
+        return {
+            "constants": {"w0_mean": float(np.mean(w0)), "w0_corr": float(np.corrcoef(w0, true_w0)[0, 1])},
+            "true_constants": {"w0_mean": float(np.mean(true_w0))},
+            "param_error": param_error,
+            "param_rel_error": param_rel_error,
+            "param_mse": param_mse,
+            "net_share": share,
+        }
+
+    @staticmethod
+    def _sequence_encoder(sequence, seed, width):
+        init = keras.initializers.GlorotUniform
+        flat = keras.layers.Flatten()(sequence)
+        hidden = keras.layers.Dense(width, "relu", kernel_initializer=init(seed + 10), name="encoder_1")(flat)
+        hidden = keras.layers.Dense(width, "relu", kernel_initializer=init(seed + 11), name="encoder_2")(hidden)
+        return flat, hidden
+
+
+class PendulumEpisodesTask(EpisodeConstantTask):
+    """Damped pendulum episodes with per-episode `w0` (from an encoder) and
+    a shared damping that a global network supplies."""
+
+    name = "pendulum_episodes"
+    encoder_layers = ("encoder_1", "encoder_2", "encoder_out")
+    sweeps = {
+        "l2": [1e-4, 1e-3],
+        "minnorm": [0.01, 0.1],
+        "sam": [0.05, 0.3],
+        "sam-neural": [0.1, 0.3],
+        "asam": [0.1, 0.5],
+        "sam-correction": [0.1, 0.3, 1.0],
+    }
+    # The full run's selections (benchmarks/RESULTS.md), used by --quick.
+    defaults = {"l2": 1e-4, "minnorm": 0.01, "sam": 0.05, "sam-neural": 0.1, "asam": 0.5, "sam-correction": 0.3}
+
+    def config(self, quick):
+        if quick:
+            return dict(n_train=100, n_val=50, n_test=100, epochs=300, batch_size=50, lr=3e-3)
+        return dict(n_train=200, n_val=50, n_test=100, epochs=600, batch_size=50, lr=3e-3)
+
+    def data(self, seed, cfg):
+        times, y, _ = pendulum.simulate_episodes(cfg["n_train"], seed=seed)
+        _, yv, _ = pendulum.simulate_episodes(cfg["n_val"], seed=seed + VAL_SEED_OFFSET)
+        _, yt, wt = pendulum.simulate_episodes(cfg["n_test"], seed=TEST_SEED)
+        return {"times": times, "train": (y, y), "val": (yv, yv), "test": (yt, yt),
+                "test_constants": {"w0": wt}}
+
+    def build(self, cfg, training, seed, times):
+        init = keras.initializers.GlorotUniform
+        sequence = keras.Input((len(times), 2), name="observed")
+        _, hidden = self._sequence_encoder(sequence, seed, 64)
+        head = keras.layers.Dense(1, kernel_initializer=init(seed + 12), name="encoder_out")(hidden)
+        # Starts near 1.3 rad/s, mid-range.
+        w0 = keras.layers.Activation("softplus", name="w0")(head[:, 0] + 1.0)
+        ode_layer = ODELayer(
+            pendulum.frictionless_pendulum,
+            [PhysicalConstant("w0", 1.3, unit="rad/s", constraint="positive", trainable=False)],
+            times=times,
+            correction=_mlp(2, 2, 32, seed, training.kernel_regularizer),
+            name="pendulum",
+        )
+        trajectory = ode_layer(sequence[:, 0, :], constants={"w0": w0})
+        model = _finish(ode_layer, trajectory, training, sequence, name="pendulum_episodes_hybrid")
+        model._encoder_outputs = keras.Model(sequence, w0, name="encoder")
+        return model, ode_layer
+
+
+class ForcedPendulumTask(EpisodeConstantTask):
+    """Forced damped pendulum: per-episode `w0` and a latent context
+    inferred by an encoder from the observed episode."""
+
+    name = "forced_pendulum"
+    encoder_layers = ("encoder_1", "encoder_2", "encoder_out", "encoder_amplitudes")
+    latent = 4
+    n_frequencies = 48
+    amplitude_scale = 30.0
+    # minnorm's lambda is small because the forcing the network must supply
+    # reaches a few hundred rad/s^2 (||f_net||^2 ~ 1e4).
+    sweeps = {
+        "l2": [1e-4, 1e-3],
+        "minnorm": [1e-6, 1e-5],
+        "sam": [0.05, 0.3],
+        "sam-neural": [0.03, 0.1, 0.3],
+        "asam": [0.1, 0.5],
+        "sam-correction": [0.1, 0.3, 1.0],
+    }
+    # The full run's selections (benchmarks/RESULTS.md), used by --quick.
+    defaults = {"l2": 1e-3, "minnorm": 1e-5, "sam": 0.05, "sam-neural": 0.03, "asam": 0.1, "sam-correction": 0.1}
+
+    def config(self, quick):
+        if quick:
+            return dict(n_train=100, n_val=50, n_test=50, epochs=40, batch_size=50, lr=3e-3, clipnorm=10.0)
+        # Without clipping, plain training diverged now and then (loss
+        # spikes of 50x) and lost the w0 estimate it had reached.
+        return dict(n_train=400, n_val=100, n_test=100, epochs=200, batch_size=50, lr=3e-3, clipnorm=10.0)
+
+    def data(self, seed, cfg):
+        times, y, _ = forced_pendulum.simulate(cfg["n_train"], seed=seed)
+        _, yv, cv = forced_pendulum.simulate(cfg["n_val"], seed=seed + VAL_SEED_OFFSET)
+        _, yt, ct = forced_pendulum.simulate(cfg["n_test"], seed=TEST_SEED)
+        return {
+            "times": times,
+            "train": (y, y),
+            "val": (yv, yv),
+            "test": (yt, yt),
+            "test_constants": ct,
+        }
+
+    def build(self, cfg, training, seed, times):
+        init = keras.initializers.GlorotUniform
+        n_times = len(times)
+        k = self.n_frequencies
+        sequence = keras.Input((n_times, 2), name="observed")
+        flat, hidden = self._sequence_encoder(sequence, seed, 128)
+        head = keras.layers.Dense(1 + self.latent, kernel_initializer=init(seed + 12), name="encoder_out")(hidden)
+        # w0 > 0 through softplus; starts near 1.5 rad/s (mid-range).
+        w0 = keras.layers.Activation("softplus", name="w0")(head[:, 0] + 1.3)
+        # Forcing amplitudes: a linear read-out of the observed sequence
+        # (plus the hidden features), scaled so that Adam's step size
+        # reaches forcing of a few hundred rad/s^2 within the budget.
+        amplitudes = keras.layers.Dense(2 * k, kernel_initializer="zeros", name="encoder_amplitudes")(
+            keras.layers.Concatenate()([flat, hidden])
+        )
+        amplitudes = keras.layers.Rescaling(self.amplitude_scale, name="amplitudes")(amplitudes)
+        context = keras.layers.Concatenate(name="context")([amplitudes, head[:, 1:]])
+        ode_layer = ODELayer(
+            pendulum.frictionless_pendulum,
+            # Per-episode values replace it at call time; kept for units.
+            [PhysicalConstant("w0", 1.5, unit="rad/s", constraint="positive", trainable=False)],
+            times=times,
+            substeps=2,
+            correction=forced_pendulum.ForcingBankCorrection(
+                2, n_frequencies=k, seed=seed, kernel_regularizer=training.kernel_regularizer, name="correction"
+            ),
+            correction_inputs="state_and_time",
+            context_size=2 * k + self.latent,
+            name="forced_pendulum",
+        )
+        trajectory = ode_layer(sequence[:, 0, :], constants={"w0": w0}, context=context)
+        model = _finish(ode_layer, trajectory, training, sequence, context=context, name="forced_pendulum_hybrid")
+        model._encoder_outputs = keras.Model(sequence, [w0, context], name="encoder")
+        return model, ode_layer
