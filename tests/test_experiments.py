@@ -7,15 +7,15 @@ import keras
 import numpy as np
 import pytest
 
-from keras_hybrid import _experiment_methods as methods_lib
 from keras_hybrid import experiments
+from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.constants import PhysicalConstant
 from keras_hybrid.layers import ODELayer
 from keras_hybrid.systems.pendulum import frictionless_pendulum
 
 RESULT_KEYS = {
     "method", "seed", "param_error", "param_rel_error", "test_mse", "net_share",
-    "constants", "true_constants", "seconds",
+    "constants", "true_constants", "seconds", "param_mse", "val_mse",
 }
 
 
@@ -33,6 +33,7 @@ def test_cli_writes_the_json_contract(tmp_path, capsys):
         w0 = r["constants"]["w0"]
         np.testing.assert_allclose(r["param_error"], abs(w0 - 1.0), rtol=1e-6)
         np.testing.assert_allclose(r["param_rel_error"], abs(w0 - 1.0), rtol=1e-6)
+        np.testing.assert_allclose(r["param_mse"], (w0 - 1.0) ** 2, rtol=1e-5)
         assert 0.0 < r["net_share"] < 1.0 and r["test_mse"] > 0 and r["seconds"] > 0
     # After one epoch from w0 = 0.5 the estimate has barely moved.
     assert all(abs(r["constants"]["w0"] - 0.5) < 0.1 for r in report["results"])
@@ -47,7 +48,11 @@ def test_cli_rejects_unknown_method(tmp_path):
 
 
 def test_training_settings_per_method():
-    assert methods_lib.training_for("erm", None) == (None, None, 0.0)
+    assert methods_lib.training_for("erm", None) == (None, None, 0.0, False)
+    assert methods_lib.training_for("physics", None).physics_only
+    asam_neural = methods_lib.training_for("asam-neural", 0.5).sam
+    assert (asam_neural.perturb, asam_neural.adaptive, asam_neural.adaptive_scope) == ("neural", True, "kernels")
+    assert methods_lib.training_for("sam-relative", 0.03).sam.relative
     sam = methods_lib.training_for("sam-neural", 0.3).sam
     assert (sam.rho, sam.perturb, sam.adaptive) == (0.3, "neural", False)
     asam = methods_lib.training_for("asam", 0.5).sam
@@ -159,3 +164,80 @@ def test_forced_pendulum_cli_smoke(tmp_path):
     assert np.isfinite(row["param_error"]) and row["param_error"] > 0
     # (net_share may exceed 1 when physics and network cancel.)
     assert np.isfinite(row["test_mse"]) and row["net_share"] > 0.0
+
+
+# -- algebraic tasks, sam-auto, architectures ---------------------------------
+
+from keras_hybrid.experiments import algebraic as algebraic_tasks  # noqa: E402
+from keras_hybrid.experiments import runner  # noqa: E402
+
+
+def test_algebraic_cli_reports_constants_error_and_mse(tmp_path):
+    out = tmp_path / "mm.json"
+    experiments.main(["michaelis_menten", "--methods", "physics,minnorm", "--seeds", "1", "--quick",
+                      "--epochs", "100", "--json", str(out)])
+    report = json.loads(out.read_text())
+    physics, minnorm = report["results"]
+    assert physics["true_constants"] == {"Vmax": 1.0, "Km": 0.3}
+    for row in (physics, minnorm):
+        est = row["constants"]
+        expected = np.mean([(est["Vmax"] - 1.0) ** 2, (est["Km"] - 0.3) ** 2])
+        np.testing.assert_allclose(row["param_mse"], expected, rtol=1e-5)
+    assert physics["net_share"] == 0.0 and minnorm["net_share"] > 0.0
+    with pytest.raises(ValueError, match="standardize"):
+        experiments.run_experiment("pendulum", ["erm"], 1, quick=True, standardize=True)
+
+
+def test_standardized_correction_is_saved_and_restored(tmp_path):
+    task = algebraic_tasks.ArrheniusTask()
+    cfg = dict(task.config(True), standardize=True)
+    data = task.data(0, cfg)
+    model, _ = task.build_from_data(cfg, methods_lib.training_for("erm", None), 0, data)
+    norm = model.get_layer("correction").get_layer("standardize")
+    x = data["train"][0]
+    # Adapted to the raw temperatures (270-630 K): zero mean, unit variance.
+    np.testing.assert_allclose(np.ravel(norm.mean), [x.mean()], rtol=1e-5)
+    np.testing.assert_allclose(np.ravel(norm.variance), [x.var()], rtol=1e-4)
+    standardized = norm(x)
+    np.testing.assert_allclose([np.mean(standardized), np.std(standardized)], [0.0, 1.0], atol=1e-4)
+    path = tmp_path / "arrhenius.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.ravel(restored.get_layer("correction").get_layer("standardize").mean), [x.mean()], rtol=1e-5)
+
+
+def test_sam_auto_is_at_least_as_good_as_plain_training():
+    # First-order kinetics, 200 full-batch steps, seed 0, radii (0, 0.01)
+    # and the physics part alone (three fits). The radius-0 row of the path
+    # is plain training with the same data, seed and steps; sam-auto may
+    # choose it, so the margin is an absolute 0.02 on the relative error.
+    task = algebraic_tasks.FirstOrderKineticsTask()
+    task.auto_rhos = (0.0, 0.01)
+    cfg = task.config(True)
+    data = task.data(0, cfg)
+    result, _ = runner.run_one(task, cfg, data, "sam-auto", None, 0, epochs=200)
+    path = result["radius_path"]
+    plain = next(r for r in path["rows"] if r["rho"] == 0.0)["constants"]
+    _, plain_rel, _ = experiments.tasks._errors(plain, task.true_constants)
+    assert result["hyperparameter"]["rho"] == path["chosen"] in (0.0, 0.01)
+    assert result["param_rel_error"] <= plain_rel + 0.02, (result["param_rel_error"], plain_rel)
+    # Never worse on validation than the physics part alone.
+    assert result["val_mse"] <= path["physics_only"]["val_loss"] * 1.0001
+
+
+@pytest.mark.parametrize("architecture", ["output", "nonadditive"])
+def test_pendulum_architectures_cli(tmp_path, architecture):
+    out = tmp_path / f"{architecture}.json"
+    experiments.main(["pendulum", "--architecture", architecture, "--methods", "erm,minnorm", "--seeds", "1",
+                      "--quick", "--epochs", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["config"]["architecture"] == architecture
+    methods = [r["method"] for r in report["results"]]
+    if architecture == "nonadditive":
+        assert methods == ["erm"] and report["not_applicable"] == ["minnorm"]
+        assert "| minnorm | n/a |" in experiments.markdown_tables(report)
+    else:
+        assert methods == ["erm", "minnorm"] and report["not_applicable"] == []
+    assert 0.0 < report["results"][0]["net_share"] < 1.0

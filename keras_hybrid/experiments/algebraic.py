@@ -77,7 +77,7 @@ class AlgebraicTask(GlobalConstantTask):
         # No XLA: on a dozen points the graph runs faster without it.
         epochs = 400 if quick else 1000
         return dict(n_train=n, n_val=n, n_test=N_TEST, epochs=epochs, repeat=100, batch_size=n, lr=1e-2,
-                    hidden=32, standardize=False, jit=False)
+                    hidden=32, standardize=False, jit=False, steps_per_execution=100)
 
     def data(self, seed, cfg):
         x, y = algebraic.simulate(self.name, seed=seed)

@@ -9,6 +9,7 @@ import time
 from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.experiments.report import format_sweep, format_table
 from keras_hybrid.experiments.runner import SYSTEMS, run_experiment
+from keras_hybrid.experiments.tasks import ARCHITECTURES
 
 
 def main(argv=None):
@@ -32,6 +33,8 @@ def main(argv=None):
                         help="fix the hyperparameter (rho or lambda) of the methods; no sweep")
     parser.add_argument("--standardize", action="store_true",
                         help="standardize the correction network's inputs (algebraic tasks)")
+    parser.add_argument("--architecture", default=None, choices=list(ARCHITECTURES),
+                        help="pendulum: where the network enters (default vector_field)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: default)")
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--export", default=None, help="SavedModel directory for the last model")
@@ -63,7 +66,7 @@ def main(argv=None):
         args.system, methods, args.seeds, quick=args.quick, epochs=args.epochs,
         sweep=args.sweep, tolerance=args.tolerance, log=lambda s: print(s, flush=True),
         on_progress=lambda report: write(report, False), first_seed=args.first_seed, value=args.value,
-        standardize=args.standardize,
+        standardize=args.standardize, architecture=args.architecture,
     )
     report["wall_seconds"] = time.perf_counter() - start
     report["command"] = "python -m keras_hybrid.experiments " + " ".join(

@@ -37,6 +37,8 @@ def format_table(report):
             f"{stats['net_share'][0]:>7.3f}±{stats['net_share'][1]:<7.3f} "
             f"{stats['seconds'][0]:>8.1f}"
         )
+    for method in report.get("not_applicable", []):
+        lines.append(f"{method:<13} n/a (not defined for this architecture)")
     return "\n".join(lines)
 
 
@@ -77,4 +79,57 @@ def markdown_tables(report):
             f"{s['test_mse'][0]:.3e} ± {s['test_mse'][1]:.1e} | "
             f"{s['net_share'][0]:.3f} ± {s['net_share'][1]:.3f} | {s['seconds'][0]:.0f} |"
         )
+    for method in report.get("not_applicable", []):
+        out.append(f"| {method} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | - |")
     return "\n".join(out)
+
+
+def cross_task_table(reports, metric="param_rel_error", methods=None):
+    """Markdown table, one row per report (task), one column per method:
+    mean ± std over seeds of `metric`; the best mean of a row in bold,
+    and `=` marking methods within one standard deviation of it."""
+    methods = methods or list(dict.fromkeys(r["method"] for rep in reports for r in rep["results"]))
+    out = ["| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for rep in reports:
+        stats = {m: s[metric] for m, _, s in _method_summaries(rep)}
+        label = rep["system"] + (f" ({rep['config']['architecture']})" if rep["config"].get("architecture") else "")
+        finite = {m: v for m, v in stats.items() if np.isfinite(v[0])}
+        best = min(finite, key=lambda m: finite[m][0]) if finite else None
+        cells = []
+        for m in methods:
+            if m in rep.get("not_applicable", []):
+                cells.append("n/a")
+            elif m not in stats:
+                cells.append("-")
+            else:
+                mean, std = stats[m]
+                text = f"{mean:.3g} ± {std:.2g}"
+                if m == best:
+                    text = f"**{text}**"
+                elif best is not None and mean - std <= finite[best][0] + finite[best][1]:
+                    text += " ="
+                cells.append(text)
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    """`python -m keras_hybrid.experiments.report [--metric M] REPORT.json ...`"""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Cross-task table of experiments reports.")
+    parser.add_argument("--metric", default="param_rel_error", choices=METRICS)
+    parser.add_argument("--methods", default=None, help="comma-separated column order")
+    parser.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    reports = []
+    for name in args.files:
+        with open(name) as f:
+            reports.append(json.load(f))
+    methods = args.methods.split(",") if args.methods else None
+    print(cross_task_table(reports, args.metric, methods))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ import numpy as np
 from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.experiments.algebraic import ALGEBRAIC_SYSTEMS
 from keras_hybrid.experiments.tasks import (
+    ARCHITECTURES,
     DuffingTask,
     ForcedPendulumTask,
     PendulumEpisodesTask,
@@ -38,7 +39,8 @@ def _build(task, cfg, training, seed, data):
 
 def _compile(model, cfg):
     optimizer = keras.optimizers.Adam(cfg["lr"], global_clipnorm=cfg.get("clipnorm"))
-    model.compile(optimizer=optimizer, loss="mse", jit_compile=cfg.get("jit", True))
+    model.compile(optimizer=optimizer, loss="mse", jit_compile=cfg.get("jit", True),
+                  steps_per_execution=cfg.get("steps_per_execution", 1))
     return model
 
 
@@ -84,13 +86,14 @@ def run_one(task, cfg, data, method, value, seed, epochs=None):
 
 def run_auto(task, cfg, data, seed, epochs=None):
     """`sam-auto`: neural-only SAM whose radius `keras_hybrid.radius_path`
-    chooses from this seed's training and validation data only."""
+    chooses from this seed's training and validation data only (the
+    library's rule: the largest radius within `1 + tolerance` of the best
+    validation loss and not worse than the physics part alone)."""
     from keras_hybrid.radius import radius_path
 
     parts = {}
 
     def build_model(sam):
-        keras.utils.set_random_seed(seed)
         training = methods_lib.Training(sam, None, 0.0)
         model, part = _build(task, cfg, training, seed, data)
         parts[id(model)] = part
@@ -100,29 +103,18 @@ def run_auto(task, cfg, data, seed, epochs=None):
     start = time.perf_counter()
     path = radius_path(
         build_model, x, y, rhos=getattr(task, "auto_rhos", None), validation_data=data["val"],
-        epochs=n_epochs, tolerance=getattr(task, "auto_tolerance", 0.25),
-        batch_size=cfg["batch_size"], shuffle=shuffle, verbose=0,
+        epochs=n_epochs, seeds=[seed], tolerance=getattr(task, "auto_tolerance", 0.25),
+        physics_only=getattr(task, "additive", True), batch_size=cfg["batch_size"], shuffle=shuffle,
     )
     seconds = time.perf_counter() - start
     model = path.best_model
     result = _finish_result(task, cfg, data, "sam-auto", float(path.chosen), seed, model, parts[id(model)], seconds)
-    result["radius_path"] = [
-        {k: (float(v) if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) else v)
-         for k, v in row.items() if not hasattr(v, "fit")}
-        for row in _rows(path)
-    ]
+    result["radius_path"] = {k: v for k, v in path.to_dict().items() if k in ("rows", "physics_only", "chosen")}
     return result, model
 
 
-def _rows(path):
-    rows = []
-    for row in getattr(path, "rows", []):
-        rows.append(row if isinstance(row, dict) else getattr(row, "_asdict", lambda: vars(row))())
-    return rows
-
-
 def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None, tolerance=0.25, log=print,
-                   on_progress=None, first_seed=0, value=None, standardize=False):
+                   on_progress=None, first_seed=0, value=None, standardize=False, architecture=None):
     """Runs the comparison; returns `(report dict, last trained model)`.
 
     Args:
@@ -144,6 +136,10 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
             Defaults to `None`.
         standardize: standardize the correction network's inputs
             (algebraic tasks only). Defaults to `False`.
+        architecture: `pendulum` only: `"vector_field"` (the correction
+            inside the ODE), `"output"` (an additive correction of the
+            observed trajectory) or `"nonadditive"` (the trajectory times
+            `1 + net`). `None` is `"vector_field"`. Defaults to `None`.
     """
     if system not in SYSTEMS:
         raise ValueError(f"`system` must be one of {list(SYSTEMS)}. Received: system={system!r}")
@@ -161,6 +157,13 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
                 f"Received: system={system!r}, standardize={standardize!r}"
             )
         cfg["standardize"] = True
+    if architecture is not None:
+        if system != "pendulum" or architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"`architecture` must be one of {list(ARCHITECTURES)}, on the pendulum only. "
+                f"Received: system={system!r}, architecture={architecture!r}"
+            )
+        cfg["architecture"] = architecture
     sweep = (not quick) if sweep is None else sweep
     datasets = {}
 
@@ -179,6 +182,7 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
         "selection": selection,
         "sweep": sweep_rows,
         "results": results,
+        "not_applicable": [],
     }
 
     def progress():
@@ -188,6 +192,10 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
     for method in methods:
         hyper, default = methods_lib.METHODS[method]
         reuse = None
+        if not getattr(task, "applicable", lambda m, c: True)(method, cfg):
+            log(f"  {method}: n/a")
+            report["not_applicable"].append(method)
+            continue
         if method == "sam-auto":
             # Chosen per seed by `radius_path` from that seed's data.
             hyper, value = None, None

@@ -7,6 +7,7 @@ Each task class gives `config(quick)`, `data(seed, cfg)`,
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_hybrid.constants import PhysicalConstant
 from keras_hybrid.experiments import methods as methods_lib
@@ -108,16 +109,78 @@ class PendulumTask(GlobalConstantTask):
         _, xt, yt = pendulum.simulate(cfg["n_test"], seed=TEST_SEED)
         return {"times": times, "train": (x, y), "val": (xv, yv), "test": (xt, yt)}
 
+    def applicable(self, method, cfg):
+        """min-norm penalizes an additive correction only."""
+        return not (method == "minnorm" and cfg.get("architecture") == "nonadditive")
+
     def build(self, cfg, training, seed, times):
+        architecture = cfg.get("architecture", "vector_field")
+        if architecture == "vector_field":
+            ode_layer = ODELayer(
+                pendulum.frictionless_pendulum,
+                [PhysicalConstant("w0", 0.5, unit="rad/s", constraint="positive")],
+                times=times,
+                correction=_mlp(2, 2, 64, seed, training.kernel_regularizer),
+                name="pendulum",
+            )
+            y0 = keras.Input((2,), name="y0")
+            return _finish(ode_layer, ode_layer(y0), training, y0, name="pendulum_hybrid"), ode_layer
+        # Output-level architectures: the ODE is the physics alone; a network
+        # of (physics state, t) at each observed time corrects the
+        # trajectory, additively ("output") or by a factor ("nonadditive").
         ode_layer = ODELayer(
             pendulum.frictionless_pendulum,
             [PhysicalConstant("w0", 0.5, unit="rad/s", constraint="positive")],
             times=times,
-            correction=_mlp(2, 2, 64, seed, training.kernel_regularizer),
             name="pendulum",
         )
         y0 = keras.Input((2,), name="y0")
-        return _finish(ode_layer, ode_layer(y0), training, y0, name="pendulum_hybrid"), ode_layer
+        physics = ode_layer(y0)
+        features = AppendTime(times, name="append_time")(physics)
+        net = keras.layers.TimeDistributed(_mlp(3, 2, 64, seed, training.kernel_regularizer), name="net")(features)
+        if architecture == "output":
+            output = keras.layers.Add(name="observation")([physics, net])
+            if training.penalty:
+                output = methods_lib.OutputPenalty(training.penalty, name="minnorm")([output, net])
+        else:
+            factor = keras.layers.Rescaling(1.0, offset=1.0, name="one_plus_net")(net)
+            output = keras.layers.Multiply(name="observation")([physics, factor])
+        model = HybridModel(y0, output, sam=training.sam, name=f"pendulum_{architecture}_hybrid")
+        model._physics_output = keras.Model(y0, physics, name="physics_output")
+        return model, ode_layer
+
+    def evaluate(self, model, ode_layer, data):
+        result = super().evaluate(model, ode_layer, data)
+        if hasattr(model, "_physics_output"):
+            # Share of the observation that is not the physics trajectory.
+            x, _ = data["test"]
+            full = model.predict(x, verbose=0)
+            physics = model._physics_output.predict(x, verbose=0)
+            result["net_share"] = float(np.linalg.norm(full - physics) / max(np.linalg.norm(full), 1e-30))
+        return result
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_experiments")
+class AppendTime(keras.layers.Layer):
+    """`(batch, T, d)` -> `(batch, T, d + 1)`: appends each step's time."""
+
+    def __init__(self, times, **kwargs):
+        super().__init__(**kwargs)
+        self.times = [float(t) for t in np.asarray(times).ravel()]
+
+    def call(self, states):
+        t = ops.convert_to_tensor(np.asarray(self.times, "float32").reshape(1, -1, 1))
+        t = ops.broadcast_to(ops.cast(t, states.dtype), (ops.shape(states)[0], len(self.times), 1))
+        return ops.concatenate([states, t], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 1)
+
+    def get_config(self):
+        return {**super().get_config(), "times": self.times}
+
+
+ARCHITECTURES = ("vector_field", "output", "nonadditive")
 
 
 class DuffingTask(GlobalConstantTask):
