@@ -19,6 +19,7 @@ not run TensorFlow.
 
 import ctypes
 import errno
+import inspect
 import json
 import os
 import re
@@ -77,6 +78,14 @@ def _input_signature(model, input_signature):
     return specs
 
 
+def _traced_without_inputs(fn):
+    # An input-free endpoint as a traced tf.function: Keras 3.4 rejects
+    # `input_signature=[]` (an empty list reads as "no signature").
+    fn = tf.function(fn, input_signature=[], autograph=False)
+    fn.get_concrete_function()
+    return fn
+
+
 def _constant_records(model):
     records, taken = [], set()
     for key, variable, spec in _keyed_constant_variables(model):
@@ -92,7 +101,10 @@ def _constant_records(model):
 
 
 def _write_archive(archive, directory):
-    archive.write_out(directory, verbose=False)
+    if "verbose" in inspect.signature(archive.write_out).parameters:
+        archive.write_out(directory, verbose=False)
+    else:  # Keras 3.4 has no `verbose`
+        archive.write_out(directory)
 
 
 # -- Moving an export into place -------------------------------------------
@@ -280,8 +292,8 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
         return {r["signature_key"]: tf.constant(r["spec"].unit, tf.string) for r in records}
 
     archive.add_endpoint("serve", serve, input_signature=specs)
-    archive.add_endpoint("constants", constants, input_signature=[])
-    archive.add_endpoint("constant_units", units, input_signature=[])
+    archive.add_endpoint("constants", _traced_without_inputs(constants))
+    archive.add_endpoint("constant_units", _traced_without_inputs(units))
 
     metadata = {
         "format": "keras_hybrid SavedModel",
