@@ -346,7 +346,7 @@ class ScientificLayer(keras.layers.Layer):
 
     def _converted_raw(self, spec, raw, store):
         key = f"{spec.name}:physical"
-        if key in store:
+        if key in list(store.keys()):  # Keras 3.4-3.6 stores lack `__contains__`
             physical = np.asarray(store[key], "float64")
         elif spec.parameterization == "legacy":
             return raw
