@@ -5,6 +5,12 @@ instead of being absorbed by the network.
 
 __version__ = "0.1.0"
 
+# Before TensorFlow is imported; acts only under `python -m keras_hybrid.demo`
+# or `python -m keras_hybrid.experiments`, never on a plain import.
+from keras_hybrid._cli import quiet_command_line as _quiet_command_line
+
+_quiet_command_line()
+
 from keras_hybrid.callbacks import ConstantsHistory, NonFiniteGuard
 from keras_hybrid.constants import PhysicalConstant
 from keras_hybrid.diagnostics import (

@@ -8,16 +8,13 @@ optimizer and number of steps; only the training step differs.
 """
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
 
-import keras  # noqa: E402
-
-from keras_hybrid.diagnostics import constant_uncertainty  # noqa: E402
-from keras_hybrid.sam import SAM  # noqa: E402
-from keras_hybrid.systems import pendulum  # noqa: E402
+from keras_hybrid.diagnostics import constant_uncertainty
+from keras_hybrid.sam import SAM
+from keras_hybrid.systems import pendulum
 
 DEFAULT_SAM = SAM(rho=0.3, perturb="neural")
 

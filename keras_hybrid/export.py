@@ -17,11 +17,16 @@ constraints and descriptions, plus the signature names, for tools that do
 not run TensorFlow.
 """
 
+import ctypes
+import errno
+import inspect
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -73,6 +78,14 @@ def _input_signature(model, input_signature):
     return specs
 
 
+def _traced_without_inputs(fn):
+    # An input-free endpoint as a traced tf.function: Keras 3.4 rejects
+    # `input_signature=[]` (an empty list reads as "no signature").
+    fn = tf.function(fn, input_signature=[], autograph=False)
+    fn.get_concrete_function()
+    return fn
+
+
 def _constant_records(model):
     records, taken = [], set()
     for key, variable, spec in _keyed_constant_variables(model):
@@ -88,7 +101,99 @@ def _constant_records(model):
 
 
 def _write_archive(archive, directory):
-    archive.write_out(directory, verbose=False)
+    if "verbose" in inspect.signature(archive.write_out).parameters:
+        archive.write_out(directory, verbose=False)
+    else:  # Keras 3.4 has no `verbose`
+        archive.write_out(directory)
+
+
+# -- Moving an export into place -------------------------------------------
+#
+# Every file-system step goes through `_rename`, `_exchange` or
+# `_remove_tree`, so that tests can fail or snapshot each one.
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a, b):
+    """Swaps directories `a` and `b` in one atomic step (Linux
+    `renameat2(RENAME_EXCHANGE)`). Returns `False` where the system or the
+    file system cannot, raises `OSError` on any other failure."""
+    function = _renameat2()
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _rename(source, target):
+    os.rename(source, target)
+
+
+def _remove_tree(directory):
+    shutil.rmtree(directory)
+
+
+def _backup_path(path):
+    """Where the fallback scheme keeps the old export while it swaps."""
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.replaced")
+
+
+def _recover(path):
+    """Finishes a replacement that a killed process left half done.
+
+    Only the fallback scheme (no atomic exchange) has such a state: the old
+    export moved to `_backup_path(path)` and `path` missing. The old export
+    is put back. A backup next to an existing `path` is an old export
+    already replaced, and is deleted.
+    """
+    backup = _backup_path(path)
+    if not os.path.lexists(backup):
+        return
+    if os.path.lexists(path):
+        _remove_tree(backup)
+    else:
+        _rename(backup, path)
+
+
+def _move_into_place(new, path):
+    """Moves the complete export `new` to `path`, replacing what is there.
+
+    Returns the directory now holding the old export (to delete), or
+    `None`. On failure `path` holds the old export and the error is raised.
+    """
+    if not os.path.lexists(path):
+        _rename(new, path)
+        return None
+    if _exchange(new, path):  # `new` now holds the old export
+        return new
+    # Fallback: two renames. A kill between them leaves `path` missing and
+    # the old export at the backup, which `_recover` puts back.
+    backup = _backup_path(path)
+    _rename(path, backup)
+    try:
+        _rename(new, path)
+    except BaseException:
+        _rename(backup, path)
+        raise
+    return backup
 
 
 def _check_target(path, overwrite):
@@ -116,8 +221,22 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
 
     The model is written to a temporary directory next to `path` and moved
     into place only once complete, so `path` never holds a half-written
-    export; an existing `path` is replaced only with `overwrite=True` (the
-    old directory is removed after the new one is in place).
+    export. An existing `path` is replaced only with `overwrite=True`:
+
+    - On Linux (`renameat2(RENAME_EXCHANGE)`, glibc >= 2.28, on ext4, xfs,
+      btrfs, tmpfs, ...) the old and the new directory are swapped in one
+      atomic step: at every instant, even if the process is killed, `path`
+      holds the complete old or the complete new export. A kill may leave
+      a hidden `.NAME.partial-*` directory next to `path` (safe to delete).
+    - Elsewhere, the old export is renamed to `.NAME.replaced`, the new one
+      renamed to `path`, then the old one deleted. If the second rename
+      fails, the old export is renamed back and the error raised. A kill
+      between the two renames leaves `path` missing and the old export at
+      `.NAME.replaced`; the next `export_saved_model` or `load_metadata`
+      on `path` puts it back first.
+
+    In both cases a failed step leaves the old export at `path`. One
+    process at a time should export to a given `path`.
 
     Args:
         model: a built Keras model (e.g. `HybridModel`, or `SAMModel`
@@ -152,6 +271,7 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
             f"Received: model={model.name!r}, which is not built"
         )
     path = os.path.abspath(os.fspath(path))
+    _recover(path)
     _check_target(path, overwrite)
     specs = _input_signature(model, input_signature)
     records = _constant_records(model)
@@ -172,8 +292,8 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
         return {r["signature_key"]: tf.constant(r["spec"].unit, tf.string) for r in records}
 
     archive.add_endpoint("serve", serve, input_signature=specs)
-    archive.add_endpoint("constants", constants, input_signature=[])
-    archive.add_endpoint("constant_units", units, input_signature=[])
+    archive.add_endpoint("constants", _traced_without_inputs(constants))
+    archive.add_endpoint("constant_units", _traced_without_inputs(units))
 
     metadata = {
         "format": "keras_hybrid SavedModel",
@@ -200,20 +320,29 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    replaced = None
+    target = os.path.join(staging, "saved_model")
     try:
-        target = os.path.join(staging, "saved_model")
         _write_archive(archive, target)
         os.makedirs(os.path.join(target, "assets.extra"), exist_ok=True)
         with open(os.path.join(target, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2)
+        _recover(path)
         _check_target(path, overwrite)  # the target may have appeared meanwhile
-        if os.path.lexists(path):
-            old = os.path.join(staging, "replaced")
-            os.rename(path, old)
-        # A rename within one directory is atomic on POSIX file systems.
-        os.rename(target, path)
+        replaced = _move_into_place(target, path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # The new export is in place (or the old one kept): what is left is
+        # garbage, and failing to delete it must not fail the export.
+        for leftover in (staging,) if replaced in (None, target) else (replaced, staging):
+            if os.path.lexists(leftover):
+                try:
+                    _remove_tree(leftover)
+                except OSError as error:
+                    warnings.warn(
+                        f"Could not delete the temporary directory {leftover!r} "
+                        f"after exporting to {path!r}: {error}. Delete it by hand.",
+                        stacklevel=2,
+                    )
     return path
 
 
@@ -224,9 +353,13 @@ def load_metadata(path):
     Args:
         path: the SavedModel directory.
 
+    If an `export_saved_model(overwrite=True)` was killed half-way and left
+    the old export aside (see there), it is put back at `path` first.
+
     Returns:
         The metadata dict (keys `"constants"`, `"signatures"`, ...).
     """
+    _recover(os.path.abspath(os.fspath(path)))
     file = os.path.join(os.fspath(path), METADATA_FILE)
     if not os.path.exists(file):
         raise FileNotFoundError(

@@ -7,6 +7,12 @@ import keras
 import numpy as np
 
 from keras_hybrid import ode
+from keras_hybrid._shape_checks import (
+    ConstantValues,
+    check_correction_builds_state_shaped,
+    check_not_ragged,
+    check_state_shaped,
+)
 from keras_hybrid.constants import PhysicalConstant
 
 # Raw variables of physical constants, so that a training step can tell the
@@ -107,7 +113,7 @@ def call_equation(layer, equation, args, constants, what="inputs"):
     """Calls `equation(*args, constants)`; re-raises failures with a message
     naming the equation, the layer and the shapes received."""
     try:
-        return equation(*args, constants)
+        return equation(*args, ConstantValues(constants, layer, equation))
     except _EQUATION_ERRORS as error:
         if getattr(error, "_keras_hybrid_wrapped", False):
             raise
@@ -340,7 +346,7 @@ class ScientificLayer(keras.layers.Layer):
 
     def _converted_raw(self, spec, raw, store):
         key = f"{spec.name}:physical"
-        if key in store:
+        if key in list(store.keys()):  # Keras 3.4-3.6 stores lack `__contains__`
             physical = np.asarray(store[key], "float64")
         elif spec.parameterization == "legacy":
             return raw
@@ -367,6 +373,7 @@ class ScientificLayer(keras.layers.Layer):
     def _check_input_shapes(self, inputs):
         # The feature sizes seen at the first call (e.g. while building a
         # functional model) are the ones the equation was written for.
+        check_not_ragged(self, inputs)
         received = [(len(s), s[-1] if s else None) for s in _shapes(inputs)]
         expected = getattr(self, "_input_signature", None)
         if expected is None:
@@ -412,8 +419,9 @@ class ODELayer(ScientificLayer):
     ```
 
     the hybrid form in which a network supplies what the physics misses.
-    Fixed-step methods loop with `keras.ops.scan` (no Python-unrolled time
-    steps), so the layer compiles quickly under `jit_compile=True`.
+    Fixed-step methods loop with a bounded `tf.while_loop` (no
+    Python-unrolled time steps), so the layer compiles quickly under
+    `jit_compile=True`.
 
     Args:
         equation: vector field `equation(t, y, constants) -> dy/dt`, written
@@ -584,9 +592,12 @@ class ODELayer(ScientificLayer):
                 f"entries, one per state component, but its input has "
                 f"{input_shape[-1]} components. Received: input_shape={tuple(input_shape)}"
             )
+        extra = (1 if self.correction_inputs == "state_and_time" else 0) + self.context_size
+        features = (input_shape[0], input_shape[-1] + extra)
         if self.correction is not None and not self.correction.built:
-            extra = (1 if self.correction_inputs == "state_and_time" else 0) + self.context_size
-            self.correction.build((input_shape[0], input_shape[-1] + extra))
+            self.correction.build(features)
+        if self.correction is not None:
+            check_correction_builds_state_shaped(self, input_shape, features)
         self.state_size = int(input_shape[-1])
 
     def compute_output_shape(self, input_shape):
@@ -602,7 +613,9 @@ class ODELayer(ScientificLayer):
         if context is not None:
             features.append(keras.ops.cast(context, y.dtype))
         features = features[0] if len(features) == 1 else keras.ops.concatenate(features, axis=-1)
-        return self.correction(features, training=training)
+        term = self.correction(features, training=training)
+        check_state_shaped(self, f"The correction '{self.correction.name}'", y, term, "a correction")
+        return term
 
     def vector_field_parts(self, t, y, constants=None, context=None, training=None):
         """`(physics, correction)` terms of the vector field at `(t, y)`.
@@ -616,13 +629,7 @@ class ODELayer(ScientificLayer):
 
     def _physics(self, t, y, values):
         dydt = call_equation(self, self.equation, (t, y), values, what="(t, y)")
-        shape = tuple(getattr(dydt, "shape", ()))
-        if not shape or shape[-1] not in (None, y.shape[-1]):
-            raise ValueError(
-                f"The equation `{_function_name(self.equation)}` of ODELayer '{self.name}' "
-                f"must return dy/dt with the shape of the state {tuple(y.shape)}. "
-                f"Received: dy/dt with shape {shape}"
-            )
+        check_state_shaped(self, f"The equation `{_function_name(self.equation)}`", y, dydt, "dy/dt")
         return dydt
 
     def call(self, y0, constants=None, context=None, training=None):

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_hybrid._shape_checks import check_loss_shapes
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.looksam import LookSAMState
@@ -183,6 +184,7 @@ class SAMTrainStep:
 
     def _forward_loss(self, x, y, sample_weight):
         y_pred = self(x, training=True)
+        check_loss_shapes(self, y, y_pred)
         # An override of `compute_loss` without `training` (the older
         # signature) is called as Keras calls it.
         if "training" in inspect.signature(self.compute_loss).parameters:

@@ -41,10 +41,6 @@ Reference:
     Architecture-Agnostic Parameter Estimation", arXiv:2602.06837.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from keras_hybrid.experiments import methods  # noqa: E402
 from keras_hybrid.experiments.algebraic import (  # noqa: E402
     ArrheniusTask,
