@@ -25,19 +25,24 @@ DEFAULT_RHOS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 # -- pure selection rule ------------------------------------------------------
 
 
-def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None):
+def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
+                  standard_errors=None, noise_level=2.0):
     """The radius chosen from validation losses alone.
 
     The rule prefers the strongest regularization: the largest radius whose
-    validation loss is within `(1 + tolerance)` of the best one (a "one
-    standard error"-style rule; `tolerance=0` is plain argmin). When
-    `reference_loss` (the physics part alone) is given, radii whose
-    validation loss is worse than it are not eligible either, unless no
-    radius is as good, in which case the best radius is returned.
+    validation loss is within the noise of the best one. "Within the noise"
+    is the larger of a relative slack `tolerance` and `noise_level`
+    standard errors of the best validation loss (the standard error of a
+    mean over few validation samples is large: with 12 points, about 40 %
+    of the loss itself, so a fixed 25 % slack would pick plain training by
+    chance). When `reference_loss` (the physics part alone) is given,
+    radii whose validation loss is worse than it are not eligible either,
+    unless no radius is as good, in which case the best radius is returned.
 
     ```
-    best     = min_r L_val(r)
-    eligible = {r : L_val(r) <= (1 + tolerance) * best  and  L_val(r) <= L_ref}
+    best     = min_r L_val(r),   se = standard error of L_val at that r
+    limit    = max((1 + tolerance) * best, best + noise_level * se)
+    eligible = {r : L_val(r) <= limit  and  L_val(r) <= L_ref}
     chosen   = max(eligible)        (argmin_r L_val(r) if eligible is empty)
     ```
 
@@ -48,6 +53,12 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None):
         tolerance: relative slack, >= 0. Defaults to `0.25`.
         reference_loss: validation loss of the physics part alone, or
             `None`. Defaults to `None`.
+        standard_errors: standard error of each validation loss (e.g. the
+            standard deviation of the per-sample losses over the square
+            root of their number), or `None` to use `tolerance` alone.
+            Defaults to `None`.
+        noise_level: how many standard errors count as noise. Defaults
+            to `2.0`.
 
     Returns:
         The chosen radius (an element of `rhos`), or `None` if no
@@ -63,16 +74,36 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None):
             "`rhos` and `val_losses` must have the same length. Received: "
             f"len(rhos)={len(rhos)}, len(val_losses)={len(val_losses)}"
         )
-    tolerance = _check_number("tolerance", tolerance, minimum=0.0)
+    limit = selection_limit(rhos, val_losses, tolerance, reference_loss, standard_errors,
+                            noise_level)
     finite = [(r, v) for r, v in zip(rhos, val_losses) if math.isfinite(v)]
     if not finite:
         return None
-    best_rho, best = min(finite, key=lambda rv: (rv[1], rv[0]))
-    limit = (1.0 + tolerance) * best
-    if reference_loss is not None and math.isfinite(reference_loss):
-        limit = min(limit, reference_loss)
+    best_rho, _ = min(finite, key=lambda rv: (rv[1], rv[0]))
     eligible = [r for r, v in finite if v <= limit]
     return max(eligible) if eligible else best_rho
+
+
+def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
+                    standard_errors=None, noise_level=2.0):
+    """The largest validation loss `choose_radius` accepts (see there)."""
+    tolerance = _check_number("tolerance", tolerance, minimum=0.0)
+    noise_level = _check_number("noise_level", noise_level, minimum=0.0)
+    if standard_errors is not None and len(standard_errors) != len(rhos):
+        raise ValueError(
+            "`standard_errors` must have one entry per radius. Received: "
+            f"len(standard_errors)={len(standard_errors)}, len(rhos)={len(rhos)}"
+        )
+    finite = [(i, v) for i, v in enumerate(val_losses) if math.isfinite(v)]
+    if not finite:
+        return math.nan
+    best_index, best = min(finite, key=lambda iv: (iv[1], rhos[iv[0]]))
+    limit = (1.0 + tolerance) * best
+    if standard_errors is not None and math.isfinite(standard_errors[best_index]):
+        limit = max(limit, best + noise_level * standard_errors[best_index])
+    if reference_loss is not None and math.isfinite(reference_loss):
+        limit = min(limit, reference_loss)
+    return limit
 
 
 def _check_number(arg, value, minimum=None, integer=False):
@@ -121,8 +152,10 @@ class RadiusPath:
         tolerance: the selection tolerance.
     """
 
-    def __init__(self, rows, physics_only, sam, tolerance, stable_tolerance, units, models):
+    def __init__(self, rows, physics_only, sam, tolerance, stable_tolerance, units, models,
+                 noise_level=2.0):
         self.rows = rows
+        self.noise_level = noise_level
         self.physics_only = physics_only
         self.sam = sam
         self.tolerance = tolerance
@@ -132,12 +165,12 @@ class RadiusPath:
         self.summary = [self._summarize(rho) for rho in self.rhos]
         reference = None if physics_only is None else physics_only["val_loss"]
         val = [s["val_loss"] for s in self.summary]
-        self.chosen = choose_radius(self.rhos, val, tolerance, reference)
+        se = [s["val_se"] for s in self.summary]
+        self.chosen = choose_radius(self.rhos, val, tolerance, reference, se, noise_level)
         finite = [v for v in val if math.isfinite(v)]
         best = min(finite) if finite else math.nan
-        limit = (1.0 + tolerance) * best
-        if reference is not None and math.isfinite(reference):
-            limit = min(limit, reference)
+        limit = selection_limit(self.rhos, val, tolerance, reference, se, noise_level)
+        self.limit = limit
         self.eligible = [r for r, v in zip(self.rhos, val) if math.isfinite(v) and v <= limit]
         if not self.eligible and self.chosen is not None:
             self.eligible = [self.chosen]
@@ -155,6 +188,7 @@ class RadiusPath:
             "rho": rho,
             "train_loss": float(np.mean([row["train_loss"] for row in rows])),
             "val_loss": float(np.mean([row["val_loss"] for row in rows])),
+            "val_se": float(np.mean([row.get("val_se", math.nan) for row in rows])),
             "net_share": float(np.mean([row["net_share"] for row in rows])),
             "constants": {n: float(np.mean(v)) for n, v in values.items()},
             "constants_std": {n: float(np.std(v)) for n, v in values.items()},
@@ -184,6 +218,8 @@ class RadiusPath:
         return {
             "sam": self.sam.get_config(),
             "tolerance": self.tolerance,
+            "noise_level": self.noise_level,
+            "limit": self.limit,
             "rows": self.rows,
             "physics_only": self.physics_only,
             "summary": self.summary,
@@ -224,9 +260,10 @@ class RadiusPath:
                 "  (eligible)" if s["rho"] in self.eligible else "")
             lines.append(line(label, s, mark))
         lines.append(
-            f"chosen: rho = {self.chosen} (largest radius whose validation loss is within "
-            f"{self.tolerance:.0%} of the best"
-            + (" and not above the physics part alone)" if self.physics_only else ")")
+            f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
+            f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
+            f"{self.noise_level:g} standard errors"
+            + (", and not above the physics part alone)" if self.physics_only else ")")
         )
         if not self.network_needed:
             lines.append(
@@ -317,6 +354,31 @@ def _evaluate(model, x, y, batch_size):
     return float(result["loss"])
 
 
+def _standard_error(model, x, y, batch_size):
+    """Standard error of the mean validation loss, from per-sample losses.
+
+    Uses the compiled loss when it is a single Keras loss (a name, a
+    function or a `keras.losses.Loss`); `nan` otherwise (the selection then
+    relies on `tolerance` alone).
+    """
+    try:
+        loss = keras.losses.get(model.loss)
+        if loss is None or isinstance(y, (dict, list, tuple)):
+            return math.nan
+        y_pred = model.predict(x, batch_size=batch_size, verbose=0)
+        if isinstance(loss, keras.losses.Loss):
+            per_sample = loss.call(keras.ops.convert_to_tensor(y, "float32"), y_pred)
+        else:
+            per_sample = loss(keras.ops.convert_to_tensor(y, "float32"), y_pred)
+        per_sample = np.asarray(keras.ops.convert_to_numpy(per_sample), "float64")
+        per_sample = per_sample.reshape(len(per_sample), -1).mean(axis=1)
+    except (TypeError, ValueError):
+        return math.nan
+    if len(per_sample) < 2:
+        return math.nan
+    return float(np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
+
+
 def _net_share(model, x, batch_size):
     """`||f(x) - f_0(x)|| / ||f(x)||`, `f_0`: network weights set to zero."""
     neural = _neural_variables(model)
@@ -366,6 +428,7 @@ def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kw
         "constants": physical_constants(model),
         "train_loss": _evaluate(model, train[0], train[1], batch_size),
         "val_loss": _evaluate(model, val[0], val[1], batch_size),
+        "val_se": _standard_error(model, val[0], val[1], batch_size),
         "net_share": _net_share(model, train[0], batch_size),
     }
     return model, row
@@ -401,6 +464,7 @@ def radius_path(
     seeds=1,
     sam=None,
     tolerance=0.25,
+    noise_level=2.0,
     stable_tolerance=0.05,
     physics_only=True,
     batch_size=None,
@@ -419,8 +483,13 @@ def radius_path(
     over seeds, never from the constants themselves:
 
     ```
-    chosen = max{rho : L_val(rho) <= (1 + tolerance) min L_val  and  L_val(rho) <= L_val(physics)}
+    limit  = max((1 + tolerance) min L_val, min L_val + noise_level * se)
+    chosen = max{rho : L_val(rho) <= limit  and  L_val(rho) <= L_val(physics)}
     ```
+
+    where `se` is the standard error of the best validation loss, from its
+    per-sample losses: on a dozen validation points the loss is known only
+    to about 40 %, and a radius within that noise of the best is as good.
 
     Constants that stay within `stable_tolerance` (relative spread) over
     the eligible radii are marked stable; a constant that moves a lot over
@@ -451,7 +520,10 @@ def radius_path(
             of seeds. Defaults to `1`.
         sam: template `SAM` whose `rho` is varied. Defaults to `SAM()`
             (network weights only).
-        tolerance: slack of the selection rule. Defaults to `0.25`.
+        tolerance: relative slack of the selection rule. Defaults to `0.25`.
+        noise_level: standard errors of the best validation loss counted as
+            noise by the selection rule (`0`: relative slack only).
+            Defaults to `2.0`.
         stable_tolerance: largest relative spread of a stable constant.
             Defaults to `0.05`.
         physics_only: fit the physics-only reference. Defaults to `True`.
@@ -499,6 +571,7 @@ def radius_path(
     if not isinstance(template, SAM):
         raise TypeError(f"`sam` must be a `kh.SAM` or None. Received: sam={sam!r}")
     tolerance = _check_number("tolerance", tolerance, minimum=0.0)
+    noise_level = _check_number("noise_level", noise_level, minimum=0.0)
     stable_tolerance = _check_number("stable_tolerance", stable_tolerance, minimum=0.0)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -530,5 +603,6 @@ def radius_path(
     if physics_only:
         reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
                                       fit_kwargs)
-    path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models)
+    path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
+                      noise_level)
     return path

@@ -39,6 +39,37 @@ def test_choose_radius_never_worse_than_physics_alone():
     assert choose_radius(rhos, val, 0.25, reference_loss=0.5) == 0.1
 
 
+def test_choose_radius_counts_the_noise_of_the_validation_loss():
+    rhos = [0.0, 0.01, 0.1]
+    val = [1.00, 1.30, 1.60]
+    # relative slack alone: limit 1.25 -> plain training
+    assert choose_radius(rhos, val, 0.25) == 0.0
+    # best loss known to +-0.2 (12 points): limit 1 + 2 * 0.2 = 1.4 -> 0.01
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2, 0.2, 0.2]) == 0.01
+    # the standard error of the *best* radius sets the limit
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.1, 0.5, 0.5]) == 0.0
+    # noise_level=0 is the relative rule; 3 standard errors reach 1.6
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2] * 3, noise_level=0) == 0.0
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2] * 3, noise_level=3) == 0.1
+    # still capped by the physics part alone
+    assert choose_radius(rhos, val, 0.25, 1.2, standard_errors=[0.2] * 3) == 0.0
+    with pytest.raises(ValueError, match="one entry per radius"):
+        choose_radius(rhos, val, standard_errors=[0.1])
+    with pytest.raises(ValueError, match="noise_level=-1"):
+        choose_radius(rhos, val, noise_level=-1)
+
+
+def test_standard_error_of_the_validation_loss_from_per_sample_losses():
+    from keras_hybrid.radius import _standard_error
+
+    x, y = _data(n=12)
+    model = _builder([])(None)
+    residual = (np.asarray(model.predict(x, verbose=0)) - y)[:, 0].astype("float64")
+    per_sample = residual ** 2
+    expected = per_sample.std(ddof=1) / np.sqrt(12)
+    np.testing.assert_allclose(_standard_error(model, x, y, 12), expected, rtol=1e-4)
+
+
 def test_choose_radius_skips_non_finite_losses():
     assert choose_radius([0.0, 0.1, 1.0], [1.0, math.nan, math.inf]) == 0.0
     assert choose_radius([0.0, 1.0], [math.nan, math.nan]) is None
@@ -124,9 +155,11 @@ def test_radius_path_fits_each_radius_and_the_physics_alone():
     assert calls[0] is None and calls[1] == kh.SAM(rho=0.3) and calls[2] is None
     assert len(path.rows) == 2 and path.physics_only is not None
     assert path.units == {"R": "ohm"}
-    # The choice is the rule applied to the recorded losses.
+    # The choice is the rule applied to the recorded losses and their noise.
+    assert all(np.isfinite(s["val_se"]) and s["val_se"] > 0 for s in path.summary)
     expected = choose_radius(path.rhos, [s["val_loss"] for s in path.summary], 0.25,
-                             path.physics_only["val_loss"])
+                             path.physics_only["val_loss"],
+                             [s["val_se"] for s in path.summary])
     assert path.chosen == expected
     assert path.best_model.sam == (None if expected == 0 else kh.SAM(rho=0.3))
     # Physics alone: the least-squares slope of a line through the origin on

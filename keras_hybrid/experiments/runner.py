@@ -87,8 +87,9 @@ def run_one(task, cfg, data, method, value, seed, epochs=None):
 def run_auto(task, cfg, data, seed, epochs=None):
     """`sam-auto`: neural-only SAM whose radius `keras_hybrid.radius_path`
     chooses from this seed's training and validation data only (the
-    library's rule: the largest radius within `1 + tolerance` of the best
-    validation loss and not worse than the physics part alone)."""
+    library's rule, `keras_hybrid.choose_radius`: the largest radius whose
+    validation loss is within the larger of `tolerance` and two standard
+    errors of the best one, and not worse than the physics part alone)."""
     from keras_hybrid.radius import radius_path
 
     parts = {}
