@@ -66,6 +66,25 @@ def test_recovers_constant_within_one_percent():
     assert model.constant_units() == {"R": "ohm"}
 
 
+def test_hybrid_recovers_constant_within_one_percent():
+    # V = R I + g(T): the network sees only the temperature T and learns the
+    # unmodelled g; R (true 4.7, initial 1.0) is recovered by SAM training.
+    rng = np.random.default_rng(1)
+    current = rng.uniform(0.1, 2.0, (1024, 1)).astype("float32")
+    temperature = rng.uniform(-1.0, 1.0, (1024, 1)).astype("float32")
+    voltage = 4.7 * current + 0.5 * np.sin(2.0 * temperature) + 0.01 * rng.standard_normal((1024, 1))
+    i_in, t_in = keras.Input((1,)), keras.Input((1,))
+    net = keras.layers.Dense(1)(keras.layers.Dense(16, "tanh")(t_in))
+    outputs = keras.layers.Add()([_resistor(1.0)(i_in), net])
+    model = HybridModel([i_in, t_in], outputs, sam=SAM())
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    model.fit([current, temperature], voltage.astype("float32"), batch_size=128, epochs=60, verbose=0)
+    assert abs(model.physical_constants()["R"] - 4.7) / 4.7 < 0.01
+    # the network has learned g: the fit is near the noise level
+    residual = model.predict([current, temperature], verbose=0) - voltage
+    assert float(np.mean(residual ** 2)) < 5e-3
+
+
 def test_additive_output_hybrid_and_serialization(tmp_path):
     inputs = keras.Input((1,))
     physics = _resistor(2.0)
