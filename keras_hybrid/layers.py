@@ -632,6 +632,13 @@ class ODELayer(ScientificLayer):
         check_state_shaped(self, f"The equation `{_function_name(self.equation)}`", y, dydt, "dy/dt")
         return dydt
 
+    def checkpointed_variables(self):
+        """Variables a checkpointed solve differentiates explicitly (the
+        correction's), or `None` without checkpointing or correction."""
+        if self.checkpoint is None or self.correction is None:
+            return None
+        return self.correction.variables
+
     def call(self, y0, constants=None, context=None, training=None):
         if y0.shape[-1] is not None and hasattr(self, "state_size") and y0.shape[-1] != self.state_size:
             raise ValueError(
@@ -672,11 +679,7 @@ class ODELayer(ScientificLayer):
             atol=self.atol,
             constants=values,
             checkpoint=self.checkpoint,
-            variables=(
-                self.correction.variables
-                if self.checkpoint is not None and self.correction is not None
-                else None
-            ),
+            variables=self.checkpointed_variables(),
         )
 
     def _fitted_initial_state(self, y0, values):

@@ -183,21 +183,6 @@ def odeint(
     starts = tf.constant(t[:-1], dtype=dtype)
     steps = tf.constant(np.diff(t) / substeps, dtype=dtype)
 
-    def interval(y, start_and_step):
-        start, dt = start_and_step
-        if substeps == 1:
-            return rk_step(vector_field, start, y, dt, tableau)
-
-        def substep(i, y_sub):
-            time = start + tf.cast(i, dtype) * dt
-            return i + 1, rk_step(vector_field, time, y_sub, dt, tableau)
-
-        # A static trip count keeps the loop differentiable under XLA.
-        _, y_next = tf.while_loop(
-            lambda i, _: i < substeps, substep, (0, y), maximum_iterations=substeps
-        )
-        return y_next
-
     # A while loop with a static trip count (`maximum_iterations`), which
     # XLA needs to differentiate through it; keras.ops.scan does not bound
     # its loop (TF 2.21), and tf.scan mutates the global variable scope,
@@ -206,7 +191,7 @@ def odeint(
     trajectory = tf.TensorArray(dtype, size=len(t), element_shape=y0.shape).write(0, y0)
 
     def step(i, y, trajectory):
-        y_next = interval(y, (starts[i], steps[i]))
+        y_next = _rk_interval(vector_field, starts[i], y, steps[i], tableau, substeps)
         return i + 1, y_next, trajectory.write(i + 1, y_next)
 
     _, _, trajectory = tf.while_loop(
@@ -217,6 +202,22 @@ def odeint(
     )
     # Stacked time first: (T, ..., n) -> (..., T, n).
     return _time_axis_second_to_last(trajectory.stack())
+
+
+def _rk_interval(vector_field, start, y, dt, tableau, substeps):
+    """One observation interval: `substeps` RK steps of size `dt` from `start`."""
+    if substeps == 1:
+        return rk_step(vector_field, start, y, dt, tableau)
+
+    def substep(i, y_sub):
+        time = start + tf.cast(i, y.dtype) * dt
+        return i + 1, rk_step(vector_field, time, y_sub, dt, tableau)
+
+    # A static trip count keeps the loop differentiable under XLA.
+    _, y_next = tf.while_loop(
+        lambda i, _: i < substeps, substep, (0, y), maximum_iterations=substeps
+    )
+    return y_next
 
 
 def check_checkpoint(checkpoint):
@@ -257,24 +258,13 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
                 return func(time, state, **dict(zip(names, const_vals)))
             return func(time, state)
 
-        def interval(y_start, start, dt):
-            if substeps == 1:
-                return rk_step(vector_field, start, y_start, dt, tableau)
-
-            def substep(j, y_sub):
-                time = start + tf.cast(j, dtype) * dt
-                return j + 1, rk_step(vector_field, time, y_sub, dt, tableau)
-
-            _, y_next = tf.while_loop(
-                lambda j, _: j < substeps, substep, (0, y_start), maximum_iterations=substeps
-            )
-            return y_next
-
         def run():
             out = tf.TensorArray(dtype, size=length, element_shape=y.shape)
 
             def step(j, y_j, out):
-                y_next = interval(y_j, starts[first + j], steps[first + j])
+                y_next = _rk_interval(
+                    vector_field, starts[first + j], y_j, steps[first + j], tableau, substeps
+                )
                 return j + 1, y_next, out.write(j, y_next)
 
             _, _, out = tf.while_loop(

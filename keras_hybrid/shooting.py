@@ -378,11 +378,7 @@ class MultipleShooting(SAMTrainStep, keras.Model):
             substeps=layer.substeps,
             constants=values,
             checkpoint=layer.checkpoint,
-            variables=(
-                layer.correction.variables
-                if layer.checkpoint is not None and layer.correction is not None
-                else None
-            ),
+            variables=layer.checkpointed_variables(),
         )  # (batch * S, L + 1, n)
         return keras.ops.reshape(ys, (-1, n_seg, self.segment_length + 1, n))
 
