@@ -5,6 +5,7 @@ import numbers
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 # TFP's bijectors give numerically careful forward/inverse maps (softplus,
 # scaled sigmoid) for the bounded and the legacy parameterizations.
@@ -242,6 +243,37 @@ class PhysicalConstant:
         if self.constraint == "positive":
             return scale * keras.ops.exp(raw)
         return scale * raw
+
+    def asam_scale(self, raw, eta):
+        """Adaptive SAM's scale `T` of this constant, in its raw space.
+
+        Adaptive SAM scales each parameter's share of the ball by its own
+        size, `T = |w| + eta`. For a constant, the size that matters is the
+        physical one: `T_c = |c| + eta * scale` (`scale`, the constant's
+        typical magnitude, keeps `eta` free of units). The raw value is
+        perturbed instead, so the scale is carried through the map's slope,
+        `T = T_c / |dc/draw|`, which gives the same physical perturbation
+        to first order. For `constraint="positive"` (`c = scale * exp(raw)`)
+        this is `1 + eta * scale / c`: a raw step already is a relative
+        change of the constant.
+
+        Args:
+            raw: the raw value (tensor).
+            eta: the offset of the adaptive scaling.
+
+        Returns:
+            A float32 tensor shaped like `raw`.
+        """
+        raw = tf.cast(tf.convert_to_tensor(raw), "float32")
+        value = tf.cast(self.to_physical(raw), "float32")
+        if self._uses_bijector:
+            slope = tf.exp(self.bijector.forward_log_det_jacobian(raw, event_ndims=0))
+        elif self.constraint == "positive":
+            slope = value
+        else:
+            slope = tf.fill(tf.shape(raw), np.float32(self.scale))
+        typical = np.float32(self.scale if self.scale else 1.0)
+        return (tf.abs(value) + eta * typical) / tf.maximum(tf.abs(slope), np.float32(_F32.tiny))
 
     def to_raw(self, value):
         """Maps physical values to raw values: the inverse of `to_physical`.

@@ -10,7 +10,7 @@ from keras import ops
 
 from keras_hybrid._shape_checks import check_loss_shapes
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
-from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
+from keras_hybrid.layers import _constant_spec, constant_units, is_physical_variable, physical_constants
 from keras_hybrid.looksam import LookSAMState
 from keras_hybrid.non_finite import StepRecord, guarded_apply, non_finite_report
 from keras_hybrid.sam import EXCLUDED, NEURAL, PHYSICAL, SAM, all_finite
@@ -382,7 +382,15 @@ class SAMTrainStep:
             EXCLUDED if self.sam.is_excluded(v.path) else PHYSICAL if is_physical_variable(v) else NEURAL
             for v in variables
         ]
-        perturbation = self.sam.perturbation(gradients, [v.value for v in variables], groups)
+        values = [v.value for v in variables]
+        scales = None
+        if self.sam.adaptive:
+            # Constants are scaled by their physical value, not the raw one.
+            scales = [
+                _constant_spec(v).asam_scale(value, self.sam.eta) if group == PHYSICAL else None
+                for v, value, group in zip(variables, values, groups)
+            ]
+        perturbation = self.sam.perturbation(gradients, values, groups, scales=scales)
         seed_states = [v for v in self.non_trainable_variables if _is_seed_state(v)]
         # The perturbed weights are fed through a StatelessScope: the
         # variables are never modified, so there is nothing to restore.

@@ -73,12 +73,14 @@ def sam_perturbation(
     eps=1e-12,
     adaptive_scope="all",
     relative=False,
+    scales=None,
 ):
     """Perturbation `e` of one parameter group (SAM or adaptive SAM).
 
     ```
     e = r T^2 g / ||T g||
-    T = 1 (SAM), |w| + eta (ASAM, scaled variables), 1 (ASAM, others)
+    T = 1 (SAM), |w| + eta (ASAM, scaled variables), 1 (ASAM, others),
+        or the given `scales[i]` (ASAM)
     r = rho, or rho ||w|| with `relative=True`
     ```
 
@@ -99,6 +101,11 @@ def sam_perturbation(
         relative: the radius is `rho` times the norm of this group's
             variables (with a gradient), so that it follows the scale of
             the weights. Defaults to `False`.
+        scales: with `adaptive=True`, an optional list (same order) of
+            scale tensors `T` that replace `|w| + eta` for their variables
+            (`None` entries follow `adaptive_scope`). `HybridModel` passes
+            the physical scale of each constant here (see
+            `PhysicalConstant.asam_scale`). Defaults to `None`.
 
     Returns:
         A list of perturbation tensors (or `None`) matching `gradients`. If
@@ -117,15 +124,26 @@ def sam_perturbation(
         )
     if variables is None:
         variables = [None] * len(gradients)
+    if scales is None:
+        scales = [None] * len(gradients)
+    elif len(scales) != len(gradients):
+        raise ValueError(
+            f"`scales` must have one entry per gradient. Received {len(scales)} scales "
+            f"for {len(gradients)} gradients"
+        )
     present = [(i, g, w) for i, (g, w) in enumerate(zip(gradients, variables)) if g is not None]
     perturbation = [None] * len(gradients)
     if not present or rho == 0:
         return perturbation
     scaled = []
-    for _, g, w in present:
+    for i, g, w in present:
         g = ops.cast(g, "float32")
-        use_scale = adaptive and (adaptive_scope == "all" or _is_kernel(w))
-        scale = ops.abs(ops.cast(w, "float32")) + eta if use_scale else None
+        if adaptive and scales[i] is not None:
+            scale = ops.cast(scales[i], "float32")
+        elif adaptive and (adaptive_scope == "all" or _is_kernel(w)):
+            scale = ops.abs(ops.cast(w, "float32")) + eta
+        else:
+            scale = None
         scaled.append((g, scale))
     squared = [ops.sum(ops.square(g * s if s is not None else g)) for g, s in scaled]
     norm = ops.sqrt(ops.sum(ops.stack(squared)))
@@ -153,6 +171,7 @@ def grouped_perturbation(
     eps=1e-12,
     adaptive_scope="all",
     relative=False,
+    scales=None,
 ):
     """Perturbation with one norm and one radius per parameter group.
 
@@ -162,7 +181,7 @@ def grouped_perturbation(
         groups: list of group names, one per variable.
         radii: dict `group name -> rho`; a group missing from the dict or
             with radius 0 is not perturbed.
-        adaptive, eta, eps, adaptive_scope, relative: as in
+        adaptive, eta, eps, adaptive_scope, relative, scales: as in
             `sam_perturbation`, applied to each group on its own (with
             `relative=True` each group's radius follows its own norm).
 
@@ -174,6 +193,8 @@ def grouped_perturbation(
             "`gradients`, `variables` and `groups` must have the same length. "
             f"Received lengths {len(gradients)}, {len(variables)}, {len(groups)}"
         )
+    if scales is None:
+        scales = [None] * len(gradients)
     perturbation = [None] * len(gradients)
     for group, rho in radii.items():
         index = [i for i, name in enumerate(groups) if name == group]
@@ -188,6 +209,7 @@ def grouped_perturbation(
             eps=eps,
             adaptive_scope=adaptive_scope,
             relative=relative,
+            scales=[scales[i] for i in index],
         )
         for i, e in zip(index, part):
             perturbation[i] = e
@@ -224,6 +246,11 @@ class SAM:
             means: same radius and a shared norm with `perturb="all"`, and
             `rho` with `perturb="physical"`. Defaults to `None`.
         adaptive: adaptive SAM (ASAM), scaling the ball by `|w| + eta`.
+            A physical constant is scaled by its *physical* value,
+            `|c| + eta * scale`, carried into its raw space through the
+            constraint's map (`PhysicalConstant.asam_scale`), so that its
+            share of the ball does not depend on the parameterization: for
+            a positive constant a raw step already is a relative change.
             Defaults to `False`.
         eta: offset of the adaptive scaling. Defaults to `0.01`.
         eps: added to gradient norms. Defaults to `1e-12`.
@@ -250,11 +277,11 @@ class SAM:
             relying on the physics. A variable is excluded when one of the
             `/`-separated parts of its path equals one of these names.
             Defaults to `()`.
-        adaptive_scope: with `adaptive=True`, which variables are scaled
-            by `|w| + eta`: `"all"`, or `"kernels"` (rank >= 2 only, as in
-            the reference ASAM implementation; biases and physical
-            constants then keep `T = 1`, i.e. a physical constant is
-            perturbed in its raw space, unscaled). Defaults to `"all"`.
+        adaptive_scope: with `adaptive=True`, which network variables
+            are scaled by `|w| + eta`: `"all"`, or `"kernels"` (rank >= 2
+            only, as in the reference ASAM implementation; biases keep
+            `T = 1`). Physical constants get their physical scale in both.
+            Defaults to `"all"`.
         relative: make each group's radius `rho` times the norm of that
             group's weights (`rho` is then a fraction, e.g. 0.03), so that
             the ball follows the scale of the weights. Defaults to `False`.
@@ -365,11 +392,12 @@ class SAM:
             return self.rho == 0
         return not any(radii.values())
 
-    def perturbation(self, gradients, variables, groups):
+    def perturbation(self, gradients, variables, groups, scales=None):
         """The perturbation for these gradients, variables and groups.
 
         Variables of group `EXCLUDED` get no perturbation and do not count
-        in the norms.
+        in the norms. `scales` (optional, same order): adaptive scales that
+        replace `|w| + eta`, e.g. the physical scales of constants.
         """
         radii = self.radii()
         kwargs = dict(
@@ -378,6 +406,7 @@ class SAM:
             eps=self.eps,
             adaptive_scope=self.adaptive_scope,
             relative=self.relative,
+            scales=scales,
         )
         if radii is None:
             gradients = [None if group == EXCLUDED else g for g, group in zip(gradients, groups)]

@@ -278,3 +278,30 @@ def test_weights_load_into_another_constraint_by_physical_value(tmp_path):
     saved.save_weights(tmp_path / "negative.weights.h5")
     with pytest.raises(ValueError, match=r"'A' of layer 'law'.*-4.0.*'positive'"):
         other.load_weights(tmp_path / "negative.weights.h5")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(value=3.0, constraint="positive", scale=0.5),
+        dict(value=-3.0, constraint=None, scale=2.0),
+        dict(value=0.7, constraint=(0.0, 2.0)),
+        dict(value=3.0, constraint="positive", parameterization="legacy"),
+    ],
+)
+def test_asam_scale_is_the_physical_scale_over_the_slope(kwargs):
+    # T = (|c| + eta * scale) / |dc/draw|, the slope by central differences.
+    spec = PhysicalConstant("c", **kwargs)
+    eta, raw = 0.05, float(spec.raw_initial_value())
+    h = 1e-2
+    slope = (float(spec.to_physical(np.float32(raw + h))) - float(spec.to_physical(np.float32(raw - h)))) / (2 * h)
+    expected = (abs(kwargs["value"]) + eta * spec.scale) / abs(slope)
+    got = float(spec.asam_scale(np.float32(raw), eta))
+    np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
+def test_asam_scale_of_a_positive_constant_does_not_depend_on_its_scale():
+    # With c = scale * exp(raw) a raw step is a relative change: T -> 1 as eta -> 0.
+    for scale in (1e-4, 1.0, 1e4):
+        spec = PhysicalConstant("k", 2.0, constraint="positive", scale=scale)
+        np.testing.assert_allclose(float(spec.asam_scale(spec.raw_initial_value(), 0.0)), 1.0, rtol=1e-6)

@@ -428,3 +428,43 @@ def test_excluded_layer_is_not_perturbed(perturb):
     g1p, g2p = grads(w1, w2 + rho * np.sign(g2))
     np.testing.assert_allclose(float(first.kernel.numpy()[0, 0]), w1 - lr * g1p, rtol=1e-5)
     np.testing.assert_allclose(float(second.kernel.numpy()[0, 0]), w2 - lr * g2p, rtol=1e-5)
+
+
+def test_adaptive_sam_scales_a_constant_by_its_physical_value():
+    # y = c * x0 + Dense(x), c = s * exp(raw); one adaptive SAM step over all
+    # parameters (one norm), by hand: T_raw = (c + eta * s) / c for the
+    # constant, |w| + eta for the kernel and bias.
+    x, y = _linear_data()
+    c0, s, eta = 2.0, 0.5, 0.05
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(
+        1,
+        kernel_initializer=keras.initializers.Constant(np.array([[0.5], [-0.3], [0.2]], "float32")),
+        bias_initializer=keras.initializers.Constant(0.1),
+    )
+    physics = ScientificLayer(
+        lambda x, k: k["c"] * x[:, :1], [PhysicalConstant("c", c0, constraint="positive", scale=s)], name="law"
+    )
+    outputs = keras.layers.Add()([physics(inputs), dense(inputs)])
+    model = HybridModel(inputs, outputs, sam=SAM(rho=RHO, perturb="all", adaptive=True, eta=eta))
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+
+    x64, y64 = x.astype("float64"), y.astype("float64")
+
+    def grads(r, w, b):
+        c = s * np.exp(r)
+        res = c * x64[:, :1] + x64 @ w + b - y64
+        n = len(x64)
+        dc = 2 * np.sum(res * x64[:, :1]) / n
+        return dc * c, 2 * x64.T @ res / n, np.array([2 * np.sum(res) / n])
+
+    r = np.log(c0 / s)
+    w, b = np.array([[0.5], [-0.3], [0.2]]), np.array([0.1])
+    gr, gw, gb = grads(r, w, b)
+    tr, tw, tb = (c0 + eta * s) / c0, np.abs(w) + eta, np.abs(b) + eta
+    norm = np.sqrt((tr * gr) ** 2 + np.sum((tw * gw) ** 2) + np.sum((tb * gb) ** 2))
+    gr2, gw2, gb2 = grads(r + RHO * tr**2 * gr / norm, w + RHO * tw**2 * gw / norm, b + RHO * tb**2 * gb / norm)
+    np.testing.assert_allclose(float(model.get_layer("law").physical_constants()["c"]), s * np.exp(r - LR * gr2), rtol=1e-5)
+    kernel = [v.numpy() for v in model.trainable_variables if len(v.shape) == 2][0]
+    np.testing.assert_allclose(kernel, w - LR * gw2, rtol=1e-5, atol=1e-6)
