@@ -153,6 +153,7 @@ SHOOTING_TIMES = 201
 SHOOTING_DT = 0.1
 SEGMENT = 10
 SHOOTING_TRAJECTORIES = 16
+REPORT_EVERY = 150
 
 
 def _fit_shooting(kind, sam, times, observed, steps, seed):
@@ -167,12 +168,16 @@ def _fit_shooting(kind, sam, times, observed, steps, seed):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
     x = observed if kind == "multiple" else observed[:, 0]
     start = time.perf_counter()
-    model.fit(x, observed, batch_size=len(observed), epochs=steps, verbose=0)
-    w0 = model.physical_constants()["w0"]
+    path = []  # w0 after every `REPORT_EVERY` steps
+    for done in range(REPORT_EVERY, steps + 1, REPORT_EVERY):
+        model.fit(x, observed, batch_size=len(observed), initial_epoch=done - REPORT_EVERY,
+                  epochs=done, verbose=0)
+        path.append(model.physical_constants()["w0"])
+    w0 = path[-1]
     # Whole-horizon prediction error from the first state (both models).
     predicted = model.predict(x, verbose=0)
     mse = float(((predicted - observed) ** 2).mean())
-    return w0, mse, time.perf_counter() - start
+    return w0, mse, time.perf_counter() - start, path
 
 
 def shooting(quick):
@@ -195,10 +200,11 @@ def shooting(quick):
     errors = {}
     for kind in ("single", "multiple"):
         for label, sam in (("ERM", None), ("SAM (neural, rho=0.3)", kh.SAM(rho=0.3))):
-            w0, mse, seconds = _fit_shooting(kind, sam, times, observed, steps, seed=0)
+            w0, mse, seconds, path = _fit_shooting(kind, sam, times, observed, steps, seed=0)
             errors[(kind, label)] = abs(w0 - true_w0) / true_w0
             print(f"{kind:>9} {label:>22} {w0:>11.4f} {100 * errors[(kind, label)]:>10.2f}% "
-                  f"{mse:>12.2e} {seconds:>7.1f}", flush=True)
+                  f"{mse:>12.2e} {seconds:>7.1f}   w0 every {REPORT_EVERY} steps: "
+                  + " ".join(f"{w:.4f}" for w in path), flush=True)
     best = min(errors[("multiple", label)] for label in ("ERM", "SAM (neural, rho=0.3)"))
     for label in ("ERM", "SAM (neural, rho=0.3)"):
         single, multiple = errors[("single", label)], errors[("multiple", label)]
