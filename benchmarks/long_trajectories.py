@@ -149,6 +149,8 @@ def main(argv=None):
                         help="not in 'all': 'radius', the SAM radius of multiple shooting "
                              "chosen by kh.radius_path on held-out trajectories; 'offsets', "
                              "trainable segment states left out of SAM's perturbation or not")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="part 2: network seed; the data's simulator seed is 1 + SEED")
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -162,7 +164,7 @@ def main(argv=None):
     if args.part in ("all", "memory"):
         memory_and_time(LENGTHS, steps=2 if args.quick else 5)
     if args.part in ("all", "shooting"):
-        shooting(args.quick)
+        shooting(args.quick, args.seed)
     if args.part == "radius":
         radius(args.quick)
     if args.part == "offsets":
@@ -200,16 +202,18 @@ def _fit_shooting(kind, sam, times, observed, steps, seed):
     return w0, mse, time.perf_counter() - start, path
 
 
-def shooting(quick):
+def shooting(quick, seed=0):
     import keras_hybrid as kh
     from keras_hybrid.systems import pendulum
 
     steps = 150 if quick else 600
     times, _, observed = pendulum.simulate(
-        n_trajectories=SHOOTING_TRAJECTORIES, n_steps=SHOOTING_TIMES, dt=SHOOTING_DT, seed=1
+        n_trajectories=SHOOTING_TRAJECTORIES, n_steps=SHOOTING_TIMES, dt=SHOOTING_DT,
+        seed=1 + seed,
     )
     true_w0 = pendulum.TRUE_CONSTANTS["w0"]
-    print(f"\nPart 2: damped pendulum hybrid (2x32 tanh correction), true w0 = {true_w0} rad/s, "
+    print(f"\nPart 2 (network seed {seed}, data seed {1 + seed}): damped pendulum hybrid "
+          f"(2x32 tanh correction), true w0 = {true_w0} rad/s, "
           f"initial guess 0.5; {SHOOTING_TRAJECTORIES} trajectories of {SHOOTING_TIMES} points, "
           f"dt = {SHOOTING_DT} s ({(SHOOTING_TIMES - 1) * SHOOTING_DT:.0f} s, about "
           f"{(SHOOTING_TIMES - 1) * SHOOTING_DT * true_w0 / (2 * 3.14159):.1f} periods), noise 0.01; "
@@ -220,7 +224,7 @@ def shooting(quick):
     errors = {}
     for kind in ("single", "multiple"):
         for label, sam in (("ERM", None), ("SAM (neural, rho=0.3)", kh.SAM(rho=0.3))):
-            w0, mse, seconds, path = _fit_shooting(kind, sam, times, observed, steps, seed=0)
+            w0, mse, seconds, path = _fit_shooting(kind, sam, times, observed, steps, seed=seed)
             errors[(kind, label)] = abs(w0 - true_w0) / true_w0
             print(f"{kind:>9} {label:>22} {w0:>11.4f} {100 * errors[(kind, label)]:>10.2f}% "
                   f"{mse:>12.2e} {seconds:>7.1f}   w0 every {REPORT_EVERY} steps: "
