@@ -45,6 +45,7 @@ Run:
 ```
 python benchmarks/long_trajectories.py --quick   # smoke run, a few minutes
 python benchmarks/long_trajectories.py           # full run (parts 1 and 2)
+python benchmarks/long_trajectories.py --part shooting --seed 1   # part 2, other seeds
 python benchmarks/long_trajectories.py --part radius    # about 10 minutes
 python benchmarks/long_trajectories.py --part offsets   # about 4 minutes
 ```
