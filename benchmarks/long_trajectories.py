@@ -27,14 +27,27 @@ multiple shooting (`kh.MultipleShooting`, `initial_states="data"`)
 integrates segments of 10 intervals from the observed states at segment
 starts. Each is trained with plain training (ERM) and with SAM (`rho=0.3`,
 neural weights), Adam 1e-2, full batch, XLA, 150 steps (`--quick`) or 600;
-the table gives the recovered `w0`, its relative error and the
-whole-horizon prediction error (integrated from the first state).
+the table gives the recovered `w0` (and its value every 150 steps), its
+relative error and the whole-horizon prediction error (integrated from the
+first state).
+
+Part 3 (`--part radius`, not in the default run): the SAM radius of
+multiple shooting chosen without the true constants, by `kh.radius_path`
+at rho = 0, 0.03, 0.1, 0.3, 1 scored on 16 held-out trajectories.
+
+Part 4 (`--part offsets`, not in the default run): trainable segment
+states (`initial_states="trainable"`, continuity weight 0.1 doubling every
+100 steps) under SAM, the offsets excluded from the perturbation (the
+default) or perturbed.
 
 Run:
 
 ```
 python benchmarks/long_trajectories.py --quick   # smoke run, a few minutes
-python benchmarks/long_trajectories.py           # full run
+python benchmarks/long_trajectories.py           # full run (parts 1 and 2)
+python benchmarks/long_trajectories.py --part shooting --seed 1   # part 2, other seeds
+python benchmarks/long_trajectories.py --part radius    # about 10 minutes
+python benchmarks/long_trajectories.py --part offsets   # about 4 minutes
 ```
 """
 
@@ -132,7 +145,13 @@ def memory_and_time(lengths, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (a few minutes)")
-    parser.add_argument("--part", choices=("all", "memory", "shooting"), default="all")
+    parser.add_argument("--part", choices=("all", "memory", "shooting", "radius", "offsets"),
+                        default="all",
+                        help="not in 'all': 'radius', the SAM radius of multiple shooting "
+                             "chosen by kh.radius_path on held-out trajectories; 'offsets', "
+                             "trainable segment states left out of SAM's perturbation or not")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="part 2: network seed; the data's simulator seed is 1 + SEED")
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -146,13 +165,18 @@ def main(argv=None):
     if args.part in ("all", "memory"):
         memory_and_time(LENGTHS, steps=2 if args.quick else 5)
     if args.part in ("all", "shooting"):
-        shooting(args.quick)
+        shooting(args.quick, args.seed)
+    if args.part == "radius":
+        radius(args.quick)
+    if args.part == "offsets":
+        offsets(args.quick)
 
 
 SHOOTING_TIMES = 201
 SHOOTING_DT = 0.1
 SEGMENT = 10
 SHOOTING_TRAJECTORIES = 16
+REPORT_EVERY = 150
 
 
 def _fit_shooting(kind, sam, times, observed, steps, seed):
@@ -167,24 +191,30 @@ def _fit_shooting(kind, sam, times, observed, steps, seed):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
     x = observed if kind == "multiple" else observed[:, 0]
     start = time.perf_counter()
-    model.fit(x, observed, batch_size=len(observed), epochs=steps, verbose=0)
-    w0 = model.physical_constants()["w0"]
+    path = []  # w0 after every `REPORT_EVERY` steps
+    for done in range(REPORT_EVERY, steps + 1, REPORT_EVERY):
+        model.fit(x, observed, batch_size=len(observed), initial_epoch=done - REPORT_EVERY,
+                  epochs=done, verbose=0)
+        path.append(model.physical_constants()["w0"])
+    w0 = path[-1]
     # Whole-horizon prediction error from the first state (both models).
     predicted = model.predict(x, verbose=0)
     mse = float(((predicted - observed) ** 2).mean())
-    return w0, mse, time.perf_counter() - start
+    return w0, mse, time.perf_counter() - start, path
 
 
-def shooting(quick):
+def shooting(quick, seed=0):
     import keras_hybrid as kh
     from keras_hybrid.systems import pendulum
 
     steps = 150 if quick else 600
     times, _, observed = pendulum.simulate(
-        n_trajectories=SHOOTING_TRAJECTORIES, n_steps=SHOOTING_TIMES, dt=SHOOTING_DT, seed=1
+        n_trajectories=SHOOTING_TRAJECTORIES, n_steps=SHOOTING_TIMES, dt=SHOOTING_DT,
+        seed=1 + seed,
     )
     true_w0 = pendulum.TRUE_CONSTANTS["w0"]
-    print(f"\nPart 2: damped pendulum hybrid (2x32 tanh correction), true w0 = {true_w0} rad/s, "
+    print(f"\nPart 2 (network seed {seed}, data seed {1 + seed}): damped pendulum hybrid "
+          f"(2x32 tanh correction), true w0 = {true_w0} rad/s, "
           f"initial guess 0.5; {SHOOTING_TRAJECTORIES} trajectories of {SHOOTING_TIMES} points, "
           f"dt = {SHOOTING_DT} s ({(SHOOTING_TIMES - 1) * SHOOTING_DT:.0f} s, about "
           f"{(SHOOTING_TIMES - 1) * SHOOTING_DT * true_w0 / (2 * 3.14159):.1f} periods), noise 0.01; "
@@ -195,16 +225,93 @@ def shooting(quick):
     errors = {}
     for kind in ("single", "multiple"):
         for label, sam in (("ERM", None), ("SAM (neural, rho=0.3)", kh.SAM(rho=0.3))):
-            w0, mse, seconds = _fit_shooting(kind, sam, times, observed, steps, seed=0)
+            w0, mse, seconds, path = _fit_shooting(kind, sam, times, observed, steps, seed=seed)
             errors[(kind, label)] = abs(w0 - true_w0) / true_w0
             print(f"{kind:>9} {label:>22} {w0:>11.4f} {100 * errors[(kind, label)]:>10.2f}% "
-                  f"{mse:>12.2e} {seconds:>7.1f}", flush=True)
+                  f"{mse:>12.2e} {seconds:>7.1f}   w0 every {REPORT_EVERY} steps: "
+                  + " ".join(f"{w:.4f}" for w in path), flush=True)
     best = min(errors[("multiple", label)] for label in ("ERM", "SAM (neural, rho=0.3)"))
     for label in ("ERM", "SAM (neural, rho=0.3)"):
         single, multiple = errors[("single", label)], errors[("multiple", label)]
         print(f"{label}: single / multiple shooting error = {single / max(multiple, 1e-12):.1f}x")
     print(f"goal (multiple shooting <= 5 %, single >= 5x larger): best multiple-shooting error "
           f"{100 * best:.2f}%")
+
+
+RADII = (0.0, 0.03, 0.1, 0.3, 1.0)
+
+
+def radius(quick):
+    """The radius of multiple shooting chosen without the true constants:
+    `kh.radius_path` on 16 held-out trajectories, scored by the
+    whole-horizon prediction loss (`evaluate` integrates from the first
+    state)."""
+    import keras
+
+    import keras_hybrid as kh
+    from keras_hybrid.systems import pendulum
+
+    steps = 150 if quick else 600
+    simulate = dict(n_trajectories=SHOOTING_TRAJECTORIES, n_steps=SHOOTING_TIMES, dt=SHOOTING_DT)
+    times, _, observed = pendulum.simulate(**simulate, seed=1)
+    _, _, held_out = pendulum.simulate(**simulate, seed=2)
+
+    def build(sam):
+        model = pendulum.build_model(times, sam=sam, hidden=32, seed=0)
+        model = kh.MultipleShooting(model.get_layer("pendulum"), segment_length=SEGMENT, sam=sam)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
+        return model
+
+    print(f"\nPart 3: radius of multiple shooting (segments of {SEGMENT} intervals) by "
+          f"kh.radius_path, radii {RADII}, seed 0, {steps} full-batch steps; validation: "
+          f"{SHOOTING_TRAJECTORIES} held-out trajectories (simulator seed 2), whole-horizon MSE")
+    start = time.perf_counter()
+    path = kh.radius_path(build, observed, observed, rhos=RADII,
+                          validation_data=(held_out, held_out), epochs=steps,
+                          batch_size=SHOOTING_TRAJECTORIES)
+    print(path)
+    print(f"{time.perf_counter() - start:.0f} s")
+
+
+def offsets(quick):
+    """Trainable segment states (`initial_states="trainable"`, continuity
+    weight 0.1 doubling every 100 steps) under SAM (rho=0.3, neural), with
+    the offsets excluded from the perturbation (the default) and included
+    (`model.sam` replaced by a `SAM` without the exclusion)."""
+    import keras
+    import numpy as np
+
+    import keras_hybrid as kh
+    from keras_hybrid.systems import pendulum
+
+    steps = 150 if quick else 600
+    times, _, observed = pendulum.simulate(
+        n_trajectories=SHOOTING_TRAJECTORIES, n_steps=SHOOTING_TIMES, dt=SHOOTING_DT, seed=1
+    )
+    true_w0 = pendulum.TRUE_CONSTANTS["w0"]
+    x = {"trajectories": observed, "index": np.arange(SHOOTING_TRAJECTORIES)}
+    print(f"\nPart 4: trainable segment states, continuity weight 0.1 doubling every 100 steps, "
+          f"SAM (neural, rho=0.3), seed 0, {steps} full-batch steps, XLA")
+    print(f"{'offsets under SAM':>18} {'w0 [rad/s]':>11} {'rel. error':>11} {'horizon MSE':>12} "
+          f"{'RMS offset':>11} {'time s':>7}")
+    for label in ("excluded", "perturbed"):
+        keras.utils.set_random_seed(0)
+        base = pendulum.build_model(times, hidden=32, seed=0)
+        model = kh.MultipleShooting(
+            base.get_layer("pendulum"), segment_length=SEGMENT, initial_states="trainable",
+            n_trajectories=SHOOTING_TRAJECTORIES, sam=kh.SAM(rho=0.3),
+            continuity_weight=keras.optimizers.schedules.ExponentialDecay(0.1, 100, 2.0),
+        )
+        if label == "perturbed":
+            model.sam = kh.SAM(rho=0.3)  # without "segment_states" in `exclude`
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", jit_compile=True)
+        start = time.perf_counter()
+        model.fit(x, observed, batch_size=SHOOTING_TRAJECTORIES, epochs=steps, verbose=0)
+        w0 = model.physical_constants()["w0"]
+        mse = float(((model.predict(x, verbose=0) - observed) ** 2).mean())
+        rms = float(np.sqrt(np.mean(keras.ops.convert_to_numpy(model.offsets.offsets) ** 2)))
+        print(f"{label:>18} {w0:>11.4f} {100 * abs(w0 - true_w0) / true_w0:>10.2f}% "
+              f"{mse:>12.2e} {rms:>11.2e} {time.perf_counter() - start:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ class SegmentOffsets(keras.layers.Layer):
     """Trainable offsets of the segment initial states, one per trajectory
     and segment, initialized at zero (the observed state).
 
+    Called with the integer indices `(batch,)` of the trajectories, it
+    returns their offsets `(batch, n_segments, state_size)`; an index
+    outside `[0, n_trajectories)` gets zero offsets.
+
     Args:
         n_trajectories: number of trajectories in the training set.
         n_segments: segments per trajectory.
@@ -101,7 +105,14 @@ class SegmentOffsets(keras.layers.Layer):
         )
 
     def call(self, index):
-        return keras.ops.take(self.offsets, keras.ops.cast(index, "int32"), axis=0)
+        # A one-hot product rather than a gather: the gather's gradient is an
+        # `IndexedSlices`, with which a SAM step under XLA took about 100x
+        # longer (measured: 4.7 s against 0.045 s of CPU per step, 16
+        # trajectories of 41 points, 2 cores). An index out of range gives a
+        # zero offset.
+        one_hot = keras.ops.one_hot(keras.ops.cast(index, "int32"), self.n_trajectories,
+                                    dtype=self.offsets.dtype)
+        return keras.ops.einsum("bn,nsk->bsk", one_hot, self.offsets)
 
     def get_config(self):
         config = super().get_config()

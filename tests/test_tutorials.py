@@ -27,6 +27,7 @@ EXPECTED = {
     "05_serving.py": (["05_serving.png"], {"w0": 3}),
     "06_per_episode_constants.py": (["06_per_episode_constants.png"], {"w0": 3}),
     "07_trust_in_constants.py": (["07_trust_in_constants.png"], {"w0": 2, "k": 1}),
+    "08_long_trajectories.py": (["08_long_trajectories.png"], {"w0": 4}),
 }
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
