@@ -30,6 +30,11 @@ MAX_DENSE_WEIGHTS = 2_000
 #: Prior precision on the network weights when neither `prior_precision`
 #: nor an L2 regularizer gives one: a standard-normal prior.
 DEFAULT_PRIOR_PRECISION = 1.0
+#: Lanczos iterations and random probes of the stochastic quadrature that
+#: estimates the spectrum of `J_w^T J_w` for `prior_precision="evidence"`
+#: with `method="cg"` (the dense method takes the exact eigenvalues).
+LANCZOS_STEPS = 30
+LANCZOS_PROBES = 4
 
 _NETWORK_MODES = ("marginal", "fixed")
 _METHODS = ("auto", "dense", "cg")
@@ -238,7 +243,14 @@ class ConstantUncertainty:
         estimates: `name -> physical value`.
         stderr: `name -> standard error` (delta method, physical units).
         intervals: `name -> (lo, hi)` at `level` (end points mapped through
-            the constraint, so they respect it).
+            the constraint, so they respect it; with `path`, widened by the
+            selection range).
+        statistical_intervals: `name -> (lo, hi)`, the Laplace part alone.
+        selection_ranges: `name -> (lo, hi)`, the range over the eligible
+            radii of `path` (empty without `path`).
+        evidence: with `prior_precision="evidence"`, the fixed point
+            (`alpha`, `gamma`, `noise_variance`, `weight_sq_norm`,
+            `iterations`, `converged`); else `None`.
         verdicts: `name -> "identified" | "weakly identified" | "not identified"`.
         notes: `name -> list of explanations` of the verdict.
         warnings: list of warning strings (e.g. an estimate at a bound).
@@ -269,6 +281,13 @@ class ConstantUncertainty:
                 f"{'[' + format(lo, '.5g') + ', ' + format(hi, '.5g') + ']':>25}  "
                 f"{self.units.get(name, ''):<8} {self.verdicts[name]}"
             )
+        for name in self.names:
+            if name in self.selection_ranges:
+                (slo, shi), (tlo, thi) = self.selection_ranges[name], self.statistical_intervals[name]
+                lines.append(
+                    f"  {name}: statistical [{tlo:.5g}, {thi:.5g}], over the eligible radii "
+                    f"[{slo:.5g}, {shi:.5g}]"
+                )
         for name in self.names:
             for note in self.notes[name]:
                 if "relative interval width" not in note:
@@ -365,7 +384,7 @@ def _check_choice(arg, value, choices):
 
 def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network="marginal",
                          prior_precision=None, method="auto", batch_size=None, profiles=None,
-                         cg_tol=1e-3, cg_max_iter=100):
+                         path=None, cg_tol=1e-3, cg_max_iter=100):
     """Standard errors, intervals and identifiability verdicts of the
     trainable physical constants of a fitted model.
 
@@ -394,7 +413,17 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
       `prior_precision` if given; else, if the network has L2 weight
       decay `l2 ||w||^2` in its loss, `alpha = n l2 / sigma^2` (the same
       penalty as a prior); else `1` (a standard-normal prior on each
-      weight). A constant whose effect the network can mimic gets a wide
+      weight). `prior_precision="evidence"` chooses `alpha` (and
+      `sigma^2`) by the evidence (MacKay's type-II maximum likelihood,
+      `keras_hybrid.uncertainty.evidence_precision`):
+      `alpha = gamma / ||w||^2` with `gamma = tr(A_ww (A_ww + alpha sigma^2 I)^-1)`
+      the number of well-determined weights, iterated to the fixed
+      point; a network that fits with small weights gets a tight prior,
+      one with large weights a loose one. The spectrum of `A_ww` is exact
+      with the dense method and a stochastic Lanczos quadrature
+      (`LANCZOS_PROBES = 4` probes of `LANCZOS_STEPS = 30` products)
+      with conjugate gradients, where `sigma^2` then counts
+      `p_c + gamma` parameters. A constant whose effect the network can mimic gets a wide
       interval: that is the honest answer for a flexible network.
     - `"fixed"`: conditional on the fitted network, as if its weights were
       known. Cheaper, and overconfident: it ignores that the network could
@@ -403,6 +432,26 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
 
     With no network (a physics-only fit) both are the classical
     nonlinear-least-squares result `s^2 (J^T J)^-1`, `s^2 = RSS/(n - p)`.
+
+    Model selection (`path`, a `RadiusPath` of the same model and data):
+    the Laplace interval measures the noise in the data, not how far the
+    constant moves when the regularization changes. With `path`, each
+    interval is widened to include the constant's range over the fits at
+    the eligible radii (those whose validation loss the data cannot tell
+    apart from the best; `RadiusPath.selection_ranges`) and the estimate:
+
+    ```
+    selection = [min(eligible values, estimate), max(eligible values, estimate)]
+    interval  = [min(lo, selection_lo), max(hi, selection_hi)]
+    ```
+
+    The statistical part stays in `.statistical_intervals`, the selection
+    part in `.selection_ranges`. A constant that stays put over two or
+    more eligible radii (`path.stable`) is not downgraded for being
+    confounded with the network: every radius the data accept agrees on
+    it, so the flatness principle (SAM's preference for the split the
+    network cannot imitate cheaply) decides it. One that moves over them is
+    at most "weakly identified".
 
     Computation: `method="dense"` forms the full Jacobian (at most
     `MAX_DENSE_ENTRIES = 2e7` entries `n * (p_c + p_w)` and
@@ -438,11 +487,17 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             `0.95`.
         network: `"marginal"` or `"fixed"`. Defaults to `"marginal"`.
         prior_precision: precision `alpha` of the Gaussian prior on the
-            network weights (marginal mode). Defaults to `None` (see above).
+            network weights (marginal mode): a number > 0, `"evidence"`
+            (chosen by the evidence), or `None` (see above). Defaults to
+            `None`.
         method: `"auto"`, `"dense"` or `"cg"`. Defaults to `"auto"`.
         batch_size: samples per Jacobian chunk. Defaults to `None` (all).
         profiles: optional list of `ProfileLikelihood` results; a flat
             profile makes its constant "not identified".
+        path: optional `RadiusPath` (from `kh.radius_path` on the same
+            model and data): widens the intervals by the constants' range
+            over the eligible radii, and lets the path's stability enter
+            the verdicts (see above). Defaults to `None`.
         cg_tol: relative residual tolerance of conjugate gradients.
             Defaults to `1e-3`.
         cg_max_iter: conjugate-gradient iteration limit. Defaults to `100`.
@@ -470,12 +525,18 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     _check_choice("network", network, _NETWORK_MODES)
     _check_choice("method", method, _METHODS)
     un.normal_quantile(level)  # validates `level`
-    if prior_precision is not None and not (
+    evidence = isinstance(prior_precision, str) and prior_precision == "evidence"
+    if prior_precision is not None and not evidence and not (
         isinstance(prior_precision, (int, float)) and not isinstance(prior_precision, bool)
         and prior_precision > 0
     ):
         raise ValueError(
-            f"`prior_precision` must be a number > 0 (or None). Received: prior_precision={prior_precision!r}"
+            "`prior_precision` must be a number > 0, \"evidence\" or None. "
+            f"Received: prior_precision={prior_precision!r}"
+        )
+    if path is not None and not hasattr(path, "selection_ranges"):
+        raise TypeError(
+            f"`path` must be a `RadiusPath` (from `kh.radius_path`) or None. Received: path={path!r}"
         )
     if not getattr(model, "built", False):
         raise ValueError("`model` must be built (called or fitted) before `constant_uncertainty`.")
@@ -520,14 +581,43 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         a_cc, a_cw, a_ww = cols[:p_c], cols[p_c:].T, None
     # Noise variance (fixed point with the effective number of parameters).
     noise_var = un.noise_variance(rss, n, p_c)
+    p_eff = float(p_c)
+    evidence_info = None
+    if evidence and p_w:
+        if method == "dense":
+            nodes, node_weights = np.linalg.eigvalsh(a_ww), None
+        else:
+            def ww_matvec(v):
+                return res.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
+
+            nodes, node_weights = un.lanczos_spectrum(ww_matvec, p_w, LANCZOS_STEPS, LANCZOS_PROBES)
+        w_sq = float(sum(np.sum(np.square(keras.ops.convert_to_numpy(v.value).astype("float64")))
+                         for v in weights))
+        evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_c)
+        evidence_info["weight_sq_norm"] = w_sq
+        prior_precision = evidence_info["alpha"]
+        if method != "dense":
+            noise_var = evidence_info["noise_variance"]
+            p_eff = p_c + evidence_info["gamma"]
     alpha, prior_source = (np.zeros(0), "none") if not p_w else _prior_precisions(
         model, weights, n, noise_var, prior_precision)
-    p_eff = float(p_c)
     if method == "dense" and p_w:
         for _ in range(5):
             alpha, prior_source = _prior_precisions(model, weights, n, noise_var, prior_precision)
             p_eff = un.effective_parameters(gram, np.concatenate([np.zeros(p_c), alpha]), noise_var)
             noise_var = un.noise_variance(rss, n, p_eff)
+    if evidence_info is not None and not evidence_info["converged"]:
+        evidence_warning = (
+            f"the evidence fixed point did not converge ({evidence_info['reason']}, "
+            f"{evidence_info['iterations']} iterations): alpha = {evidence_info['alpha']:.3g} is its last value."
+        )
+    else:
+        evidence_warning = None
+    if evidence_info is not None:
+        prior_source = (
+            f"evidence ({evidence_info['gamma']:.1f} of {p_w} weights well determined, "
+            f"||w||^2 = {evidence_info['weight_sq_norm']:.4g})"
+        )
     if not math.isfinite(noise_var):
         raise ValueError(
             f"Too few observed values (n={n}) for {p_eff:.1f} effective parameters: "
@@ -570,9 +660,27 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     z = un.t_quantile(level, n - p_eff)
     estimates, stderr, intervals = un.physical_intervals(raw, raw_se, [mapper(s) for s in specs], derivatives, z)
     flat = {p.name: p.flat for p in (profiles or [])}
+    statistical = list(intervals)
+    selection, stable = {}, None
+    if path is not None:
+        ranges = path.selection_ranges()
+        missing = [k for k in names if k not in ranges]
+        if missing:
+            raise ValueError(
+                f"`path` has no values of the constants {missing}: it must come from the same "
+                f"model. Received: path with constants {sorted(ranges)}"
+            )
+        stable = {k: bool(path.stable.get(k, False)) for k in names}
+        for i, k in enumerate(names):
+            s_lo, s_hi = min(ranges[k][0], estimates[i]), max(ranges[k][1], estimates[i])
+            selection[k] = (s_lo, s_hi)
+            intervals[i] = (min(intervals[i][0], s_lo), max(intervals[i][1], s_hi))
     verdict, notes, warnings = un.verdicts(
-        names, estimates, intervals, a_cc, info, [s.constraint for s in specs], profile_flat=flat
+        names, estimates, intervals, a_cc, info, [s.constraint for s in specs], profile_flat=flat,
+        path_stable=stable, path_eligible=None if path is None else list(path.eligible),
     )
+    if evidence_warning:
+        warnings.append(evidence_warning)
     for i in solver.get("cg", []):
         if not i["converged"]:
             warnings.append(
@@ -584,6 +692,8 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         estimates=dict(zip(names, estimates)),
         stderr=dict(zip(names, stderr)),
         intervals=dict(zip(names, intervals)),
+        statistical_intervals=dict(zip(names, statistical)),
+        selection_ranges=selection,
         verdicts=verdict,
         notes=notes,
         warnings=warnings,
@@ -604,6 +714,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         shift=shift,
         quantile=z,
         information_marginal=info,
+        evidence=evidence_info,
         solver=solver,
         seconds=time.perf_counter() - start_time,
     )
