@@ -103,7 +103,7 @@ def _uq_row(label, model, x, y, truth, **kwargs):
     return row
 
 
-def report(cache, which):
+def report(cache, which, cg_tol=None):
     from keras_hybrid import radius
 
     out_path = os.path.join(cache, "report.json")
@@ -111,6 +111,11 @@ def report(cache, which):
     done = {r["label"] for r in rows}
 
     def add(label, *args, **kwargs):
+        if cg_tol is not None:
+            if "path" in label:  # the same statistical part as without the path
+                return
+            label = f"{label} (cg_tol={cg_tol:g})"
+            kwargs.update(cg_tol=cg_tol, cg_max_iter=2000)
         if label not in done:
             rows.append(_uq_row(label, *args, **kwargs))
             with open(out_path, "w") as f:
@@ -168,6 +173,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("fit-path", "fit-pair", "fit-duffing", "report"))
     parser.add_argument("--which", default="pair,path,duffing", help="report: which fits")
+    parser.add_argument("--cg-tol", type=float, default=None,
+                        help="report: conjugate-gradient tolerance (default: the library's)")
     parser.add_argument("--quick", action="store_true", help="fit-duffing: the task's quick configuration")
     parser.add_argument("--cache", required=True)
     parser.add_argument("--path-epochs", type=int, default=300)
@@ -181,7 +188,7 @@ def main(argv=None):
     elif args.what == "fit-duffing":
         fit_duffing(args.cache, args.quick)
     else:
-        report(args.cache, args.which.split(","))
+        report(args.cache, args.which.split(","), args.cg_tol)
 
 
 if __name__ == "__main__":
