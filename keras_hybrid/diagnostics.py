@@ -170,12 +170,17 @@ class _Residuals:
         self._last_r = r
         return r, jv, inner
 
-    def _compile(self, fn):
-        """`fn` as a `tf.function`, XLA-compiled when XLA can compile it."""
+    def _compile(self, fn, second=None):
+        """`fn(params, second, x, y, w)` as a `tf.function`, XLA-compiled
+        when XLA can compile it (tried on the first chunk with `second`,
+        by default zero tangents)."""
         try:
             compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
             params = self.params()
-            compiled(params, [tf.zeros_like(p) for p in params], *next(self.chunks()))
+            chunk = next(self.chunks())
+            if second is None:
+                second = [tf.zeros_like(p) for p in params]
+            compiled(params, second(chunk) if callable(second) else second, *chunk)
             return compiled
         except Exception:  # noqa: BLE001 - XLA cannot compile every model
             return tf.function(fn, reduce_retracing=True)
@@ -187,29 +192,67 @@ class _Residuals:
             start += size
         return tangents
 
-    def dense_gram(self):
-        """`(J^T J, RSS)` from the full Jacobian, built column by column
-        with forward-mode products (one pass over the data per parameter)."""
+    def jacobian_columns(self, indices):
+        """Columns `J e_i` (data space, float64) for the flat parameter
+        indices `indices`, by Jacobian-vector products (one pass over the
+        data per column)."""
 
         def jvp(params, tangents, x, y, w):
             return self._jvp(params, tangents, x, y, w)[:2]
 
-        fn = self._compile(jvp)
+        if getattr(self, "_jvp_fn", None) is None:
+            self._jvp_fn = self._compile(jvp)
         params = self.params()
         p = sum(self.sizes)
         columns = []
-        for i in range(p):
+        for i in indices:
             e = np.zeros(p)
             e[i] = 1.0
             tangents = self._tangents(e)
             parts = []
             for chunk in self.chunks():
-                r, jv = fn(params, tangents, *chunk)
+                _, jv = self._jvp_fn(params, tangents, *chunk)
                 parts.append(jv.numpy().astype("float64"))
             columns.append(np.concatenate(parts))
-        rss = self.rss()
-        j = np.stack(columns, 1)
-        return j.T @ j, rss
+        return columns
+
+    def dense_gram(self):
+        """`(J^T J, RSS)` from the full Jacobian, built column by column
+        with forward-mode products (one pass over the data per parameter)."""
+        j = np.stack(self.jacobian_columns(range(sum(self.sizes))), 1)
+        return j.T @ j, self.rss()
+
+    def _chunk_size(self, y):
+        return sum(int(np.prod(np.shape(a))) for a in tf.nest.flatten(y))
+
+    def data_product(self, u, scales):
+        """`J D J^T u` for a data-space vector `u` (float64 in and out),
+        `D = diag(scales)` over the parameters (flat, float64)."""
+        if getattr(self, "_data_fn", None) is None:
+            def product(params, inputs, x, y, w):
+                vector, scale = inputs
+                with tf.GradientTape() as tape:
+                    tape.watch(params)
+                    r = self.residual(params, x, y, w)
+                g = tape.gradient(r, params, output_gradients=vector,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                tangents = [gi * si for gi, si in zip(g, scale)]
+                return self._jvp(params, tangents, x, y, w)[1]
+
+            def example(chunk):
+                return (tf.zeros([self._chunk_size(chunk[1])], "float32"),
+                        [tf.ones_like(p) for p in self.params()])
+
+            self._data_fn = self._compile(product, example)
+        params = self.params()
+        scale = self._tangents(scales)
+        out, start = [], 0
+        for chunk in self.chunks():
+            size = self._chunk_size(chunk[1])
+            piece = tf.constant(u[start:start + size], "float32")
+            out.append(self._data_fn(params, (piece, scale), *chunk).numpy().astype("float64"))
+            start += size
+        return np.concatenate(out)
 
     def _build_ggn(self):
         def ggn(params, tangents, x, y, w):
@@ -384,7 +427,7 @@ def _check_choice(arg, value, choices):
 
 def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network="marginal",
                          prior_precision=None, method="auto", batch_size=None, profiles=None,
-                         path=None, cg_tol=1e-3, cg_max_iter=100):
+                         path=None, cg_tol=1e-3, cg_max_iter=500):
     """Standard errors, intervals and identifiability verdicts of the
     trainable physical constants of a fitted model.
 
@@ -498,9 +541,11 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             model and data): widens the intervals by the constants' range
             over the eligible radii, and lets the path's stability enter
             the verdicts (see above). Defaults to `None`.
-        cg_tol: relative residual tolerance of conjugate gradients.
+        cg_tol: conjugate gradients stop when the constant's marginal
+            information `S_ii` changed by less than this fraction over the
+            last 5 iterations (`keras_hybrid.uncertainty.conjugate_gradient`).
             Defaults to `1e-3`.
-        cg_max_iter: conjugate-gradient iteration limit. Defaults to `100`.
+        cg_max_iter: conjugate-gradient iteration limit. Defaults to `500`.
 
     Returns:
         A `ConstantUncertainty` (`.estimates`, `.stderr`, `.intervals`,
@@ -629,17 +674,26 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     elif method == "dense":
         info = un.schur_information(a_cc, a_cw, a_ww, shift)
     else:
-        def matvec(v):
-            full = np.concatenate([np.zeros(p_c), v])
-            return res.ggn_vector(full)[p_c:]
+        # In data space, S = J_c^T (I + J_w D^-1 J_w^T)^-1 J_c with
+        # D = alpha sigma^2 (per weight): no cancellation of two nearly equal
+        # terms when the network can take over most of a constant's
+        # information, and conjugate gradients approach S from below (an
+        # early stop widens the interval).
+        net_res = _Residuals(model, weights, x, y, sample_weight, batch_size)
+        inverse_shift = 1.0 / np.broadcast_to(shift, (p_w,))
+        columns = res.jacobian_columns(range(p_c))
+
+        def matvec(u):
+            return u + net_res.data_product(u, inverse_shift)
 
         solves, infos = [], []
         for i in range(p_c):
-            sol, info_i = un.conjugate_gradient(matvec, a_cw[i], shift=shift, tol=cg_tol, max_iter=cg_max_iter)
+            sol, info_i = un.conjugate_gradient(matvec, columns[i], tol=cg_tol,
+                                                max_iter=cg_max_iter, quadratic=True)
             solves.append(sol)
             infos.append(info_i)
         solver = {"cg": infos}
-        info = a_cc - a_cw @ np.stack(solves, 1)
+        info = np.stack(columns, 1).T @ np.stack(solves, 1)
         info = 0.5 * (info + info.T)
     cov = un.covariance_from_information(info, noise_var)
     raw = [float(v.numpy()) for v in constants]
@@ -685,7 +739,8 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         if not i["converged"]:
             warnings.append(
                 f"conjugate gradients stopped after {i['iterations']} iterations at relative "
-                f"residual {i['residual']:.2g}: the marginal interval is a lower bound on the width."
+                f"residual {i['residual']:.2g} before the constant's information settled: the "
+                "marginal interval is an upper bound on the width."
             )
     return ConstantUncertainty(
         names=names,

@@ -234,6 +234,29 @@ def test_schur_information_against_numpy_inverse():
     x, info = un.conjugate_gradient(lambda v: a[2:, 2:] @ v, a[2:, 0], shift=shift, tol=1e-12)
     np.testing.assert_allclose(x, np.linalg.solve(a[2:, 2:] + shift * np.eye(5), a[2:, 0]), rtol=1e-8)
     assert info["converged"]
+    # The data-space form used by method="cg": S = J_c^T (I + J_w J_w^T / shift)^-1 J_c.
+    jw = j[:, 2:]
+    _, info = un.conjugate_gradient(lambda u: u + jw @ (jw.T @ u) / shift, j[:, 0], tol=1e-12,
+                                    quadratic=True)
+    assert info["quadratic"] == pytest.approx(got[0, 0], rel=1e-8)
+
+
+def test_data_space_conjugate_gradients_approach_a_confounded_schur_complement_from_below():
+    # The network can take over 99.99 % of the constant's information: the
+    # weight-space form a - b^T x cancels two nearly equal numbers, and a
+    # relative residual of 1e-3 leaves it several times too large (too
+    # narrow an interval); the data-space form stays below it.
+    rng = np.random.default_rng(0)
+    jw = rng.standard_normal((3000, 300)) * np.geomspace(10, 1e-2, 300)
+    jc = jw @ (rng.standard_normal(300) * np.geomspace(1, 1e-3, 300)) + 0.1 * rng.standard_normal(3000)
+    a_ww, b, a, shift = jw.T @ jw, jw.T @ jc, jc @ jc, 1e-3
+    exact = a - b @ np.linalg.solve(a_ww + shift * np.eye(300), b)
+    assert exact / a < 1e-4
+    x, _ = un.conjugate_gradient(lambda v: a_ww @ v, b, shift=shift, tol=1e-3, max_iter=1000)
+    assert a - b @ x > 2 * exact
+    _, info = un.conjugate_gradient(lambda u: u + jw @ (jw.T @ u) / shift, jc, tol=1e-3,
+                                    max_iter=2000, quadratic=True)
+    assert info["converged"] and 0.7 * exact < info["quadratic"] <= exact * (1 + 1e-9)
 
 
 def test_student_t_quantile_against_tables():
