@@ -489,31 +489,44 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     ```
 
     The statistical part stays in `.statistical_intervals`, the selection
-    part in `.selection_ranges`. A constant that stays put over two or
-    more eligible radii (`path.stable`) is not downgraded for being
-    confounded with the network: every radius the data accept agrees on
-    it, so the flatness principle (SAM's preference for the split the
-    network cannot imitate cheaply) decides it. One that moves over them is
-    at most "weakly identified".
+    part in `.selection_ranges`. A constant that moves over two or more
+    eligible radii (not `path.stable`) is at most "weakly identified":
+    the regularization, not the data, decides it.
 
     Computation: `method="dense"` forms the full Jacobian (at most
     `MAX_DENSE_ENTRIES = 2e7` entries `n * (p_c + p_w)` and
     `MAX_DENSE_WEIGHTS = 2000` weights; a clear error beyond);
-    `method="cg"` is matrix-free: products `J^T J v` from a forward-mode
-    Jacobian–vector product and a reverse-mode pass, and conjugate
-    gradients for `(A_ww + alpha sigma^2 I)^-1 A_wc` (one solve per
-    constant). `"auto"` picks dense when it fits. In `"cg"` mode the
+    `method="cg"` is matrix-free: the Jacobian columns `J_c` of the
+    constants, products `J_w D^-1 J_w^T u` (a reverse-mode pass and a
+    Jacobian–vector product) and conjugate gradients in data space,
+
+    ```
+    S = J_c^T (I + J_w D^-1 J_w^T)^-1 J_c,   D = alpha sigma^2 (per weight)
+    ```
+
+    which equals the Schur complement above but does not subtract two
+    nearly equal numbers when the network can take over most of a
+    constant's information (where a weight-space solve to a residual of
+    1e-3 can leave `S` several times too large). Conjugate gradients
+    approach `S` from below, so an early stop widens the interval; they
+    stop when `S_ii` changed by less than `cg_tol` over the last 5
+    iterations. `"auto"` picks dense when it fits. In `"cg"` mode the
     noise variance counts only the constants as parameters
-    (`p_eff = p_c`), which underestimates `sigma^2` by at most a factor
+    (`p_eff = p_c`; `p_c + gamma` with the evidence prior), which
+    underestimates `sigma^2` by at most a factor
     `(n - p_c - p_w) / (n - p_c)`; the dense method uses the effective
     number of parameters `p_eff = tr(A (A + sigma^2 P)^-1)`.
 
     Verdicts (see `keras_hybrid.uncertainty.verdicts`): relative interval
     width `(hi - lo)/|estimate|` at most 1 (a standard error of about
     25 %) is "identified", at most 2
-    "weakly identified", otherwise "not identified"; a constant that the
-    network can mimic to more than 99 % (`S_ii / A_ii < 0.01`) is reported
-    as confounded with the network and is not "identified"; a near-null
+    "weakly identified", otherwise "not identified" (the marginal interval
+    already holds the network's ability to imitate the constant); a
+    constant that the network can mimic to more than 99 %
+    (`S_ii / A_ii < 0.01`) is noted as confounded with the network (its
+    network-fixed interval would be over 10 times too narrow); with
+    `path`, a constant that moves over the eligible radii is at most
+    "weakly identified"; a near-null
     eigenvector (eigenvalue below 1e-3) of the constants' normalized
     marginal information names a confounded combination (a note); a flat
     profile

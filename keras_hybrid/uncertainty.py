@@ -350,18 +350,20 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
 
     Rules (thresholds are module constants):
 
-    - relative width `w = (hi - lo) / |estimate|`: `w <= 0.5` identified,
-      `w <= 2` weakly identified, otherwise (or infinite) not identified;
+    - relative width `w = (hi - lo) / |estimate|` of the marginal interval
+      (the network integrated out, so the network's ability to imitate
+      the constant is in it): `w <= 1` identified, `w <= 2` weakly
+      identified, otherwise (or infinite) not identified;
     - a flat profile (`profile_flat[name]` true) makes it "not identified";
-    - with a radius path (`path_stable` given): a constant that stays put
-      over two or more eligible radii (`path_stable[name]` true) is not
-      downgraded for being confounded with the network (the flatness
-      principle picks it, and every radius the data accept agrees); one
-      that moves over two or more eligible radii is at most "weakly
-      identified" (the regularization, not the data, decides it);
+    - with a radius path (`path_stable` given): a constant that moves over
+      two or more eligible radii is at most "weakly identified" (the
+      regularization, not the data, decides it); one that stays put is
+      noted;
     - if marginalizing the network removes more than 99 % of a constant's
-      information (`S_ii / A_ii < 0.01`), the constant is "confounded with
-      the network" (reported; the verdict is then not "identified");
+      information (`S_ii / A_ii < 0.01`), the constant is reported as
+      "confounded with the network" (a note: the network-fixed interval
+      would be more than 10 times too narrow; the verdict already rests
+      on the marginal interval);
     - a near-null eigenvector (eigenvalue < 1e-3) of the constants'
       normalized information names a confounded combination of constants
       (a note: its effect on each constant is already in the interval
@@ -408,16 +410,15 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         elif kept < 1.0 - NETWORK_SHARE:
             notes[name].append(
                 f"{name} is confounded with the network (the network can mimic "
-                f"{1 - max(kept, 0):.2%} of its effect on the fit)"
+                f"{1 - max(kept, 0):.2%} of its effect on the fit; the network-fixed interval "
+                f"would be {1 / math.sqrt(max(kept, 1e-300)):.3g} times too narrow)"
             )
-            if path_stable and path_stable.get(name):
-                notes[name].append(
-                    f"{name} stays put over the eligible radii {path_eligible}: identified "
-                    "under the flatness principle (the interval includes its range over them)"
-                )
-            else:
-                verdict = max(verdict, "weakly identified", key=rank.get)
         many = path_eligible is not None and len(path_eligible) >= 2
+        if path_stable and path_stable.get(name):
+            notes[name].append(
+                f"{name} stays put over the eligible radii {path_eligible} (the interval "
+                "includes its range over them)"
+            )
         if path_stable is not None and not path_stable.get(name) and many:
             notes[name].append(
                 f"{name} moves over the eligible radii {path_eligible}, which fit the validation "

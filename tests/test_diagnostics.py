@@ -472,11 +472,14 @@ def test_path_widens_the_interval_to_the_eligible_estimates():
 
 
 def test_path_stability_enters_the_verdict():
-    # A narrow interval of a constant the network can mimic to 99.9 %.
+    # A narrow marginal interval of a constant the network can mimic to
+    # 99.9 %: the marginal interval decides, the confounding is a note.
     args = (["w0"], [1.0], [(0.99, 1.01)], [[1.0]], [[1e-3]], [None])
-    assert un.verdicts(*args)[0]["w0"] == "weakly identified"
+    plain, notes, _ = un.verdicts(*args)
+    assert plain["w0"] == "identified"
+    assert any("confounded" in n and "31.6 times too narrow" in n for n in notes["w0"])
     stable, notes, _ = un.verdicts(*args, path_stable={"w0": True}, path_eligible=[0.1, 0.3])
-    assert stable["w0"] == "identified" and any("flatness" in n for n in notes["w0"])
+    assert stable["w0"] == "identified" and any("stays put" in n for n in notes["w0"])
     moving, notes, _ = un.verdicts(*args, path_stable={"w0": False}, path_eligible=[0.1, 0.3])
     assert moving["w0"] == "weakly identified"
     # A well-determined constant that moves over the radii is not "identified" either.
