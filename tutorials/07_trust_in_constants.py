@@ -197,19 +197,20 @@ print(f"wrote {OUTPUT_DIR / '07_trust_in_constants.png'}")
 ## Reading the results
 
 In the full run (600 epochs, the demo's data) plain training ends at
-`w0` = 0.530 and SAM at 1.011 (truth 1.0). The network-fixed intervals
-are a few thousandths wide and exclude the truth for both: conditional on
-the network, and overconfident. The marginal report flags `w0` as
-confounded with the network in both fits and does not call it
-"identified", but the Laplace approximation is local and its interval
-still misses the truth (ERM [0.508, 0.554], SAM [1.009, 1.014]): read the
-note, not only the interval. The profile and the radius path are the
-checks that look further away. The radius path (300 epochs per radius)
-accepts radii 0.03, 0.1 and 0.3, at which `w0` is 0.57, 0.72 and 0.97:
-with `path=`, the chosen fit's interval widens to about [0.57, 0.97] and
-the verdict says that the radius, not the data, decides `w0`. The
-evidence prior hardly changes the intervals here (its `alpha` is about 2:
-the weights' norm is mostly the initialization's). The six-point fit is
-"not identified", as it should be (`benchmarks/README.md`, "Uncertainty
-of constants").
+`w0` = 0.540 and SAM at 1.013 (truth 1.0; the numbers of
+`benchmarks/trust_verdicts.py`, which fits the same models). The
+network-fixed intervals are a few thousandths wide and exclude the truth
+for both: conditional on the network, and overconfident (the network can
+mimic 99.99 % of `w0`'s effect, so they are about 100 times too narrow).
+With the network integrated out, plain training's `w0` gets [0.08, 3.6]
+("not identified") and SAM's [0.98, 1.05] ("identified", covering 1.0).
+The Laplace approximation is still local; the profile and the radius path
+are the checks that look further away. The radius path (300 epochs per
+radius) accepts radii 0.03, 0.1 and 0.3, at which `w0` is 0.57, 0.72 and
+0.97: with `path=`, the chosen fit's interval widens down to 0.57 and the
+verdict says that the radius, not the data, decides `w0` ("weakly
+identified"). The evidence prior changes the intervals little here (its
+`alpha` is about 2: the weights' norm is mostly the initialization's).
+The six-point fit is "not identified", as it should be
+(`benchmarks/README.md`, "Uncertainty of constants").
 """
