@@ -19,7 +19,13 @@ Cov(c) = sigma^2 (A_cc - A_cw (A_ww + alpha sigma^2 I)^-1 A_wc)^-1,   A = J^T J
 ```
 
 which tends to the network-fixed (conditional) covariance
-`sigma^2 A_cc^-1` as `alpha -> inf`. Without a network it is the classical
+`sigma^2 A_cc^-1` as `alpha -> inf`. Matrix-free, the same Schur
+complement is computed in data space,
+`J_c^T (I + J_w J_w^T / (alpha sigma^2))^-1 J_c` (no cancellation when
+the network takes over most of a constant's information), by
+`conjugate_gradient(..., quadratic=True)`. The prior precision can be
+chosen by the evidence (`evidence_precision`, with the spectrum from
+`lanczos_spectrum` when `J_w^T J_w` is not formed). Without a network it is the classical
 nonlinear-least-squares covariance `s^2 (J^T J)^-1`.
 
 These functions hold no Keras state; `keras_hybrid.diagnostics` computes
