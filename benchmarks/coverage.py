@@ -12,7 +12,8 @@ covers the truth.
 Cases:
   law        Michaelis-Menten y = Vm x / (K + x), physics only (Vm=2, K=0.5)
   decay      exponential decay y = A exp(-k t), physics only (A=2, k=0.8)
-  hybrid     decay + a network for an unmodelled 0.3 sin(2 t), ERM and SAM
+  hybrid     decay + a network for an unmodelled 0.3 sin(2 t), ERM and SAM; intervals
+             with the standard-normal and the evidence prior from the same fit
   pendulum   damped-pendulum ODE hybrid (2x64 MLP), ERM and SAM: intervals,
              verdicts and the cost against the training time
 """
