@@ -489,9 +489,11 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     ```
 
     The statistical part stays in `.statistical_intervals`, the selection
-    part in `.selection_ranges`. A constant that moves over two or more
-    eligible radii (not `path.stable`) is at most "weakly identified":
-    the regularization, not the data, decides it.
+    part in `.selection_ranges`. A constant confounded with the network
+    that stays put over two or more eligible radii (`path.stable`) is not
+    downgraded for the confounding: every radius the data accept agrees
+    on it. One that moves over them is at most "weakly identified": the
+    regularization, not the data, decides it.
 
     Computation: `method="dense"` forms the full Jacobian (at most
     `MAX_DENSE_ENTRIES = 2e7` entries `n * (p_c + p_w)` and
@@ -520,13 +522,13 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     Verdicts (see `keras_hybrid.uncertainty.verdicts`): relative interval
     width `(hi - lo)/|estimate|` at most 1 (a standard error of about
     25 %) is "identified", at most 2
-    "weakly identified", otherwise "not identified" (the marginal interval
-    already holds the network's ability to imitate the constant); a
-    constant that the network can mimic to more than 99 %
-    (`S_ii / A_ii < 0.01`) is noted as confounded with the network (its
-    network-fixed interval would be over 10 times too narrow); with
-    `path`, a constant that moves over the eligible radii is at most
-    "weakly identified"; a near-null
+    "weakly identified", otherwise "not identified"; a constant that the
+    network can mimic to more than 99 % (`S_ii / A_ii < 0.01`) is
+    confounded with the network and at most "weakly identified" unless a
+    `path` shows it stays put over the eligible radii (the local interval
+    measures the noise, not how far the estimate moves with the
+    regularization); with `path`, a constant that moves over the eligible
+    radii is at most "weakly identified"; a near-null
     eigenvector (eigenvalue below 1e-3) of the constants' normalized
     marginal information names a confounded combination (a note); a flat
     profile

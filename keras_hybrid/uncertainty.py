@@ -356,20 +356,21 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
 
     Rules (thresholds are module constants):
 
-    - relative width `w = (hi - lo) / |estimate|` of the marginal interval
-      (the network integrated out, so the network's ability to imitate
-      the constant is in it): `w <= 1` identified, `w <= 2` weakly
-      identified, otherwise (or infinite) not identified;
+    - relative width `w = (hi - lo) / |estimate|` of the marginal interval:
+      `w <= 1` identified, `w <= 2` weakly identified, otherwise (or
+      infinite) not identified;
     - a flat profile (`profile_flat[name]` true) makes it "not identified";
-    - with a radius path (`path_stable` given): a constant that moves over
-      two or more eligible radii is at most "weakly identified" (the
-      regularization, not the data, decides it); one that stays put is
-      noted;
     - if marginalizing the network removes more than 99 % of a constant's
-      information (`S_ii / A_ii < 0.01`), the constant is reported as
-      "confounded with the network" (a note: the network-fixed interval
-      would be more than 10 times too narrow; the verdict already rests
-      on the marginal interval);
+      information (`S_ii / A_ii < 0.01`), the constant is "confounded with
+      the network" and at most "weakly identified": the local (Laplace)
+      interval measures the noise, not how far the estimate moves when
+      the network's regularization changes;
+    - with a radius path (`path_stable` given): a confounded constant that
+      stays put over two or more eligible radii (`path_stable[name]`
+      true) is not downgraded (every radius the data accept agrees on
+      it); a constant that moves over two or more eligible radii is at
+      most "weakly identified" (the regularization, not the data,
+      decides it);
     - a near-null eigenvector (eigenvalue < 1e-3) of the constants'
       normalized information names a confounded combination of constants
       (a note: its effect on each constant is already in the interval
@@ -419,12 +420,19 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
                 f"{1 - max(kept, 0):.2%} of its effect on the fit; the network-fixed interval "
                 f"would be {1 / math.sqrt(max(kept, 1e-300)):.3g} times too narrow)"
             )
+            if path_stable and path_stable.get(name):
+                notes[name].append(
+                    f"{name} stays put over the eligible radii {path_eligible}: identified "
+                    "despite the confounding (the interval includes its range over them)"
+                )
+            else:
+                verdict = max(verdict, "weakly identified", key=rank.get)
+                if path_stable is None:
+                    notes[name].append(
+                        "the local interval cannot tell whether the estimate depends on the "
+                        "regularization: pass a radius path (`path=`) to check"
+                    )
         many = path_eligible is not None and len(path_eligible) >= 2
-        if path_stable and path_stable.get(name):
-            notes[name].append(
-                f"{name} stays put over the eligible radii {path_eligible} (the interval "
-                "includes its range over them)"
-            )
         if path_stable is not None and not path_stable.get(name) and many:
             notes[name].append(
                 f"{name} moves over the eligible radii {path_eligible}, which fit the validation "

@@ -473,11 +473,12 @@ def test_path_widens_the_interval_to_the_eligible_estimates():
 
 def test_path_stability_enters_the_verdict():
     # A narrow marginal interval of a constant the network can mimic to
-    # 99.9 %: the marginal interval decides, the confounding is a note.
+    # 99.9 %: not "identified" from the local interval alone.
     args = (["w0"], [1.0], [(0.99, 1.01)], [[1.0]], [[1e-3]], [None])
     plain, notes, _ = un.verdicts(*args)
-    assert plain["w0"] == "identified"
+    assert plain["w0"] == "weakly identified"
     assert any("confounded" in n and "31.6 times too narrow" in n for n in notes["w0"])
+    assert any("pass a radius path" in n for n in notes["w0"])
     stable, notes, _ = un.verdicts(*args, path_stable={"w0": True}, path_eligible=[0.1, 0.3])
     assert stable["w0"] == "identified" and any("stays put" in n for n in notes["w0"])
     moving, notes, _ = un.verdicts(*args, path_stable={"w0": False}, path_eligible=[0.1, 0.3])
