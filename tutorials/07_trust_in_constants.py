@@ -203,9 +203,11 @@ network-fixed intervals are a few thousandths wide and exclude the truth
 for both: conditional on the network, and overconfident (the network can
 mimic 99.99 % of `w0`'s effect, so they are about 100 times too narrow).
 With the network integrated out, plain training's `w0` gets [0.08, 3.6]
-("not identified") and SAM's [0.98, 1.05] ("identified", covering 1.0).
-The Laplace approximation is still local; the profile and the radius path
-are the checks that look further away. The radius path (300 epochs per
+("not identified") and SAM's [0.98, 1.05] (covering 1.0, but "weakly
+identified": the network can imitate 99.99 % of `w0`'s effect, and a
+local interval cannot tell whether the estimate depends on the
+regularization). The profile and the radius path are the checks that
+look further away. The radius path (300 epochs per
 radius) accepts radii 0.03, 0.1 and 0.3, at which `w0` is 0.57, 0.72 and
 0.97: with `path=`, the chosen fit's interval widens down to 0.57 and the
 verdict says that the radius, not the data, decides `w0` ("weakly
