@@ -30,6 +30,11 @@ MAX_DENSE_WEIGHTS = 2_000
 #: Prior precision on the network weights when neither `prior_precision`
 #: nor an L2 regularizer gives one: a standard-normal prior.
 DEFAULT_PRIOR_PRECISION = 1.0
+#: Lanczos iterations and random probes of the stochastic quadrature that
+#: estimates the spectrum of `J_w^T J_w` for `prior_precision="evidence"`
+#: with `method="cg"` (the dense method takes the exact eigenvalues).
+LANCZOS_STEPS = 30
+LANCZOS_PROBES = 4
 
 _NETWORK_MODES = ("marginal", "fixed")
 _METHODS = ("auto", "dense", "cg")
@@ -165,12 +170,17 @@ class _Residuals:
         self._last_r = r
         return r, jv, inner
 
-    def _compile(self, fn):
-        """`fn` as a `tf.function`, XLA-compiled when XLA can compile it."""
+    def _compile(self, fn, second=None):
+        """`fn(params, second, x, y, w)` as a `tf.function`, XLA-compiled
+        when XLA can compile it (tried on the first chunk with `second`,
+        by default zero tangents)."""
         try:
             compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
             params = self.params()
-            compiled(params, [tf.zeros_like(p) for p in params], *next(self.chunks()))
+            chunk = next(self.chunks())
+            if second is None:
+                second = [tf.zeros_like(p) for p in params]
+            compiled(params, second(chunk) if callable(second) else second, *chunk)
             return compiled
         except Exception:  # noqa: BLE001 - XLA cannot compile every model
             return tf.function(fn, reduce_retracing=True)
@@ -182,29 +192,67 @@ class _Residuals:
             start += size
         return tangents
 
-    def dense_gram(self):
-        """`(J^T J, RSS)` from the full Jacobian, built column by column
-        with forward-mode products (one pass over the data per parameter)."""
+    def jacobian_columns(self, indices):
+        """Columns `J e_i` (data space, float64) for the flat parameter
+        indices `indices`, by Jacobian-vector products (one pass over the
+        data per column)."""
 
         def jvp(params, tangents, x, y, w):
             return self._jvp(params, tangents, x, y, w)[:2]
 
-        fn = self._compile(jvp)
+        if getattr(self, "_jvp_fn", None) is None:
+            self._jvp_fn = self._compile(jvp)
         params = self.params()
         p = sum(self.sizes)
         columns = []
-        for i in range(p):
+        for i in indices:
             e = np.zeros(p)
             e[i] = 1.0
             tangents = self._tangents(e)
             parts = []
             for chunk in self.chunks():
-                r, jv = fn(params, tangents, *chunk)
+                _, jv = self._jvp_fn(params, tangents, *chunk)
                 parts.append(jv.numpy().astype("float64"))
             columns.append(np.concatenate(parts))
-        rss = self.rss()
-        j = np.stack(columns, 1)
-        return j.T @ j, rss
+        return columns
+
+    def dense_gram(self):
+        """`(J^T J, RSS)` from the full Jacobian, built column by column
+        with forward-mode products (one pass over the data per parameter)."""
+        j = np.stack(self.jacobian_columns(range(sum(self.sizes))), 1)
+        return j.T @ j, self.rss()
+
+    def _chunk_size(self, y):
+        return sum(int(np.prod(np.shape(a))) for a in tf.nest.flatten(y))
+
+    def data_product(self, u, scales):
+        """`J D J^T u` for a data-space vector `u` (float64 in and out),
+        `D = diag(scales)` over the parameters (flat, float64)."""
+        if getattr(self, "_data_fn", None) is None:
+            def product(params, inputs, x, y, w):
+                vector, scale = inputs
+                with tf.GradientTape() as tape:
+                    tape.watch(params)
+                    r = self.residual(params, x, y, w)
+                g = tape.gradient(r, params, output_gradients=vector,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                tangents = [gi * si for gi, si in zip(g, scale)]
+                return self._jvp(params, tangents, x, y, w)[1]
+
+            def example(chunk):
+                return (tf.zeros([self._chunk_size(chunk[1])], "float32"),
+                        [tf.ones_like(p) for p in self.params()])
+
+            self._data_fn = self._compile(product, example)
+        params = self.params()
+        scale = self._tangents(scales)
+        out, start = [], 0
+        for chunk in self.chunks():
+            size = self._chunk_size(chunk[1])
+            piece = tf.constant(u[start:start + size], "float32")
+            out.append(self._data_fn(params, (piece, scale), *chunk).numpy().astype("float64"))
+            start += size
+        return np.concatenate(out)
 
     def _build_ggn(self):
         def ggn(params, tangents, x, y, w):
@@ -238,7 +286,14 @@ class ConstantUncertainty:
         estimates: `name -> physical value`.
         stderr: `name -> standard error` (delta method, physical units).
         intervals: `name -> (lo, hi)` at `level` (end points mapped through
-            the constraint, so they respect it).
+            the constraint, so they respect it; with `path`, widened by the
+            selection range).
+        statistical_intervals: `name -> (lo, hi)`, the Laplace part alone.
+        selection_ranges: `name -> (lo, hi)`, the range over the eligible
+            radii of `path` (empty without `path`).
+        evidence: with `prior_precision="evidence"`, the fixed point
+            (`alpha`, `gamma`, `noise_variance`, `weight_sq_norm`,
+            `iterations`, `converged`); else `None`.
         verdicts: `name -> "identified" | "weakly identified" | "not identified"`.
         notes: `name -> list of explanations` of the verdict.
         warnings: list of warning strings (e.g. an estimate at a bound).
@@ -269,6 +324,13 @@ class ConstantUncertainty:
                 f"{'[' + format(lo, '.5g') + ', ' + format(hi, '.5g') + ']':>25}  "
                 f"{self.units.get(name, ''):<8} {self.verdicts[name]}"
             )
+        for name in self.names:
+            if name in self.selection_ranges:
+                (slo, shi), (tlo, thi) = self.selection_ranges[name], self.statistical_intervals[name]
+                lines.append(
+                    f"  {name}: statistical [{tlo:.5g}, {thi:.5g}], over the eligible radii "
+                    f"[{slo:.5g}, {shi:.5g}]"
+                )
         for name in self.names:
             for note in self.notes[name]:
                 if "relative interval width" not in note:
@@ -365,7 +427,7 @@ def _check_choice(arg, value, choices):
 
 def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network="marginal",
                          prior_precision=None, method="auto", batch_size=None, profiles=None,
-                         cg_tol=1e-3, cg_max_iter=100):
+                         path=None, cg_tol=1e-3, cg_max_iter=500):
     """Standard errors, intervals and identifiability verdicts of the
     trainable physical constants of a fitted model.
 
@@ -394,7 +456,17 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
       `prior_precision` if given; else, if the network has L2 weight
       decay `l2 ||w||^2` in its loss, `alpha = n l2 / sigma^2` (the same
       penalty as a prior); else `1` (a standard-normal prior on each
-      weight). A constant whose effect the network can mimic gets a wide
+      weight). `prior_precision="evidence"` chooses `alpha` (and
+      `sigma^2`) by the evidence (MacKay's type-II maximum likelihood,
+      `keras_hybrid.uncertainty.evidence_precision`):
+      `alpha = gamma / ||w||^2` with `gamma = tr(A_ww (A_ww + alpha sigma^2 I)^-1)`
+      the number of well-determined weights, iterated to the fixed
+      point; a network that fits with small weights gets a tight prior,
+      one with large weights a loose one. The spectrum of `A_ww` is exact
+      with the dense method and a stochastic Lanczos quadrature
+      (`LANCZOS_PROBES = 4` probes of `LANCZOS_STEPS = 30` products)
+      with conjugate gradients, where `sigma^2` then counts
+      `p_c + gamma` parameters. A constant whose effect the network can mimic gets a wide
       interval: that is the honest answer for a flexible network.
     - `"fixed"`: conditional on the fitted network, as if its weights were
       known. Cheaper, and overconfident: it ignores that the network could
@@ -404,15 +476,46 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     With no network (a physics-only fit) both are the classical
     nonlinear-least-squares result `s^2 (J^T J)^-1`, `s^2 = RSS/(n - p)`.
 
+    Model selection (`path`, a `RadiusPath` of the same model and data):
+    the Laplace interval measures the noise in the data, not how far the
+    constant moves when the regularization changes. With `path`, each
+    interval is widened to include the constant's range over the fits at
+    the eligible radii (those whose validation loss the data cannot tell
+    apart from the best; `RadiusPath.selection_ranges`) and the estimate:
+
+    ```
+    selection = [min(eligible values, estimate), max(eligible values, estimate)]
+    interval  = [min(lo, selection_lo), max(hi, selection_hi)]
+    ```
+
+    The statistical part stays in `.statistical_intervals`, the selection
+    part in `.selection_ranges`. A constant confounded with the network
+    that stays put over two or more eligible radii (`path.stable`) is not
+    downgraded for the confounding: every radius the data accept agrees
+    on it. One that moves over them is at most "weakly identified": the
+    regularization, not the data, decides it.
+
     Computation: `method="dense"` forms the full Jacobian (at most
     `MAX_DENSE_ENTRIES = 2e7` entries `n * (p_c + p_w)` and
     `MAX_DENSE_WEIGHTS = 2000` weights; a clear error beyond);
-    `method="cg"` is matrix-free: products `J^T J v` from a forward-mode
-    Jacobian–vector product and a reverse-mode pass, and conjugate
-    gradients for `(A_ww + alpha sigma^2 I)^-1 A_wc` (one solve per
-    constant). `"auto"` picks dense when it fits. In `"cg"` mode the
+    `method="cg"` is matrix-free: the Jacobian columns `J_c` of the
+    constants, products `J_w D^-1 J_w^T u` (a reverse-mode pass and a
+    Jacobian–vector product) and conjugate gradients in data space,
+
+    ```
+    S = J_c^T (I + J_w D^-1 J_w^T)^-1 J_c,   D = alpha sigma^2 (per weight)
+    ```
+
+    which equals the Schur complement above but does not subtract two
+    nearly equal numbers when the network can take over most of a
+    constant's information (where a weight-space solve to a residual of
+    1e-3 can leave `S` several times too large). Conjugate gradients
+    approach `S` from below, so an early stop widens the interval; they
+    stop when `S_ii` changed by less than `cg_tol` over the last 5
+    iterations. `"auto"` picks dense when it fits. In `"cg"` mode the
     noise variance counts only the constants as parameters
-    (`p_eff = p_c`), which underestimates `sigma^2` by at most a factor
+    (`p_eff = p_c`; `p_c + gamma` with the evidence prior), which
+    underestimates `sigma^2` by at most a factor
     `(n - p_c - p_w) / (n - p_c)`; the dense method uses the effective
     number of parameters `p_eff = tr(A (A + sigma^2 P)^-1)`.
 
@@ -420,8 +523,12 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     width `(hi - lo)/|estimate|` at most 1 (a standard error of about
     25 %) is "identified", at most 2
     "weakly identified", otherwise "not identified"; a constant that the
-    network can mimic to more than 99 % (`S_ii / A_ii < 0.01`) is reported
-    as confounded with the network and is not "identified"; a near-null
+    network can mimic to more than 99 % (`S_ii / A_ii < 0.01`) is
+    confounded with the network and at most "weakly identified" unless a
+    `path` shows it stays put over the eligible radii (the local interval
+    measures the noise, not how far the estimate moves with the
+    regularization); with `path`, a constant that moves over the eligible
+    radii is at most "weakly identified"; a near-null
     eigenvector (eigenvalue below 1e-3) of the constants' normalized
     marginal information names a confounded combination (a note); a flat
     profile
@@ -438,14 +545,22 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             `0.95`.
         network: `"marginal"` or `"fixed"`. Defaults to `"marginal"`.
         prior_precision: precision `alpha` of the Gaussian prior on the
-            network weights (marginal mode). Defaults to `None` (see above).
+            network weights (marginal mode): a number > 0, `"evidence"`
+            (chosen by the evidence), or `None` (see above). Defaults to
+            `None`.
         method: `"auto"`, `"dense"` or `"cg"`. Defaults to `"auto"`.
         batch_size: samples per Jacobian chunk. Defaults to `None` (all).
         profiles: optional list of `ProfileLikelihood` results; a flat
             profile makes its constant "not identified".
-        cg_tol: relative residual tolerance of conjugate gradients.
+        path: optional `RadiusPath` (from `kh.radius_path` on the same
+            model and data): widens the intervals by the constants' range
+            over the eligible radii, and lets the path's stability enter
+            the verdicts (see above). Defaults to `None`.
+        cg_tol: conjugate gradients stop when the constant's marginal
+            information `S_ii` changed by less than this fraction over the
+            last 5 iterations (`keras_hybrid.uncertainty.conjugate_gradient`).
             Defaults to `1e-3`.
-        cg_max_iter: conjugate-gradient iteration limit. Defaults to `100`.
+        cg_max_iter: conjugate-gradient iteration limit. Defaults to `500`.
 
     Returns:
         A `ConstantUncertainty` (`.estimates`, `.stderr`, `.intervals`,
@@ -470,12 +585,18 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     _check_choice("network", network, _NETWORK_MODES)
     _check_choice("method", method, _METHODS)
     un.normal_quantile(level)  # validates `level`
-    if prior_precision is not None and not (
+    evidence = isinstance(prior_precision, str) and prior_precision == "evidence"
+    if prior_precision is not None and not evidence and not (
         isinstance(prior_precision, (int, float)) and not isinstance(prior_precision, bool)
         and prior_precision > 0
     ):
         raise ValueError(
-            f"`prior_precision` must be a number > 0 (or None). Received: prior_precision={prior_precision!r}"
+            "`prior_precision` must be a number > 0, \"evidence\" or None. "
+            f"Received: prior_precision={prior_precision!r}"
+        )
+    if path is not None and not hasattr(path, "selection_ranges"):
+        raise TypeError(
+            f"`path` must be a `RadiusPath` (from `kh.radius_path`) or None. Received: path={path!r}"
         )
     if not getattr(model, "built", False):
         raise ValueError("`model` must be built (called or fitted) before `constant_uncertainty`.")
@@ -520,14 +641,43 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         a_cc, a_cw, a_ww = cols[:p_c], cols[p_c:].T, None
     # Noise variance (fixed point with the effective number of parameters).
     noise_var = un.noise_variance(rss, n, p_c)
+    p_eff = float(p_c)
+    evidence_info = None
+    if evidence and p_w:
+        if method == "dense":
+            nodes, node_weights = np.linalg.eigvalsh(a_ww), None
+        else:
+            def ww_matvec(v):
+                return res.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
+
+            nodes, node_weights = un.lanczos_spectrum(ww_matvec, p_w, LANCZOS_STEPS, LANCZOS_PROBES)
+        w_sq = float(sum(np.sum(np.square(keras.ops.convert_to_numpy(v.value).astype("float64")))
+                         for v in weights))
+        evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_c)
+        evidence_info["weight_sq_norm"] = w_sq
+        prior_precision = evidence_info["alpha"]
+        if method != "dense":
+            noise_var = evidence_info["noise_variance"]
+            p_eff = p_c + evidence_info["gamma"]
     alpha, prior_source = (np.zeros(0), "none") if not p_w else _prior_precisions(
         model, weights, n, noise_var, prior_precision)
-    p_eff = float(p_c)
     if method == "dense" and p_w:
         for _ in range(5):
             alpha, prior_source = _prior_precisions(model, weights, n, noise_var, prior_precision)
             p_eff = un.effective_parameters(gram, np.concatenate([np.zeros(p_c), alpha]), noise_var)
             noise_var = un.noise_variance(rss, n, p_eff)
+    if evidence_info is not None and not evidence_info["converged"]:
+        evidence_warning = (
+            f"the evidence fixed point did not converge ({evidence_info['reason']}, "
+            f"{evidence_info['iterations']} iterations): alpha = {evidence_info['alpha']:.3g} is its last value."
+        )
+    else:
+        evidence_warning = None
+    if evidence_info is not None:
+        prior_source = (
+            f"evidence ({evidence_info['gamma']:.1f} of {p_w} weights well determined, "
+            f"||w||^2 = {evidence_info['weight_sq_norm']:.4g})"
+        )
     if not math.isfinite(noise_var):
         raise ValueError(
             f"Too few observed values (n={n}) for {p_eff:.1f} effective parameters: "
@@ -539,17 +689,26 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     elif method == "dense":
         info = un.schur_information(a_cc, a_cw, a_ww, shift)
     else:
-        def matvec(v):
-            full = np.concatenate([np.zeros(p_c), v])
-            return res.ggn_vector(full)[p_c:]
+        # In data space, S = J_c^T (I + J_w D^-1 J_w^T)^-1 J_c with
+        # D = alpha sigma^2 (per weight): no cancellation of two nearly equal
+        # terms when the network can take over most of a constant's
+        # information, and conjugate gradients approach S from below (an
+        # early stop widens the interval).
+        net_res = _Residuals(model, weights, x, y, sample_weight, batch_size)
+        inverse_shift = 1.0 / np.broadcast_to(shift, (p_w,))
+        columns = res.jacobian_columns(range(p_c))
+
+        def matvec(u):
+            return u + net_res.data_product(u, inverse_shift)
 
         solves, infos = [], []
         for i in range(p_c):
-            sol, info_i = un.conjugate_gradient(matvec, a_cw[i], shift=shift, tol=cg_tol, max_iter=cg_max_iter)
+            sol, info_i = un.conjugate_gradient(matvec, columns[i], tol=cg_tol,
+                                                max_iter=cg_max_iter, quadratic=True)
             solves.append(sol)
             infos.append(info_i)
         solver = {"cg": infos}
-        info = a_cc - a_cw @ np.stack(solves, 1)
+        info = np.stack(columns, 1).T @ np.stack(solves, 1)
         info = 0.5 * (info + info.T)
     cov = un.covariance_from_information(info, noise_var)
     raw = [float(v.numpy()) for v in constants]
@@ -570,20 +729,41 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     z = un.t_quantile(level, n - p_eff)
     estimates, stderr, intervals = un.physical_intervals(raw, raw_se, [mapper(s) for s in specs], derivatives, z)
     flat = {p.name: p.flat for p in (profiles or [])}
+    statistical = list(intervals)
+    selection, stable = {}, None
+    if path is not None:
+        ranges = path.selection_ranges()
+        missing = [k for k in names if k not in ranges]
+        if missing:
+            raise ValueError(
+                f"`path` has no values of the constants {missing}: it must come from the same "
+                f"model. Received: path with constants {sorted(ranges)}"
+            )
+        stable = {k: bool(path.stable.get(k, False)) for k in names}
+        for i, k in enumerate(names):
+            s_lo, s_hi = min(ranges[k][0], estimates[i]), max(ranges[k][1], estimates[i])
+            selection[k] = (s_lo, s_hi)
+            intervals[i] = (min(intervals[i][0], s_lo), max(intervals[i][1], s_hi))
     verdict, notes, warnings = un.verdicts(
-        names, estimates, intervals, a_cc, info, [s.constraint for s in specs], profile_flat=flat
+        names, estimates, intervals, a_cc, info, [s.constraint for s in specs], profile_flat=flat,
+        path_stable=stable, path_eligible=None if path is None else list(path.eligible),
     )
+    if evidence_warning:
+        warnings.append(evidence_warning)
     for i in solver.get("cg", []):
         if not i["converged"]:
             warnings.append(
                 f"conjugate gradients stopped after {i['iterations']} iterations at relative "
-                f"residual {i['residual']:.2g}: the marginal interval is a lower bound on the width."
+                f"residual {i['residual']:.2g} before the constant's information settled: the "
+                "marginal interval is an upper bound on the width."
             )
     return ConstantUncertainty(
         names=names,
         estimates=dict(zip(names, estimates)),
         stderr=dict(zip(names, stderr)),
         intervals=dict(zip(names, intervals)),
+        statistical_intervals=dict(zip(names, statistical)),
+        selection_ranges=selection,
         verdicts=verdict,
         notes=notes,
         warnings=warnings,
@@ -604,6 +784,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         shift=shift,
         quantile=z,
         information_marginal=info,
+        evidence=evidence_info,
         solver=solver,
         seconds=time.perf_counter() - start_time,
     )

@@ -206,6 +206,21 @@ class RadiusPath:
             stable[name] = len(values) >= 2 and spread[name] <= self.stable_tolerance
         return spread, stable
 
+    def selection_ranges(self):
+        """`name -> (min, max)` of each constant over the fits (all seeds)
+        at the eligible radii: the spread that the validation data cannot
+        resolve, i.e. the model-selection part of a constant's uncertainty
+        (`kh.constant_uncertainty(..., path=path)` widens its intervals by
+        it)."""
+        rows = [row for row in self.rows if row["rho"] in self.eligible]
+        if not rows:
+            return {}
+        return {
+            name: (min(row["constants"][name] for row in rows),
+                   max(row["constants"][name] for row in rows))
+            for name in rows[0]["constants"]
+        }
+
     def constants_at(self, rho):
         """Mean constants over seeds at radius `rho`, `name -> value`."""
         for s in self.summary:
@@ -218,6 +233,7 @@ class RadiusPath:
         return {
             "sam": self.sam.get_config(),
             "tolerance": self.tolerance,
+            "stable_tolerance": self.stable_tolerance,
             "noise_level": self.noise_level,
             "limit": self.limit,
             "rows": self.rows,
@@ -230,6 +246,14 @@ class RadiusPath:
             "network_needed": self.network_needed,
             "units": self.units,
         }
+
+    @classmethod
+    def from_dict(cls, config):
+        """A `RadiusPath` from `to_dict()`'s output (without its models:
+        `best_model` is `None`)."""
+        return cls(config["rows"], config["physics_only"], SAM.from_config(config["sam"]),
+                   config["tolerance"], config.get("stable_tolerance", 0.05), config["units"], {},
+                   config.get("noise_level", 2.0))
 
     def __str__(self):
         names = list(self.summary[0]["constants"]) if self.summary else []

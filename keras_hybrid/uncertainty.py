@@ -19,7 +19,13 @@ Cov(c) = sigma^2 (A_cc - A_cw (A_ww + alpha sigma^2 I)^-1 A_wc)^-1,   A = J^T J
 ```
 
 which tends to the network-fixed (conditional) covariance
-`sigma^2 A_cc^-1` as `alpha -> inf`. Without a network it is the classical
+`sigma^2 A_cc^-1` as `alpha -> inf`. Matrix-free, the same Schur
+complement is computed in data space,
+`J_c^T (I + J_w J_w^T / (alpha sigma^2))^-1 J_c` (no cancellation when
+the network takes over most of a constant's information), by
+`conjugate_gradient(..., quadratic=True)`. The prior precision can be
+chosen by the evidence (`evidence_precision`, with the spectrum from
+`lanczos_spectrum` when `J_w^T J_w` is not formed). Without a network it is the classical
 nonlinear-least-squares covariance `s^2 (J^T J)^-1`.
 
 These functions hold no Keras state; `keras_hybrid.diagnostics` computes
@@ -112,7 +118,7 @@ def chi2_1_quantile(level):
     return normal_quantile(level) ** 2
 
 
-def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200):
+def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=False, delay=5):
     """Solves `(M + shift I) x = b` for a symmetric positive semi-definite
     `M` given by `matvec(v) = M v`.
 
@@ -120,17 +126,36 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200):
     r_k = b - (M + shift I) x_k,   stop when ||r_k|| <= tol ||b||
     ```
 
+    With `quadratic=True` the quantity of interest is `q = b^T x` (for
+    `keras_hybrid.diagnostics`, a constant's information left after the
+    network is integrated out). Conjugate gradients approach it from
+    below: `q_k = b^T x_k` grows monotonically to `q`, and the growth
+    still to come is the error's energy norm, estimated by the growth over
+    the last `delay` iterations (Strakos & Tichy, ETNA 13, 2002). The
+    iteration then stops when
+
+    ```
+    q_k - q_(k - delay) <= tol q_k
+    ```
+
+    or when the residual is below `1e-10 ||b||`.
+
     Args:
         matvec: function of a 1-D float64 array returning `M v`.
         b: right-hand side, 1-D.
         shift: added to the diagonal (a scalar or a 1-D array). Defaults
             to `0`.
-        tol: relative residual tolerance. Defaults to `1e-6`.
+        tol: relative tolerance (of the residual, or of `q`). Defaults to
+            `1e-6`.
         max_iter: iteration limit. Defaults to `200`.
+        quadratic: stop on `q = b^T x` instead of the residual. Defaults
+            to `False`.
+        delay: iterations over which `q`'s growth is measured. Defaults to
+            `5`.
 
     Returns:
-        `(x, info)` where `info` has `iterations`, `residual` (relative) and
-        `converged`.
+        `(x, info)` where `info` has `iterations`, `residual` (relative),
+        `converged` and, with `quadratic`, `quadratic` (`b^T x`).
     """
     b = np.asarray(b, "float64")
     x = np.zeros_like(b)
@@ -139,8 +164,11 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200):
     rr = float(r @ r)
     norm_b = math.sqrt(rr)
     if norm_b == 0.0:
-        return x, {"iterations": 0, "residual": 0.0, "converged": True}
+        return x, {"iterations": 0, "residual": 0.0, "converged": True, "quadratic": 0.0}
     k = 0
+    history = [0.0]
+    settled = False
+    residual_tol = 1e-10 if quadratic else tol
     for k in range(1, max_iter + 1):
         q = np.asarray(matvec(p), "float64") + shift * p
         pq = float(p @ q)
@@ -150,13 +178,22 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200):
         x += step * p
         r -= step * q
         rr_new = float(r @ r)
-        if math.sqrt(rr_new) <= tol * norm_b:
+        if quadratic:
+            history.append(float(b @ x))
+            if len(history) > delay and history[-1] - history[-1 - delay] <= tol * history[-1]:
+                rr = rr_new
+                settled = True
+                break
+        if math.sqrt(rr_new) <= residual_tol * norm_b:
             rr = rr_new
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
     residual = math.sqrt(rr) / norm_b
-    return x, {"iterations": k, "residual": residual, "converged": residual <= tol}
+    info = {"iterations": k, "residual": residual, "converged": settled or residual <= residual_tol}
+    if quadratic:
+        info["quadratic"] = float(b @ x)
+    return x, info
 
 
 def schur_information(a_cc, a_cw=None, a_ww=None, shift=0.0):
@@ -314,17 +351,26 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
 
 
 def verdicts(names, estimates, intervals, information_fixed, information_marginal, bounds,
-             profile_flat=None):
+             profile_flat=None, path_stable=None, path_eligible=None):
     """Identifiability verdict and warnings per constant.
 
     Rules (thresholds are module constants):
 
-    - relative width `w = (hi - lo) / |estimate|`: `w <= 0.5` identified,
-      `w <= 2` weakly identified, otherwise (or infinite) not identified;
+    - relative width `w = (hi - lo) / |estimate|` of the marginal interval:
+      `w <= 1` identified, `w <= 2` weakly identified, otherwise (or
+      infinite) not identified;
     - a flat profile (`profile_flat[name]` true) makes it "not identified";
     - if marginalizing the network removes more than 99 % of a constant's
       information (`S_ii / A_ii < 0.01`), the constant is "confounded with
-      the network" (reported; the verdict is then not "identified");
+      the network" and at most "weakly identified": the local (Laplace)
+      interval measures the noise, not how far the estimate moves when
+      the network's regularization changes;
+    - with a radius path (`path_stable` given): a confounded constant that
+      stays put over two or more eligible radii (`path_stable[name]`
+      true) is not downgraded (every radius the data accept agrees on
+      it); a constant that moves over two or more eligible radii is at
+      most "weakly identified" (the regularization, not the data,
+      decides it);
     - a near-null eigenvector (eigenvalue < 1e-3) of the constants'
       normalized information names a confounded combination of constants
       (a note: its effect on each constant is already in the interval
@@ -340,6 +386,8 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         information_marginal: Schur complement `S`, `(p, p)`.
         bounds: per constant `None`, `"positive"` or `(lo, hi)`.
         profile_flat: optional dict `name -> bool`.
+        path_stable: optional dict `name -> bool` (`RadiusPath.stable`).
+        path_eligible: the eligible radii of that path (for the notes).
 
     Returns:
         `(verdicts, notes, warnings)`: `name -> verdict`, `name -> list of
@@ -369,9 +417,33 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         elif kept < 1.0 - NETWORK_SHARE:
             notes[name].append(
                 f"{name} is confounded with the network (the network can mimic "
-                f"{1 - max(kept, 0):.2%} of its effect on the fit)"
+                f"{1 - max(kept, 0):.2%} of its effect on the fit; the network-fixed interval "
+                f"would be {1 / math.sqrt(max(kept, 1e-300)):.3g} times too narrow)"
+            )
+            if path_stable and path_stable.get(name):
+                notes[name].append(
+                    f"{name} stays put over the eligible radii {path_eligible}: identified "
+                    "despite the confounding (the interval includes its range over them)"
+                )
+            else:
+                verdict = max(verdict, "weakly identified", key=rank.get)
+                if path_stable is None:
+                    notes[name].append(
+                        "the local interval cannot tell whether the estimate depends on the "
+                        "regularization: pass a radius path (`path=`) to check"
+                    )
+        many = path_eligible is not None and len(path_eligible) >= 2
+        if path_stable is not None and not path_stable.get(name) and many:
+            notes[name].append(
+                f"{name} moves over the eligible radii {path_eligible}, which fit the validation "
+                "data equally well: the regularization, not the data, decides it"
             )
             verdict = max(verdict, "weakly identified", key=rank.get)
+        elif path_stable is not None and not many:
+            notes[name].append(
+                f"only the radius {path_eligible} is eligible: the path cannot tell whether "
+                f"{name} depends on the regularization"
+            )
         if profile_flat and profile_flat.get(name):
             notes[name].append(f"the profile of {name} is flat")
             verdict = "not identified"
@@ -411,3 +483,140 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
                 for i in involved:
                     notes[names[i]].append(text)
     return out, notes, warnings
+
+
+def lanczos_spectrum(matvec, dim, steps=30, probes=4, seed=0):
+    """Stochastic Lanczos quadrature of a symmetric positive semi-definite
+    `M` given by `matvec(v) = M v`: nodes and weights such that
+
+    ```
+    tr f(M) ~ sum_k weights_k f(nodes_k)
+    ```
+
+    for a smooth `f`. Each of `probes` Rademacher vectors starts `steps`
+    Lanczos iterations (fully reorthogonalized); the Ritz values are the
+    nodes and `dim / probes` times the squared first components of the
+    Ritz vectors the weights (they sum to `dim`). With `steps >= dim` and
+    one probe the nodes are the eigenvalues (Golub & Meurant, *Matrices,
+    Moments and Quadrature*, 2010; Ubaru, Chen & Saad, SIAM J. Matrix
+    Anal. Appl. 38, 2017).
+
+    Args:
+        matvec: function of a 1-D float64 array returning `M v`.
+        dim: size of `M`.
+        steps: Lanczos iterations per probe. Defaults to `30`.
+        probes: number of random start vectors. Defaults to `4`.
+        seed: seed of the start vectors. Defaults to `0`.
+
+    Returns:
+        `(nodes, weights)`, 1-D arrays.
+    """
+    for arg, value in (("dim", dim), ("steps", steps), ("probes", probes)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{arg}` must be an integer >= 1. Received: {arg}={value!r}")
+    rng = np.random.default_rng(seed)
+    steps = min(int(steps), int(dim))
+    nodes, weights = [], []
+    for _ in range(probes):
+        v = rng.choice([-1.0, 1.0], size=dim)
+        v /= np.linalg.norm(v)
+        basis = [v]
+        alphas, betas = [], []
+        for k in range(steps):
+            w = np.asarray(matvec(basis[-1]), "float64")
+            a = float(basis[-1] @ w)
+            alphas.append(a)
+            q = np.stack(basis, 1)
+            w = w - q @ (q.T @ w)
+            w = w - q @ (q.T @ w)
+            b = float(np.linalg.norm(w))
+            if k == steps - 1 or b <= 1e-10 * max(abs(a), 1e-300):
+                break
+            betas.append(b)
+            basis.append(w / b)
+        t = np.diag(alphas) + np.diag(betas[:len(alphas) - 1], 1) + np.diag(betas[:len(alphas) - 1], -1)
+        theta, vecs = np.linalg.eigh(t)
+        nodes.append(np.clip(theta, 0.0, None))
+        weights.append(vecs[0] ** 2 * dim / probes)
+    return np.concatenate(nodes), np.concatenate(weights)
+
+
+def well_determined(nodes, weights, shift):
+    """MacKay's `gamma = tr(A (A + shift I)^-1) = sum_k w_k l_k / (l_k + shift)`:
+    the effective number of weights the data determine, from the
+    eigenvalues `l_k` of `A = J_w^T J_w` (or quadrature nodes and weights
+    from `lanczos_spectrum`; `weights=None` counts each node once)."""
+    nodes = np.asarray(nodes, "float64")
+    weights = np.ones_like(nodes) if weights is None else np.asarray(weights, "float64")
+    return float(np.sum(weights * nodes / (nodes + shift)))
+
+
+def evidence_precision(nodes, weights, weight_sq_norm, rss, n, constants, alpha=1.0,
+                       max_iter=200, tol=1e-8):
+    """Prior precision of the network weights by the evidence (type-II
+    maximum likelihood, MacKay 1992), with the noise variance, at fixed
+    weights.
+
+    MacKay's fixed point, iterated from `alpha`:
+
+    ```
+    gamma   = sum_k w_k l_k / (l_k + alpha sigma^2)     (well-determined weights)
+    alpha   = gamma / ||w||^2
+    sigma^2 = RSS / (n - p_c - gamma)
+    ```
+
+    where `l_k` (with weights `w_k`) is the spectrum of `J_w^T J_w`, `||w||^2`
+    the squared norm of the fitted weights and `p_c` the number of
+    constants (no prior: each counts one parameter). At the fixed point
+    the Gaussian-linearized evidence is stationary in `alpha` and `sigma^2`.
+    A network that fits with small weights gets a tight prior (it cannot
+    move far to imitate a constant), one with large weights a loose prior.
+
+    Args:
+        nodes: eigenvalues of `J_w^T J_w`, or quadrature nodes.
+        weights: quadrature weights, or `None` (each node counts one).
+        weight_sq_norm: `||w||^2` of the fitted network weights, > 0.
+        rss: residual sum of squares.
+        n: number of observed values.
+        constants: number of constants `p_c`.
+        alpha: starting precision. Defaults to `1`.
+        max_iter: iteration limit. Defaults to `200`.
+        tol: relative change of `alpha` at which to stop. Defaults to `1e-8`.
+
+    Returns:
+        A dict with `alpha`, `noise_variance`, `gamma`, `iterations`,
+        `converged` and `reason` (why it stopped unconverged: the
+        iteration limit, or no residual degree of freedom left, in which
+        case the last state with a noise estimate is returned).
+    """
+    if not (math.isfinite(weight_sq_norm) and weight_sq_norm > 0):
+        raise ValueError(
+            "`weight_sq_norm` must be finite and > 0 (all network weights are zero: the "
+            f"evidence has no scale). Received: weight_sq_norm={weight_sq_norm!r}"
+        )
+    alpha = float(alpha)
+    noise_var = noise_variance(rss, n, constants)
+    gamma = 0.0
+    converged = False
+    k = 0
+    if not math.isfinite(noise_var):
+        raise ValueError(
+            f"Too few observed values (n={n}) for {constants} constants: no noise estimate."
+        )
+    reason = "iteration limit"
+    for k in range(1, max_iter + 1):
+        gamma = well_determined(nodes, weights, alpha * noise_var)
+        new_alpha = max(gamma, 1e-12) / weight_sq_norm
+        new_noise_var = noise_variance(rss, n, constants + gamma)
+        if not (math.isfinite(new_noise_var) and new_noise_var > 0):
+            # The network would explain every value: no residual degree of
+            # freedom left. Keep the last state with a noise estimate.
+            reason = "no residual degrees of freedom left (n - p_c - gamma <= 0)"
+            break
+        change = abs(new_alpha - alpha) / alpha
+        alpha, noise_var = new_alpha, new_noise_var
+        if change <= tol:
+            converged, reason = True, ""
+            break
+    return {"alpha": alpha, "noise_variance": noise_var, "gamma": gamma, "iterations": k,
+            "converged": converged, "reason": reason}

@@ -234,6 +234,29 @@ def test_schur_information_against_numpy_inverse():
     x, info = un.conjugate_gradient(lambda v: a[2:, 2:] @ v, a[2:, 0], shift=shift, tol=1e-12)
     np.testing.assert_allclose(x, np.linalg.solve(a[2:, 2:] + shift * np.eye(5), a[2:, 0]), rtol=1e-8)
     assert info["converged"]
+    # The data-space form used by method="cg": S = J_c^T (I + J_w J_w^T / shift)^-1 J_c.
+    jw = j[:, 2:]
+    _, info = un.conjugate_gradient(lambda u: u + jw @ (jw.T @ u) / shift, j[:, 0], tol=1e-12,
+                                    quadratic=True)
+    assert info["quadratic"] == pytest.approx(got[0, 0], rel=1e-8)
+
+
+def test_data_space_conjugate_gradients_approach_a_confounded_schur_complement_from_below():
+    # The network can take over 99.99 % of the constant's information: the
+    # weight-space form a - b^T x cancels two nearly equal numbers, and a
+    # relative residual of 1e-3 leaves it several times too large (too
+    # narrow an interval); the data-space form stays below it.
+    rng = np.random.default_rng(0)
+    jw = rng.standard_normal((3000, 300)) * np.geomspace(10, 1e-2, 300)
+    jc = jw @ (rng.standard_normal(300) * np.geomspace(1, 1e-3, 300)) + 0.1 * rng.standard_normal(3000)
+    a_ww, b, a, shift = jw.T @ jw, jw.T @ jc, jc @ jc, 1e-3
+    exact = a - b @ np.linalg.solve(a_ww + shift * np.eye(300), b)
+    assert exact / a < 1e-4
+    x, _ = un.conjugate_gradient(lambda v: a_ww @ v, b, shift=shift, tol=1e-3, max_iter=1000)
+    assert a - b @ x > 2 * exact
+    _, info = un.conjugate_gradient(lambda u: u + jw @ (jw.T @ u) / shift, jc, tol=1e-3,
+                                    max_iter=2000, quadratic=True)
+    assert info["converged"] and 0.7 * exact < info["quadratic"] <= exact * (1 + 1e-9)
 
 
 def test_student_t_quantile_against_tables():
@@ -252,6 +275,9 @@ def test_hybrid_on_six_points_is_not_identified():
     result = kh.constant_uncertainty(model, t, y)
     assert result.verdicts["k"] == "not identified", str(result)
     assert result.verdicts["A"] == "not identified", str(result)
+    evidence = kh.constant_uncertainty(model, t, y, prior_precision="evidence")
+    assert evidence.verdicts["k"] == "not identified", str(evidence)
+    assert evidence.verdicts["A"] == "not identified", str(evidence)
 
 
 def test_l2_weight_decay_sets_the_prior():
@@ -350,3 +376,124 @@ def test_profile_likelihood_matches_numpy_profile():
     # The original model is untouched.
     assert layer.physical_constants()["k"] == pytest.approx(c[1], rel=1e-5)
     assert layer._raw["k"].trainable
+
+
+# -- prior precision by the evidence; the radius path's selection part --------
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def first_column_slope(x, k):
+    return k["c"] * x[:, :1]
+
+
+def _linear_hybrid(n=48, seed=0):
+    """`y = c x0 + x w`, a linear network without bias: `J_w = x` exactly.
+    The four input columns are orthogonal, so `J_w^T J_w` is diagonal."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, 4)))
+    x = (q * np.array([6.0, 3.0, 1.0, 0.2])).astype("float32")
+    y = (1.5 * x[:, :1] + x @ np.array([[0.3], [-0.2], [0.1], [0.05]])
+         + 0.05 * rng.standard_normal((n, 1))).astype("float32")
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, use_bias=False)])
+    model, layer = algebraic_model(first_column_slope, [kh.PhysicalConstant("c", 1.0)], n_in=4,
+                                   network=net)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(x, y, epochs=300, batch_size=n, verbose=0)
+    return model, net, x, y
+
+
+def test_evidence_precision_is_mackays_fixed_point_on_a_linear_model():
+    model, net, x, y = _linear_hybrid()
+    w = keras.ops.convert_to_numpy(net.layers[0].kernel).astype("float64").ravel()
+    c = model.physical_constants()["c"]
+    r = c * x[:, 0].astype("float64") + x.astype("float64") @ w - y[:, 0]
+    rss, n = float(r @ r), len(y)
+    lam = np.linalg.eigvalsh(x.astype("float64").T @ x.astype("float64"))
+    for method in ("dense", "cg"):
+        result = kh.constant_uncertainty(model, x, y, prior_precision="evidence", method=method)
+        ev = result.evidence
+        alpha, s2, gamma = ev["alpha"], ev["noise_variance"], ev["gamma"]
+        assert ev["converged"]
+        # Hand computation of the three fixed-point equations.
+        assert gamma == pytest.approx(np.sum(lam / (lam + alpha * s2)), rel=1e-3)
+        assert alpha == pytest.approx(gamma / (w @ w), rel=1e-3)
+        assert s2 == pytest.approx(rss / (n - 1 - gamma), rel=1e-3)
+        assert ev["weight_sq_norm"] == pytest.approx(w @ w, rel=1e-5)
+        assert result.prior_precision == pytest.approx(alpha, rel=1e-6)
+        assert result.prior_source.startswith("evidence")
+        assert 0 < gamma < 4
+
+
+def test_lanczos_quadrature_against_the_eigenvalues():
+    rng = np.random.default_rng(1)
+    j = rng.standard_normal((300, 40)) * np.geomspace(1, 1e-3, 40)
+    a = j.T @ j
+    eig = np.linalg.eigvalsh(a)
+    nodes, weights = un.lanczos_spectrum(lambda v: a @ v, 40, steps=40, probes=1)
+    np.testing.assert_allclose(np.sort(nodes), eig, rtol=1e-6, atol=1e-9)
+    assert weights.sum() == pytest.approx(40)
+    nodes, weights = un.lanczos_spectrum(lambda v: a @ v, 40, steps=20, probes=16)
+    for shift in (1e-2, 1.0):
+        exact = un.well_determined(eig, None, shift)
+        assert un.well_determined(nodes, weights, shift) == pytest.approx(exact, rel=0.1)
+    with pytest.raises(ValueError, match=r"Received: steps=0"):
+        un.lanczos_spectrum(lambda v: v, 3, steps=0)
+    with pytest.raises(ValueError, match=r"Received: weight_sq_norm=0.0"):
+        un.evidence_precision(eig, None, 0.0, 1.0, 100, 1)
+
+
+def _path(values, val_losses, rhos=(0.0, 0.1, 0.3)):
+    rows = [{"rho": r, "seed": 0, "constants": v, "train_loss": 1.0, "val_loss": l,
+             "val_se": math.nan, "net_share": 0.1} for r, v, l in zip(rhos, values, val_losses)]
+    return kh.RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {})
+
+
+def test_path_widens_the_interval_to_the_eligible_estimates():
+    model, _, t, y = _hybrid_decay(40)
+    base = kh.constant_uncertainty(model, t, y)
+    # Radius 0 is not eligible (validation loss 2 against a best of 1).
+    path = _path([{"A": 9.0, "k": 9.0}, {"A": 1.7, "k": 0.6}, {"A": 2.2, "k": 1.1}], [2.0, 1.0, 1.1])
+    assert path.eligible == [0.1, 0.3]
+    result = kh.constant_uncertainty(model, t, y, path=path)
+    assert result.statistical_intervals == base.intervals
+    for name, (lo_e, hi_e) in {"A": (1.7, 2.2), "k": (0.6, 1.1)}.items():
+        est = base.estimates[name]
+        assert result.selection_ranges[name] == (min(lo_e, est), max(hi_e, est))
+        lo, hi = result.intervals[name]
+        assert lo <= min(lo_e, base.intervals[name][0]) and hi >= max(hi_e, base.intervals[name][1])
+        assert lo == min(lo_e, est, base.intervals[name][0])
+        assert any("moves over the eligible radii" in n for n in result.notes[name])
+        assert result.verdicts[name] != "identified"
+    assert "over the eligible radii" in str(result)
+    with pytest.raises(TypeError, match=r"Received: path=3"):
+        kh.constant_uncertainty(model, t, y, path=3)
+    with pytest.raises(ValueError, match=r"Received: prior_precision='bayes'"):
+        kh.constant_uncertainty(model, t, y, prior_precision="bayes")
+
+
+def test_path_stability_enters_the_verdict():
+    # A narrow marginal interval of a constant the network can mimic to
+    # 99.9 %: not "identified" from the local interval alone.
+    args = (["w0"], [1.0], [(0.99, 1.01)], [[1.0]], [[1e-3]], [None])
+    plain, notes, _ = un.verdicts(*args)
+    assert plain["w0"] == "weakly identified"
+    assert any("confounded" in n and "31.6 times too narrow" in n for n in notes["w0"])
+    assert any("pass a radius path" in n for n in notes["w0"])
+    stable, notes, _ = un.verdicts(*args, path_stable={"w0": True}, path_eligible=[0.1, 0.3])
+    assert stable["w0"] == "identified" and any("stays put" in n for n in notes["w0"])
+    moving, notes, _ = un.verdicts(*args, path_stable={"w0": False}, path_eligible=[0.1, 0.3])
+    assert moving["w0"] == "weakly identified"
+    # A well-determined constant that moves over the radii is not "identified" either.
+    args = (["w0"], [1.0], [(0.9, 1.1)], [[1.0]], [[0.5]], [None])
+    assert un.verdicts(*args)[0]["w0"] == "identified"
+    assert un.verdicts(*args, path_stable={"w0": False}, path_eligible=[0.0, 0.3])[0]["w0"] == (
+        "weakly identified")
+    one, notes, _ = un.verdicts(*args, path_stable={"w0": False}, path_eligible=[0.3])
+    assert one["w0"] == "identified" and any("cannot tell" in n for n in notes["w0"])
+
+
+def test_radius_path_round_trips_through_a_dict():
+    path = _path([{"k": 1.0}, {"k": 1.02}, {"k": 1.01}], [1.0, 1.05, 1.1])
+    again = kh.RadiusPath.from_dict(path.to_dict())
+    assert again.eligible == path.eligible and again.stable == path.stable
+    assert again.selection_ranges() == path.selection_ranges() == {"k": (1.0, 1.02)}

@@ -1,0 +1,199 @@
+"""The verdict cases of `kh.constant_uncertainty` on the pendulum hybrid:
+the fits (cached as weights) and the reports computed from them.
+
+    python benchmarks/trust_verdicts.py fit-path --cache DIR     # radius path, weights per radius
+    python benchmarks/trust_verdicts.py fit-pair --cache DIR     # ERM and SAM, the demo's settings
+    python benchmarks/trust_verdicts.py fit-duffing --cache DIR  # Duffing, ERM and sam-neural 0.3
+    python benchmarks/trust_verdicts.py report --cache DIR       # intervals and verdicts
+
+Fitting and reporting are separate so that the reports can be recomputed
+without refitting. The radius path uses the demo's data (200 trajectories,
+seed 0), a random 80/20 training/validation split, the demo's optimizer,
+and `--path-epochs` epochs per radius.
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_hybrid as kh  # noqa: E402
+from keras_hybrid.demo import fit_pendulum  # noqa: E402
+from keras_hybrid.systems import pendulum  # noqa: E402
+
+RHOS = (0.0, 0.03, 0.1, 0.3, 1.0)
+
+
+def _build(times):
+    def build(sam):
+        model = pendulum.build_model(times, sam=sam, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse", jit_compile=True)
+        build.models.append(model)
+        return model
+
+    build.models = []
+    return build
+
+
+def fit_path(cache, epochs, rhos=RHOS):
+    times, y0, obs = pendulum.simulate(seed=0)
+    build = _build(times)
+    start = time.perf_counter()
+    path = kh.radius_path(build, y0, obs, rhos=rhos, epochs=epochs, batch_size=50)
+    seconds = time.perf_counter() - start
+    print(path)
+    # One model per radius (one seed), then the physics part alone.
+    for rho, model in zip(path.rhos, build.models):
+        model.save_weights(os.path.join(cache, f"path_rho{rho:g}.weights.h5"))
+    build.models[-1].save_weights(os.path.join(cache, "path_physics.weights.h5"))
+    info = path.to_dict()
+    info.update(epochs=epochs, seconds=seconds)
+    with open(os.path.join(cache, "path.json"), "w") as f:
+        json.dump(info, f, indent=1, default=str)
+
+
+def fit_pair(cache, epochs):
+    data = pendulum.simulate(seed=0)
+    for label, sam in (("sam", kh.SAM(rho=0.3, perturb="neural")), ("erm", None)):
+        model, _, seconds = fit_pendulum(sam, epochs=epochs, seed=0, data=data)
+        print(f"{label}: w0 = {model.physical_constants()['w0']:.5f} ({seconds:.0f} s)")
+        model.save_weights(os.path.join(cache, f"pair_{label}.weights.h5"))
+        with open(os.path.join(cache, f"pair_{label}.json"), "w") as f:
+            json.dump({"epochs": epochs, "seconds": seconds,
+                       "w0": model.physical_constants()["w0"]}, f)
+
+
+def fit_duffing(cache, quick):
+    from keras_hybrid.experiments import runner, tasks
+
+    task = tasks.DuffingTask()
+    cfg = task.config(quick)
+    data = task.data(0, cfg)
+    for method, value in (("sam-neural", 0.3), ("erm", None)):
+        result, model = runner.run_one(task, cfg, data, method, value, 0)
+        print(f"duffing {method}: {result}")
+        model.save_weights(os.path.join(cache, f"duffing_{method}.weights.h5"))
+        with open(os.path.join(cache, f"duffing_{method}.json"), "w") as f:
+            json.dump({"quick": quick, "cfg": cfg, "result": result}, f, default=str)
+
+
+def _uq_row(label, model, x, y, truth, **kwargs):
+    res = kh.constant_uncertainty(model, x, y, **kwargs)
+    row = {"label": label, "seconds": res.seconds, "prior_source": res.prior_source,
+           "prior_precision": res.prior_precision, "evidence": res.evidence,
+           "noise_std": res.noise_std, "constants": {}}
+    for name in res.names:
+        row["constants"][name] = {
+            "estimate": res.estimates[name], "interval": res.intervals[name],
+            "statistical": res.statistical_intervals[name],
+            "selection": res.selection_ranges.get(name),
+            "verdict": res.verdicts[name], "notes": res.notes[name],
+            "covers": bool(res.intervals[name][0] <= truth[name] <= res.intervals[name][1]),
+            "share": 1.0 - res.information_marginal[res.names.index(name)][res.names.index(name)]
+            / res.information_fixed[res.names.index(name)][res.names.index(name)],
+        }
+    row["cg"] = res.solver.get("cg")
+    print(f"--- {label} ({res.seconds:.0f} s, cg {res.solver.get('cg')})\n{res}\n  prior: {res.prior_source}, "
+          f"alpha = {res.prior_precision}", flush=True)
+    return row
+
+
+def report(cache, which, cg_tol=None):
+    from keras_hybrid import radius
+
+    out_path = os.path.join(cache, "report.json")
+    rows = json.load(open(out_path)) if os.path.exists(out_path) else []
+    done = {r["label"] for r in rows}
+
+    def add(label, *args, **kwargs):
+        if cg_tol is not None:
+            # A tolerance check on a few cases (the path does not change the
+            # statistical part; the Duffing sam-neural fit is the slowest).
+            if "path" in label or not label.startswith(("pendulum sam 600 ep: evidence",
+                                                         "pendulum erm 600 ep: evidence")):
+                return
+            label = f"{label} (cg_tol={cg_tol:g})"
+            kwargs.update(cg_tol=cg_tol, cg_max_iter=400)
+        if label not in done:
+            rows.append(_uq_row(label, *args, **kwargs))
+            with open(out_path, "w") as f:
+                json.dump(rows, f, indent=1, default=str)
+
+    times, y0, obs = pendulum.simulate(seed=0)
+    truth = dict(pendulum.TRUE_CONSTANTS)
+    path = None
+    if os.path.exists(os.path.join(cache, "path.json")):
+        path = radius.RadiusPath.from_dict(json.load(open(os.path.join(cache, "path.json"))))
+        print(path)
+    if "pair" in which:
+        for label in ("sam", "erm"):
+            file = os.path.join(cache, f"pair_{label}.weights.h5")
+            if not os.path.exists(file):
+                continue
+            model = pendulum.build_model(times, seed=0)
+            model.load_weights(file)
+            add(f"pendulum {label} 600 ep: default prior", model, y0, obs, truth)
+            add(f"pendulum {label} 600 ep: evidence", model, y0, obs, truth,
+                prior_precision="evidence")
+            if path is not None:
+                add(f"pendulum {label} 600 ep: evidence + path", model, y0, obs, truth,
+                    prior_precision="evidence", path=path)
+                add(f"pendulum {label} 600 ep: default prior + path", model, y0, obs, truth,
+                    path=path)
+    if "path" in which and path is not None:
+        (xt, yt), _ = radius._split(y0, obs, 0.2, 0)
+        for rho in path.rhos:
+            model = pendulum.build_model(times, seed=0)
+            model.load_weights(os.path.join(cache, f"path_rho{rho:g}.weights.h5"))
+            add(f"pendulum path rho={rho:g}: evidence + path", model, xt, yt, truth,
+                prior_precision="evidence", path=path)
+            add(f"pendulum path rho={rho:g}: default prior", model, xt, yt, truth)
+    if "duffing" in which:
+        from keras_hybrid.experiments import methods, tasks
+
+        task = tasks.DuffingTask()
+        for method, value in (("sam-neural", 0.3), ("erm", None)):
+            file = os.path.join(cache, f"duffing_{method}.weights.h5")
+            if not os.path.exists(file):
+                continue
+            info = json.load(open(os.path.join(cache, f"duffing_{method}.json")))
+            cfg = info["cfg"]
+            data = task.data(0, cfg)
+            model, _ = task.build(cfg, methods.training_for(method, value), 0, data["times"])
+            model.load_weights(file)
+            x, y = data["train"]
+            for prior in (None, "evidence"):
+                add(f"duffing {method}: {prior or 'default'} prior", model, x, y,
+                    task.true_constants, prior_precision=prior)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("fit-path", "fit-pair", "fit-duffing", "report"))
+    parser.add_argument("--which", default="pair,path,duffing", help="report: which fits")
+    parser.add_argument("--cg-tol", type=float, default=None,
+                        help="report: conjugate-gradient tolerance (default: the library's)")
+    parser.add_argument("--quick", action="store_true", help="fit-duffing: the task's quick configuration")
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--path-epochs", type=int, default=300)
+    parser.add_argument("--pair-epochs", type=int, default=600)
+    args = parser.parse_args(argv)
+    os.makedirs(args.cache, exist_ok=True)
+    if args.what == "fit-path":
+        fit_path(args.cache, args.path_epochs)
+    elif args.what == "fit-pair":
+        fit_pair(args.cache, args.pair_epochs)
+    elif args.what == "fit-duffing":
+        fit_duffing(args.cache, args.quick)
+    else:
+        report(args.cache, args.which.split(","), args.cg_tol)
+
+
+if __name__ == "__main__":
+    main()
