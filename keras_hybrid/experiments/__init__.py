@@ -54,12 +54,13 @@ from keras_hybrid.experiments.tasks import (  # noqa: E402
     DuffingTask,
     ForcedPendulumTask,
     PendulumEpisodesTask,
+    PendulumImagesTask,
     PendulumTask,
     ReactionDiffusionTask,
 )
 
 __all__ = [
     "ArrheniusTask", "DuffingTask", "FirstOrderKineticsTask", "ForcedPendulumTask", "MichaelisMentenTask",
-    "PendulumEpisodesTask", "PendulumTask", "ReactionDiffusionTask", "SYSTEMS", "format_sweep",
+    "PendulumEpisodesTask", "PendulumImagesTask", "PendulumTask", "ReactionDiffusionTask", "SYSTEMS", "format_sweep",
     "format_table", "main", "markdown_tables", "methods", "run_experiment", "run_one",
 ]
