@@ -326,3 +326,14 @@ def test_pendulum_images_quick_cli_writes_the_json(tmp_path):
         # Below the training set's mean frame (test MSE 0.030; a blank
         # frame 0.072, the pixel noise 0.0025).
         assert row["test_mse"] < 0.027, row["test_mse"]
+
+
+def test_image_layers_reject_bad_arguments():
+    with pytest.raises(ValueError, match="size=2"):
+        experiments.tasks.SoftArgmax(2)
+    with pytest.raises(ValueError, match="sharpness=0.0"):
+        experiments.tasks.SoftArgmax(16, sharpness=0.0)
+    with pytest.raises(ValueError, match="length=1.5"):
+        experiments.tasks.BlobRenderer(16, length=1.5)
+    with pytest.raises(ValueError, match="width=-0.1"):
+        experiments.tasks.BlobRenderer(16, width=-0.1)

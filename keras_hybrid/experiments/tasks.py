@@ -461,15 +461,33 @@ class AngleFeatures(keras.layers.Layer):
         return (*input_shape[:-1], 2)
 
 
+def _check_layer_args(size, **positive):
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 4:
+        raise ValueError(f"`size` must be an integer >= 4. Received: size={size!r}")
+    for name, value in positive.items():
+        if not np.isfinite(value) or value <= 0 or (name == "length" and value >= 1):
+            bound = "in (0, 1)" if name == "length" else "positive"
+            raise ValueError(f"`{name}` must be {bound}. Received: {name}={value!r}")
+
+
 @keras.saving.register_keras_serializable(package="keras_hybrid_experiments")
 class BlobRenderer(keras.layers.Layer):
     """`(..., 2)` states -> `(..., size * size)` frames: a Gaussian blob at
     `length * (sin theta, cos theta)` from the frame's centre (the form of
     `pendulum_images.render`), with `length` and `width` trainable
-    (positive, `exp` of a raw weight; not physical constants)."""
+    (positive, `exp` of a raw weight; not physical constants).
+
+    Args:
+        size: frame side in pixels (>= 4).
+        length: initial arm length, frame units, in (0, 1). Defaults to
+            `0.5`.
+        width: initial standard deviation of the blob, frame units, > 0.
+            Defaults to `0.2`.
+    """
 
     def __init__(self, size, length=0.5, width=0.2, **kwargs):
         super().__init__(**kwargs)
+        _check_layer_args(size, length=length, width=width)
         self.size = int(size)
         self.length = float(length)
         self.width = float(width)
@@ -502,10 +520,18 @@ class BlobRenderer(keras.layers.Layer):
 class SoftArgmax(keras.layers.Layer):
     """`(..., size * size)` frames -> `(..., 2)` keypoints: the mean pixel
     position `(x, y)` under `softmax(sharpness * frame)` (frame coordinates
-    of `pendulum_images`; `sharpness` trainable)."""
+    of `pendulum_images`; `sharpness` trainable, positive).
+
+    Args:
+        size: frame side in pixels (>= 4); frames are flattened row by row.
+        sharpness: initial inverse temperature of the softmax, > 0
+            (large: the brightest pixel; small: the frame's centre).
+            Defaults to `10.0`.
+    """
 
     def __init__(self, size, sharpness=10.0, **kwargs):
         super().__init__(**kwargs)
+        _check_layer_args(size, sharpness=sharpness)
         self.size = int(size)
         self.sharpness = float(sharpness)
 
@@ -530,12 +556,16 @@ class SoftArgmax(keras.layers.Layer):
 class PendulumImagesTask(GlobalConstantTask):
     """Damped pendulum seen through rendered frames, one global `w0`.
 
-    An encoder of the first frames gives the initial state
+    An encoder of the first frames (a soft-argmax keypoint per frame, a
+    small network of the keypoints) gives the initial state
     `(theta, theta')`; the `ODELayer` (frictionless physics with unknown
     `w0` plus an additive correction MLP in the vector field) integrates
-    it; a decoder renders each predicted state as a frame. The decoder is
-    learned (an MLP of `(cos theta, sin theta)`: it knows the latent state
-    is an angle, not what the frame looks like).
+    it; a decoder renders each predicted state as a frame: a blob renderer
+    with learned arm length and blob width plus a learned residual image
+    (an MLP of `(cos theta, sin theta)`). Inputs `(batch, 3, 256)` (the
+    first 3 frames, flattened), outputs `(batch, 25, 256)` (all frames).
+    The result also gives `angle_corr`, the correlation of the latent
+    angle with the true angle over the test frames.
     """
 
     name = "pendulum_images"
