@@ -23,7 +23,8 @@ the network's output, as in APHYNITY), `sam` (SAM on all parameters, one
 global norm), `sam-neural` (SAM on the network weights only), `asam`
 (adaptive SAM on all parameters), and, not run by default,
 `sam-correction` (`sam-neural` with the encoder of per-episode constants,
-and on `pendulum_images` the frame encoder and decoder, left unperturbed), `sam-auto` (neural-only SAM, radius chosen per seed by
+and on `pendulum_images` the frame encoder and decoder, left
+unperturbed), `sam-auto` (neural-only SAM, radius chosen per seed by
 `keras_hybrid.radius_path` from training and validation data),
 `asam-neural` (adaptive SAM on the network, kernels scaled),
 `sam-relative` (neural-only SAM, radius relative to the weights' norm) and
