@@ -253,3 +253,87 @@ def test_minnorm_is_not_applicable_to_the_nonadditive_pendulum():
     assert report["config"]["architecture"] == "nonadditive"
     with pytest.raises(ValueError, match="architecture='output'"):
         experiments.run_experiment("duffing", ["erm"], 1, quick=True, architecture="output")
+
+
+# -- pendulum from rendered frames --------------------------------------------
+
+from keras_hybrid.systems import pendulum_images  # noqa: E402
+
+
+def test_blob_renderer_layer_matches_the_simulator():
+    renderer = experiments.tasks.BlobRenderer(16, length=pendulum_images.LENGTH, width=pendulum_images.BLOB_WIDTH)
+    theta = np.linspace(-2.0, 2.0, 6).astype("float32")
+    states = np.stack([theta, np.ones_like(theta)], -1)[None]  # (1, 6, 2)
+    frames = np.asarray(renderer(states))
+    assert frames.shape == (1, 6, 256)
+    np.testing.assert_allclose(frames[0], pendulum_images.render(theta).reshape(6, 256), atol=1e-5)
+
+
+def test_soft_argmax_keypoint_is_the_bob_position():
+    theta = np.array([-1.2, 0.0, 0.7, 2.0])
+    frames = pendulum_images.render(theta, size=16, width=0.1).reshape(4, 256).astype("float32")
+    # Sharp: the brightest pixel, within half a pixel pitch (1/16) of the bob.
+    keypoints = np.asarray(experiments.tasks.SoftArgmax(16, sharpness=50.0)(frames))
+    np.testing.assert_allclose(keypoints, np.stack(pendulum_images.bob_position(theta), -1), atol=1 / 16 + 1e-4)
+    # Flat: the mean of the pixel centres, the pivot.
+    flat = np.asarray(experiments.tasks.SoftArgmax(16, sharpness=1e-4)(frames))
+    np.testing.assert_allclose(flat, 0.0, atol=1e-4)
+
+
+def test_pendulum_images_cli_smoke_and_model_round_trip(tmp_path):
+    out = tmp_path / "images.json"
+    experiments.main(["pendulum_images", "--methods", "minnorm,sam-correction", "--seeds", "1", "--quick",
+                      "--epochs", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["complete"] is True and report["config"]["n_steps"] == 25
+    assert [r["method"] for r in report["results"]] == ["minnorm", "sam-correction"]
+    for row in report["results"]:
+        assert RESULT_KEYS <= set(row) and row["true_constants"] == {"w0": 1.0}
+        w0 = row["constants"]["w0"]
+        assert np.isfinite(w0) and abs(w0 - 0.5) < 0.1  # one epoch from the initial 0.5
+        np.testing.assert_allclose(row["param_rel_error"], abs(w0 - 1.0), rtol=1e-6)
+        assert np.isfinite(row["test_mse"]) and row["net_share"] > 0 and -1 <= row["angle_corr"] <= 1
+    # The model (encoder, ODE, renderer) saves and loads.
+    task = experiments.PendulumImagesTask()
+    cfg = task.config(True)
+    data = task.data(0, dict(cfg, n_train=4, n_val=2, n_test=2))
+    x, y = data["test"]
+    assert x.shape == (2, task.n_input_frames, 256) and y.shape == (2, 25, 256)
+    model, _ = task.build(cfg, methods_lib.training_for("erm", None), 0, data["times"])
+    path = tmp_path / "images.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_pendulum_images_quick_cli_writes_the_json(tmp_path):
+    # The command CI runs (about 1.5 min on 2 shared cores).
+    out = tmp_path / "images_quick.json"
+    experiments.main(["pendulum_images", "--methods", "erm,sam-auto", "--seeds", "1", "--quick",
+                      "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["system"] == "pendulum_images" and report["complete"] is True and report["quick"] is True
+    erm, auto = report["results"]
+    assert (erm["method"], auto["method"]) == ("erm", "sam-auto")
+    rows = auto["radius_path"]["rows"]
+    assert [r["rho"] for r in rows] == list(experiments.PendulumImagesTask.auto_rhos)
+    assert auto["hyperparameter"]["rho"] == auto["radius_path"]["chosen"] in experiments.PendulumImagesTask.auto_rhos
+    # No physics-only reference: the physics part needs the encoder and decoder.
+    assert auto["radius_path"]["physics_only"] is None
+    for row in (erm, auto):
+        assert RESULT_KEYS <= set(row)
+        assert np.isfinite(row["constants"]["w0"]) and np.isfinite(row["val_mse"])
+        # Below the training set's mean frame (test MSE 0.030; a blank
+        # frame 0.072, the pixel noise 0.0025).
+        assert row["test_mse"] < 0.027, row["test_mse"]
+
+
+def test_image_layers_reject_bad_arguments():
+    with pytest.raises(ValueError, match="size=2"):
+        experiments.tasks.SoftArgmax(2)
+    with pytest.raises(ValueError, match="sharpness=0.0"):
+        experiments.tasks.SoftArgmax(16, sharpness=0.0)
+    with pytest.raises(ValueError, match="length=1.5"):
+        experiments.tasks.BlobRenderer(16, length=1.5)
+    with pytest.raises(ValueError, match="width=-0.1"):
+        experiments.tasks.BlobRenderer(16, width=-0.1)

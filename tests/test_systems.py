@@ -213,3 +213,57 @@ def test_algebraic_simulate_design_noise_and_determinism(name):
     assert np.all((xs >= spec["range"][0]) & (xs <= spec["range"][1]))
     with pytest.raises(ValueError, match="name='ohm'"):
         algebraic.simulate("ohm")
+
+
+# -- pendulum seen through rendered frames ------------------------------------
+
+from keras_hybrid.systems import pendulum_images  # noqa: E402
+
+
+def test_rendered_pendulum_puts_the_bob_at_the_known_pixel():
+    # 15 pixels: the pivot (frame centre) is pixel (7, 7) and the pixel
+    # pitch 2/15, so a length of 4 pitches puts the bob on a pixel centre.
+    length = 4 * 2 / 15
+    for theta, (row, col) in [(0.0, (11, 7)), (np.pi / 2, (7, 11)), (-np.pi / 2, (7, 3)), (np.pi, (3, 7))]:
+        frame = pendulum_images.render(theta, size=15, length=length, width=0.1)
+        assert frame.shape == (15, 15)
+        assert np.unravel_index(np.argmax(frame), frame.shape) == (row, col), theta
+        np.testing.assert_allclose(frame[row, col], 1.0, atol=1e-12)
+    # Straight down: the default 16-pixel frame is mirror-symmetric.
+    down = pendulum_images.render(0.0)
+    np.testing.assert_allclose(down, down[:, ::-1], atol=1e-12)
+    assert np.argmax(down.max(axis=1)) > 8  # below the pivot (rows grow downwards)
+
+
+def test_rendered_blob_centroid_follows_the_angle():
+    theta = np.linspace(-2.0, 2.0, 9)
+    frames = pendulum_images.render(theta, size=32, length=0.6, width=0.08)
+    grid = pendulum_images.pixel_centres(32)
+    mass = frames.sum(axis=(1, 2))
+    x = (frames * grid[None, None, :]).sum(axis=(1, 2)) / mass
+    y = (frames * grid[None, :, None]).sum(axis=(1, 2)) / mass
+    np.testing.assert_allclose(x, 0.6 * np.sin(theta), atol=1e-3)
+    np.testing.assert_allclose(y, 0.6 * np.cos(theta), atol=1e-3)
+
+
+def test_pendulum_images_simulate_shapes_noise_and_dynamics():
+    times, frames, states = pendulum_images.simulate(8, n_steps=12, dt=0.1, noise=0.05, seed=2)
+    assert times.shape == (12,) and frames.shape == (8, 12, 16, 16) and states.shape == (8, 12, 2)
+    assert frames.dtype == states.dtype == np.float32
+    np.testing.assert_array_equal(frames, pendulum_images.simulate(8, n_steps=12, seed=2)[1])
+    # The frames are the rendered angles plus N(0, 0.05) pixel noise.
+    residual = frames - pendulum_images.render(states[..., 0])
+    assert 0.045 < residual.std() < 0.055 and abs(residual.mean()) < 0.005
+    # Damped: the energy 0.5 theta'^2 + w0^2 (1 - cos theta) decreases.
+    energy = 0.5 * states[..., 1].astype("float64") ** 2 + 1 - np.cos(states[..., 0])
+    assert np.all(np.diff(energy, axis=1) < 1e-6)
+    assert np.all(np.abs(states[:, 0, 0]) <= 1.57) and np.all(np.abs(states[:, 0, 1]) <= 1.0)
+
+
+def test_pendulum_images_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="size=3"):
+        pendulum_images.render(0.0, size=3)
+    with pytest.raises(ValueError, match="length=1.2"):
+        pendulum_images.render(0.0, length=1.2)
+    with pytest.raises(ValueError, match="n_steps=1"):
+        pendulum_images.simulate(2, n_steps=1)

@@ -12,15 +12,19 @@ Systems: the small-data algebraic laws `michaelis_menten`, `arrhenius`,
 reads the raw independent variable), `pendulum` (damped, one global `w0`), `pendulum_episodes`
 (damped, per-episode `w0` inferred by an encoder, shared damping supplied
 by a global network), `forced_pendulum` (forced damped pendulum,
-per-episode `w0` inferred by an encoder), `duffing`
+per-episode `w0` inferred by an encoder), `pendulum_images` (damped,
+global `w0`, observed only through rendered 16x16 frames: an encoder of
+the first three frames gives the initial state, a decoder renders the
+predicted states), `duffing`
 (global `alpha`, `delta`), `reaction_diffusion` (FitzHugh-Nagumo, global
 diffusion coefficients `a`, `b`). Methods: `erm` (plain training), `l2`
 (weight decay on the network), `minnorm` (penalty `lambda ||f_net||^2` on
 the network's output, as in APHYNITY), `sam` (SAM on all parameters, one
 global norm), `sam-neural` (SAM on the network weights only), `asam`
 (adaptive SAM on all parameters), and, not run by default,
-`sam-correction` (`sam-neural` with the encoder of per-episode constants
-left unperturbed), `sam-auto` (neural-only SAM, radius chosen per seed by
+`sam-correction` (`sam-neural` with the encoder of per-episode constants,
+and on `pendulum_images` the frame encoder and decoder, left
+unperturbed), `sam-auto` (neural-only SAM, radius chosen per seed by
 `keras_hybrid.radius_path` from training and validation data),
 `asam-neural` (adaptive SAM on the network, kernels scaled),
 `sam-relative` (neural-only SAM, radius relative to the weights' norm) and
@@ -54,12 +58,13 @@ from keras_hybrid.experiments.tasks import (  # noqa: E402
     DuffingTask,
     ForcedPendulumTask,
     PendulumEpisodesTask,
+    PendulumImagesTask,
     PendulumTask,
     ReactionDiffusionTask,
 )
 
 __all__ = [
     "ArrheniusTask", "DuffingTask", "FirstOrderKineticsTask", "ForcedPendulumTask", "MichaelisMentenTask",
-    "PendulumEpisodesTask", "PendulumTask", "ReactionDiffusionTask", "SYSTEMS", "format_sweep",
+    "PendulumEpisodesTask", "PendulumImagesTask", "PendulumTask", "ReactionDiffusionTask", "SYSTEMS", "format_sweep",
     "format_table", "main", "markdown_tables", "methods", "run_experiment", "run_one",
 ]

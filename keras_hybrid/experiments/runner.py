@@ -12,6 +12,7 @@ from keras_hybrid.experiments.tasks import (
     DuffingTask,
     ForcedPendulumTask,
     PendulumEpisodesTask,
+    PendulumImagesTask,
     PendulumTask,
     ReactionDiffusionTask,
 )
@@ -20,6 +21,7 @@ SYSTEMS = {
     "pendulum": PendulumTask,
     "pendulum_episodes": PendulumEpisodesTask,
     "forced_pendulum": ForcedPendulumTask,
+    "pendulum_images": PendulumImagesTask,
     "duffing": DuffingTask,
     "reaction_diffusion": ReactionDiffusionTask,
     **ALGEBRAIC_SYSTEMS,
