@@ -13,7 +13,10 @@ reads the raw independent variable), `pendulum` (damped, one global `w0`), `pend
 (damped, per-episode `w0` inferred by an encoder, shared damping supplied
 by a global network), `forced_pendulum` (forced damped pendulum,
 per-episode `w0` inferred by an encoder), `duffing`
-(global `alpha`, `delta`), `reaction_diffusion` (FitzHugh-Nagumo, global
+(global `alpha`, `delta`; the network supplies the cubic term and the
+forcing: a documented negative result), `duffing_forcing` (global
+`alpha`, `beta`, `delta`; the network supplies the forcing),
+`reaction_diffusion` (FitzHugh-Nagumo, global
 diffusion coefficients `a`, `b`). Methods: `erm` (plain training), `l2`
 (weight decay on the network), `minnorm` (penalty `lambda ||f_net||^2` on
 the network's output, as in APHYNITY), `sam` (SAM on all parameters, one
@@ -24,7 +27,11 @@ left unperturbed), `sam-auto` (neural-only SAM, radius chosen per seed by
 `keras_hybrid.radius_path` from training and validation data),
 `asam-neural` (adaptive SAM on the network, kernels scaled),
 `sam-relative` (neural-only SAM, radius relative to the weights' norm) and
-`physics` (the physics part alone; algebraic tasks). All methods share data, model,
+`physics` (the physics part alone; algebraic tasks, `pendulum`,
+`duffing_forcing`). On `pendulum` and `duffing_forcing`, `--architecture`
+chooses where the network enters: `vector_field` (inside the ODE),
+`output` (added to the trajectory) or `nonadditive` (the trajectory times
+`1 + net`; `minnorm` is n/a). All methods share data, model,
 initialization, optimizer and number of steps.
 
 Hyperparameters (`lambda`, `rho`) are chosen on seed 0 from the validation
