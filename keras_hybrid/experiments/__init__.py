@@ -58,6 +58,8 @@ from keras_hybrid.experiments.cli import main  # noqa: E402
 from keras_hybrid.experiments.report import format_sweep, format_table, markdown_tables  # noqa: E402
 from keras_hybrid.experiments.runner import SYSTEMS, run_experiment, run_one  # noqa: E402
 from keras_hybrid.experiments.tasks import (  # noqa: E402
+    ArchitectureTask,
+    DuffingForcingTask,
     DuffingTask,
     ForcedPendulumTask,
     PendulumEpisodesTask,
@@ -66,7 +68,7 @@ from keras_hybrid.experiments.tasks import (  # noqa: E402
 )
 
 __all__ = [
-    "ArrheniusTask", "DuffingTask", "FirstOrderKineticsTask", "ForcedPendulumTask", "MichaelisMentenTask",
+    "ArchitectureTask", "ArrheniusTask", "DuffingForcingTask", "DuffingTask", "FirstOrderKineticsTask", "ForcedPendulumTask", "MichaelisMentenTask",
     "PendulumEpisodesTask", "PendulumTask", "ReactionDiffusionTask", "SYSTEMS", "format_sweep",
     "format_table", "main", "markdown_tables", "methods", "run_experiment", "run_one",
 ]
