@@ -175,6 +175,39 @@ def goals(cells):
     return "\n".join(out)
 
 
+def radius_table(cells):
+    """`sam-auto`'s radius paths: per radius, mean over seeds of the
+    constants' relative error, of the validation MSE relative to plain
+    training's (radius 0) and how often the radius was chosen."""
+    out = ["| system | architecture | radius | rel. error | val MSE / val MSE at 0 | chosen |",
+           "|---|---|---|---|---|---|"]
+    for (system, arch), cell in cells.items():
+        rows = [r for r in cell["results"] if r["method"] == "sam-auto" and "radius_path" in r]
+        if not rows:
+            continue
+        truths = rows[0]["true_constants"]
+        per_rho = collections.defaultdict(lambda: {"rel": [], "ratio": [], "chosen": 0})
+        for r in rows:
+            path = r["radius_path"]
+            base = {row["seed"]: row["val_loss"] for row in path["rows"] if row["rho"] == 0}
+            entries = [(row["rho"], row) for row in path["rows"]]
+            if path.get("physics_only"):
+                entries.append(("physics", path["physics_only"]))
+            for rho, row in entries:
+                rel = np.mean([abs(row["constants"][k] - v) / abs(v) for k, v in truths.items()])
+                per_rho[rho]["rel"].append(rel)
+                per_rho[rho]["ratio"].append(row["val_loss"] / base.get(row["seed"], base[min(base)]))
+            per_rho[path["chosen"]]["chosen"] += 1
+        for rho, d in per_rho.items():
+            label = rho if rho == "physics" else f"{rho:g}"
+            out.append(
+                f"| {system} | {arch} | {label} | {np.mean(d['rel']):.3g} ± {np.std(d['rel']):.2g} | "
+                f"{np.mean(d['ratio']):.3g} ({', '.join(f'{x:.2g}' for x in d['ratio'])}) | "
+                f"{d['chosen'] if rho != 'physics' else '-'}/{len(rows)} |"
+            )
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
@@ -189,6 +222,8 @@ def main(argv=None):
     print(summary_table(cells, "val_mse"))
     print("\nGoals\n")
     print(goals(cells))
+    print("\nsam-auto radius paths (mean over seeds; physics: the physics-only reference)\n")
+    print(radius_table(cells))
 
 
 if __name__ == "__main__":
