@@ -337,3 +337,57 @@ def test_image_layers_reject_bad_arguments():
         experiments.tasks.BlobRenderer(16, length=1.5)
     with pytest.raises(ValueError, match="width=-0.1"):
         experiments.tasks.BlobRenderer(16, width=-0.1)
+
+
+def test_duffing_forcing_data_shapes_and_physics_method():
+    task = experiments.DuffingForcingTask()
+    cfg = dict(task.config(True), n_train=4, n_val=3, n_test=2)
+    data = task.data(0, cfg)
+    x, y = data["train"]
+    assert x.shape == (4, 2) and y.shape == (4, 50, 2) and data["times"].shape == (50,)
+    np.testing.assert_array_equal(x, y[:, 0])
+    assert data["val"][1].shape == (3, 50, 2) and data["test"][1].shape == (2, 50, 2)
+    model, ode_layer = task.build(cfg, methods_lib.training_for("physics", None), 0, data["times"])
+    # The physics method has no network: only alpha, beta, delta train.
+    assert ode_layer.correction is None
+    assert len(model.trainable_variables) == 3
+
+
+@pytest.mark.parametrize("architecture", ["vector_field", "output", "nonadditive"])
+def test_duffing_forcing_architectures_fit_one_epoch(tmp_path, architecture):
+    out = tmp_path / "d.json"
+    experiments.main(["duffing_forcing", "--architecture", architecture, "--methods", "erm,minnorm",
+                      "--seeds", "1", "--quick", "--no-sweep", "--epochs", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["config"]["architecture"] == architecture
+    rows = {r["method"]: r for r in report["results"]}
+    assert sorted(rows["erm"]["constants"]) == ["alpha", "beta", "delta"]
+    assert all(np.isfinite(v) and v > 0 for v in rows["erm"]["constants"].values())
+    # One epoch moved the constants away from their initial guess 0.5.
+    assert any(abs(v - 0.5) > 1e-4 for v in rows["erm"]["constants"].values())
+    assert np.isfinite(rows["erm"]["val_mse"]) and rows["erm"]["net_share"] > 0
+    if architecture == "nonadditive":
+        assert report["not_applicable"] == ["minnorm"] and "minnorm" not in rows
+    else:
+        assert np.isfinite(rows["minnorm"]["param_error"])
+
+
+def test_architecture_on_a_system_without_architectures_is_an_error():
+    for system in ("duffing", "michaelis_menten"):
+        with pytest.raises(ValueError, match=r"on the systems \['duffing_forcing', 'pendulum'\] only"):
+            experiments.run_experiment(system, ["erm"], 1, quick=True, architecture="vector_field")
+    with pytest.raises(ValueError, match="architecture='convolutional'"):
+        experiments.run_experiment("duffing_forcing", ["erm"], 1, quick=True, architecture="convolutional")
+    with pytest.raises(SystemExit):
+        experiments.main(["duffing_forcing", "--architecture", "convolutional", "--json", "x.json"])
+
+
+def test_physics_method_runs_only_where_the_network_can_be_dropped():
+    # Elsewhere `physics` would silently be plain training.
+    systems = experiments.SYSTEMS
+    for name in ("duffing", "reaction_diffusion", "pendulum_episodes", "forced_pendulum", "pendulum_images"):
+        assert not systems[name]().applicable("physics", {}), name
+    for name in ("pendulum", "duffing_forcing", "michaelis_menten", "arrhenius", "first_order_kinetics"):
+        assert systems[name]().applicable("physics", {}), name
+    report, _ = experiments.run_experiment("duffing", ["physics"], 1, quick=True, log=lambda s: None)
+    assert report["results"] == [] and report["not_applicable"] == ["physics"]

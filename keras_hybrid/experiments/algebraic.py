@@ -51,6 +51,8 @@ def correction_network(hidden, seed, regularizer, standardize_from=None, name="c
 class AlgebraicTask(GlobalConstantTask):
     """One law of `keras_hybrid.systems.algebraic` plus a correction network."""
 
+    fits_physics_alone = True
+
     sweeps = {
         "l2": [1e-4, 1e-3, 1e-2],
         "minnorm": [0.01, 0.1, 1.0],

@@ -34,7 +34,7 @@ def main(argv=None):
     parser.add_argument("--standardize", action="store_true",
                         help="standardize the correction network's inputs (algebraic tasks)")
     parser.add_argument("--architecture", default=None, choices=list(ARCHITECTURES),
-                        help="pendulum: where the network enters (default vector_field)")
+                        help="pendulum, duffing_forcing: where the network enters (default vector_field)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: default)")
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--export", default=None, help="SavedModel directory for the last model")

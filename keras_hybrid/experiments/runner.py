@@ -9,6 +9,7 @@ from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.experiments.algebraic import ALGEBRAIC_SYSTEMS
 from keras_hybrid.experiments.tasks import (
     ARCHITECTURES,
+    DuffingForcingTask,
     DuffingTask,
     ForcedPendulumTask,
     PendulumEpisodesTask,
@@ -23,6 +24,7 @@ SYSTEMS = {
     "forced_pendulum": ForcedPendulumTask,
     "pendulum_images": PendulumImagesTask,
     "duffing": DuffingTask,
+    "duffing_forcing": DuffingForcingTask,
     "reaction_diffusion": ReactionDiffusionTask,
     **ALGEBRAIC_SYSTEMS,
 }
@@ -139,10 +141,12 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
             Defaults to `None`.
         standardize: standardize the correction network's inputs
             (algebraic tasks only). Defaults to `False`.
-        architecture: `pendulum` only: `"vector_field"` (the correction
-            inside the ODE), `"output"` (an additive correction of the
-            observed trajectory) or `"nonadditive"` (the trajectory times
-            `1 + net`). `None` is `"vector_field"`. Defaults to `None`.
+        architecture: on the systems with an `architectures` attribute
+            (`pendulum`, `duffing_forcing`): `"vector_field"` (the
+            correction inside the ODE), `"output"` (an additive correction
+            of the observed trajectory) or `"nonadditive"` (the trajectory
+            times `1 + net`). `None` is `"vector_field"`. Defaults to
+            `None`.
     """
     if system not in SYSTEMS:
         raise ValueError(f"`system` must be one of {list(SYSTEMS)}. Received: system={system!r}")
@@ -161,9 +165,11 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
             )
         cfg["standardize"] = True
     if architecture is not None:
-        if system != "pendulum" or architecture not in ARCHITECTURES:
+        allowed = getattr(task, "architectures", ())
+        if architecture not in allowed:
+            supported = sorted(name for name, cls in SYSTEMS.items() if getattr(cls, "architectures", ()))
             raise ValueError(
-                f"`architecture` must be one of {list(ARCHITECTURES)}, on the pendulum only. "
+                f"`architecture` must be one of {list(ARCHITECTURES)}, on the systems {supported} only. "
                 f"Received: system={system!r}, architecture={architecture!r}"
             )
         cfg["architecture"] = architecture
