@@ -293,20 +293,13 @@ class DuffingForcingTask(ArchitectureTask):
     name = "duffing_forcing"
     correction_inputs = "state_and_time"
     true_constants = {k: duffing.TRUE_CONSTANTS[k] for k in ("alpha", "beta", "delta")}
-    sweeps = {
-        "l2": [1e-4, 1e-3],
-        "minnorm": [0.1, 1.0],
-        "sam": [0.05, 0.3],
-        "sam-neural": [0.1, 0.3, 1.0],
-        "asam": [0.1, 0.5],
-    }
-    # Not selected by a full run (none was made): DuffingTask's values.
-    defaults = {"l2": 1e-4, "minnorm": 0.1, "sam": 0.05, "sam-neural": 0.1, "asam": 0.1}
+    # The same data as `duffing`, hence its sweeps, configurations and
+    # defaults (the latter not selected by a full run of this task).
+    sweeps = DuffingTask.sweeps
+    defaults = DuffingTask.defaults
 
     def config(self, quick):
-        if quick:
-            return dict(n_train=100, n_val=50, n_test=50, epochs=120, batch_size=50, lr=5e-3)
-        return dict(n_train=200, n_val=50, n_test=50, epochs=300, batch_size=50, lr=3e-3)
+        return DuffingTask.config(self, quick)
 
     def data(self, seed, cfg):
         return DuffingTask.data(self, seed, cfg)
