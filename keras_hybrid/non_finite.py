@@ -62,14 +62,20 @@ def _state_of(optimizer, variables):
     return state
 
 
-def _apply_and_keep_if_finite(optimizer, gradients, variables):
-    """Applies the gradients; restores weights and optimizer state if the
-    result is non-finite. Returns a scalar bool: the update was kept."""
+def _apply_and_keep_if_finite(optimizer, gradients, variables, finite):
+    """Applies the gradients; restores weights and optimizer state unless
+    `finite` holds and the result is finite. Returns a scalar bool: the
+    update was kept.
+
+    The update runs unconditionally and is undone if `finite` is false:
+    one `cond` (on the rare restore) instead of a second one around the
+    optimizer, whose update then stays in the step's own schedule.
+    """
     state = _state_of(optimizer, variables)
     saved = [tf.identity(v.value) for v in state]
     optimizer.apply_gradients(zip(gradients, variables))
     after = [tf.identity(v.value) for v in _float_values(state)]
-    kept = all_finite(after)
+    kept = ops.logical_and(finite, all_finite(after))
 
     def restore():
         for v, value in zip(state, saved):
@@ -101,13 +107,12 @@ def guarded_apply(optimizer, gradients, variables, losses):
         # overflow); only the loss and the result are ours to check.
         finite = losses_finite
     else:
+        # Checked even though a non-finite gradient usually shows in the
+        # state after the update: clipping (`clipvalue`) can map NaN to a
+        # finite bound.
         finite = ops.logical_and(losses_finite, all_finite(gradients))
     if not tf.distribute.has_strategy():
-        return ops.cond(
-            finite,
-            lambda: _apply_and_keep_if_finite(optimizer, gradients, variables),
-            lambda: ops.convert_to_tensor(False),
-        )
+        return _apply_and_keep_if_finite(optimizer, gradients, variables, finite)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         # Under a strategy it must be called in replica context: its own
         # skip applies, and the loss check cannot wrap it in a `cond`.

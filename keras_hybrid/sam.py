@@ -52,11 +52,30 @@ def _check_bool(arg, value):
 
 
 def all_finite(tensors):
-    """Scalar boolean tensor: every entry of every (non-`None`) tensor is finite."""
-    checks = [ops.all(ops.isfinite(x)) for x in tensors if x is not None]
-    if not checks:
+    """Scalar boolean tensor: every entry of every (non-`None`) tensor is finite.
+
+    Exact, and cheap in the common case: a NaN or Inf entry makes its
+    tensor's sum non-finite, so a finite total of the (float32) sums proves
+    every entry finite with one reduction per tensor. Only a non-finite
+    total (a bad entry, or finite entries whose sum overflows) pays for the
+    entry-by-entry check, which decides.
+    """
+    present = [x for x in tensors if x is not None]
+    if not present:
         return ops.convert_to_tensor(True)
-    return ops.all(ops.stack(checks))
+    sums = [ops.sum(ops.cast(x, "float32") if _narrow_float(x) else x) for x in present]
+    total = ops.sum(ops.stack([ops.cast(s, "float32") for s in sums]))
+
+    def entry_by_entry():
+        return ops.all(ops.stack([ops.all(ops.isfinite(x)) for x in present]))
+
+    return ops.cond(ops.isfinite(total), lambda: ops.convert_to_tensor(True), entry_by_entry)
+
+
+def _narrow_float(x):
+    # float16 sums overflow at 65504: sum in float32 instead. Integer and
+    # wider float tensors are summed as they are.
+    return str(getattr(x, "dtype", "")).endswith(("float16", "bfloat16"))
 
 
 def _is_kernel(variable):

@@ -79,6 +79,32 @@ def test_infinite_loss_with_finite_gradient_is_skipped_with_sgd():
     np.testing.assert_allclose(model.physical_constants()["w0"], 0.5, rtol=1e-6)
 
 
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+class SqrtGain(keras.layers.Layer):
+    """`sqrt(w) * x` with `w = 0`: a finite loss with an infinite gradient."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(), initializer="zeros", name="w")
+
+    def call(self, x):
+        return keras.ops.sqrt(self.w) * x
+
+
+@pytest.mark.parametrize("sam", SAMS, ids=["plain", "sam"])
+def test_infinite_gradient_is_skipped_even_when_clipping_makes_the_update_finite(sam):
+    # clipvalue maps the -Inf gradient to -1: the update would be finite
+    # (w = 0.1), so only the check of the gradient itself can skip it.
+    inputs = keras.Input((1,))
+    model = kh.HybridModel(inputs, SqrtGain()(inputs), sam=sam, on_non_finite="skip")
+    model.compile(optimizer=keras.optimizers.SGD(0.1, clipvalue=1.0), loss="mse")
+    ones = np.ones((4, 1), "float32")
+    history = model.fit(ones, ones, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["skipped_steps"] == [1]
+    assert float(model.layers[-1].w.numpy()) == 0.0
+    assert int(model.optimizer.iterations) == 0
+
+
 def _offset_model(on_non_finite):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((1,))

@@ -185,3 +185,26 @@ def test_exclude_matches_path_parts_and_round_trips():
     assert SAM.from_config(sam.get_config()) == sam
     with pytest.raises(TypeError, match="exclude"):
         SAM(exclude="encoder")
+
+
+@pytest.mark.parametrize(
+    "values, dtype, expected",
+    [
+        ([1.0, -2.0], "float32", True),
+        ([1.0, np.nan], "float32", False),
+        ([np.inf, 1.0], "float32", False),
+        ([np.inf, -np.inf], "float32", False),
+        # Finite entries whose sum overflows: the fast path's total is Inf,
+        # and the entry-by-entry check must still say finite.
+        ([3e38, 3e38], "float32", True),
+        ([6e4, 6e4], "float16", True),
+        ([1e308, 1e308], "float64", True),
+        ([1e308, np.nan], "float64", False),
+    ],
+)
+def test_all_finite_is_exact(values, dtype, expected):
+    from keras_hybrid.sam import all_finite
+
+    tensors = [np.array(values, dtype), np.ones(3, dtype)]
+    assert bool(all_finite(tensors)) is expected
+    assert bool(all_finite([None] + tensors)) is expected
