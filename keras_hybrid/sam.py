@@ -171,12 +171,23 @@ def sam_perturbation(
         weight_sq = [ops.sum(ops.square(ops.cast(w, "float32"))) for _, _, w in present]
         radius = rho * ops.sqrt(ops.sum(ops.stack(weight_sq)))
     # Any NaN/Inf entry makes the norm non-finite; the scalar select then
-    # returns zeros, so no NaN can leak into the perturbed weights.
+    # returns zeros, so no NaN can leak into the perturbed weights. (A
+    # `cond` on the scalar, not an entry-wise `where`: no pass over the
+    # weights.)
     finite = ops.logical_and(ops.isfinite(norm), ops.isfinite(radius))
     factor = radius / (norm + eps)
-    for (i, g_orig, _), (g, s) in zip(present, scaled):
-        direction = g * ops.square(s) if s is not None else g
-        perturbation[i] = ops.cast(ops.where(finite, factor * direction, 0.0), g_orig.dtype)
+
+    def scaled_directions():
+        return [
+            ops.cast(factor * (g * ops.square(s) if s is not None else g), g_orig.dtype)
+            for (_, g_orig, _), (g, s) in zip(present, scaled)
+        ]
+
+    def zeros():
+        return [ops.zeros(ops.shape(g_orig), g_orig.dtype) for _, g_orig, _ in present]
+
+    for (i, _, _), e in zip(present, ops.cond(finite, scaled_directions, zeros)):
+        perturbation[i] = e
     return perturbation
 
 
