@@ -110,10 +110,15 @@ def build(variant, jit):
 
 
 def op_profile(model, x, y, steps):
-    """CPU time per step by TensorFlow op type, ms, over one profiled epoch.
+    """What one profiled epoch spends, per step, from the `tf.profiler` trace.
 
-    Reads the `tf.profiler` trace (`*.xplane.pb`) directly: the time of
-    every kernel executed on the compute threads, summed per op type.
+    Reads the trace (`*.xplane.pb`) directly. Returns `(ops, schedule)`:
+    `ops`, the CPU time of every kernel executed on the compute threads,
+    ms per step, summed per op type; `schedule`, ms per step of the
+    epoch's span (first kernel to last) split by how many kernels ran at
+    once: `idle` (none: host work between and within steps), `one`, and
+    `two_or_more`. Idle time and time on one kernel are what wall time
+    has on top of the CPU time spread over the cores.
     """
     import collections
     import glob
@@ -130,6 +135,7 @@ def op_profile(model, x, y, steps):
         with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
             space.ParseFromString(f.read())
     totals = collections.Counter()
+    edges = []
     for plane in space.planes:
         names = {key: meta.name for key, meta in plane.event_metadata.items()}
         for line in plane.lines:
@@ -141,7 +147,22 @@ def op_profile(model, x, y, steps):
                 # events ("ExecutorState::Process") enclose them.
                 if ":" in name and not name.startswith("ExecutorState"):
                     totals[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
-    return dict(totals.most_common(25))
+                    start = line.timestamp_ns * 1000 + event.offset_ps
+                    edges += [(start, 1), (start + event.duration_ps, -1)]
+    edges.sort()
+    running, previous = 0, edges[0][0] if edges else 0
+    by_count = collections.Counter()
+    for time_ps, change in edges:
+        by_count[min(running, 2)] += time_ps - previous
+        running, previous = running + change, time_ps
+    ms = lambda ps: ps / 1e9 / steps  # noqa: E731
+    schedule = {
+        "span": ms(sum(by_count.values())),
+        "idle": ms(by_count[0]),
+        "one": ms(by_count[1]),
+        "two_or_more": ms(by_count[2]),
+    }
+    return dict(totals.most_common(25)), schedule
 
 
 def child(variant, jit, steps, epochs, warmup, profile=False):
@@ -185,7 +206,7 @@ def child(variant, jit, steps, epochs, warmup, profile=False):
         "versions": f"TF {tf.__version__}, {framework.__name__} {framework.__version__}",
     }
     if profile:
-        result["op_profile"] = op_profile(model, x, y, steps)
+        result["op_profile"], result["schedule"] = op_profile(model, x, y, steps)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -203,18 +224,25 @@ def run_child(variant, jit, steps, epochs, warmup, profile=False):
 
 
 def profile(steps, warmup):
-    """Prints the CPU time per op type of both SAM steps, side by side."""
-    print("CPU time per step by op type, ms (one profiled epoch of "
-          f"{steps} steps, jit_compile=False)")
-    profiles = {
-        variant: run_child(variant, False, steps, 1, warmup, profile=True)["op_profile"]
-        for variant in ("keras_hybrid SAM", "tf_keras SAM")
-    }
-    a, b = profiles.values()
+    """Prints, for the four variants, how each step's span is scheduled
+    (idle, one kernel, two or more at once) and the CPU time per op type of
+    the two SAM steps, side by side."""
+    print(f"One profiled epoch of {steps} steps per variant, jit_compile=False; ms per step")
+    runs = {variant: run_child(variant, False, steps, 1, warmup, profile=True) for variant in VARIANTS}
+    print(f"  {'variant':<19} {'span':>7} {'idle':>7} {'1 kernel':>9} {'2+ kernels':>11} "
+          f"{'kernel CPU':>11}")
+    for variant, run in runs.items():
+        sched, cpu = run["schedule"], sum(run["op_profile"].values())
+        print(f"  {variant:<19} {sched['span']:7.1f} {sched['idle']:7.1f} {sched['one']:9.1f} "
+              f"{sched['two_or_more']:11.1f} {cpu:11.1f}")
+    a, b = runs["keras_hybrid SAM"]["op_profile"], runs["tf_keras SAM"]["op_profile"]
+    print("\nCPU time per op type, SAM steps")
     print(f"  {'op type':<26} {'keras_hybrid':>12} {'tf_keras':>9}")
     for op in sorted(set(a) | set(b), key=lambda op: -(a.get(op, 0) + b.get(op, 0)))[:16]:
         print(f"  {op:<26} {a.get(op, 0.0):12.2f} {b.get(op, 0.0):9.2f}")
     print(f"  {'total (top 25 op types)':<26} {sum(a.values()):12.2f} {sum(b.values()):9.2f}")
+    one, five, fifteen = os.getloadavg()
+    print(f"load average at the end {one:.2f}, {five:.2f}, {fifteen:.2f}")
 
 
 def main(argv=None):
@@ -228,7 +256,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured epochs per subprocess")
     parser.add_argument("--no-xla", action="store_true", help="only jit_compile=False")
     parser.add_argument("--profile", action="store_true",
-                        help="only profile the two SAM steps: CPU time per op type (tf.profiler)")
+                        help="only profile: each step's schedule (idle, one kernel, two or more) for the four "
+                             "variants, and CPU time per op type of the SAM steps (tf.profiler)")
     args = parser.parse_args(argv)
 
     steps = args.steps or (6 if args.quick else 16)
