@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid import uncertainty as un
+from keras_hybrid._data_space import DataSpaceSolver
 from keras_hybrid.layers import (
     ScientificLayer,
     _constant_spec,
@@ -35,6 +36,12 @@ DEFAULT_PRIOR_PRECISION = 1.0
 #: with `method="cg"` (the dense method takes the exact eigenvalues).
 LANCZOS_STEPS = 30
 LANCZOS_PROBES = 4
+
+#: With `method="cg"` and the data in one chunk (`batch_size=None`), run
+#: the conjugate gradients in one compiled function
+#: (`keras_hybrid._data_space`); `False` takes the host loop with one
+#: compiled product per iteration (as with several chunks).
+COMPILED_CG = True
 
 _NETWORK_MODES = ("marginal", "fixed")
 _METHODS = ("auto", "dense", "cg")
@@ -128,6 +135,10 @@ class _Residuals:
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.n = int(sum(np.count_nonzero(w) for w in tf.nest.flatten(self.w)))
         self._ggn = None
+
+    def single_chunk(self):
+        """Whether the data go through the model in one chunk."""
+        return self.batch_size >= self.size
 
     def chunks(self):
         for start in range(0, self.size, self.batch_size):
@@ -273,6 +284,26 @@ class _Residuals:
             grads = self._ggn(params, tangents, *chunk)
             total += np.concatenate([np.reshape(g.numpy(), -1) for g in grads]).astype("float64")
         return total
+
+
+def _host_data_space_information(res, model, weights, x, y, sample_weight, batch_size,
+                                 inverse_shift, p_c, cg_tol, cg_max_iter):
+    """The data-space solve with the iteration on the host (one compiled
+    product per iteration and chunk): `(S, solver info)`."""
+    net_res = _Residuals(model, weights, x, y, sample_weight, batch_size)
+    columns = res.jacobian_columns(range(p_c))
+
+    def matvec(u):
+        return u + net_res.data_product(u, inverse_shift)
+
+    solves, infos = [], []
+    for i in range(p_c):
+        sol, info_i = un.conjugate_gradient(matvec, columns[i], tol=cg_tol,
+                                            max_iter=cg_max_iter, quadratic=True)
+        solves.append(sol)
+        infos.append(info_i)
+    info = np.stack(columns, 1).T @ np.stack(solves, 1)
+    return 0.5 * (info + info.T), {"cg": infos, "compiled": False}
 
 
 # -- result objects -------------------------------------------------------
@@ -627,9 +658,16 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             f"Received: method={method!r}"
         )
     solver = {}
+    data_space = None
     if method == "dense":
         gram, rss = res.dense_gram()
         a_cc, a_cw, a_ww = gram[:p_c, :p_c], gram[:p_c, p_c:], gram[p_c:, p_c:]
+    elif COMPILED_CG and res.single_chunk():
+        # One compiled pass: the residuals and the constants' Jacobian columns.
+        data_space = DataSpaceSolver(res, p_c)
+        r, jc = data_space.columns()
+        rss = float(r @ r)
+        a_cc, a_cw, a_ww = jc.T @ jc, None, None
     else:
         rss = res.rss()
         cols = []
@@ -694,22 +732,16 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         # terms when the network can take over most of a constant's
         # information, and conjugate gradients approach S from below (an
         # early stop widens the interval).
-        net_res = _Residuals(model, weights, x, y, sample_weight, batch_size)
         inverse_shift = 1.0 / np.broadcast_to(shift, (p_w,))
-        columns = res.jacobian_columns(range(p_c))
-
-        def matvec(u):
-            return u + net_res.data_product(u, inverse_shift)
-
-        solves, infos = [], []
-        for i in range(p_c):
-            sol, info_i = un.conjugate_gradient(matvec, columns[i], tol=cg_tol,
-                                                max_iter=cg_max_iter, quadratic=True)
-            solves.append(sol)
-            infos.append(info_i)
-        solver = {"cg": infos}
-        info = np.stack(columns, 1).T @ np.stack(solves, 1)
-        info = 0.5 * (info + info.T)
+        if data_space is not None:
+            solves, infos = data_space.solve(jc, inverse_shift, cg_tol, cg_max_iter)
+            info = jc.T @ solves
+            info = 0.5 * (info + info.T)
+            solver = {"cg": infos, "compiled": True, "xla": data_space.xla}
+        else:
+            info, solver = _host_data_space_information(
+                res, model, weights, x, y, sample_weight, batch_size, inverse_shift, p_c,
+                cg_tol, cg_max_iter)
     cov = un.covariance_from_information(info, noise_var)
     raw = [float(v.numpy()) for v in constants]
     raw_se = [math.sqrt(c) if math.isfinite(c) and c >= 0 else math.inf for c in np.diag(cov)]
