@@ -37,10 +37,10 @@ DEFAULT_PRIOR_PRECISION = 1.0
 LANCZOS_STEPS = 30
 LANCZOS_PROBES = 4
 
-#: With `method="cg"` and the data in one chunk (`batch_size=None`), run
-#: the conjugate gradients in one compiled function
-#: (`keras_hybrid._data_space`); `False` takes the host loop with one
-#: compiled product per iteration (as with several chunks).
+#: With `method="cg"` and the data in one chunk (`batch_size=None`), take
+#: every product of the solve (Jacobian columns, residuals, CG products)
+#: from one compiled function (`keras_hybrid._data_space`); `False` takes
+#: the separate products used with several chunks.
 COMPILED_CG = True
 
 _NETWORK_MODES = ("marginal", "fixed")
@@ -541,9 +541,17 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     nearly equal numbers when the network can take over most of a
     constant's information (where a weight-space solve to a residual of
     1e-3 can leave `S` several times too large). Conjugate gradients
-    approach `S` from below, so an early stop widens the interval; they
-    stop when `S_ii` changed by less than `cg_tol` over the last 5
-    iterations. `"auto"` picks dense when it fits. In `"cg"` mode the
+    approach `S` from below (Gauss quadrature), so an early stop widens
+    the interval; the Gauss–Radau rule (the operator's eigenvalues are at
+    least 1) bounds `S_ii` from above. They stop when that bracket is
+    narrower than `cg_tol` times `S_ii` (the interval is then at most
+    `sqrt(1 + cg_tol)` times the converged one), or when `S_ii` changed
+    by less than `cg_tol` over the last 5 iterations (an estimate, which
+    can stop on a plateau with `S_ii` too small: a wider interval). With
+    the data in one chunk (`batch_size=None`) every product comes from one
+    compiled function (`keras_hybrid._data_space`); `.solver["cg"]` holds
+    the iterations and both bounds (`lower`, `upper`) per constant.
+    `"auto"` picks dense when it fits. In `"cg"` mode the
     noise variance counts only the constants as parameters
     (`p_eff = p_c`; `p_c + gamma` with the evidence prior), which
     underestimates `sigma^2` by at most a factor
@@ -588,9 +596,9 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             over the eligible radii, and lets the path's stability enter
             the verdicts (see above). Defaults to `None`.
         cg_tol: conjugate gradients stop when the constant's marginal
-            information `S_ii` changed by less than this fraction over the
-            last 5 iterations (`keras_hybrid.uncertainty.conjugate_gradient`).
-            Defaults to `1e-3`.
+            information `S_ii` is bracketed to within this fraction, or
+            changed by less than this fraction over the last 5 iterations
+            (see above). Defaults to `1e-3`.
         cg_max_iter: conjugate-gradient iteration limit. Defaults to `500`.
 
     Returns:
@@ -625,6 +633,10 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             "`prior_precision` must be a number > 0, \"evidence\" or None. "
             f"Received: prior_precision={prior_precision!r}"
         )
+    if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not 0 < cg_tol < 1:
+        raise ValueError(f"`cg_tol` must be a number in (0, 1). Received: cg_tol={cg_tol!r}")
+    if isinstance(cg_max_iter, bool) or not isinstance(cg_max_iter, (int, np.integer)) or cg_max_iter < 1:
+        raise ValueError(f"`cg_max_iter` must be an integer >= 1. Received: cg_max_iter={cg_max_iter!r}")
     if path is not None and not hasattr(path, "selection_ranges"):
         raise TypeError(
             f"`path` must be a `RadiusPath` (from `kh.radius_path`) or None. Received: path={path!r}"
@@ -734,10 +746,19 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         # early stop widens the interval).
         inverse_shift = 1.0 / np.broadcast_to(shift, (p_w,))
         if data_space is not None:
-            solves, infos = data_space.solve(jc, inverse_shift, cg_tol, cg_max_iter)
-            info = jc.T @ solves
+            data_space.set_inverse_shift(inverse_shift)
+            solves, infos = [], []
+            for i in range(p_c):
+                # M = I + J_w D^-1 J_w^T has eigenvalues >= 1: a Gauss-Radau bracket.
+                sol, info_i = un.conjugate_gradient(data_space.matvec, jc[:, i], tol=cg_tol,
+                                                    max_iter=cg_max_iter, quadratic=True, eig_lower=1.0)
+                solves.append(sol)
+                infos.append(info_i)
+            info = jc.T @ np.stack(solves, 1)
             info = 0.5 * (info + info.T)
-            solver = {"cg": infos, "compiled": True, "xla": data_space.xla}
+            # The diagonal from CG's sum (b^T x can stall with float32 products).
+            info[np.diag_indices(p_c)] = [i["quadratic"] for i in infos]
+            solver = {"cg": infos, "compiled": True, "xla": data_space.xla, "calls": data_space.calls}
         else:
             info, solver = _host_data_space_information(
                 res, model, weights, x, y, sample_weight, batch_size, inverse_shift, p_c,

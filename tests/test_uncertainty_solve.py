@@ -4,7 +4,6 @@ iteration, and the Gauss / Gauss-Radau bracket of the information."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_hybrid as kh
 from keras_hybrid import _data_space
@@ -19,11 +18,14 @@ def _small_pendulum():
     return model, y0, obs
 
 
-def test_compiled_solve_matches_the_dense_schur_complement_on_an_ode_hybrid():
+@pytest.mark.parametrize("jit_after", [2, 10**6])
+def test_compiled_solve_matches_the_dense_schur_complement_on_an_ode_hybrid(jit_after, monkeypatch):
     # An RK4 ODE with a 2-4-4-2 network inside (42 weights): the compiled
     # iteration (reverse pass differentiated in its cotangent, through the
     # ODE loop) against the Schur complement of the dense Gram matrix at
-    # the same shift alpha sigma^2.
+    # the same shift alpha sigma^2; with the product XLA-compiled from its
+    # second call, and as a plain graph throughout.
+    monkeypatch.setattr(_data_space, "JIT_AFTER", jit_after)
     model, y0, obs = _small_pendulum()
     dense = kh.constant_uncertainty(model, y0, obs, method="dense", prior_precision=1.0)
     cg = kh.constant_uncertainty(model, y0, obs, method="cg", prior_precision=1.0, cg_tol=1e-9)
@@ -37,7 +39,7 @@ def test_compiled_solve_matches_the_dense_schur_complement_on_an_ode_hybrid():
     # dense Gram matrix comes from float32 Jacobian columns too).
     assert info["quadratic"] <= expected[0, 0] * (1 + 1e-3)
     assert info["upper"] >= expected[0, 0] * (1 - 1e-3)
-    assert cg.solver["xla"]
+    assert cg.solver["xla"] == (jit_after == 2)
 
 
 def test_compiled_and_host_iterations_agree(monkeypatch):
@@ -54,24 +56,31 @@ def test_compiled_and_host_iterations_agree(monkeypatch):
 def test_gauss_and_gauss_radau_bounds_bracket_the_quadratic_form():
     rng = np.random.default_rng(0)
     jw = rng.standard_normal((200, 40)) * np.geomspace(3, 1e-2, 40)
-    m = np.eye(200) + jw @ jw.T
+    m = np.eye(200) + jw @ jw.T  # eigenvalues >= 1
     b = jw @ rng.standard_normal(40) + 0.1 * rng.standard_normal(200)
     exact = b @ np.linalg.solve(m, b)
-    mt = tf.constant(m)
-
-    def matvec(v):
-        return tf.linalg.matvec(mt, v)
-
-    x, k, lower, upper, _, lows, ups = _data_space._cg_loop(matvec, tf.constant(b), 1e-10, 300, delay=300)
-    k = int(k)
-    lows, ups = lows.numpy()[:k], ups.numpy()[:k]
+    _, info = un.conjugate_gradient(lambda v: m @ v, b, tol=1e-12, max_iter=300, quadratic=True,
+                                    delay=300, eig_lower=1.0)
+    lows, ups = np.array(info["lower_history"]), np.array(info["upper_history"])
     assert np.all(lows <= exact * (1 + 1e-9)) and np.all(ups >= exact * (1 - 1e-9))
-    assert np.all(np.diff(lows) >= -1e-12 * exact)
-    assert float(lower) == pytest.approx(exact, rel=1e-8)
-    assert float(upper) == pytest.approx(exact, rel=1e-8)
-    # Stopped on the bracket (tol 1e-3): the lower bound is within 1e-3 of
-    # the exact value, and the loop stopped before the residual rule.
-    _, k2, lower2, upper2, *_ = _data_space._cg_loop(matvec, tf.constant(b), 1e-3, 300, delay=300)
-    assert int(k2) < k
-    assert 0 <= float(upper2) - float(lower2) <= 1e-3 * float(lower2)
-    assert exact * (1 - 1e-3) <= float(lower2) <= exact
+    assert np.all(np.diff(lows) >= 0)
+    assert info["lower"] == pytest.approx(exact, rel=1e-8)
+    assert info["upper"] == pytest.approx(exact, rel=1e-8)
+    # Stopped on the bracket (tol 1e-3, no delay rule): the lower bound is
+    # within 1e-3 of the exact value, before the residual rule.
+    _, info2 = un.conjugate_gradient(lambda v: m @ v, b, tol=1e-3, max_iter=300, quadratic=True,
+                                     delay=300, eig_lower=1.0)
+    assert info2["bracketed"] and info2["iterations"] < info["iterations"]
+    assert 0 <= info2["upper"] - info2["lower"] <= 1e-3 * info2["lower"]
+    assert exact * (1 - 1e-3) <= info2["lower"] <= exact
+    assert info2["quadratic"] == pytest.approx(info2["lower"], rel=1e-8)
+    with pytest.raises(ValueError, match=r"Received: eig_lower=0"):
+        un.conjugate_gradient(lambda v: m @ v, b, quadratic=True, eig_lower=0)
+
+
+def test_bad_solver_settings_name_argument_and_value():
+    model, y0, obs = _small_pendulum()
+    with pytest.raises(ValueError, match=r"Received: cg_tol=0"):
+        kh.constant_uncertainty(model, y0, obs, method="cg", cg_tol=0)
+    with pytest.raises(ValueError, match=r"Received: cg_max_iter=2.5"):
+        kh.constant_uncertainty(model, y0, obs, method="cg", cg_max_iter=2.5)
