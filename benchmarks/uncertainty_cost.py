@@ -3,6 +3,7 @@ side in one run, on the pendulum hybrid with the demo's settings.
 
     python benchmarks/uncertainty_cost.py                      # ERM and SAM, 600 epochs
     python benchmarks/uncertainty_cost.py --fits erm --epochs 100 --json out.json
+    python benchmarks/uncertainty_cost.py --weights DIR --reference 800   # refit-free, with a reference S
 
 For each fit (ERM, and SAM with rho=0.3 on the network, as in
 `keras_hybrid.demo`) the script trains, then computes the marginal report
@@ -57,6 +58,23 @@ def _report(model, y0, obs, compiled, **kwargs):
     return row
 
 
+def _reference(model, y0, obs, shift, max_iter):
+    """The information `S` by conjugate gradients stopped only on the
+    Gauss-Radau bracket (1e-2) or `max_iter`: `(lower, upper, iterations)`."""
+    from keras_hybrid import uncertainty as un
+    from keras_hybrid._data_space import DataSpaceSolver
+
+    entries = diagnostics._constant_entries(model)
+    variables = [v for _, v, _ in entries] + diagnostics._network_variables(model)
+    res = diagnostics._Residuals(model, variables, y0, obs, None, None)
+    solver = DataSpaceSolver(res, len(entries))
+    _, jc = solver.columns()
+    solver.set_inverse_shift(1.0 / np.asarray(shift, "float64"))
+    _, info = un.conjugate_gradient(solver.matvec, jc[:, 0], tol=1e-2, max_iter=max_iter,
+                                    quadratic=True, delay=max_iter + 1, eig_lower=1.0)
+    return info["lower"], info["upper"], info["iterations"]
+
+
 def _line(label, row, train):
     lo, hi = row["interval"]
     bracket = ""
@@ -81,6 +99,10 @@ def main(argv=None):
     parser.add_argument("--weights", default=None,
                         help="directory: load `pendulum_<fit>.weights.h5` from it instead of training "
                              "(training time then from `pendulum_<fit>.json`), or save them there")
+    parser.add_argument("--reference", type=int, default=0,
+                        help="also run CG stopped only on the Gauss-Radau bracket (1e-2) or this "
+                             "many iterations, to see how far the reports' information is from "
+                             "the converged one (0: skip)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     data = pendulum.simulate(seed=0)
@@ -120,6 +142,16 @@ def main(argv=None):
                     print(f"    for {REFERENCE_EPOCHS} epochs (from the time per epoch): wall "
                           f"{rep['wall_s'] / (train['wall_s'] * scale):.1%}, CPU "
                           f"{rep['cpu_s'] / (train['cpu_s'] * scale):.1%}")
+            if args.reference:
+                res = kh.constant_uncertainty(model, y0, obs, **kwargs)
+                (lower, upper, iters), cost = _timed(_reference, model, y0, obs, res.shift, args.reference)
+                widen = [np.sqrt(lower / rep["information"]) for rep in row["reports"].values()
+                         if rep.get("prior") == res.prior_source]
+                row["reports"][f"{prior}/reference"] = dict(cost, lower=lower, upper=upper, iterations=iters)
+                print(f"  {prior} prior, reference: S in [{lower:.5g}, {upper:.5g}] after {iters} it. "
+                      f"({cost['wall_s']:.0f} s); the reports' intervals are at least "
+                      + ", ".join(f"{w:.2f}" for w in widen) + " times as wide as with S = lower bound",
+                      flush=True)
         fixed, cost = _timed(kh.constant_uncertainty, model, y0, obs, network="fixed")
         row["fixed"] = dict(cost, interval=list(fixed.intervals["w0"]))
         print(f"  network fixed: wall {cost['wall_s']:.1f} s, [{fixed.intervals['w0'][0]:.5f}, "

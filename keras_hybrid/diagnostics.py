@@ -299,7 +299,7 @@ def _host_data_space_information(res, model, weights, x, y, sample_weight, batch
     solves, infos = [], []
     for i in range(p_c):
         sol, info_i = un.conjugate_gradient(matvec, columns[i], tol=cg_tol,
-                                            max_iter=cg_max_iter, quadratic=True)
+                                            max_iter=cg_max_iter, quadratic="width")
         solves.append(sol)
         infos.append(info_i)
     info = np.stack(columns, 1).T @ np.stack(solves, 1)
@@ -543,11 +543,12 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     1e-3 can leave `S` several times too large). Conjugate gradients
     approach `S` from below (Gauss quadrature), so an early stop widens
     the interval; the Gauss–Radau rule (the operator's eigenvalues are at
-    least 1) bounds `S_ii` from above. They stop when that bracket is
-    narrower than `cg_tol` times `S_ii` (the interval is then at most
-    `sqrt(1 + cg_tol)` times the converged one), or when `S_ii` changed
-    by less than `cg_tol` over the last 5 iterations (an estimate, which
-    can stop on a plateau with `S_ii` too small: a wider interval). With
+    least 1) bounds `S_ii` from above. They stop on the quantity reported,
+    the interval width (proportional to `S_ii^(-1/2)`): when the bracket
+    bounds it to within a factor `1 + cg_tol` of the converged width, or
+    when it changed by less than `cg_tol` over the last 5 iterations (an
+    estimate, which can stop on a plateau with `S_ii` too small: a wider
+    interval; `.solver["cg"]` has the bracket to check). With
     the data in one chunk (`batch_size=None`) every product comes from one
     compiled function (`keras_hybrid._data_space`); `.solver["cg"]` holds
     the iterations and both bounds (`lower`, `upper`) per constant.
@@ -595,10 +596,10 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             model and data): widens the intervals by the constants' range
             over the eligible radii, and lets the path's stability enter
             the verdicts (see above). Defaults to `None`.
-        cg_tol: conjugate gradients stop when the constant's marginal
-            information `S_ii` is bracketed to within this fraction, or
-            changed by less than this fraction over the last 5 iterations
-            (see above). Defaults to `1e-3`.
+        cg_tol: conjugate gradients stop when the interval width from
+            the constant's marginal information `S_ii` is bracketed to
+            within this fraction, or changed by less than this fraction
+            over the last 5 iterations (see above). Defaults to `1e-3`.
         cg_max_iter: conjugate-gradient iteration limit. Defaults to `500`.
 
     Returns:
@@ -751,7 +752,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             for i in range(p_c):
                 # M = I + J_w D^-1 J_w^T has eigenvalues >= 1: a Gauss-Radau bracket.
                 sol, info_i = un.conjugate_gradient(data_space.matvec, jc[:, i], tol=cg_tol,
-                                                    max_iter=cg_max_iter, quadratic=True, eig_lower=1.0)
+                                                    max_iter=cg_max_iter, quadratic="width", eig_lower=1.0)
                 solves.append(sol)
                 infos.append(info_i)
             info = jc.T @ np.stack(solves, 1)

@@ -151,7 +151,13 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
     ```
 
     and the iteration also stops as soon as that bracket is narrower than
-    `tol l_k` (a certified stop; the delay rule is an estimate). The
+    `tol l_k` (a certified stop; the delay rule is an estimate).
+
+    With `quadratic="width"` both rules measure `q^(-1/2)` instead, which
+    is proportional to the width of a confidence interval from the
+    information `q`: stop when `sqrt(q_k / q_(k - delay)) - 1 <= tol` or
+    `sqrt(upper / lower) - 1 <= tol` (the width from `l_k` is then at most
+    `1 + tol` times the converged one). The
     delay rule and `quadratic` then use `l_k`: computed directly, `b^T x_k`
     can stall in finite precision (float32 products) while `l_k` keeps
     growing to `q`.
@@ -164,8 +170,8 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
         tol: relative tolerance (of the residual, or of `q`). Defaults to
             `1e-6`.
         max_iter: iteration limit. Defaults to `200`.
-        quadratic: stop on `q = b^T x` instead of the residual. Defaults
-            to `False`.
+        quadratic: stop on `q = b^T x` (`True`) or on `q^(-1/2)`
+            (`"width"`) instead of the residual. Defaults to `False`.
         delay: iterations over which `q`'s growth is measured. Defaults to
             `5`.
         eig_lower: with `quadratic`, a number `mu > 0` below every
@@ -179,6 +185,12 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
         `bracketed` (whether the bracket stopped the iteration) and
         `lower_history`, `upper_history` (per iteration).
     """
+    if quadratic not in (False, True, "width"):
+        raise ValueError(
+            f"`quadratic` must be False, True or \"width\". Received: quadratic={quadratic!r}"
+        )
+    # Relative growth of q that moves q^(-1/2) by `tol`.
+    q_tol = (1.0 + tol) ** 2 - 1.0 if quadratic == "width" else tol
     if eig_lower is not None and not (isinstance(eig_lower, (int, float)) and eig_lower > 0):
         raise ValueError(f"`eig_lower` must be a number > 0 or None. Received: eig_lower={eig_lower!r}")
     b = np.asarray(b, "float64")
@@ -217,11 +229,12 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
             # With the bracket, the sum: b^T x_k computed directly can stall
             # in finite precision while the sum keeps track (Strakos & Tichy).
             history.append(lower if radau is not None else float(b @ x))
-            if radau is not None and ups[-1] - lower <= tol * lower:
+            if radau is not None and ups[-1] - lower <= q_tol * lower:
                 rr = rr_new
                 settled = bracketed = True
                 break
-            if len(history) > delay and history[-1] - history[-1 - delay] <= tol * history[-1]:
+            if len(history) > delay and history[-1] - history[-1 - delay] <= q_tol * (
+                    history[-1 - delay] if quadratic == "width" else history[-1]):
                 rr = rr_new
                 settled = True
                 break

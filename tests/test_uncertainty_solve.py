@@ -74,6 +74,14 @@ def test_gauss_and_gauss_radau_bounds_bracket_the_quadratic_form():
     assert 0 <= info2["upper"] - info2["lower"] <= 1e-3 * info2["lower"]
     assert exact * (1 - 1e-3) <= info2["lower"] <= exact
     assert info2["quadratic"] == pytest.approx(info2["lower"], rel=1e-8)
+    # On the width q^(-1/2): the bracket bounds it to within 1 + tol.
+    _, info3 = un.conjugate_gradient(lambda v: m @ v, b, tol=1e-3, max_iter=300, quadratic="width",
+                                     delay=300, eig_lower=1.0)
+    assert info3["bracketed"] and info3["iterations"] <= info2["iterations"]
+    assert np.sqrt(info3["upper"] / info3["lower"]) <= 1 + 1e-3
+    assert 1 <= np.sqrt(exact / info3["lower"]) <= 1 + 1e-3
+    with pytest.raises(ValueError, match=r"Received: quadratic='both'"):
+        un.conjugate_gradient(lambda v: m @ v, b, quadratic="both")
     with pytest.raises(ValueError, match=r"Received: eig_lower=0"):
         un.conjugate_gradient(lambda v: m @ v, b, quadratic=True, eig_lower=0)
 
