@@ -118,7 +118,8 @@ def chi2_1_quantile(level):
     return normal_quantile(level) ** 2
 
 
-def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=False, delay=5):
+def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=False, delay=5,
+                       eig_lower=None):
     """Solves `(M + shift I) x = b` for a symmetric positive semi-definite
     `M` given by `matvec(v) = M v`.
 
@@ -138,7 +139,28 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
     q_k - q_(k - delay) <= tol q_k
     ```
 
-    or when the residual is below `1e-10 ||b||`.
+    or when the residual is below `1e-10 ||b||`. With `eig_lower`, a
+    lower bound `mu` of the eigenvalues of `M + shift I`, the Gauss–Radau
+    rule bounds `q` from above (Meurant & Tichy, Numerical Algorithms 82,
+    2019; CG's step `gamma_k`, `delta_(k+1) = ||r_(k+1)||^2 / ||r_k||^2`):
+
+    ```
+    l_k = sum_(j<k) gamma_j ||r_j||^2   (= b^T x_k in exact arithmetic)
+    g_0 = 1 / mu,   g_(k+1) = (g_k - gamma_k) / (mu (g_k - gamma_k) + delta_(k+1))
+    l_k <= q <= l_k + g_k ||r_k||^2
+    ```
+
+    and the iteration also stops as soon as that bracket is narrower than
+    `tol l_k` (a certified stop; the delay rule is an estimate).
+
+    With `quadratic="width"` both rules measure `q^(-1/2)` instead, which
+    is proportional to the width of a confidence interval from the
+    information `q`: stop when `sqrt(q_k / q_(k - delay)) - 1 <= tol` or
+    `sqrt(upper / lower) - 1 <= tol` (the width from `l_k` is then at most
+    `1 + tol` times the converged one). The
+    delay rule and `quadratic` then use `l_k`: computed directly, `b^T x_k`
+    can stall in finite precision (float32 products) while `l_k` keeps
+    growing to `q`.
 
     Args:
         matvec: function of a 1-D float64 array returning `M v`.
@@ -148,15 +170,29 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
         tol: relative tolerance (of the residual, or of `q`). Defaults to
             `1e-6`.
         max_iter: iteration limit. Defaults to `200`.
-        quadratic: stop on `q = b^T x` instead of the residual. Defaults
-            to `False`.
+        quadratic: stop on `q = b^T x` (`True`) or on `q^(-1/2)`
+            (`"width"`) instead of the residual. Defaults to `False`.
         delay: iterations over which `q`'s growth is measured. Defaults to
             `5`.
+        eig_lower: with `quadratic`, a number `mu > 0` below every
+            eigenvalue of `M + shift I` (e.g. `1` for `I + J J^T`), for the
+            upper bound. Defaults to `None` (no upper bound).
 
     Returns:
         `(x, info)` where `info` has `iterations`, `residual` (relative),
-        `converged` and, with `quadratic`, `quadratic` (`b^T x`).
+        `converged` and, with `quadratic`, `quadratic` (`b^T x`, or `l_k`
+        with `eig_lower`); with `eig_lower` also `lower` and `upper` (the bracket of `q`),
+        `bracketed` (whether the bracket stopped the iteration) and
+        `lower_history`, `upper_history` (per iteration).
     """
+    if quadratic not in (False, True, "width"):
+        raise ValueError(
+            f"`quadratic` must be False, True or \"width\". Received: quadratic={quadratic!r}"
+        )
+    # Relative growth of q that moves q^(-1/2) by `tol`.
+    q_tol = (1.0 + tol) ** 2 - 1.0 if quadratic == "width" else tol
+    if eig_lower is not None and not (isinstance(eig_lower, (int, float)) and eig_lower > 0):
+        raise ValueError(f"`eig_lower` must be a number > 0 or None. Received: eig_lower={eig_lower!r}")
     b = np.asarray(b, "float64")
     x = np.zeros_like(b)
     r = b.copy()
@@ -164,11 +200,16 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
     rr = float(r @ r)
     norm_b = math.sqrt(rr)
     if norm_b == 0.0:
-        return x, {"iterations": 0, "residual": 0.0, "converged": True, "quadratic": 0.0}
+        info = {"iterations": 0, "residual": 0.0, "converged": True, "quadratic": 0.0}
+        if eig_lower is not None:
+            info.update(lower=0.0, upper=0.0, bracketed=True, lower_history=[], upper_history=[])
+        return x, info
     k = 0
     history = [0.0]
-    settled = False
+    settled = bracketed = False
     residual_tol = 1e-10 if quadratic else tol
+    lower, radau = 0.0, (1.0 / eig_lower if eig_lower is not None else None)
+    lows, ups = [], []
     for k in range(1, max_iter + 1):
         q = np.asarray(matvec(p), "float64") + shift * p
         pq = float(p @ q)
@@ -178,9 +219,22 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
         x += step * p
         r -= step * q
         rr_new = float(r @ r)
+        if radau is not None:
+            lower += step * rr
+            diff = radau - step
+            radau = diff / (eig_lower * diff + rr_new / rr)
+            lows.append(lower)
+            ups.append(lower + radau * rr_new)
         if quadratic:
-            history.append(float(b @ x))
-            if len(history) > delay and history[-1] - history[-1 - delay] <= tol * history[-1]:
+            # With the bracket, the sum: b^T x_k computed directly can stall
+            # in finite precision while the sum keeps track (Strakos & Tichy).
+            history.append(lower if radau is not None else float(b @ x))
+            if radau is not None and ups[-1] - lower <= q_tol * lower:
+                rr = rr_new
+                settled = bracketed = True
+                break
+            if len(history) > delay and history[-1] - history[-1 - delay] <= q_tol * (
+                    history[-1 - delay] if quadratic == "width" else history[-1]):
                 rr = rr_new
                 settled = True
                 break
@@ -192,7 +246,10 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
     residual = math.sqrt(rr) / norm_b
     info = {"iterations": k, "residual": residual, "converged": settled or residual <= residual_tol}
     if quadratic:
-        info["quadratic"] = float(b @ x)
+        info["quadratic"] = history[-1] if radau is not None else float(b @ x)
+    if radau is not None:
+        info.update(lower=lows[-1] if lows else 0.0, upper=ups[-1] if ups else rr / eig_lower,
+                    bracketed=bracketed, lower_history=lows, upper_history=ups)
     return x, info
 
 

@@ -1,0 +1,94 @@
+"""The compiled data-space solve of `constant_uncertainty(method="cg")`:
+agreement with the dense Schur complement on small models, with the host
+iteration, and the Gauss / Gauss-Radau bracket of the information."""
+
+import numpy as np
+import pytest
+
+import keras_hybrid as kh
+from keras_hybrid import _data_space
+from keras_hybrid import diagnostics as dg
+from keras_hybrid import uncertainty as un
+from keras_hybrid.systems import pendulum
+
+
+def _small_pendulum():
+    times, y0, obs = pendulum.simulate(n_trajectories=8, n_steps=12, seed=1)
+    model = pendulum.build_model(times, hidden=4, seed=0, w0_init=0.9)
+    return model, y0, obs
+
+
+@pytest.mark.parametrize("jit_after", [2, 10**6])
+def test_compiled_solve_matches_the_dense_schur_complement_on_an_ode_hybrid(jit_after, monkeypatch):
+    # An RK4 ODE with a 2-4-4-2 network inside (42 weights): the compiled
+    # iteration (reverse pass differentiated in its cotangent, through the
+    # ODE loop) against the Schur complement of the dense Gram matrix at
+    # the same shift alpha sigma^2; with the product XLA-compiled from its
+    # second call, and as a plain graph throughout.
+    monkeypatch.setattr(_data_space, "JIT_AFTER", jit_after)
+    model, y0, obs = _small_pendulum()
+    dense = kh.constant_uncertainty(model, y0, obs, method="dense", prior_precision=1.0)
+    cg = kh.constant_uncertainty(model, y0, obs, method="cg", prior_precision=1.0, cg_tol=1e-9)
+    assert cg.solver["compiled"]
+    g = dense.gram
+    expected = un.schur_information(g[:1, :1], g[:1, 1:], g[1:, 1:], cg.shift)
+    np.testing.assert_allclose(cg.information_fixed, g[:1, :1], rtol=1e-4)
+    np.testing.assert_allclose(cg.information_marginal, expected, rtol=1e-3)
+    info = cg.solver["cg"][0]
+    # The bracket holds the dense value, up to the float32 products (the
+    # dense Gram matrix comes from float32 Jacobian columns too).
+    assert info["quadratic"] <= expected[0, 0] * (1 + 1e-3)
+    assert info["upper"] >= expected[0, 0] * (1 - 1e-3)
+    assert cg.solver["xla"] == (jit_after == 2)
+
+
+def test_compiled_and_host_iterations_agree(monkeypatch):
+    model, y0, obs = _small_pendulum()
+    compiled = kh.constant_uncertainty(model, y0, obs, method="cg", cg_tol=1e-3)
+    monkeypatch.setattr(dg, "COMPILED_CG", False)
+    host = kh.constant_uncertainty(model, y0, obs, method="cg", cg_tol=1e-3)
+    assert compiled.solver["compiled"] and not host.solver["compiled"]
+    np.testing.assert_allclose(compiled.information_marginal, host.information_marginal, rtol=2e-3)
+    (lo, hi), (hlo, hhi) = compiled.intervals["w0"], host.intervals["w0"]
+    assert lo == pytest.approx(hlo, rel=1e-3) and hi == pytest.approx(hhi, rel=1e-3)
+
+
+def test_gauss_and_gauss_radau_bounds_bracket_the_quadratic_form():
+    rng = np.random.default_rng(0)
+    jw = rng.standard_normal((200, 40)) * np.geomspace(3, 1e-2, 40)
+    m = np.eye(200) + jw @ jw.T  # eigenvalues >= 1
+    b = jw @ rng.standard_normal(40) + 0.1 * rng.standard_normal(200)
+    exact = b @ np.linalg.solve(m, b)
+    _, info = un.conjugate_gradient(lambda v: m @ v, b, tol=1e-12, max_iter=300, quadratic=True,
+                                    delay=300, eig_lower=1.0)
+    lows, ups = np.array(info["lower_history"]), np.array(info["upper_history"])
+    assert np.all(lows <= exact * (1 + 1e-9)) and np.all(ups >= exact * (1 - 1e-9))
+    assert np.all(np.diff(lows) >= 0)
+    assert info["lower"] == pytest.approx(exact, rel=1e-8)
+    assert info["upper"] == pytest.approx(exact, rel=1e-8)
+    # Stopped on the bracket (tol 1e-3, no delay rule): the lower bound is
+    # within 1e-3 of the exact value, before the residual rule.
+    _, info2 = un.conjugate_gradient(lambda v: m @ v, b, tol=1e-3, max_iter=300, quadratic=True,
+                                     delay=300, eig_lower=1.0)
+    assert info2["bracketed"] and info2["iterations"] < info["iterations"]
+    assert 0 <= info2["upper"] - info2["lower"] <= 1e-3 * info2["lower"]
+    assert exact * (1 - 1e-3) <= info2["lower"] <= exact
+    assert info2["quadratic"] == pytest.approx(info2["lower"], rel=1e-8)
+    # On the width q^(-1/2): the bracket bounds it to within 1 + tol.
+    _, info3 = un.conjugate_gradient(lambda v: m @ v, b, tol=1e-3, max_iter=300, quadratic="width",
+                                     delay=300, eig_lower=1.0)
+    assert info3["bracketed"] and info3["iterations"] <= info2["iterations"]
+    assert np.sqrt(info3["upper"] / info3["lower"]) <= 1 + 1e-3
+    assert 1 <= np.sqrt(exact / info3["lower"]) <= 1 + 1e-3
+    with pytest.raises(ValueError, match=r"Received: quadratic='both'"):
+        un.conjugate_gradient(lambda v: m @ v, b, quadratic="both")
+    with pytest.raises(ValueError, match=r"Received: eig_lower=0"):
+        un.conjugate_gradient(lambda v: m @ v, b, quadratic=True, eig_lower=0)
+
+
+def test_bad_solver_settings_name_argument_and_value():
+    model, y0, obs = _small_pendulum()
+    with pytest.raises(ValueError, match=r"Received: cg_tol=0"):
+        kh.constant_uncertainty(model, y0, obs, method="cg", cg_tol=0)
+    with pytest.raises(ValueError, match=r"Received: cg_max_iter=2.5"):
+        kh.constant_uncertainty(model, y0, obs, method="cg", cg_max_iter=2.5)
