@@ -34,7 +34,8 @@ NumPy and the standard library only (no TensorFlow start-up):
 
 ```
 python benchmarks/selection_rules.py                 # tables of every rule
-python benchmarks/selection_rules.py --trust-cache C # + the trust path with per-sample losses
+python benchmarks/selection_rules.py --trust-cache C # the trust path with per-sample losses
+python benchmarks/selection_rules.py --check-library # kh.choose_radius makes the same choices
 ```
 """
 
@@ -148,29 +149,55 @@ def rule_relative(path, tolerance=0.25, noise_level=2.0):
     return _finish(path, [v <= limit for v in path["val"]])
 
 
-def _p_values(path):
+def _p_values(path, margin=0.0):
+    """One-sided p-values of "worse than the best by more than `margin` of
+    the gap to the physics part alone" (paired t with per-sample losses,
+    else unpaired z from the standard errors)."""
     b = _best(path)
+    delta = 0.0
+    if path["phys"] is not None and path["phys"] > path["val"][b]:
+        delta = margin * (path["phys"] - path["val"][b])
     out = []
     for i, v in enumerate(path["val"]):
         if i == b:
-            out.append(1.0)
+            out.append(math.nan)
         elif path.get("samples") is not None:
-            out.append(paired_p(path["samples"][i], path["samples"][b]))
+            d = np.asarray(path["samples"][i], "float64") - np.asarray(path["samples"][b], "float64")
+            sd = float(np.std(d, ddof=1))
+            t = (float(d.mean()) - delta) / (sd / math.sqrt(len(d)))
+            out.append(one_sided_p_t(t, len(d) - 1))
         else:
             se = math.hypot(path["se"][i], path["se"][b])
-            out.append(one_sided_p_normal((v - path["val"][b]) / se) if se > 0 else 0.0)
+            out.append(one_sided_p_normal((v - path["val"][b] - delta) / se))
     return out
 
 
-def rule_test(path, level=0.05, bonferroni=False):
+def holm(p_values, level):
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    reject = [False] * len(p_values)
+    for k, (p, i) in enumerate(order):
+        if p > level / (len(order) - k):
+            break
+        reject[i] = True
+    return reject
+
+
+def rule_test(path, level=0.05, correction="holm", margin=0.0):
     """Eligible unless significantly worse than the best (one-sided)."""
-    alpha = level / max(len(path["rhos"]) - 1, 1) if bonferroni else level
-    return _finish(path, [p > alpha for p in _p_values(path)])
+    p = _p_values(path, margin)
+    if correction == "holm":
+        reject = holm(p, level)
+    else:
+        m = sum(not math.isnan(q) for q in p)
+        alpha = level / max(m, 1) if correction == "bonferroni" else level
+        reject = [not math.isnan(q) and q <= alpha for q in p]
+    return _finish(path, [not r for r in reject])
 
 
 def rule_gap(path, tau=0.1):
-    """Within `tau` of the gap between the best and the physics part alone;
-    the test rule where there is no physics-only reference."""
+    """Within `tau` of the gap between the best and the physics part alone
+    (a practical margin, no test); the Holm test rule where there is no
+    physics-only reference."""
     if path["phys"] is None:
         return rule_test(path)
     b = _best(path)
@@ -179,25 +206,15 @@ def rule_gap(path, tau=0.1):
     return _finish(path, [v <= limit for v in path["val"]])
 
 
-def rule_test_or_gap(path, level=0.05, tau=0.1):
-    """Eligible if not significantly worse OR within the practical margin."""
-    if path["phys"] is None:
-        return rule_test(path, level)
-    b = _best(path)
-    best = path["val"][b]
-    limit = best + tau * (path["phys"] - best)
-    return _finish(path, [p > level or v <= limit for p, v in zip(_p_values(path), path["val"])])
-
-
 RULES = collections.OrderedDict([
     ("argmin", rule_argmin),
-    ("relative 25%/2se (current)", rule_relative),
-    ("test 5%", lambda p: rule_test(p, 0.05)),
-    ("test 5% Bonferroni", lambda p: rule_test(p, 0.05, bonferroni=True)),
-    ("gap tau=0.05", lambda p: rule_gap(p, 0.05)),
-    ("gap tau=0.1", lambda p: rule_gap(p, 0.1)),
-    ("gap tau=0.2", lambda p: rule_gap(p, 0.2)),
-    ("test 5% or gap 0.1", lambda p: rule_test_or_gap(p, 0.05, 0.1)),
+    ("relative 25%/2se (former default)", rule_relative),
+    ("paired, 5 % per comparison", lambda p: rule_test(p, 0.05, "none")),
+    ("paired, Holm 5 % (new default)", lambda p: rule_test(p, 0.05, "holm")),
+    ("paired, Holm 5 %, margin 0.05", lambda p: rule_test(p, 0.05, "holm", 0.05)),
+    ("paired, Holm 5 %, margin 0.1", lambda p: rule_test(p, 0.05, "holm", 0.1)),
+    ("paired, Holm 5 %, margin 0.2", lambda p: rule_test(p, 0.05, "holm", 0.2)),
+    ("gap tau=0.1 (no test)", lambda p: rule_gap(p, 0.1)),
 ])
 
 
@@ -321,16 +338,17 @@ def rivals(cells):
 
 
 def trust_path(cache=None):
-    """The trust path: per radius val loss, w0; with `cache`, per-sample
-    validation losses from `cache/path_samples.json` (written by
-    `benchmarks/trust_verdicts.py samples --cache C`)."""
+    """The trust path: per radius val loss, w0; with `cache`, the path in
+    `cache/path.json`, with per-sample validation losses once
+    `benchmarks/trust_verdicts.py samples --cache C` has added them."""
     stored = json.load(open(os.path.join(RESULTS, "trust_verdicts_path.json")))
     rows = sorted(stored["rows"], key=lambda r: r["rho"])
     samples = None
-    if cache and os.path.exists(os.path.join(cache, "path_samples.json")):
-        info = json.load(open(os.path.join(cache, "path_samples.json")))
+    if cache:
+        info = json.load(open(os.path.join(cache, "path.json")))
         rows = sorted(info["rows"], key=lambda r: r["rho"])
-        samples = [r["val_losses"] for r in rows]
+        if all(r.get("val_losses") for r in rows):
+            samples = [r["val_losses"] for r in rows]
         stored["physics_only"] = info.get("physics_only", stored["physics_only"])
     return {
         "rhos": [r["rho"] for r in rows],
@@ -352,14 +370,36 @@ def trust_table(path, rules):
         spread = (max(w) - min(w)) / abs(float(np.median(w)))
         lines.append(f"| {name} | {chosen:g} | {', '.join(f'{r:g}' for r in eligible)} | "
                      f"{', '.join(f'{x:.3f}' for x in w)} | {spread:.1%} | "
-                     f"{', '.join(f'{r:g}: {q:.2g}' for r, q in zip(path['rhos'], p))} |")
+                     f"{', '.join(f'{r:g}: ' + ('best' if math.isnan(q) else f'{q:.2g}') for r, q in zip(path['rhos'], p))} |")
     return "\n".join(lines)
+
+
+def check_library(cells, trust):
+    """The library's `choose_radius` (paired rule, Holm, level 0.05) must
+    choose what `rule_test(level=0.05, correction="holm")` chooses here on
+    every stored path (imports TensorFlow)."""
+    from keras_hybrid.radius import choose_radius
+
+    n = 0
+    for path in [s for c in cells for s in c["seeds"]] + [trust]:
+        for margin in (0.0, 0.1):
+            ours, _ = rule_test(path, 0.05, "holm", margin)
+            lib = choose_radius(path["rhos"], path["val"], reference_loss=path["phys"],
+                                standard_errors=path["se"], per_sample_losses=path["samples"],
+                                margin=margin)
+            if ours != lib:
+                raise AssertionError(f"library chose {lib}, this script {ours}, on {path}")
+            n += 1
+    print(f"\nkh.choose_radius agrees with the paired Holm rule here on {n} path/margin pairs")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trust-cache", default=None,
-                        help="cache of benchmarks/trust_verdicts.py with path_samples.json")
+                        help="cache of benchmarks/trust_verdicts.py whose path.json has per-sample "
+                             "losses (`trust_verdicts.py samples`)")
+    parser.add_argument("--check-library", action="store_true",
+                        help="check that kh.choose_radius makes the same choices (imports TensorFlow)")
     args = parser.parse_args(argv)
     cells = [load_cell(*c) for c in CELLS]
     print("Rivals and radius paths (relative error of the constants)\n")
@@ -374,6 +414,8 @@ def main(argv=None):
         "unpaired approximation from standard errors"
     print(f"\nTrust path (issue 10 case (b); {kind})\n")
     print(trust_table(path, RULES))
+    if args.check_library:
+        check_library(cells, path)
 
 
 if __name__ == "__main__":

@@ -521,6 +521,28 @@ class RadiusPath:
             for name in rows[0]["constants"]
         }
 
+    def refine_rhos(self):
+        """Radii between the chosen radius and its neighbours on the grid
+        (geometric midpoints, two significant digits; a third of the
+        chosen radius below it when its neighbour is 0), to fit next
+        (e.g. `radius_path(..., rhos=path.refine_rhos())`) when only the
+        chosen radius is eligible: a single radius cannot show whether
+        the constants stay put near it.
+
+        Returns:
+            A list of new radii (empty without a positive chosen radius).
+        """
+        if not self.chosen:
+            return []
+        i = self.rhos.index(self.chosen)
+        out = []
+        if i > 0:
+            low = self.rhos[i - 1]
+            out.append(math.sqrt(low * self.chosen) if low > 0 else self.chosen / 3.0)
+        if i + 1 < len(self.rhos):
+            out.append(math.sqrt(self.chosen * self.rhos[i + 1]))
+        return [float(f"{r:.2g}") for r in out if float(f"{r:.2g}") not in self.rhos]
+
     def constants_at(self, rho):
         """Mean constants over seeds at radius `rho`, `name -> value`."""
         for s in self.summary:
@@ -614,6 +636,11 @@ class RadiusPath:
             lines.append(
                 "the physics part alone fits the validation data at least as well as every "
                 "radius: the network may not be needed"
+            )
+        if len(self.eligible) == 1 and self.refine_rhos():
+            lines.append(
+                f"only rho = {self.eligible[0]:g} is eligible: fit the radii "
+                f"{self.refine_rhos()} to see whether the constants stay put near it"
             )
         for name in names:
             if name in self.spread:
