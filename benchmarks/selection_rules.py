@@ -67,6 +67,10 @@ CELLS = [
 ]
 
 
+# The first six cells: the architecture benchmark of issue 11.
+N_ARCHITECTURE_CELLS = 6
+
+
 # -- tests ----------------------------------------------------------------------
 
 
@@ -294,13 +298,15 @@ def oracle(path):
 
 def table(cells, rules):
     lines = ["| rule | " + " | ".join(c["label"] + f" ({c['role']})" for c in cells)
-             + " | g1 | g2 | g3 |",
-             "|---|" + "---|" * (len(cells) + 3)]
+             + " | g1 | g2 | g3 | architecture cells g1, g2, g3 |",
+             "|---|" + "---|" * (len(cells) + 4)]
     for name, rule in rules.items():
         cells_text, totals = [], collections.Counter()
-        for c in cells:
+        for index, c in enumerate(cells):
             s = score(c, rule)
             for g in ("g1", "g2", "g3"):
+                if s[g] is not None and index < N_ARCHITECTURE_CELLS:
+                    totals[g + "arch"] += bool(s[g])
                 if s[g] is not None:
                     totals[g] += bool(s[g])
                     totals[g + "n"] += 1
@@ -315,7 +321,9 @@ def table(cells, rules):
             f"h {totals[g + 'held out']}/{totals[g + 'nheld out']})"
             for g in ("g1", "g2", "g3")
         ]
-        lines.append(f"| {name} | " + " | ".join(cells_text) + " | " + " | ".join(summary) + " |")
+        arch = ", ".join(f"{totals[g + 'arch']}/{N_ARCHITECTURE_CELLS}" for g in ("g1", "g2", "g3"))
+        lines.append(f"| {name} | " + " | ".join(cells_text) + " | " + " | ".join(summary)
+                     + f" | {arch} |")
     return "\n".join(lines)
 
 
