@@ -144,8 +144,13 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
     samples = None
     if per_sample_losses is not None and all(per_sample_losses[i] is not None for i in finite):
         samples = {i: np.asarray(per_sample_losses[i], "float64").reshape(-1) for i in finite}
-        if len({s.size for s in samples.values()}) != 1 or samples[best].size < 2 or not all(
-                np.all(np.isfinite(s)) for s in samples.values()):
+        sizes = [samples[i].size for i in finite]
+        if len(set(sizes)) != 1 or sizes[0] < 2:
+            raise ValueError(
+                "`per_sample_losses` must hold the losses of the same validation samples (at "
+                f"least two) for every radius. Received: lengths {sizes}"
+            )
+        if not all(np.all(np.isfinite(s)) for s in samples.values()):
             samples = None
     ses = None
     if samples is None and standard_errors is not None and all(

@@ -170,6 +170,21 @@ def test_paired_rule_excludes_a_radius_that_is_consistently_worse():
     assert p_unpaired[2] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-12)
 
 
+def test_holm_runs_over_the_radii_other_than_the_best():
+    # Unpaired test, se 0 for the best and 0.1 for the others:
+    # z = 2.0537 (p = 0.02) and z = 1.7507 (p = 0.04). Holm over the two
+    # comparisons rejects both (0.02 <= 0.025, 0.04 <= 0.05); counting the
+    # best radius as a third hypothesis would reject neither (0.02 > 0.0167).
+    rhos, val = [0.0, 0.1, 0.3], [1.0, 1.20537, 1.17507]
+    result = kh.eligible_radii(rhos, val, standard_errors=[0.0, 0.1, 0.1])
+    assert result["p_values"][1] == pytest.approx(0.02, abs=1e-5)
+    assert result["p_values"][2] == pytest.approx(0.04, abs=1e-5)
+    assert result["eligible"] == [0.0] and result["test"] == "unpaired z"
+    # At level 0.03: 0.02 > 0.03 / 2, nothing is rejected
+    assert kh.eligible_radii(rhos, val, standard_errors=[0.0, 0.1, 0.1],
+                             level=0.03)["eligible"] == [0.0, 0.1, 0.3]
+
+
 def test_paired_rule_margin_is_a_fraction_of_the_gain_over_physics():
     rhos = [0.0, 0.1, 0.3]
     samples = [NOISY, BEST, CLOSE]
@@ -200,6 +215,8 @@ def test_paired_rule_bad_input_names_the_argument():
         choose_radius(rhos, val, standard_errors=[0.1, 0.1], margin=1.0)
     with pytest.raises(ValueError, match="len\\(per_sample_losses\\)=1"):
         choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match="Received: lengths \\[2, 3\\]"):
+        choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0], [1.0, 2.0, 3.0]])
     # Without per-sample losses or standard errors there is nothing to test:
     # the relative rule decides.
     result = kh.eligible_radii(rhos, val)
