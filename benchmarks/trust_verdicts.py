@@ -178,10 +178,10 @@ def report(cache, which, cg_tol=None):
     if os.path.exists(os.path.join(cache, "path.json")):
         path = radius.RadiusPath.from_dict(json.load(open(os.path.join(cache, "path.json"))))
         print(path)
-    if "pair" in which:
+    if "pair" in which or "pair-sam" in which:
         for label in ("sam", "erm"):
             file = os.path.join(cache, f"pair_{label}.weights.h5")
-            if not os.path.exists(file):
+            if not os.path.exists(file) or ("pair" not in which and label == "erm"):
                 continue
             model = pendulum.build_model(times, seed=0)
             model.load_weights(file)
@@ -227,7 +227,8 @@ def main(argv=None):
                         help="fit-path: comma-separated radii (default 0,0.03,0.1,0.3,1)")
     parser.add_argument("--add", action="store_true",
                         help="fit-path: fit only --rhos and merge them into the cached path")
-    parser.add_argument("--which", default="pair,path,duffing", help="report: which fits")
+    parser.add_argument("--which", default="pair,path,duffing",
+                        help="report: which fits (pair, pair-sam: the SAM fit of the pair only, path, duffing)")
     parser.add_argument("--cg-tol", type=float, default=None,
                         help="report: conjugate-gradient tolerance (default: the library's)")
     parser.add_argument("--quick", action="store_true", help="fit-duffing: the task's quick configuration")
