@@ -272,7 +272,9 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     `1 - level` no radius as good as the best is excluded. With many
     validation samples it narrows to the radii the data cannot separate;
     with few it stays wide. It is scale free: it depends on the losses
-    only through the ratio of their differences to their noise.
+    only through the ratio of their differences to their noise. It also
+    depends on how many radii are compared: each added radius makes
+    Holm's thresholds stricter, so a finer grid can widen the set.
 
     ```
     d_i(r)   = loss_i(r) - loss_i(best)                 (per validation sample i)
