@@ -217,6 +217,27 @@ def rule_gap(path, tau=0.1):
     return _finish(path, [v <= limit for v in path["val"]])
 
 
+def rule_plateau(path):
+    """Constants' behaviour along the path (no test, evaluated only): among
+    neighbouring radii whose validation losses are not above the physics
+    part alone, the pair over which the constants move least (largest
+    relative change over the constants); the smaller radius of that pair.
+    The paired Holm rule without such a pair."""
+    ok = [path["phys"] is None or v <= path["phys"] for v in path["val"]]
+    best, where = math.inf, None
+    for i in range(len(path["rhos"]) - 1):
+        if not (ok[i] and ok[i + 1]):
+            continue
+        a, b = path["constants"][i], path["constants"][i + 1]
+        change = max(np.max(np.abs(np.asarray(b[k], "float64") - np.asarray(a[k], "float64"))
+                            / np.maximum(np.abs(np.asarray(a[k], "float64")), 1e-30)) for k in a)
+        if change < best:
+            best, where = change, i
+    if where is None:
+        return rule_test(path)
+    return path["rhos"][where], [path["rhos"][where], path["rhos"][where + 1]]
+
+
 RULES = collections.OrderedDict([
     ("argmin", rule_argmin),
     ("relative 25%/2se (former default)", rule_relative),
@@ -226,6 +247,7 @@ RULES = collections.OrderedDict([
     ("paired, Holm 5 %, margin 0.1", lambda p: rule_test(p, 0.05, "holm", 0.1)),
     ("paired, Holm 5 %, margin 0.2", lambda p: rule_test(p, 0.05, "holm", 0.2)),
     ("gap tau=0.1 (no test)", lambda p: rule_gap(p, 0.1)),
+    ("plateau of the constants (no test)", rule_plateau),
 ])
 
 
@@ -269,6 +291,7 @@ def load_cell(label, paths_file, method_files, role):
             "samples": samples,
             "phys": None if not phys else phys["val_loss"],
             "rel": [rel_error(row["constants"], truth) for row in rows],
+            "constants": [row["constants"] for row in rows],
             "stored_chosen": r["radius_path"]["chosen"],
         })
     others = {}
@@ -376,6 +399,7 @@ def trust_path(cache=None):
         "samples": samples,
         "phys": stored["physics_only"]["val_loss"],
         "w0": [r["constants"]["w0"] for r in rows],
+        "constants": [r["constants"] for r in rows],
     }
 
 
