@@ -297,6 +297,7 @@ def test_path_uses_the_paired_rule_and_round_trips():
     # neighbours 0.3 above (sqrt(0.1 * 0.3) = 0.173) and none below: 0.17
     assert lone.refine_rhos() == [0.17] and "fit the radii [0.17]" in str(lone)
     assert path.refine_rhos() == [0.033, 0.17]   # 0.1 / 3 below (neighbour 0)
+    assert RadiusPath(rows[:1], physics, kh.SAM(), 0.25, 0.05, {}, {}).refine_rhos() == []
     # Seeds are averaged per sample before pairing.
     two = rows + [_sample_row(0.0, 1, NOISY, 0.97), _sample_row(0.1, 1, BEST, 0.99),
                   _sample_row(0.3, 1, CLOSE, 0.60)]
