@@ -433,6 +433,33 @@ def trust_table(path, rules):
     return "\n".join(lines)
 
 
+def rerun_summary(present):
+    """Per rerun cell and seed: the stored choice and p-values (paired t),
+    and whether the rerun's path reproduces the original run's."""
+    lines = ["| cell | seed | chosen | eligible | paired p per radius (worse than the best) | "
+             "same losses and constants as the original |", "|---|---|---|---|---|---|"]
+    for label, rerun_file, method_files, _ in present:
+        rerun = json.load(open(os.path.join(RESULTS, rerun_file)))
+        original = {}
+        for f in method_files:
+            for r in json.load(open(os.path.join(RESULTS, f)))["results"]:
+                if r["method"] == "sam-auto":
+                    original[r["seed"]] = r["radius_path"]["rows"]
+        for r in rerun["results"]:
+            path = r["radius_path"]
+            rows = path["rows"]
+            old = original.get(r["seed"])
+            same = old is not None and len(old) == len(rows) and all(
+                a["val_loss"] == b["val_loss"] and a["constants"] == b["constants"]
+                for a, b in zip(rows, old))
+            ps = ", ".join(f"{row['rho']:g}: " + ("best" if p == 1.0 else f"{p:.2g}")
+                           for row, p in zip(rows, path["p_values"]))
+            lines.append(f"| {label} | {r['seed']} | {path['chosen']:g} | "
+                         f"{', '.join(f'{e:g}' for e in path['eligible'])} | {ps} | "
+                         f"{'yes' if same else 'no'} |")
+    return "\n".join(lines)
+
+
 def check_library(cells, trust):
     """The library's `choose_radius` (paired rule, Holm, level 0.05) must
     choose what `rule_test(level=0.05, correction="holm")` chooses here on
@@ -492,6 +519,8 @@ def main(argv=None):
               f"unpaired approximation); the architecture column counts the {n_arch} architecture "
               "cells rerun\n")
         print(table(reruns, RULES, n_arch=n_arch))
+        print("\nThe reruns' own choices (the library's paired rule, Holm 5 %)\n")
+        print(rerun_summary(present))
     print("\nOracle (NOT a rule: the radius with the smallest error on each seed, from the truth)\n")
     print(table(cells, {"oracle": oracle}))
     path = trust_path(args.trust_cache)
