@@ -2,6 +2,8 @@
 the fits (cached as weights) and the reports computed from them.
 
     python benchmarks/trust_verdicts.py fit-path --cache DIR     # radius path, weights per radius
+    python benchmarks/trust_verdicts.py samples --cache DIR      # per-sample validation losses of the path
+    python benchmarks/trust_verdicts.py fit-path --rhos 0.2,0.5 --add --cache DIR  # more radii
     python benchmarks/trust_verdicts.py fit-pair --cache DIR     # ERM and SAM, the demo's settings
     python benchmarks/trust_verdicts.py fit-duffing --cache DIR  # Duffing, ERM and sam-neural 0.3
     python benchmarks/trust_verdicts.py report --cache DIR       # intervals and verdicts
@@ -41,21 +43,66 @@ def _build(times):
     return build
 
 
-def fit_path(cache, epochs, rhos=RHOS):
+def fit_path(cache, epochs, rhos=RHOS, add=False):
+    """Fits the radius path (`add`: only the radii `rhos`, merged into the
+    cached path, which keeps its physics-only reference)."""
     times, y0, obs = pendulum.simulate(seed=0)
     build = _build(times)
     start = time.perf_counter()
-    path = kh.radius_path(build, y0, obs, rhos=rhos, epochs=epochs, batch_size=50)
+    path = kh.radius_path(build, y0, obs, rhos=rhos, epochs=epochs, batch_size=50,
+                          physics_only=not add)
     seconds = time.perf_counter() - start
-    print(path)
     # One model per radius (one seed), then the physics part alone.
     for rho, model in zip(path.rhos, build.models):
         model.save_weights(os.path.join(cache, f"path_rho{rho:g}.weights.h5"))
-    build.models[-1].save_weights(os.path.join(cache, "path_physics.weights.h5"))
+    if not add:
+        build.models[-1].save_weights(os.path.join(cache, "path_physics.weights.h5"))
     info = path.to_dict()
     info.update(epochs=epochs, seconds=seconds)
+    if add:
+        with open(os.path.join(cache, "path.json")) as f:
+            old = json.load(f)
+        if old.get("epochs") != epochs:
+            raise ValueError(f"the cached path has {old.get('epochs')} epochs. Received: epochs={epochs}")
+        rows = [r for r in old["rows"] if r["rho"] not in path.rhos] + info["rows"]
+        merged = kh.RadiusPath.from_dict({**old, "rows": rows, "rule": "paired"})
+        info = {**merged.to_dict(), "epochs": epochs,
+                "seconds": old.get("seconds", 0.0) + seconds}
+        path = merged
+    print(path)
     with open(os.path.join(cache, "path.json"), "w") as f:
         json.dump(info, f, indent=1, default=str)
+
+
+def path_samples(cache):
+    """Adds the per-sample validation losses of the cached path's fits
+    (from their weights) to `path.json`, which is then read with the
+    paired rule; the former file is kept as `path_relative.json`."""
+    from keras_hybrid import radius
+
+    times, y0, obs = pendulum.simulate(seed=0)
+    _, (xv, yv) = radius._split(y0, obs, 0.2, 0)
+    file = os.path.join(cache, "path.json")
+    with open(file) as f:
+        info = json.load(f)
+    if not os.path.exists(os.path.join(cache, "path_relative.json")):
+        with open(os.path.join(cache, "path_relative.json"), "w") as f:
+            json.dump(info, f, indent=1, default=str)
+    for row in info["rows"]:
+        model = pendulum.build_model(times, seed=0)
+        model.compile(optimizer="adam", loss="mse")
+        model.load_weights(os.path.join(cache, f"path_rho{row['rho']:g}.weights.h5"))
+        per_sample = radius._per_sample_losses(model, xv, yv, 50)
+        print(f"rho {row['rho']:g}: mean of the per-sample losses {per_sample.mean():.6g}, "
+              f"stored validation loss {row['val_loss']:.6g}")
+        row["val_losses"] = [float(v) for v in per_sample]
+        row["val_se"] = radius._standard_error(None, None, None, None, per_sample)
+    path = kh.RadiusPath.from_dict({**info, "rule": "paired"})
+    print(path)
+    out = path.to_dict()
+    out.update(epochs=info.get("epochs"), seconds=info.get("seconds"))
+    with open(file, "w") as f:
+        json.dump(out, f, indent=1, default=str)
 
 
 def fit_pair(cache, epochs):
@@ -131,10 +178,10 @@ def report(cache, which, cg_tol=None):
     if os.path.exists(os.path.join(cache, "path.json")):
         path = radius.RadiusPath.from_dict(json.load(open(os.path.join(cache, "path.json"))))
         print(path)
-    if "pair" in which:
+    if "pair" in which or "pair-sam" in which:
         for label in ("sam", "erm"):
             file = os.path.join(cache, f"pair_{label}.weights.h5")
-            if not os.path.exists(file):
+            if not os.path.exists(file) or ("pair" not in which and label == "erm"):
                 continue
             model = pendulum.build_model(times, seed=0)
             model.load_weights(file)
@@ -175,8 +222,13 @@ def report(cache, which, cg_tol=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("fit-path", "fit-pair", "fit-duffing", "report"))
-    parser.add_argument("--which", default="pair,path,duffing", help="report: which fits")
+    parser.add_argument("what", choices=("fit-path", "samples", "fit-pair", "fit-duffing", "report"))
+    parser.add_argument("--rhos", default=None,
+                        help="fit-path: comma-separated radii (default 0,0.03,0.1,0.3,1)")
+    parser.add_argument("--add", action="store_true",
+                        help="fit-path: fit only --rhos and merge them into the cached path")
+    parser.add_argument("--which", default="pair,path,duffing",
+                        help="report: which fits (pair, pair-sam: the SAM fit of the pair only, path, duffing)")
     parser.add_argument("--cg-tol", type=float, default=None,
                         help="report: conjugate-gradient tolerance (default: the library's)")
     parser.add_argument("--quick", action="store_true", help="fit-duffing: the task's quick configuration")
@@ -186,7 +238,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     os.makedirs(args.cache, exist_ok=True)
     if args.what == "fit-path":
-        fit_path(args.cache, args.path_epochs)
+        rhos = RHOS if args.rhos is None else [float(r) for r in args.rhos.split(",")]
+        fit_path(args.cache, args.path_epochs, rhos, add=args.add)
+    elif args.what == "samples":
+        path_samples(args.cache)
     elif args.what == "fit-pair":
         fit_pair(args.cache, args.pair_epochs)
     elif args.what == "fit-duffing":

@@ -29,7 +29,14 @@ from keras_hybrid.layers import (
     physical_constants,
 )
 from keras_hybrid.models import HybridModel, SAMModel, SAMTrainStep
-from keras_hybrid.radius import RadiusPath, choose_radius, radius_path
+from keras_hybrid.radius import (
+    RadiusPath,
+    choose_radius,
+    eligible_radii,
+    paired_t_test,
+    radius_p_values,
+    radius_path,
+)
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
 from keras_hybrid.shooting import MultipleShooting, SegmentOffsets
@@ -56,13 +63,16 @@ __all__ = [
     "constant_uncertainty",
     "constant_units",
     "constants_table",
+    "eligible_radii",
     "export_saved_model",
     "grouped_perturbation",
     "is_physical_variable",
     "load_metadata",
     "odeint",
+    "paired_t_test",
     "physical_constants",
     "profile_likelihood",
+    "radius_p_values",
     "radius_path",
     "report",
     "rk_step",

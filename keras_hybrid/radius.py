@@ -25,40 +25,308 @@ DEFAULT_RHOS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
 # -- pure selection rule ------------------------------------------------------
 
 
-def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
-                  standard_errors=None, noise_level=2.0):
-    """The radius chosen from validation losses alone.
+RULES = ("paired", "relative")
 
-    The rule prefers the strongest regularization: the largest radius whose
-    validation loss is within the noise of the best one. "Within the noise"
-    is the larger of a relative slack `tolerance` and `noise_level`
-    standard errors of the best validation loss (the standard error of a
-    mean over few validation samples is large: with 12 points, about 40 %
-    of the loss itself, so a fixed 25 % slack would pick plain training by
-    chance). When `reference_loss` (the physics part alone) is given,
-    radii whose validation loss is worse than it are not eligible either,
-    unless no radius is as good, in which case the best radius is returned.
+
+def _one_sided_p(statistic, dof):
+    """`P(T > statistic)` for Student's t with `dof` degrees of freedom
+    (the standard normal for `dof = inf`)."""
+    if math.isnan(statistic):
+        return math.nan
+    if math.isinf(statistic):
+        return 0.0 if statistic > 0 else 1.0
+    if not math.isfinite(dof):
+        return 0.5 * math.erfc(statistic / math.sqrt(2.0))
+    from keras_hybrid.uncertainty import _betainc
+
+    tail = 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + statistic * statistic))
+    return tail if statistic > 0 else 1.0 - tail
+
+
+def paired_t_test(losses, best_losses, margin=0.0):
+    """One-sided paired t test: is `losses` larger than `best_losses` by
+    more than `margin`?
+
+    The per-sample differences `d_i = losses_i - best_losses_i` (the same
+    validation samples scored by two models) are tested against the null
+    hypothesis `E[d] <= margin`:
 
     ```
-    best     = min_r L_val(r),   se = standard error of L_val at that r
-    limit    = max((1 + tolerance) * best, best + noise_level * se)
-    eligible = {r : L_val(r) <= limit  and  L_val(r) <= L_ref}
-    chosen   = max(eligible)        (argmin_r L_val(r) if eligible is empty)
+    t = (mean(d) - margin) / (std(d, ddof=1) / sqrt(n)),   p = P(T_{n-1} > t)
     ```
+
+    Pairing removes what the two models share (a hard validation sample is
+    hard for both), so the test sees differences far smaller than the
+    standard error of either loss.
+
+    Args:
+        losses: per-sample losses of one model, shape `(n,)`, `n >= 2`.
+        best_losses: per-sample losses of the reference model on the same
+            samples, shape `(n,)`.
+        margin: the difference that does not count as worse, >= 0.
+            Defaults to `0.0`.
+
+    Returns:
+        `(t, p)`: the statistic and its one-sided p-value (`t = inf`,
+        `p = 0` when all differences are equal and above `margin`).
+
+    Example:
+
+    >>> t, p = paired_t_test([1.2, 2.1, 3.3], [1.0, 2.0, 3.0])
+    >>> round(t, 3), round(p, 4)
+    (3.464, 0.0371)
+    """
+    margin = _check_number("margin", margin, minimum=0.0)
+    a = np.asarray(losses, "float64").reshape(-1)
+    b = np.asarray(best_losses, "float64").reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(
+            "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
+            f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
+        )
+    d = a - b
+    excess = float(np.mean(d)) - margin
+    sd = float(np.std(d, ddof=1))
+    if sd == 0.0:
+        t = math.inf if excess > 0 else (-math.inf if excess < 0 else 0.0)
+        return t, (0.0 if excess > 0 else 1.0)
+    t = excess / (sd / math.sqrt(d.size))
+    return t, _one_sided_p(t, d.size - 1)
+
+
+def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=None,
+                    reference_loss=None, margin=0.0):
+    """One-sided p-values of "radius r fits the validation data worse than
+    the best radius" (the test behind `choose_radius(rule="paired")`).
+
+    With per-sample validation losses, a paired t test of each radius
+    against the radius of lowest mean validation loss (`paired_t_test`).
+    With only the standard error of each mean loss, the unpaired normal
+    approximation `z = (L_r - L_best - m) / sqrt(se_r^2 + se_best^2)`,
+    which is conservative (rejects less) when the per-sample losses of the
+    two radii are positively correlated, as they are on shared samples.
+    `m` is `margin` times the gap between the physics part alone and the
+    best radius (`reference_loss - L_best`; zero without a reference).
 
     Args:
         rhos: sequence of radii.
-        val_losses: validation loss of each radius (non-finite losses are
-            never chosen).
-        tolerance: relative slack, >= 0. Defaults to `0.25`.
+        val_losses: mean validation loss of each radius.
+        per_sample_losses: per radius, the per-sample validation losses
+            (all over the same samples), or `None`. Defaults to `None`.
+        standard_errors: per radius, the standard error of its mean
+            validation loss, or `None`. Defaults to `None`.
         reference_loss: validation loss of the physics part alone, or
             `None`. Defaults to `None`.
-        standard_errors: standard error of each validation loss (e.g. the
+        margin: fraction of the improvement of the best radius over the
+            physics part alone that a radius may give up before it counts
+            as worse, in [0, 1). Defaults to `0.0`.
+
+    Returns:
+        `(p_values, method)`: a list (`1.0` for the best radius, `nan` for
+        non-finite losses or missing information) and `"paired t"`,
+        `"unpaired z"` or `None` (neither per-sample losses nor standard
+        errors: no test is possible).
+    """
+    rhos, val_losses = list(rhos), [float(v) for v in val_losses]
+    _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
+                   standard_errors=standard_errors)
+    margin = _check_number("margin", margin, minimum=0.0)
+    if margin >= 1.0:
+        raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
+    finite = [i for i, v in enumerate(val_losses) if math.isfinite(v)]
+    p = [math.nan] * len(rhos)
+    if not finite:
+        return p, None
+    best = min(finite, key=lambda i: (val_losses[i], rhos[i]))
+    delta = 0.0
+    if reference_loss is not None and math.isfinite(reference_loss) and reference_loss > val_losses[best]:
+        delta = margin * (reference_loss - val_losses[best])
+    samples = None
+    if per_sample_losses is not None and all(per_sample_losses[i] is not None for i in finite):
+        samples = {i: np.asarray(per_sample_losses[i], "float64").reshape(-1) for i in finite}
+        sizes = [samples[i].size for i in finite]
+        if len(set(sizes)) != 1 or sizes[0] < 2:
+            raise ValueError(
+                "`per_sample_losses` must hold the losses of the same validation samples (at "
+                f"least two) for every radius. Received: lengths {sizes}"
+            )
+        if not all(np.all(np.isfinite(s)) for s in samples.values()):
+            samples = None
+    ses = None
+    if samples is None and standard_errors is not None and all(
+            standard_errors[i] is not None and math.isfinite(standard_errors[i]) for i in finite):
+        ses = [float(s) for s in standard_errors]
+    if samples is None and ses is None:
+        return p, None
+    for i in finite:
+        if i == best:
+            p[i] = 1.0
+        elif samples is not None:
+            p[i] = paired_t_test(samples[i], samples[best], delta)[1]
+        else:
+            scale = math.hypot(ses[i], ses[best])
+            excess = val_losses[i] - val_losses[best] - delta
+            z = excess / scale if scale > 0 else (math.inf if excess > 0 else -math.inf)
+            p[i] = _one_sided_p(z, math.inf)
+    return p, ("paired t" if samples is not None else "unpaired z")
+
+
+def holm_rejections(p_values, level):
+    """Which hypotheses Holm's step-down procedure rejects at family-wise
+    level `level`: sort the `m` finite p-values, reject the `k`-th
+    smallest while `p_(k) <= level / (m - k + 1)`, stop at the first that
+    is not. `nan` entries are never rejected and not counted.
+
+    Example:
+
+    >>> holm_rejections([0.01, 0.04, 0.03, 0.5], 0.05)
+    [True, False, False, False]
+    """
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    reject = [False] * len(p_values)
+    m = len(order)
+    for k, (p, i) in enumerate(order):
+        if p > level / (m - k):
+            break
+        reject[i] = True
+    return reject
+
+
+def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standard_errors=None,
+                   noise_level=2.0, *, rule="paired", per_sample_losses=None, level=0.05,
+                   margin=0.0):
+    """The radii that `choose_radius` may choose, and how they were found.
+
+    See `choose_radius` for the rules and the arguments.
+
+    Returns:
+        A dict: `eligible` (the radii, increasing; the best radius alone
+        when none passes), `best` (the radius of lowest validation loss),
+        `rule` (the rule applied: `"paired"` or `"relative"`; `"paired"`
+        falls back to `"relative"` when neither per-sample losses nor
+        standard errors are given), `test` (`"paired t"`, `"unpaired z"`
+        or `None`), `p_values` (per radius, `None` for the relative rule)
+        and `limit` (the relative rule's largest accepted loss; for the
+        paired rule the physics-only cap, or `inf`).
+    """
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
+    rhos, val_losses = list(rhos), [float(v) for v in val_losses]
+    _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
+                   standard_errors=standard_errors)
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    finite = [(r, v) for r, v in zip(rhos, val_losses) if math.isfinite(v)]
+    out = {"eligible": [], "best": None, "rule": rule, "test": None, "p_values": None,
+           "limit": math.nan}
+    p_values, test = None, None
+    if rule == "paired":
+        p_values, test = radius_p_values(rhos, val_losses, per_sample_losses, standard_errors,
+                                         reference_loss, margin)
+        if test is None:
+            rule, p_values = "relative", None
+    limit = selection_limit(rhos, val_losses, tolerance, reference_loss, standard_errors,
+                            noise_level)
+    if not finite:
+        out["rule"] = rule
+        return out
+    best_rho = min(finite, key=lambda rv: (rv[1], rv[0]))[0]
+    cap = math.inf
+    if reference_loss is not None and math.isfinite(reference_loss):
+        cap = float(reference_loss)
+    if rule == "paired":
+        # The best radius is the reference, not one of the hypotheses.
+        rejected = holm_rejections(
+            [math.nan if r == best_rho else q for r, q in zip(rhos, p_values)], level)
+        eligible = [r for r, v, no in zip(rhos, val_losses, rejected)
+                    if math.isfinite(v) and not no and v <= cap]
+        limit = cap
+    else:
+        eligible = [r for r, v in finite if v <= limit]
+    out.update(eligible=sorted(eligible) or [best_rho], best=best_rho, rule=rule, test=test,
+               p_values=p_values, limit=limit)
+    return out
+
+
+def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
+                  standard_errors=None, noise_level=2.0, *, rule="paired",
+                  per_sample_losses=None, level=0.05, margin=0.0):
+    """The radius chosen from validation losses alone.
+
+    The rule prefers the strongest regularization: the largest radius
+    whose validation loss the data cannot tell from the best one. Two
+    ways to decide "cannot tell":
+
+    `rule="paired"` (the default): a radius is eligible unless it is
+    significantly worse than the best radius, by a one-sided test of the
+    difference of their validation losses, with Holm's correction over
+    the radii (family-wise level `level`): a paired t test on per-sample
+    losses (`per_sample_losses`, the same validation samples scored at
+    every radius), else the unpaired normal approximation from
+    `standard_errors` (conservative). The eligible set is then a
+    confidence set for the best radius: with probability about
+    `1 - level` no radius as good as the best is excluded. With many
+    validation samples it narrows to the radii the data cannot separate;
+    with few it stays wide. It is scale free: it depends on the losses
+    only through the ratio of their differences to their noise. It also
+    depends on how many radii are compared: each added radius makes
+    Holm's thresholds stricter, so a finer grid can widen the set.
+
+    ```
+    d_i(r)   = loss_i(r) - loss_i(best)                 (per validation sample i)
+    t(r)     = (mean d(r) - m) / (std d(r) / sqrt(n)),  p(r) = P(T_{n-1} > t(r))
+    m        = margin * (L_ref - L_best)                (0 without a reference)
+    eligible = {r : Holm at `level` does not reject r, and L_val(r) <= L_ref}
+    chosen   = max(eligible)
+    ```
+
+    `margin` > 0 makes the test one of "worse by more than a fraction
+    `margin` of what the network gains over the physics part alone"
+    (`L_ref - L_best`): a radius that gives up less than that is never
+    excluded. Every radius it admits also widens the constants'
+    model-selection ranges (`RadiusPath.selection_ranges`).
+
+    `rule="relative"` (the rule before the paired test, and the fallback
+    of `"paired"` when neither per-sample losses nor standard errors are
+    given): a relative slack `tolerance`, or `noise_level` standard
+    errors of the best validation loss, whichever is larger:
+
+    ```
+    limit    = max((1 + tolerance) * best, best + noise_level * se_best)
+    eligible = {r : L_val(r) <= limit  and  L_val(r) <= L_ref}
+    ```
+
+    Under both rules, when `reference_loss` (the physics part alone) is
+    given, radii whose validation loss is worse than it are not eligible,
+    unless no radius is as good, in which case the best radius is
+    returned.
+
+    Args:
+        rhos: sequence of radii.
+        val_losses: mean validation loss of each radius (non-finite
+            losses are never chosen).
+        tolerance: relative slack of the `"relative"` rule, >= 0.
+            Defaults to `0.25`.
+        reference_loss: validation loss of the physics part alone, or
+            `None`. Defaults to `None`.
+        standard_errors: standard error of each validation loss (the
             standard deviation of the per-sample losses over the square
-            root of their number), or `None` to use `tolerance` alone.
+            root of their number), or `None`. Defaults to `None`.
+        noise_level: standard errors counted as noise by the `"relative"`
+            rule. Defaults to `2.0`.
+        rule: `"paired"` or `"relative"`. Defaults to `"paired"`.
+        per_sample_losses: per radius, the validation loss of each
+            validation sample (same samples, same order), or `None`.
             Defaults to `None`.
-        noise_level: how many standard errors count as noise. Defaults
-            to `2.0`.
+        level: family-wise significance level of the `"paired"` rule, in
+            (0, 1). Defaults to `0.05`.
+        margin: the `"paired"` rule's tolerated fraction of the gap
+            between the physics part alone and the best radius, in
+            [0, 1). Defaults to `0.0`.
 
     Returns:
         The chosen radius (an element of `rhos`), or `None` if no
@@ -66,22 +334,30 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
 
     Example:
 
-    >>> choose_radius([0.0, 0.1, 1.0], [1.0, 1.1, 2.0])
+    >>> choose_radius([0.0, 0.1, 1.0], [1.0, 1.1, 2.0], rule="relative")
     0.1
+    >>> choose_radius([0.0, 0.1], [1.0, 1.1],
+    ...               per_sample_losses=[[0.9, 1.0, 1.1], [1.0, 1.1, 1.2]])
+    0.0
     """
+    result = eligible_radii(rhos, val_losses, tolerance, reference_loss, standard_errors,
+                            noise_level, rule=rule, per_sample_losses=per_sample_losses,
+                            level=level, margin=margin)
+    return max(result["eligible"]) if result["eligible"] else None
+
+
+def _check_lengths(rhos, val_losses, **per_radius):
     if len(rhos) != len(val_losses):
         raise ValueError(
             "`rhos` and `val_losses` must have the same length. Received: "
             f"len(rhos)={len(rhos)}, len(val_losses)={len(val_losses)}"
         )
-    limit = selection_limit(rhos, val_losses, tolerance, reference_loss, standard_errors,
-                            noise_level)
-    finite = [(r, v) for r, v in zip(rhos, val_losses) if math.isfinite(v)]
-    if not finite:
-        return None
-    best_rho, _ = min(finite, key=lambda rv: (rv[1], rv[0]))
-    eligible = [r for r, v in finite if v <= limit]
-    return max(eligible) if eligible else best_rho
+    for arg, values in per_radius.items():
+        if values is not None and len(values) != len(rhos):
+            raise ValueError(
+                f"`{arg}` must have one entry per radius. Received: len({arg})={len(values)} "
+                f"for {len(rhos)} radii"
+            )
 
 
 def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
@@ -124,7 +400,9 @@ class RadiusPath:
 
     Attributes:
         rows: list of dicts, one per fit, with `rho`, `seed`, `constants`
-            (`name -> value`), `train_loss`, `val_loss` and `net_share`
+            (`name -> value`), `train_loss`, `val_loss`, `val_se` (its
+            standard error), `val_losses` (the per-sample validation
+            losses, when the compiled loss allows them) and `net_share`
             (how much of the model's output on the training inputs is the
             network's: `||f(x) - f_0(x)|| / ||f(x)||`, where `f_0` is the
             model with its network weights set to zero; for an additive
@@ -137,8 +415,18 @@ class RadiusPath:
             standard deviation of each constant over seeds (`constants_std`).
         chosen: the radius chosen by `choose_radius` from the mean
             validation losses (and the physics-only loss as reference).
-        eligible: the radii within the tolerance of the best validation
-            loss (and not worse than the physics part alone).
+        eligible: the radii the selection rule cannot tell from the best
+            one (and not worse than the physics part alone).
+        rule: the selection rule asked for (`"paired"` or `"relative"`).
+        rule_used: the rule applied (`"paired"` falls back to
+            `"relative"` when the rows carry neither per-sample losses nor
+            standard errors).
+        test: `"paired t"`, `"unpaired z"` or `None` (relative rule).
+        p_values: per radius, the one-sided p-value of "worse than the
+            best radius" (`None` under the relative rule).
+        level: family-wise level of the paired rule.
+        margin: the paired rule's tolerated fraction of the gap between
+            the physics part alone and the best radius.
         stable: `name -> bool`: the constant moved by at most
             `stable_tolerance` (relative spread) over the eligible radii.
         spread: `name -> float`: that relative spread
@@ -153,7 +441,7 @@ class RadiusPath:
     """
 
     def __init__(self, rows, physics_only, sam, tolerance, stable_tolerance, units, models,
-                 noise_level=2.0):
+                 noise_level=2.0, rule="paired", level=0.05, margin=0.0):
         self.rows = rows
         self.noise_level = noise_level
         self.physics_only = physics_only
@@ -161,24 +449,43 @@ class RadiusPath:
         self.tolerance = tolerance
         self.stable_tolerance = stable_tolerance
         self.units = units
+        self.rule = rule
+        self.level = level
+        self.margin = margin
         self.rhos = sorted({row["rho"] for row in rows})
         self.summary = [self._summarize(rho) for rho in self.rhos]
         reference = None if physics_only is None else physics_only["val_loss"]
         val = [s["val_loss"] for s in self.summary]
         se = [s["val_se"] for s in self.summary]
-        self.chosen = choose_radius(self.rhos, val, tolerance, reference, se, noise_level)
+        samples = [self._per_sample(rho) for rho in self.rhos]
+        if any(x is None for x in samples):
+            samples = None
+        result = eligible_radii(self.rhos, val, tolerance, reference, se, noise_level, rule=rule,
+                                per_sample_losses=samples, level=level, margin=margin)
         finite = [v for v in val if math.isfinite(v)]
         best = min(finite) if finite else math.nan
-        limit = selection_limit(self.rhos, val, tolerance, reference, se, noise_level)
-        self.limit = limit
-        self.eligible = [r for r, v in zip(self.rhos, val) if math.isfinite(v) and v <= limit]
-        if not self.eligible and self.chosen is not None:
-            self.eligible = [self.chosen]
+        self.eligible = result["eligible"]
+        self.chosen = max(self.eligible) if self.eligible else None
+        self.limit = result["limit"]
+        self.rule_used = result["rule"]
+        self.test = result["test"]
+        self.p_values = result["p_values"]
         self.network_needed = not (
             reference is not None and math.isfinite(reference) and finite and reference <= best
         )
         self.spread, self.stable = self._stability()
         self.best_model = models.get(self.chosen)
+
+    def _per_sample(self, rho):
+        """Per-sample validation losses at `rho`, averaged over seeds
+        (`None` if a row lacks them)."""
+        rows = [row for row in self.rows if row["rho"] == rho]
+        if any(row.get("val_losses") is None for row in rows):
+            return None
+        losses = [np.asarray(row["val_losses"], "float64") for row in rows]
+        if len({x.shape for x in losses}) != 1:
+            return None
+        return np.mean(losses, axis=0)
 
     def _summarize(self, rho):
         rows = [row for row in self.rows if row["rho"] == rho]
@@ -221,6 +528,28 @@ class RadiusPath:
             for name in rows[0]["constants"]
         }
 
+    def refine_rhos(self):
+        """Radii between the chosen radius and its neighbours on the grid
+        (geometric midpoints, two significant digits; a third of the
+        chosen radius below it when its neighbour is 0), to fit next
+        (e.g. `radius_path(..., rhos=path.refine_rhos())`) when only the
+        chosen radius is eligible: a single radius cannot show whether
+        the constants stay put near it.
+
+        Returns:
+            A list of new radii (empty without a positive chosen radius).
+        """
+        if not self.chosen:
+            return []
+        i = self.rhos.index(self.chosen)
+        out = []
+        if i > 0:
+            low = self.rhos[i - 1]
+            out.append(math.sqrt(low * self.chosen) if low > 0 else self.chosen / 3.0)
+        if i + 1 < len(self.rhos):
+            out.append(math.sqrt(self.chosen * self.rhos[i + 1]))
+        return [float(f"{r:.2g}") for r in out if float(f"{r:.2g}") not in self.rhos]
+
     def constants_at(self, rho):
         """Mean constants over seeds at radius `rho`, `name -> value`."""
         for s in self.summary:
@@ -235,6 +564,12 @@ class RadiusPath:
             "tolerance": self.tolerance,
             "stable_tolerance": self.stable_tolerance,
             "noise_level": self.noise_level,
+            "rule": self.rule,
+            "level": self.level,
+            "margin": self.margin,
+            "rule_used": self.rule_used,
+            "test": self.test,
+            "p_values": self.p_values,
             "limit": self.limit,
             "rows": self.rows,
             "physics_only": self.physics_only,
@@ -251,9 +586,11 @@ class RadiusPath:
     def from_dict(cls, config):
         """A `RadiusPath` from `to_dict()`'s output (without its models:
         `best_model` is `None`)."""
+        # Paths saved before the paired rule was chosen with the relative rule.
         return cls(config["rows"], config["physics_only"], SAM.from_config(config["sam"]),
                    config["tolerance"], config.get("stable_tolerance", 0.05), config["units"], {},
-                   config.get("noise_level", 2.0))
+                   config.get("noise_level", 2.0), rule=config.get("rule", "relative"),
+                   level=config.get("level", 0.05), margin=config.get("margin", 0.0))
 
     def __str__(self):
         names = list(self.summary[0]["constants"]) if self.summary else []
@@ -283,16 +620,34 @@ class RadiusPath:
             mark = "  <- chosen" if s["rho"] == self.chosen else (
                 "  (eligible)" if s["rho"] in self.eligible else "")
             lines.append(line(label, s, mark))
-        lines.append(
-            f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
-            f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
-            f"{self.noise_level:g} standard errors"
-            + (", and not above the physics part alone)" if self.physics_only else ")")
-        )
+        cap = ", and not above the physics part alone)" if self.physics_only else ")"
+        if self.rule_used == "paired":
+            worse = "worse" if not self.margin else (
+                f"worse by more than {self.margin:.0%} of the gain over the physics part alone")
+            lines.append(
+                f"chosen: rho = {self.chosen} (largest radius not significantly {worse} than "
+                f"the best: one-sided {self.test} test, Holm's correction at level "
+                f"{self.level:g}{cap}")
+            lines.append("p-values (worse than the best): " + ", ".join(
+                f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}"
+                for r, p in zip(self.rhos, self.p_values)))
+        else:
+            fallback = " (no per-sample losses or standard errors for the paired rule)" if (
+                self.rule == "paired") else ""
+            lines.append(
+                f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
+                f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
+                f"{self.noise_level:g} standard errors{cap}{fallback}"
+            )
         if not self.network_needed:
             lines.append(
                 "the physics part alone fits the validation data at least as well as every "
                 "radius: the network may not be needed"
+            )
+        if len(self.eligible) == 1 and self.refine_rhos():
+            lines.append(
+                f"only rho = {self.eligible[0]:g} is eligible: fit the radii "
+                f"{self.refine_rhos()} to see whether the constants stay put near it"
             )
         for name in names:
             if name in self.spread:
@@ -378,27 +733,34 @@ def _evaluate(model, x, y, batch_size):
     return float(result["loss"])
 
 
-def _standard_error(model, x, y, batch_size):
-    """Standard error of the mean validation loss, from per-sample losses.
-
-    Uses the compiled loss when it is a single Keras loss (a name, a
-    function or a `keras.losses.Loss`); `nan` otherwise (the selection then
-    relies on `tolerance` alone).
-    """
+def _per_sample_losses(model, x, y, batch_size):
+    """Per-sample validation losses (the compiled loss of each sample,
+    averaged over its remaining axes, e.g. the time steps of a
+    trajectory), as a float64 array; `None` when the compiled loss is not
+    a single Keras loss (a name, a function or a `keras.losses.Loss`) or
+    the targets are not one array. Regularization penalties are not
+    included: they are the same for every sample."""
     try:
         loss = keras.losses.get(model.loss)
         if loss is None or isinstance(y, (dict, list, tuple)):
-            return math.nan
+            return None
         y_pred = model.predict(x, batch_size=batch_size, verbose=0)
         if isinstance(loss, keras.losses.Loss):
             per_sample = loss.call(keras.ops.convert_to_tensor(y, "float32"), y_pred)
         else:
             per_sample = loss(keras.ops.convert_to_tensor(y, "float32"), y_pred)
         per_sample = np.asarray(keras.ops.convert_to_numpy(per_sample), "float64")
-        per_sample = per_sample.reshape(len(per_sample), -1).mean(axis=1)
+        return per_sample.reshape(len(per_sample), -1).mean(axis=1)
     except (TypeError, ValueError):
-        return math.nan
-    if len(per_sample) < 2:
+        return None
+
+
+def _standard_error(model, x, y, batch_size, per_sample=None):
+    """Standard error of the mean validation loss, from per-sample losses
+    (`nan` without them, or with fewer than two)."""
+    if per_sample is None:
+        per_sample = _per_sample_losses(model, x, y, batch_size)
+    if per_sample is None or len(per_sample) < 2:
         return math.nan
     return float(np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
 
@@ -452,9 +814,11 @@ def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kw
         "constants": physical_constants(model),
         "train_loss": _evaluate(model, train[0], train[1], batch_size),
         "val_loss": _evaluate(model, val[0], val[1], batch_size),
-        "val_se": _standard_error(model, val[0], val[1], batch_size),
         "net_share": _net_share(model, train[0], batch_size),
     }
+    per_sample = _per_sample_losses(model, val[0], val[1], batch_size)
+    row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
+    row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]
     return model, row
 
 
@@ -490,6 +854,9 @@ def radius_path(
     tolerance=0.25,
     noise_level=2.0,
     stable_tolerance=0.05,
+    rule="paired",
+    level=0.05,
+    margin=0.0,
     physics_only=True,
     batch_size=None,
     split_seed=0,
@@ -503,17 +870,26 @@ def radius_path(
     part and scored on the validation part. The physics part alone (the
     same model with its network weights set to zero and frozen, constants
     refitted) is fitted too, as a reference: is the network needed at all?
-    The radius is chosen by `choose_radius` from the mean validation losses
-    over seeds, never from the constants themselves:
+    The radius is chosen by `choose_radius` from the validation losses,
+    never from the constants themselves. By default (`rule="paired"`)
+    every radius is compared with the radius of lowest mean validation
+    loss by a one-sided paired t test on the per-sample validation losses
+    (each validation sample scored by both models; averaged over seeds),
+    with Holm's correction over the radii at family-wise level `level`:
 
     ```
-    limit  = max((1 + tolerance) min L_val, min L_val + noise_level * se)
-    chosen = max{rho : L_val(rho) <= limit  and  L_val(rho) <= L_val(physics)}
+    eligible = {rho : not significantly worse than the best,  L_val(rho) <= L_val(physics)}
+    chosen   = max(eligible)
     ```
 
-    where `se` is the standard error of the best validation loss, from its
-    per-sample losses: on a dozen validation points the loss is known only
-    to about 40 %, and a radius within that noise of the best is as good.
+    The eligible set is a confidence set for the best radius: it is wide
+    when a few validation samples cannot separate the radii (a dozen
+    points know the loss only to about 40 %) and narrows as the data
+    separate them. Without per-sample losses (a loss that is not a single
+    Keras loss, or several outputs) the rule uses the unpaired test from
+    the standard errors, or, without those either, the former relative
+    rule (`rule="relative"`: within the larger of `tolerance` and
+    `noise_level` standard errors of the best loss).
 
     Constants that stay within `stable_tolerance` (relative spread) over
     the eligible radii are marked stable; a constant that moves a lot over
@@ -544,12 +920,20 @@ def radius_path(
             of seeds. Defaults to `1`.
         sam: template `SAM` whose `rho` is varied. Defaults to `SAM()`
             (network weights only).
-        tolerance: relative slack of the selection rule. Defaults to `0.25`.
+        tolerance: relative slack of the relative rule. Defaults to `0.25`.
         noise_level: standard errors of the best validation loss counted as
-            noise by the selection rule (`0`: relative slack only).
+            noise by the relative rule (`0`: relative slack only).
             Defaults to `2.0`.
         stable_tolerance: largest relative spread of a stable constant.
             Defaults to `0.05`.
+        rule: `"paired"` (significance test) or `"relative"` (slack).
+            Defaults to `"paired"`.
+        level: family-wise significance level of the paired rule, in
+            (0, 1). Defaults to `0.05`.
+        margin: fraction, in [0, 1), of the best radius's improvement over
+            the physics part alone that a radius may give up before the
+            paired rule counts it as worse (`0`: any significant
+            difference counts). Defaults to `0.0`.
         physics_only: fit the physics-only reference. Defaults to `True`.
         batch_size: batch size of `fit`, `evaluate` and `predict`.
             Defaults to `None` (Keras's default, 32).
@@ -597,6 +981,14 @@ def radius_path(
     tolerance = _check_number("tolerance", tolerance, minimum=0.0)
     noise_level = _check_number("noise_level", noise_level, minimum=0.0)
     stable_tolerance = _check_number("stable_tolerance", stable_tolerance, minimum=0.0)
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    margin = _check_number("margin", margin, minimum=0.0)
+    if margin >= 1.0:
+        raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError(
@@ -628,5 +1020,5 @@ def radius_path(
         reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
                                       fit_kwargs)
     path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
-                      noise_level)
+                      noise_level, rule=rule, level=level, margin=margin)
     return path

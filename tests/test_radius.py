@@ -1,6 +1,7 @@
 """radius_path / choose_radius: the selection rule, the physics-only
 reference, stability of constants, and bad input."""
 
+import json
 import math
 
 import numpy as np
@@ -23,40 +24,40 @@ def test_choose_radius_takes_largest_within_tolerance():
     rhos = [0.0, 0.1, 0.3, 1.0]
     val = [1.00, 0.90, 1.10, 1.20]
     # best 0.90; limit 1.125: 0.0, 0.1, 0.3 eligible -> 0.3
-    assert choose_radius(rhos, val, tolerance=0.25) == 0.3
+    assert choose_radius(rhos, val, tolerance=0.25, rule="relative") == 0.3
     # limit 1.35: 1.0 eligible too
-    assert choose_radius(rhos, val, tolerance=0.5) == 1.0
+    assert choose_radius(rhos, val, tolerance=0.5, rule="relative") == 1.0
     # plain argmin
-    assert choose_radius(rhos, val, tolerance=0.0) == 0.1
+    assert choose_radius(rhos, val, tolerance=0.0, rule="relative") == 0.1
 
 
 def test_choose_radius_never_worse_than_physics_alone():
     rhos = [0.0, 0.1, 0.3, 1.0]
     val = [1.00, 0.90, 1.10, 1.20]
     # the physics part alone reaches 1.05: 0.3 (1.10) is not eligible any more
-    assert choose_radius(rhos, val, 0.25, reference_loss=1.05) == 0.1
+    assert choose_radius(rhos, val, 0.25, reference_loss=1.05, rule="relative") == 0.1
     # physics alone better than every radius: the best radius is returned
-    assert choose_radius(rhos, val, 0.25, reference_loss=0.5) == 0.1
+    assert choose_radius(rhos, val, 0.25, reference_loss=0.5, rule="relative") == 0.1
 
 
 def test_choose_radius_counts_the_noise_of_the_validation_loss():
     rhos = [0.0, 0.01, 0.1]
     val = [1.00, 1.30, 1.60]
     # relative slack alone: limit 1.25 -> plain training
-    assert choose_radius(rhos, val, 0.25) == 0.0
+    assert choose_radius(rhos, val, 0.25, rule="relative") == 0.0
     # best loss known to +-0.2 (12 points): limit 1 + 2 * 0.2 = 1.4 -> 0.01
-    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2, 0.2, 0.2]) == 0.01
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2, 0.2, 0.2], rule="relative") == 0.01
     # the standard error of the *best* radius sets the limit
-    assert choose_radius(rhos, val, 0.25, standard_errors=[0.1, 0.5, 0.5]) == 0.0
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.1, 0.5, 0.5], rule="relative") == 0.0
     # noise_level=0 is the relative rule; 3 standard errors reach 1.6
-    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2] * 3, noise_level=0) == 0.0
-    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2] * 3, noise_level=3) == 0.1
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2] * 3, noise_level=0, rule="relative") == 0.0
+    assert choose_radius(rhos, val, 0.25, standard_errors=[0.2] * 3, noise_level=3, rule="relative") == 0.1
     # still capped by the physics part alone
-    assert choose_radius(rhos, val, 0.25, 1.2, standard_errors=[0.2] * 3) == 0.0
+    assert choose_radius(rhos, val, 0.25, 1.2, standard_errors=[0.2] * 3, rule="relative") == 0.0
     with pytest.raises(ValueError, match="one entry per radius"):
-        choose_radius(rhos, val, standard_errors=[0.1])
+        choose_radius(rhos, val, standard_errors=[0.1], rule="relative")
     with pytest.raises(ValueError, match="noise_level=-1"):
-        choose_radius(rhos, val, noise_level=-1)
+        choose_radius(rhos, val, noise_level=-1, rule="relative")
 
 
 def test_standard_error_of_the_validation_loss_from_per_sample_losses():
@@ -80,6 +81,147 @@ def test_choose_radius_rejects_bad_input():
         choose_radius([0.0, 0.1], [1.0])
     with pytest.raises(ValueError, match="tolerance=-0.1"):
         choose_radius([0.0], [1.0], tolerance=-0.1)
+
+
+# -- the paired rule -----------------------------------------------------------
+
+
+def _t5_upper_tail(t):
+    # Student's t with 5 degrees of freedom in closed form:
+    # F(t) = 1/2 + (theta + sin cos (1 + 2/3 cos^2)) / pi, theta = atan(t / sqrt 5)
+    theta = math.atan(t / math.sqrt(5.0))
+    c, s = math.cos(theta), math.sin(theta)
+    return 0.5 - (theta + s * c * (1.0 + 2.0 / 3.0 * c * c)) / math.pi
+
+
+def test_paired_t_test_against_a_hand_computation():
+    # d = (0.2, 0.1, 0.3): mean 0.2, std 0.1, t = 0.2 / (0.1 / sqrt 3) = 2 sqrt 3;
+    # two degrees of freedom: P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2
+    t, p = kh.paired_t_test([1.2, 2.1, 3.3], [1.0, 2.0, 3.0])
+    assert t == pytest.approx(2 * math.sqrt(3), rel=1e-9)
+    assert p == pytest.approx(0.5 * (1 - t / math.sqrt(t * t + 2)), rel=1e-9)
+    assert p == pytest.approx(0.03709, abs=1e-5)
+    # with a margin of 0.1 the excess is 0.1: t = sqrt 3
+    t, p = kh.paired_t_test([1.2, 2.1, 3.3], [1.0, 2.0, 3.0], margin=0.1)
+    assert t == pytest.approx(math.sqrt(3), rel=1e-9)
+    assert p == pytest.approx(0.5 * (1 - t / math.sqrt(t * t + 2)), rel=1e-9)
+    # the tables' 95 % and 97.5 % points of t with 10 degrees of freedom
+    from keras_hybrid.radius import _one_sided_p
+
+    assert _one_sided_p(1.8125, 10) == pytest.approx(0.05, abs=2e-5)
+    assert _one_sided_p(2.2281, 10) == pytest.approx(0.025, abs=2e-5)
+    assert _one_sided_p(-1.8125, 10) == pytest.approx(0.95, abs=2e-5)
+    # equal differences: certain
+    assert kh.paired_t_test([2.0, 3.0], [1.0, 2.0]) == (math.inf, 0.0)
+    with pytest.raises(ValueError, match="len\\(losses\\)=3, len\\(best_losses\\)=2"):
+        kh.paired_t_test([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="margin=-0.1"):
+        kh.paired_t_test([1.0, 2.0], [1.0, 2.0], margin=-0.1)
+
+
+def test_holm_rejections_against_a_hand_computation():
+    from keras_hybrid.radius import holm_rejections
+
+    # m = 4: 0.01 <= 0.05/4 rejected; 0.03 > 0.05/3: stop
+    assert holm_rejections([0.01, 0.04, 0.03, 0.5], 0.05) == [True, False, False, False]
+    # 0.01 <= 0.0125, 0.015 <= 0.0167, 0.02 <= 0.025, 0.5 > 0.05
+    assert holm_rejections([0.02, 0.01, 0.015, 0.5], 0.05) == [True, True, True, False]
+    # nan (the best radius) is no hypothesis: m = 2
+    assert holm_rejections([math.nan, 0.02, 0.04], 0.05) == [False, True, True]
+    with pytest.raises(ValueError, match="level=1.5"):
+        holm_rejections([0.1], 1.5)
+
+
+# Per-sample validation losses of three radii on six validation samples.
+BEST = [1.0, 2.0, 0.5, 1.5, 3.0, 2.0]                                   # rho 0.1, mean 1.667
+NOISY = [b + d for b, d in zip(BEST, [0.6, -0.4, 0.5, -0.3, 0.7, -0.2])]  # rho 0, mean 1.817
+CLOSE = [b + d for b, d in zip(BEST, [0.05, 0.04, 0.06, 0.05, 0.04, 0.06])]  # rho 0.3, 1.717
+
+
+def test_paired_rule_excludes_a_radius_that_is_consistently_worse():
+    rhos = [0.0, 0.1, 0.3]
+    samples = [NOISY, BEST, CLOSE]
+    val = [float(np.mean(x)) for x in samples]
+    # Hand computation. rho 0.3: d = 0.05 +- (0, .01, .01, 0, .01, .01), mean 0.05,
+    # std sqrt(4e-4 / 5), t = 0.05 / (std / sqrt 6) = 13.69: p ~ 2e-5.
+    # rho 0: mean 0.15, std sqrt(1.255 / 5) = 0.5010, t = 0.15 / (0.5010 / sqrt 6) = 0.7334.
+    t_close = 0.05 / (math.sqrt(4e-4 / 5) / math.sqrt(6))
+    t_noisy = 0.15 / (math.sqrt(1.255 / 5) / math.sqrt(6))
+    assert t_close == pytest.approx(13.693, abs=1e-3) and t_noisy == pytest.approx(0.7334, abs=1e-4)
+    p, test = kh.radius_p_values(rhos, val, per_sample_losses=samples)
+    assert test == "paired t"
+    assert p[1] == 1.0
+    assert p[0] == pytest.approx(_t5_upper_tail(t_noisy), rel=1e-6)
+    assert p[2] == pytest.approx(_t5_upper_tail(t_close), rel=1e-4)
+    assert p[0] == pytest.approx(0.2482, abs=1e-4) and p[2] < 1e-4
+    # Holm (m = 2): p(0.3) <= 0.025 rejected; p(0) = 0.25 > 0.05 kept.
+    result = kh.eligible_radii(rhos, val, per_sample_losses=samples)
+    assert result["eligible"] == [0.0, 0.1] and result["best"] == 0.1
+    assert choose_radius(rhos, val, per_sample_losses=samples) == 0.1
+    # The flat 25 % slack accepts 0.3 (3 % above the best), so did the former rule.
+    assert choose_radius(rhos, val, rule="relative") == 0.3
+    # Unpaired, the same losses cannot separate 0.3 from the best (both
+    # standard errors are ~0.36): pairing is what rejects it.
+    se = [float(np.std(x, ddof=1) / math.sqrt(6)) for x in samples]
+    assert choose_radius(rhos, val, standard_errors=se) == 0.3
+    p_unpaired, test = kh.radius_p_values(rhos, val, standard_errors=se)
+    assert test == "unpaired z"
+    z = (val[2] - val[1]) / math.hypot(se[2], se[1])
+    assert p_unpaired[2] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-12)
+
+
+def test_holm_runs_over_the_radii_other_than_the_best():
+    # Unpaired test, se 0 for the best and 0.1 for the others:
+    # z = 2.0537 (p = 0.02) and z = 1.7507 (p = 0.04). Holm over the two
+    # comparisons rejects both (0.02 <= 0.025, 0.04 <= 0.05); counting the
+    # best radius as a third hypothesis would reject neither (0.02 > 0.0167).
+    rhos, val = [0.0, 0.1, 0.3], [1.0, 1.20537, 1.17507]
+    result = kh.eligible_radii(rhos, val, standard_errors=[0.0, 0.1, 0.1])
+    assert result["p_values"][1] == pytest.approx(0.02, abs=1e-5)
+    assert result["p_values"][2] == pytest.approx(0.04, abs=1e-5)
+    assert result["eligible"] == [0.0] and result["test"] == "unpaired z"
+    # At level 0.03: 0.02 > 0.03 / 2, nothing is rejected
+    assert kh.eligible_radii(rhos, val, standard_errors=[0.0, 0.1, 0.1],
+                             level=0.03)["eligible"] == [0.0, 0.1, 0.3]
+
+
+def test_paired_rule_margin_is_a_fraction_of_the_gain_over_physics():
+    rhos = [0.0, 0.1, 0.3]
+    samples = [NOISY, BEST, CLOSE]
+    val = [float(np.mean(x)) for x in samples]
+    # physics alone 2.667: the best radius gains 1.0 over it; 10 % of that
+    # (0.1) exceeds the 0.05 by which 0.3 is worse: not rejected any more
+    result = kh.eligible_radii(rhos, val, reference_loss=val[1] + 1.0,
+                               per_sample_losses=samples, margin=0.1)
+    assert result["eligible"] == [0.0, 0.1, 0.3]
+    t = (0.05 - 0.1) / (math.sqrt(4e-4 / 5) / math.sqrt(6))
+    assert result["p_values"][2] == pytest.approx(1.0 - _t5_upper_tail(-t), rel=1e-9)
+    # a 1 % margin (0.01) is less than 0.05: rejected
+    assert choose_radius(rhos, val, reference_loss=val[1] + 1.0, per_sample_losses=samples,
+                         margin=0.01) == 0.1
+    # the physics part alone still caps the eligible set: rho 0 (1.817), which
+    # the test keeps, is above 1.7
+    result = kh.eligible_radii(rhos, val, reference_loss=1.7, per_sample_losses=samples)
+    assert result["eligible"] == [0.1] and result["limit"] == 1.7
+
+
+def test_paired_rule_bad_input_names_the_argument():
+    rhos, val = [0.0, 0.1], [1.0, 1.1]
+    with pytest.raises(ValueError, match="rule='ttest'"):
+        choose_radius(rhos, val, rule="ttest")
+    with pytest.raises(ValueError, match="level=0.0"):
+        choose_radius(rhos, val, standard_errors=[0.1, 0.1], level=0.0)
+    with pytest.raises(ValueError, match="margin=1.0"):
+        choose_radius(rhos, val, standard_errors=[0.1, 0.1], margin=1.0)
+    with pytest.raises(ValueError, match="len\\(per_sample_losses\\)=1"):
+        choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match="Received: lengths \\[2, 3\\]"):
+        choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0], [1.0, 2.0, 3.0]])
+    # Without per-sample losses or standard errors there is nothing to test:
+    # the relative rule decides.
+    result = kh.eligible_radii(rhos, val)
+    assert result["rule"] == "relative" and result["p_values"] is None
+    assert result["eligible"] == [0.0, 0.1]
 
 
 def _row(rho, seed, val, k, train=1.0):
@@ -110,6 +252,56 @@ def test_path_summary_choice_and_stability_from_rows():
     # Without the plain fit the constant is stable over 0.1 and 1.0.
     stable = RadiusPath(rows[2:], physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
     assert stable.eligible == [0.1, 1.0] and stable.stable == {"k": True}
+
+
+def _sample_row(rho, seed, losses, k):
+    row = _row(rho, seed, float(np.mean(losses)), k)
+    row["val_losses"] = list(losses)
+    row["val_se"] = float(np.std(losses, ddof=1) / math.sqrt(len(losses)))
+    return row
+
+
+def test_path_uses_the_paired_rule_and_round_trips():
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.5}, "train_loss": 5.0,
+               "val_loss": 5.0, "net_share": 0.0}
+    rows = [_sample_row(0.0, 0, NOISY, 0.97), _sample_row(0.1, 0, BEST, 0.99),
+            _sample_row(0.3, 0, CLOSE, 0.60)]
+    path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
+    assert path.rule == "paired" and path.rule_used == "paired" and path.test == "paired t"
+    # 0.3 is rejected (see the pure test), so k over {0, 0.1} is stable
+    assert path.eligible == [0.0, 0.1] and path.chosen == 0.1
+    assert path.stable == {"k": True}
+    np.testing.assert_allclose(path.spread["k"], 0.02 / 0.98, rtol=1e-9)
+    assert path.p_values[1] == 1.0 and path.p_values[2] < 1e-4
+    text = str(path)
+    assert "not significantly worse" in text and "Holm" in text and "0.3: " in text
+    # The former rule keeps 0.3, and k is not stable over it.
+    relative = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}, rule="relative")
+    assert relative.eligible == [0.0, 0.1, 0.3] and relative.stable == {"k": False}
+    assert relative.p_values is None and "standard errors" in str(relative)
+    # Round trip through a JSON-ready dict, settings included.
+    again = RadiusPath.from_dict(json.loads(json.dumps(path.to_dict())))
+    assert (again.rule, again.level, again.margin) == ("paired", 0.05, 0.0)
+    assert again.eligible == path.eligible and again.p_values == path.p_values
+    wider = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}, margin=0.5, level=0.01)
+    again = RadiusPath.from_dict(wider.to_dict())
+    assert (again.margin, again.level) == (0.5, 0.01) and again.eligible == [0.0, 0.1, 0.3]
+    # A path saved before the paired rule is read with the relative rule.
+    old = path.to_dict()
+    for key in ("rule", "level", "margin", "rule_used", "test", "p_values"):
+        del old[key]
+    assert RadiusPath.from_dict(old).eligible == [0.0, 0.1, 0.3]
+    # A single eligible radius: the path suggests radii next to it.
+    lone = RadiusPath(rows[1:], physics, kh.SAM(), 0.25, 0.05, {}, {})
+    assert lone.eligible == [0.1] and lone.stable == {"k": False}
+    # neighbours 0.3 above (sqrt(0.1 * 0.3) = 0.173) and none below: 0.17
+    assert lone.refine_rhos() == [0.17] and "fit the radii [0.17]" in str(lone)
+    assert path.refine_rhos() == [0.033, 0.17]   # 0.1 / 3 below (neighbour 0)
+    assert RadiusPath(rows[:1], physics, kh.SAM(), 0.25, 0.05, {}, {}).refine_rhos() == []
+    # Seeds are averaged per sample before pairing.
+    two = rows + [_sample_row(0.0, 1, NOISY, 0.97), _sample_row(0.1, 1, BEST, 0.99),
+                  _sample_row(0.3, 1, CLOSE, 0.60)]
+    assert RadiusPath(two, physics, kh.SAM(), 0.25, 0.05, {}, {}).eligible == [0.0, 0.1]
 
 
 def test_path_says_when_physics_alone_is_enough():
@@ -155,11 +347,15 @@ def test_radius_path_fits_each_radius_and_the_physics_alone():
     assert calls[0] is None and calls[1] == kh.SAM(rho=0.3) and calls[2] is None
     assert len(path.rows) == 2 and path.physics_only is not None
     assert path.units == {"R": "ohm"}
-    # The choice is the rule applied to the recorded losses and their noise.
+    # The choice is the paired rule applied to the recorded per-sample losses.
     assert all(np.isfinite(s["val_se"]) and s["val_se"] > 0 for s in path.summary)
+    assert all(len(row["val_losses"]) == 12 for row in path.rows)   # 20 % of 60
+    for row in path.rows:
+        np.testing.assert_allclose(np.mean(row["val_losses"]), row["val_loss"], rtol=1e-4)
+    assert path.test == "paired t"
     expected = choose_radius(path.rhos, [s["val_loss"] for s in path.summary], 0.25,
                              path.physics_only["val_loss"],
-                             [s["val_se"] for s in path.summary])
+                             per_sample_losses=[row["val_losses"] for row in path.rows])
     assert path.chosen == expected
     assert path.best_model.sam == (None if expected == 0 else kh.SAM(rho=0.3))
     # Physics alone: the least-squares slope of a line through the origin on
@@ -230,3 +426,9 @@ def test_radius_path_rejects_bad_input():
         kh.radius_path(3, x, y)
     with pytest.raises(ValueError, match="epochs=0"):
         kh.radius_path(ignores_sam, x, y, epochs=0)
+    with pytest.raises(ValueError, match="rule='anova'"):
+        kh.radius_path(ignores_sam, x, y, rule="anova")
+    with pytest.raises(ValueError, match="level=1.0"):
+        kh.radius_path(ignores_sam, x, y, level=1.0)
+    with pytest.raises(ValueError, match="margin=1.5"):
+        kh.radius_path(ignores_sam, x, y, margin=1.5)

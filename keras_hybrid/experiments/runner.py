@@ -91,9 +91,13 @@ def run_one(task, cfg, data, method, value, seed, epochs=None):
 def run_auto(task, cfg, data, seed, epochs=None):
     """`sam-auto`: neural-only SAM whose radius `keras_hybrid.radius_path`
     chooses from this seed's training and validation data only (the
-    library's rule, `keras_hybrid.choose_radius`: the largest radius whose
-    validation loss is within the larger of `tolerance` and two standard
-    errors of the best one, and not worse than the physics part alone)."""
+    library's rule, `keras_hybrid.choose_radius(rule="paired")`: the
+    largest radius not significantly worse than the best one by a
+    one-sided paired t test on the per-trajectory (per-point) validation
+    losses, Holm's correction at level 0.05, and not worse than the
+    physics part alone). A task may set `auto_rule = "relative"` for the
+    former rule (within the larger of `auto_tolerance` and two standard
+    errors of the best loss)."""
     from keras_hybrid.radius import radius_path
 
     parts = {}
@@ -109,12 +113,15 @@ def run_auto(task, cfg, data, seed, epochs=None):
     path = radius_path(
         build_model, x, y, rhos=getattr(task, "auto_rhos", None), validation_data=data["val"],
         epochs=n_epochs, seeds=[seed], tolerance=getattr(task, "auto_tolerance", 0.25),
+        rule=getattr(task, "auto_rule", "paired"),
         physics_only=getattr(task, "additive", True), batch_size=cfg["batch_size"], shuffle=shuffle,
     )
     seconds = time.perf_counter() - start
     model = path.best_model
     result = _finish_result(task, cfg, data, "sam-auto", float(path.chosen), seed, model, parts[id(model)], seconds)
-    result["radius_path"] = {k: v for k, v in path.to_dict().items() if k in ("rows", "physics_only", "chosen")}
+    result["radius_path"] = {k: v for k, v in path.to_dict().items() if k in (
+        "rows", "physics_only", "chosen", "eligible", "rule", "rule_used", "test", "p_values", "level",
+        "margin")}
     return result, model
 
 
