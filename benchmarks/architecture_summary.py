@@ -208,6 +208,33 @@ def radius_table(cells):
     return "\n".join(out)
 
 
+def radius_table_per_seed(cells):
+    """`sam-auto`'s radius path of every seed: per radius (and the
+    physics-only reference), the constants' relative error, the validation
+    MSE relative to plain training's (radius 0) and, when the report has
+    them, the validation and test MSE; `chosen` marks the selected radius."""
+    out = ["| system | architecture | seed | radius | rel. error | val MSE / val MSE at 0 | val MSE | test MSE | chosen |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for (system, arch), cell in cells.items():
+        rows = sorted((r for r in cell["results"] if r["method"] == "sam-auto" and "radius_path" in r),
+                      key=lambda r: r["seed"])
+        for r in rows:
+            truths = r["true_constants"]
+            path = r["radius_path"]
+            base = next(row["val_loss"] for row in path["rows"] if row["rho"] == 0)
+            entries = [(f"{row['rho']:g}", row) for row in path["rows"]]
+            if path.get("physics_only"):
+                entries.append(("physics", path["physics_only"]))
+            for label, row in entries:
+                rel = np.mean([abs(row["constants"][k] - v) / abs(v) for k, v in truths.items()])
+                val = row.get("val_mse", row["val_loss"])
+                test = f"{row['test_mse']:.3g}" if "test_mse" in row else "-"
+                mark = "yes" if label != "physics" and row["rho"] == path["chosen"] else ""
+                out.append(f"| {system} | {arch} | {r['seed']} | {label} | {rel:.3g} | "
+                           f"{row['val_loss'] / base:.3g} | {val:.3g} | {test} | {mark} |")
+    return "\n".join(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
@@ -224,6 +251,8 @@ def main(argv=None):
     print(goals(cells))
     print("\nsam-auto radius paths (mean over seeds; physics: the physics-only reference)\n")
     print(radius_table(cells))
+    print("\nsam-auto radius paths per seed\n")
+    print(radius_table_per_seed(cells))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from keras_hybrid import experiments
 from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.constants import PhysicalConstant
 from keras_hybrid.layers import ODELayer
+from keras_hybrid.radius import RadiusPath
 from keras_hybrid.systems.pendulum import frictionless_pendulum
 
 RESULT_KEYS = {
@@ -229,6 +230,14 @@ def test_sam_auto_is_at_least_as_good_as_plain_training():
     assert (path["rule_used"], path["test"], path["level"]) == ("paired", "paired t", 0.05)
     assert all(len(r["val_losses"]) == cfg["n_val"] for r in path["rows"])
     assert path["chosen"] == max(path["eligible"])
+    # The whole path is kept, with each fit's validation and test MSE, so
+    # that a selection rule can be re-applied to it offline.
+    for row in path["rows"] + [path["physics_only"]]:
+        assert np.isfinite(row["val_mse"]) and np.isfinite(row["test_mse"]) and np.isfinite(row["val_se"])
+    chosen_row = next(r for r in path["rows"] if r["rho"] == path["chosen"])
+    np.testing.assert_allclose(chosen_row["test_mse"], result["test_mse"], rtol=1e-6)
+    restored = RadiusPath.from_dict(json.loads(json.dumps(path)))
+    assert restored.chosen == path["chosen"] and restored.rhos == [0.0, 0.01]
 
 
 @pytest.mark.parametrize("architecture", ["output", "nonadditive"])

@@ -97,15 +97,22 @@ def run_auto(task, cfg, data, seed, epochs=None):
     losses, Holm's correction at level 0.05, and not worse than the
     physics part alone). A task may set `auto_rule = "relative"` for the
     former rule (within the larger of `auto_tolerance` and two standard
-    errors of the best loss)."""
-    from keras_hybrid.radius import radius_path
+    errors of the best loss).
 
-    parts = {}
+    `result["radius_path"]` is the whole `RadiusPath.to_dict()` (so that
+    `keras_hybrid.RadiusPath.from_dict` restores it and another selection
+    rule can be applied to it offline); each row, and the physics-only
+    reference, also gets the `val_mse` and `test_mse` of its model (and the
+    reference its `val_se`)."""
+    from keras_hybrid.radius import _standard_error, radius_path
+
+    parts, built = {}, []
 
     def build_model(sam):
         training = methods_lib.Training(sam, None, 0.0)
         model, part = _build(task, cfg, training, seed, data)
         parts[id(model)] = part
+        built.append(model)
         return _compile(model, cfg)
 
     x, y, n_epochs, shuffle = _fit_arrays(cfg, data, epochs or cfg["epochs"])
@@ -119,9 +126,16 @@ def run_auto(task, cfg, data, seed, epochs=None):
     seconds = time.perf_counter() - start
     model = path.best_model
     result = _finish_result(task, cfg, data, "sam-auto", float(path.chosen), seed, model, parts[id(model)], seconds)
-    result["radius_path"] = {k: v for k, v in path.to_dict().items() if k in (
-        "rows", "physics_only", "chosen", "eligible", "rule", "rule_used", "test", "p_values", "level",
-        "margin")}
+    stored = path.to_dict()
+    # One model per row, in order (one seed), then the physics-only reference.
+    rows = list(stored["rows"]) + ([stored["physics_only"]] if stored["physics_only"] else [])
+    if len(built) == len(rows):
+        for row, fitted in zip(rows, built):
+            row["val_mse"] = _mse(fitted, *data["val"], cfg["batch_size"])
+            row["test_mse"] = _mse(fitted, *data["test"], cfg["batch_size"])
+        if stored["physics_only"]:
+            stored["physics_only"]["val_se"] = _standard_error(built[-1], *data["val"], cfg["batch_size"])
+    result["radius_path"] = stored
     return result, model
 
 
