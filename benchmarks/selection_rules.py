@@ -49,6 +49,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from keras_hybrid.uncertainty import _betainc
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
@@ -96,35 +98,6 @@ N_ARCHITECTURE_CELLS = 6
 
 def one_sided_p_normal(z):
     return 1.0 - NormalDist().cdf(z)
-
-
-def _betacf(a, b, x):
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a, b, x):
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(front) * _betacf(b, a, 1.0 - x) / b
 
 
 def one_sided_p_t(t, dof):
