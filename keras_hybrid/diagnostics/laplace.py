@@ -1,0 +1,375 @@
+"""`constant_uncertainty`: Gauss–Newton / Laplace intervals of the trainable
+physical constants (network marginalized or fixed), mapped through the
+constraints to physical units, widened by a radius path's selection
+ranges, and judged by identifiability verdicts.
+"""
+
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_hybrid import diagnostics as _pkg
+from keras_hybrid import uncertainty as un
+from keras_hybrid.diagnostics.information import _information_blocks, _marginal_information
+from keras_hybrid.diagnostics.prior import _noise_and_prior
+from keras_hybrid.diagnostics.residuals import (
+    _as_arrays,
+    _constant_entries,
+    _first_dim,
+    _network_variables,
+    _Residuals,
+)
+from keras_hybrid.diagnostics.results import ConstantUncertainty
+
+_NETWORK_MODES = ("marginal", "fixed")
+_METHODS = ("auto", "dense", "cg")
+
+
+def _check_choice(arg, value, choices):
+    if value not in choices:
+        raise ValueError(f"`{arg}` must be one of {choices}. Received: {arg}={value!r}")
+
+
+def _check_settings(level, network, prior_precision, method, path, cg_tol, cg_max_iter):
+    """Whether `prior_precision` asks for the evidence; raises on an invalid setting."""
+    _check_choice("network", network, _NETWORK_MODES)
+    _check_choice("method", method, _METHODS)
+    un.normal_quantile(level)  # validates `level`
+    evidence = isinstance(prior_precision, str) and prior_precision == "evidence"
+    if prior_precision is not None and not evidence and not (
+        isinstance(prior_precision, (int, float)) and not isinstance(prior_precision, bool)
+        and prior_precision > 0
+    ):
+        raise ValueError(
+            "`prior_precision` must be a number > 0, \"evidence\" or None. "
+            f"Received: prior_precision={prior_precision!r}"
+        )
+    if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not 0 < cg_tol < 1:
+        raise ValueError(f"`cg_tol` must be a number in (0, 1). Received: cg_tol={cg_tol!r}")
+    if isinstance(cg_max_iter, bool) or not isinstance(cg_max_iter, (int, np.integer)) or cg_max_iter < 1:
+        raise ValueError(f"`cg_max_iter` must be an integer >= 1. Received: cg_max_iter={cg_max_iter!r}")
+    if path is not None and not hasattr(path, "selection_ranges"):
+        raise TypeError(
+            f"`path` must be a `RadiusPath` (from `kh.radius_path`) or None. Received: path={path!r}"
+        )
+    return evidence
+
+
+def _check_model_and_data(model, x, y):
+    """`(entries, x, y)`: the trainable constants and the data as arrays; raises when they do not fit."""
+    if not getattr(model, "built", False):
+        raise ValueError("`model` must be built (called or fitted) before `constant_uncertainty`.")
+    entries = _constant_entries(model)
+    if not entries:
+        raise ValueError(
+            "`model` has no trainable physical constants: nothing to estimate. "
+            f"Received: model={getattr(model, 'name', model)!r}"
+        )
+    x, y = _as_arrays(x, "x"), _as_arrays(y, "y")
+    if _first_dim(x) != _first_dim(y):
+        raise ValueError(
+            f"`x` and `y` must have the same number of samples. Received: {_first_dim(x)} and {_first_dim(y)}"
+        )
+    return entries, x, y
+
+
+def _resolve_method(method, n, p_c, p_w):
+    """`"dense"` or `"cg"`: the method to use (`"auto"` resolved), within the dense limits."""
+    if method == "auto":
+        method = "dense" if (n * (p_c + p_w) <= _pkg.MAX_DENSE_ENTRIES and p_w <= _pkg.MAX_DENSE_WEIGHTS) else "cg"
+    if method == "dense" and (n * (p_c + p_w) > _pkg.MAX_DENSE_ENTRIES or p_w > _pkg.MAX_DENSE_WEIGHTS):
+        raise ValueError(
+            f"`method='dense'` would build a Jacobian of n x p = {n} x {p_c + p_w} with {p_w} "
+            f"network weights; the limits are {_pkg.MAX_DENSE_ENTRIES} entries and "
+            f"{_pkg.MAX_DENSE_WEIGHTS} weights. Use method='cg' (matrix-free) or 'auto'. "
+            f"Received: method={method!r}"
+        )
+    return method
+
+
+def _physical_intervals(entries, info, noise_var, level, n, p_eff):
+    """`(cov, estimates, stderr, intervals, z)`: the raw covariance and the physical-unit results."""
+    cov = un.covariance_from_information(info, noise_var)
+    raw = [float(v.numpy()) for _, v, _ in entries]
+    raw_se = [math.sqrt(c) if math.isfinite(c) and c >= 0 else math.inf for c in np.diag(cov)]
+    specs = [s for _, _, s in entries]
+
+    def mapper(spec):
+        return lambda r: float(spec.to_physical(tf.constant(r, "float32")).numpy())
+
+    derivatives = []
+    for spec, r in zip(specs, raw):
+        t = tf.constant(r, "float32")
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            out = spec.to_physical(t)
+        derivatives.append(float(tape.gradient(out, t).numpy()))
+    z = un.t_quantile(level, n - p_eff)
+    estimates, stderr, intervals = un.physical_intervals(raw, raw_se, [mapper(s) for s in specs], derivatives, z)
+    return cov, estimates, stderr, intervals, z
+
+
+def _widen_by_path(path, names, estimates, intervals):
+    """`(intervals, selection, stable)`: the intervals widened by `path`'s selection ranges, and those."""
+    selection, stable = {}, None
+    if path is None:
+        return intervals, selection, stable
+    intervals = list(intervals)
+    ranges = path.selection_ranges()
+    missing = [k for k in names if k not in ranges]
+    if missing:
+        raise ValueError(
+            f"`path` has no values of the constants {missing}: it must come from the same "
+            f"model. Received: path with constants {sorted(ranges)}"
+        )
+    stable = {k: bool(path.stable.get(k, False)) for k in names}
+    for i, k in enumerate(names):
+        s_lo, s_hi = min(ranges[k][0], estimates[i]), max(ranges[k][1], estimates[i])
+        selection[k] = (s_lo, s_hi)
+        intervals[i] = (min(intervals[i][0], s_lo), max(intervals[i][1], s_hi))
+    return intervals, selection, stable
+
+
+def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evidence_warning, solver):
+    """`(verdicts, notes, warnings)` per constant, with the evidence's and the solver's warnings."""
+    names = [k for k, _, _ in entries]
+    verdict, notes, warnings = un.verdicts(
+        names, estimates, intervals, a_cc, info, [s.constraint for _, _, s in entries], profile_flat=flat,
+        path_stable=stable, path_eligible=None if path is None else list(path.eligible),
+    )
+    if evidence_warning:
+        warnings.append(evidence_warning)
+    for i in solver.get("cg", []):
+        if not i["converged"]:
+            warnings.append(
+                f"conjugate gradients stopped after {i['iterations']} iterations at relative "
+                f"residual {i['residual']:.2g} before the constant's information settled: the "
+                "marginal interval is an upper bound on the width."
+            )
+    return verdict, notes, warnings
+
+
+def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network="marginal",
+                         prior_precision=None, method="auto", batch_size=None, profiles=None,
+                         path=None, cg_tol=3e-3, cg_max_iter=500):
+    """Standard errors, intervals and identifiability verdicts of the
+    trainable physical constants of a fitted model.
+
+    Gauss–Newton / Laplace approximation around the fitted weights, for a
+    squared-error fit (Gaussian noise) whatever loss was compiled. With
+    residuals `r = sqrt(sample_weight) (model(x) - y)` over the `n` observed
+    values and the Jacobian `J = dr/d(raw constants c, network weights w)`:
+
+    ```
+    A = J^T J,   sigma^2 = RSS / (n - p_eff)
+    marginal: Cov(c) = sigma^2 (A_cc - A_cw (A_ww + alpha sigma^2 I)^-1 A_wc)^-1
+    fixed:    Cov(c) = sigma^2 A_cc^-1
+    stderr = |g'(c)| sqrt(Cov_ii),   interval = g(c -/+ z sqrt(Cov_ii))
+    ```
+
+    where `g` is each constant's `to_physical` map (its constraint) and `z`
+    the Student-t quantile of `level` with `n - p_eff` degrees of freedom
+    (the normal quantile for large `n`; R's `confint.default` uses the
+    normal one, which is too narrow for a handful of points). The covariance is computed in the raw
+    (unconstrained) space, so the intervals respect the constraints.
+
+    Network treatment:
+
+    - `"marginal"` (default): the weights are integrated out under a
+      Gaussian prior of precision `alpha` (Schur complement). `alpha` is
+      `prior_precision` if given; else, if the network has L2 weight
+      decay `l2 ||w||^2` in its loss, `alpha = n l2 / sigma^2` (the same
+      penalty as a prior); else `1` (a standard-normal prior on each
+      weight). `prior_precision="evidence"` chooses `alpha` (and
+      `sigma^2`) by the evidence (MacKay's type-II maximum likelihood,
+      `keras_hybrid.uncertainty.evidence_precision`):
+      `alpha = gamma / ||w||^2` with `gamma = tr(A_ww (A_ww + alpha sigma^2 I)^-1)`
+      the number of well-determined weights, iterated to the fixed
+      point; a network that fits with small weights gets a tight prior,
+      one with large weights a loose one. The spectrum of `A_ww` is exact
+      with the dense method and a stochastic Lanczos quadrature
+      (`LANCZOS_PROBES = 4` probes of `LANCZOS_STEPS = 30` products)
+      with conjugate gradients, where `sigma^2` then counts
+      `p_c + gamma` parameters. A constant whose effect the network can mimic gets a wide
+      interval: that is the honest answer for a flexible network.
+    - `"fixed"`: conditional on the fitted network, as if its weights were
+      known. Cheaper, and overconfident: it ignores that the network could
+      take over part of a constant's effect (it is the `alpha -> inf`
+      limit of the marginal).
+
+    With no network (a physics-only fit) both are the classical
+    nonlinear-least-squares result `s^2 (J^T J)^-1`, `s^2 = RSS/(n - p)`.
+
+    Model selection (`path`, a `RadiusPath` of the same model and data):
+    the Laplace interval measures the noise in the data, not how far the
+    constant moves when the regularization changes. With `path`, each
+    interval is widened to include the constant's range over the fits at
+    the eligible radii (those whose validation loss the data cannot tell
+    apart from the best; `RadiusPath.selection_ranges`) and the estimate:
+
+    ```
+    selection = [min(eligible values, estimate), max(eligible values, estimate)]
+    interval  = [min(lo, selection_lo), max(hi, selection_hi)]
+    ```
+
+    The statistical part stays in `.statistical_intervals`, the selection
+    part in `.selection_ranges`. A constant confounded with the network
+    that stays put over two or more eligible radii (`path.stable`) is not
+    downgraded for the confounding: every radius the data accept agrees
+    on it. One that moves over them is at most "weakly identified": the
+    regularization, not the data, decides it.
+
+    Computation: `method="dense"` forms the full Jacobian (at most
+    `MAX_DENSE_ENTRIES = 2e7` entries `n * (p_c + p_w)` and
+    `MAX_DENSE_WEIGHTS = 2000` weights; a clear error beyond);
+    `method="cg"` is matrix-free: the Jacobian columns `J_c` of the
+    constants, products `J_w D^-1 J_w^T u` (a reverse-mode pass and a
+    Jacobian–vector product) and conjugate gradients in data space,
+
+    ```
+    S = J_c^T (I + J_w D^-1 J_w^T)^-1 J_c,   D = alpha sigma^2 (per weight)
+    ```
+
+    which equals the Schur complement above but does not subtract two
+    nearly equal numbers when the network can take over most of a
+    constant's information (where a weight-space solve to a residual of
+    1e-3 can leave `S` several times too large). Conjugate gradients
+    approach `S` from below (Gauss quadrature), so an early stop widens
+    the interval; the Gauss–Radau rule (the operator's eigenvalues are at
+    least 1) bounds `S_ii` from above. They stop on the quantity reported,
+    the interval width (proportional to `S_ii^(-1/2)`): when the bracket
+    bounds it to within a factor `1 + cg_tol` of the converged width, or
+    when it changed by less than `cg_tol` over the last 5 iterations (an
+    estimate, which can stop on a plateau with `S_ii` too small: a wider
+    interval; `.solver["cg"]` has the bracket to check). With
+    the data in one chunk (`batch_size=None`) every product comes from one
+    compiled function (`keras_hybrid._data_space`); `.solver["cg"]` holds
+    the iterations and both bounds (`lower`, `upper`) per constant.
+    `"auto"` picks dense when it fits. In `"cg"` mode the
+    noise variance counts only the constants as parameters
+    (`p_eff = p_c`; `p_c + gamma` with the evidence prior), which
+    underestimates `sigma^2` by at most a factor
+    `(n - p_c - p_w) / (n - p_c)`; the dense method uses the effective
+    number of parameters `p_eff = tr(A (A + sigma^2 P)^-1)`.
+
+    Verdicts (see `keras_hybrid.uncertainty.verdicts`): relative interval
+    width `(hi - lo)/|estimate|` at most 1 (a standard error of about
+    25 %) is "identified", at most 2
+    "weakly identified", otherwise "not identified"; a constant that the
+    network can mimic to more than 99 % (`S_ii / A_ii < 0.01`) is
+    confounded with the network and at most "weakly identified" unless a
+    `path` shows it stays put over the eligible radii (the local interval
+    measures the noise, not how far the estimate moves with the
+    regularization); with `path`, a constant that moves over the eligible
+    radii is at most "weakly identified"; a near-null
+    eigenvector (eigenvalue below 1e-3) of the constants' normalized
+    marginal information names a confounded combination (a note); a flat
+    profile
+    (from `profiles`) makes the constant "not identified"; an estimate
+    within 1 % of its bound is warned about.
+
+    Args:
+        model: a built Keras model holding `ScientificLayer`s.
+        x: inputs (arrays, or a structure of arrays, first axis = samples).
+        y: targets (same structure as the model's outputs).
+        sample_weight: optional per-sample (or per-value) weights.
+            Defaults to `None` (all 1).
+        level: confidence level of the intervals, in (0, 1). Defaults to
+            `0.95`.
+        network: `"marginal"` or `"fixed"`. Defaults to `"marginal"`.
+        prior_precision: precision `alpha` of the Gaussian prior on the
+            network weights (marginal mode): a number > 0, `"evidence"`
+            (chosen by the evidence), or `None` (see above). Defaults to
+            `None`.
+        method: `"auto"`, `"dense"` or `"cg"`. Defaults to `"auto"`.
+        batch_size: samples per Jacobian chunk. Defaults to `None` (all).
+        profiles: optional list of `ProfileLikelihood` results; a flat
+            profile makes its constant "not identified".
+        path: optional `RadiusPath` (from `kh.radius_path` on the same
+            model and data): widens the intervals by the constants' range
+            over the eligible radii, and lets the path's stability enter
+            the verdicts (see above). Defaults to `None`.
+        cg_tol: conjugate gradients stop when the interval width from
+            the constant's marginal information `S_ii` is bracketed to
+            within this fraction, or changed by less than this fraction
+            over the last 5 iterations (see above). Defaults to `3e-3`
+            (on the pendulum hybrid the intervals then come out as wide as
+            with the former rule, `S_ii` changing by less than 1e-3, at
+            half its iterations; see benchmarks/README.md).
+        cg_max_iter: conjugate-gradient iteration limit. Defaults to `500`.
+
+    Returns:
+        A `ConstantUncertainty` (`.estimates`, `.stderr`, `.intervals`,
+        `.verdicts`, `.correlation`, `.noise_std`, `.warnings`; `print` it
+        for a table).
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=200)
+    result = kh.constant_uncertainty(model, x, y)
+    print(result)                    # table: estimate, std. err., interval, verdict
+    result.intervals["w0"]           # (lo, hi) in rad/s
+    ```
+
+    Reference:
+        Bates & Watts, *Nonlinear Regression Analysis and Its
+        Applications* (1988); MacKay, Neural Computation 4 (1992);
+        Daxberger et al., "Laplace Redux", arXiv:2106.14806.
+    """
+    start_time = time.perf_counter()
+    evidence = _check_settings(level, network, prior_precision, method, path, cg_tol, cg_max_iter)
+    entries, x, y = _check_model_and_data(model, x, y)
+    constants = [v for _, v, _ in entries]
+    weights = _network_variables(model) if network == "marginal" else []
+    p_c = len(constants)
+    p_w = int(sum(np.prod(v.shape) for v in weights))
+    res = _Residuals(model, constants + weights, x, y, sample_weight, batch_size)
+    n = res.n
+    method = _resolve_method(method, n, p_c, p_w)
+    blocks = _information_blocks(res, method, p_c, p_w)
+    noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning = _noise_and_prior(
+        model, res, weights, method, blocks, n, p_c, p_w, prior_precision, evidence)
+    shift = alpha * noise_var
+    info, solver = _marginal_information(res, blocks, shift, method, p_c, p_w, cg_tol, cg_max_iter,
+                                         model, weights, x, y, sample_weight, batch_size)
+    cov, estimates, stderr, intervals, z = _physical_intervals(entries, info, noise_var, level, n, p_eff)
+    names = [k for k, _, _ in entries]
+    flat = {p.name: p.flat for p in (profiles or [])}
+    statistical = list(intervals)
+    intervals, selection, stable = _widen_by_path(path, names, estimates, intervals)
+    verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
+                                         stable, evidence_warning, solver)
+    return ConstantUncertainty(
+        names=names,
+        estimates=dict(zip(names, estimates)),
+        stderr=dict(zip(names, stderr)),
+        intervals=dict(zip(names, intervals)),
+        statistical_intervals=dict(zip(names, statistical)),
+        selection_ranges=selection,
+        verdicts=verdict,
+        notes=notes,
+        warnings=warnings,
+        correlation=un.correlation(cov),
+        raw_covariance=cov,
+        noise_std=math.sqrt(noise_var),
+        noise_variance=noise_var,
+        n=n,
+        effective_parameters=p_eff,
+        level=float(level),
+        network=network,
+        method=method,
+        prior_precision=float(np.mean(alpha)) if np.size(alpha) else None,
+        prior_source=prior_source,
+        units={k: s.unit for k, _, s in entries},
+        information_fixed=blocks.a_cc,
+        gram=blocks.gram if method == "dense" else None,
+        shift=shift,
+        quantile=z,
+        information_marginal=info,
+        evidence=evidence_info,
+        solver=solver,
+        seconds=time.perf_counter() - start_time,
+    )

@@ -1,0 +1,101 @@
+"""The noise variance and the prior precision of the network weights.
+
+The prior precision comes from `prior_precision`, an L2 weight decay or
+`DEFAULT_PRIOR_PRECISION`, or is chosen by the evidence (MacKay's fixed
+point); the noise variance counts the effective number of parameters.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_hybrid import diagnostics as _pkg
+from keras_hybrid import uncertainty as un
+
+
+def _prior_precisions(model, variables, n, noise_var, prior_precision):
+    """Per-weight prior precision: `prior_precision` if given; else from an
+    L2 regularizer (`alpha = n l2 / sigma^2`, since a Keras loss is the mean
+    over `n` values plus `l2 ||w||^2`); else `DEFAULT_PRIOR_PRECISION`.
+    Returns `(vector, how)`."""
+    sizes = [int(np.prod(v.shape)) for v in variables]
+    if prior_precision is not None:
+        return np.full(sum(sizes), float(prior_precision)), "given"
+    l2 = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for attr, reg_attr in (("kernel", "kernel_regularizer"), ("bias", "bias_regularizer")):
+            reg = getattr(layer, reg_attr, None)
+            var = getattr(layer, attr, None) if reg is not None else None
+            coef = getattr(reg, "l2", None)
+            if var is not None and coef:
+                l2[id(var)] = float(coef)
+    if not l2:
+        return np.full(sum(sizes), _pkg.DEFAULT_PRIOR_PRECISION), "default (standard normal)"
+    parts = [
+        np.full(size, n * l2[id(v)] / noise_var if id(v) in l2 else _pkg.DEFAULT_PRIOR_PRECISION)
+        for v, size in zip(variables, sizes)
+    ]
+    return np.concatenate(parts), "from the L2 weight decay"
+
+
+def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w):
+    """The evidence fixed point (`un.evidence_precision`'s dict, with `weight_sq_norm`)."""
+    if method == "dense":
+        nodes, node_weights = np.linalg.eigvalsh(a_ww), None
+    else:
+        def ww_matvec(v):
+            return res.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
+
+        nodes, node_weights = un.lanczos_spectrum(ww_matvec, p_w, _pkg.LANCZOS_STEPS, _pkg.LANCZOS_PROBES)
+    w_sq = float(sum(np.sum(np.square(keras.ops.convert_to_numpy(v.value).astype("float64")))
+                     for v in weights))
+    evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_c)
+    evidence_info["weight_sq_norm"] = w_sq
+    return evidence_info
+
+
+def _evidence_notes(evidence_info, p_w, prior_source):
+    """`(prior_source, warning)`: the prior's description and a warning if the evidence did not converge."""
+    if evidence_info is not None and not evidence_info["converged"]:
+        evidence_warning = (
+            f"the evidence fixed point did not converge ({evidence_info['reason']}, "
+            f"{evidence_info['iterations']} iterations): alpha = {evidence_info['alpha']:.3g} is its last value."
+        )
+    else:
+        evidence_warning = None
+    if evidence_info is not None:
+        prior_source = (
+            f"evidence ({evidence_info['gamma']:.1f} of {p_w} weights well determined, "
+            f"||w||^2 = {evidence_info['weight_sq_norm']:.4g})"
+        )
+    return prior_source, evidence_warning
+
+
+def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_precision, evidence):
+    """`(noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning)` of the fit."""
+    rss = blocks.rss
+    # Noise variance (fixed point with the effective number of parameters).
+    noise_var = un.noise_variance(rss, n, p_c)
+    p_eff = float(p_c)
+    evidence_info = None
+    if evidence and p_w:
+        evidence_info = _evidence_fixed_point(res, weights, method, blocks.a_ww, rss, n, p_c, p_w)
+        prior_precision = evidence_info["alpha"]
+        if method != "dense":
+            noise_var = evidence_info["noise_variance"]
+            p_eff = p_c + evidence_info["gamma"]
+    alpha, prior_source = (np.zeros(0), "none") if not p_w else _prior_precisions(
+        model, weights, n, noise_var, prior_precision)
+    if method == "dense" and p_w:
+        for _ in range(5):
+            alpha, prior_source = _prior_precisions(model, weights, n, noise_var, prior_precision)
+            p_eff = un.effective_parameters(blocks.gram, np.concatenate([np.zeros(p_c), alpha]), noise_var)
+            noise_var = un.noise_variance(rss, n, p_eff)
+    prior_source, evidence_warning = _evidence_notes(evidence_info, p_w, prior_source)
+    if not math.isfinite(noise_var):
+        raise ValueError(
+            f"Too few observed values (n={n}) for {p_eff:.1f} effective parameters: "
+            "no noise estimate. Give more data or fewer parameters."
+        )
+    return noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning

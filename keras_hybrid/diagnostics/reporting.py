@@ -1,0 +1,52 @@
+"""`report`: the marginal and network-fixed intervals, the verdicts and any
+profiles of a fitted model, printed and optionally plotted.
+"""
+
+from keras_hybrid.diagnostics.laplace import constant_uncertainty
+from keras_hybrid.diagnostics.residuals import _network_variables
+
+
+def report(model, x, y, *, profiles=None, truth=None, plot=None, **kwargs):
+    """Prints the whole picture: the marginal intervals and verdicts, the
+    network-fixed intervals for comparison, and any profiles; optionally
+    saves a figure (interval bars and profile curves) to `plot`.
+
+    Args:
+        model: a fitted model.
+        x: inputs.
+        y: targets.
+        profiles: optional list of `ProfileLikelihood`.
+        truth: optional `name -> value` (simulations), marked in the plot
+            and reported as covered or not.
+        plot: optional path of a PNG to write (needs matplotlib).
+        **kwargs: passed to `constant_uncertainty`.
+
+    Returns:
+        The marginal `ConstantUncertainty`.
+    """
+    marginal = constant_uncertainty(model, x, y, profiles=profiles, **kwargs)
+    print(marginal)
+    fixed_kwargs = {k: v for k, v in kwargs.items() if k not in ("network", "prior_precision")}
+    fixed = constant_uncertainty(model, x, y, network="fixed", **fixed_kwargs)
+    if fixed.names and _network_variables(model):
+        print("Network held fixed (overconfident):")
+        for k in fixed.names:
+            lo, hi = fixed.intervals[k]
+            print(f"  {k} = {fixed.estimates[k]:.5g}  [{lo:.5g}, {hi:.5g}]")
+    for prof in profiles or []:
+        print(prof)
+    if truth:
+        for k, covered in marginal.covers(truth).items():
+            print(f"  truth {k} = {truth[k]:.5g} is {'inside' if covered else 'outside'} the interval")
+    if plot:
+        import matplotlib.pyplot as plt
+
+        count = 1 + len(profiles or [])
+        fig, axes = plt.subplots(1, count, figsize=(5 * count, 3.5), squeeze=False)
+        marginal.plot(axes[0, 0], truth=truth)
+        for ax, prof in zip(axes[0, 1:], profiles or []):
+            prof.plot(ax, truth=(truth or {}).get(prof.name))
+        fig.tight_layout()
+        fig.savefig(plot, dpi=90)
+        plt.close(fig)
+    return marginal

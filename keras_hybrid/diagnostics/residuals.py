@@ -1,0 +1,225 @@
+"""The weighted residuals of a fit and their Jacobian products.
+
+The model plumbing (the trainable constants and network weights of a
+model), the data helpers, and `_Residuals`, from which every information
+computation of `constant_uncertainty` and `profile_likelihood` takes its
+residuals and Jacobian products.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_hybrid.layers import _keyed_constant_variables, is_physical_variable
+
+
+def _constant_entries(model):
+    """`(key, variable, spec)` of the trainable constants."""
+    return [(k, v, s) for k, v, s in _keyed_constant_variables(model) if v.trainable]
+
+
+def _network_variables(model):
+    return [v for v in model.trainable_variables if not is_physical_variable(v)]
+
+
+def _as_arrays(data, arg):
+    if data is None:
+        return None
+    leaves = tf.nest.flatten(data)
+    if not leaves:
+        raise ValueError(f"`{arg}` must hold at least one array. Received: {arg}={data!r}")
+    return tf.nest.map_structure(lambda a: np.asarray(a), data)
+
+
+def _first_dim(data):
+    return int(np.shape(tf.nest.flatten(data)[0])[0])
+
+
+def _slice(data, start, stop):
+    return tf.nest.map_structure(lambda a: a[start:stop], data)
+
+
+def _weights_like(sample_weight, y):
+    """Per-value weights with the structure and shapes of `y`."""
+    if sample_weight is None:
+        return tf.nest.map_structure(lambda a: np.ones(np.shape(a), "float32"), y)
+    sw = np.asarray(sample_weight, "float32")
+    if np.any(~np.isfinite(sw)) or np.any(sw < 0):
+        raise ValueError(
+            "`sample_weight` must be finite and >= 0. Received: sample_weight with "
+            f"min={np.nanmin(sw)!r}"
+        )
+
+    def expand(a):
+        w = sw.reshape(sw.shape + (1,) * (np.ndim(a) - sw.ndim))
+        return np.broadcast_to(w, np.shape(a)).astype("float32")
+
+    return tf.nest.map_structure(expand, y)
+
+
+
+class _Residuals:
+    """Weighted residuals `sqrt(w) (f(x) - y)` as a function of parameter
+    tensors (fed through a `keras.StatelessScope`), and their Jacobian
+    products."""
+
+    def __init__(self, model, variables, x, y, sample_weight, batch_size):
+        self.model = model
+        self.variables = variables
+        self.x, self.y = x, y
+        self.w = _weights_like(sample_weight, y)
+        self.size = _first_dim(x)
+        self.batch_size = self.size if batch_size is None else int(batch_size)
+        self.shapes = [tuple(v.shape) for v in variables]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.n = int(sum(np.count_nonzero(w) for w in tf.nest.flatten(self.w)))
+        self._ggn = None
+
+    def single_chunk(self):
+        """Whether the data go through the model in one chunk."""
+        return self.batch_size >= self.size
+
+    def chunks(self):
+        for start in range(0, self.size, self.batch_size):
+            stop = min(start + self.batch_size, self.size)
+            yield _slice(self.x, start, stop), _slice(self.y, start, stop), _slice(self.w, start, stop)
+
+    def residual(self, params, x, y, w):
+        mapping = list(zip(self.variables, params))
+        with keras.StatelessScope(state_mapping=mapping):
+            pred = self.model(x, training=False)
+        parts = [
+            tf.reshape(tf.sqrt(wi) * (tf.cast(p, "float32") - tf.cast(yi, "float32")), [-1])
+            for p, yi, wi in zip(tf.nest.flatten(pred), tf.nest.flatten(y), tf.nest.flatten(w))
+        ]
+        return tf.concat(parts, 0)
+
+    def params(self):
+        return [tf.convert_to_tensor(v.value) for v in self.variables]
+
+    def rss(self):
+        params = self.params()
+        return float(sum(float(tf.reduce_sum(tf.square(self.residual(params, *c)))) for c in self.chunks()))
+
+    def _jvp(self, params, tangents, x, y, w):
+        """`(r, J v, tape)`. `J v` by the double-VJP trick,
+        `J v = d/du [(J^T u) . v]`: reverse mode only, since TensorFlow's
+        forward-mode accumulator cannot pass the TensorArrays of the ODE
+        loop."""
+        size = sum(int(np.prod(np.shape(a))) for a in tf.nest.flatten(y))
+        u = tf.zeros([size], "float32")
+        with tf.GradientTape() as outer:
+            outer.watch(u)
+            with tf.GradientTape(persistent=True) as inner:
+                inner.watch(params)
+                r = self.residual(params, x, y, w)
+            g = inner.gradient(r, params, output_gradients=u,
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            gv = tf.add_n([tf.reduce_sum(gi * ti) for gi, ti in zip(g, tangents)])
+        jv = outer.gradient(gv, u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self._last_r = r
+        return r, jv, inner
+
+    def _compile(self, fn, second=None):
+        """`fn(params, second, x, y, w)` as a `tf.function`, XLA-compiled
+        when XLA can compile it (tried on the first chunk with `second`,
+        by default zero tangents)."""
+        try:
+            compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+            params = self.params()
+            chunk = next(self.chunks())
+            if second is None:
+                second = [tf.zeros_like(p) for p in params]
+            compiled(params, second(chunk) if callable(second) else second, *chunk)
+            return compiled
+        except Exception:  # noqa: BLE001 - XLA cannot compile every model
+            return tf.function(fn, reduce_retracing=True)
+
+    def _tangents(self, v):
+        tangents, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            tangents.append(tf.constant(np.reshape(v[start:start + size], shape), "float32"))
+            start += size
+        return tangents
+
+    def jacobian_columns(self, indices):
+        """Columns `J e_i` (data space, float64) for the flat parameter
+        indices `indices`, by Jacobian-vector products (one pass over the
+        data per column)."""
+
+        def jvp(params, tangents, x, y, w):
+            return self._jvp(params, tangents, x, y, w)[:2]
+
+        if getattr(self, "_jvp_fn", None) is None:
+            self._jvp_fn = self._compile(jvp)
+        params = self.params()
+        p = sum(self.sizes)
+        columns = []
+        for i in indices:
+            e = np.zeros(p)
+            e[i] = 1.0
+            tangents = self._tangents(e)
+            parts = []
+            for chunk in self.chunks():
+                _, jv = self._jvp_fn(params, tangents, *chunk)
+                parts.append(jv.numpy().astype("float64"))
+            columns.append(np.concatenate(parts))
+        return columns
+
+    def dense_gram(self):
+        """`(J^T J, RSS)` from the full Jacobian, built column by column
+        with forward-mode products (one pass over the data per parameter)."""
+        j = np.stack(self.jacobian_columns(range(sum(self.sizes))), 1)
+        return j.T @ j, self.rss()
+
+    def _chunk_size(self, y):
+        return sum(int(np.prod(np.shape(a))) for a in tf.nest.flatten(y))
+
+    def data_product(self, u, scales):
+        """`J D J^T u` for a data-space vector `u` (float64 in and out),
+        `D = diag(scales)` over the parameters (flat, float64)."""
+        if getattr(self, "_data_fn", None) is None:
+            def product(params, inputs, x, y, w):
+                vector, scale = inputs
+                with tf.GradientTape() as tape:
+                    tape.watch(params)
+                    r = self.residual(params, x, y, w)
+                g = tape.gradient(r, params, output_gradients=vector,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                tangents = [gi * si for gi, si in zip(g, scale)]
+                return self._jvp(params, tangents, x, y, w)[1]
+
+            def example(chunk):
+                return (tf.zeros([self._chunk_size(chunk[1])], "float32"),
+                        [tf.ones_like(p) for p in self.params()])
+
+            self._data_fn = self._compile(product, example)
+        params = self.params()
+        scale = self._tangents(scales)
+        out, start = [], 0
+        for chunk in self.chunks():
+            size = self._chunk_size(chunk[1])
+            piece = tf.constant(u[start:start + size], "float32")
+            out.append(self._data_fn(params, (piece, scale), *chunk).numpy().astype("float64"))
+            start += size
+        return np.concatenate(out)
+
+    def _build_ggn(self):
+        def ggn(params, tangents, x, y, w):
+            _, jv, inner = self._jvp(params, tangents, x, y, w)
+            return inner.gradient(self._last_r, params, output_gradients=tf.stop_gradient(jv),
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        self._ggn = self._compile(ggn)
+
+    def ggn_vector(self, v):
+        """`J^T J v` for a flat vector `v` (float64 in and out)."""
+        if self._ggn is None:
+            self._build_ggn()
+        params = self.params()
+        tangents = self._tangents(v)
+        total = np.zeros(sum(self.sizes))
+        for chunk in self.chunks():
+            grads = self._ggn(params, tangents, *chunk)
+            total += np.concatenate([np.reshape(g.numpy(), -1) for g in grads]).astype("float64")
+        return total

@@ -1,0 +1,145 @@
+"""The result objects: `ConstantUncertainty` (estimates, intervals and
+verdicts of the constants) and `ProfileLikelihood` (a constant's profile
+and its likelihood-ratio interval).
+"""
+
+import math
+
+
+class ConstantUncertainty:
+    """Result of `constant_uncertainty`.
+
+    Attributes:
+        names: constant names (keys of the dicts below).
+        estimates: `name -> physical value`.
+        stderr: `name -> standard error` (delta method, physical units).
+        intervals: `name -> (lo, hi)` at `level` (end points mapped through
+            the constraint, so they respect it; with `path`, widened by the
+            selection range).
+        statistical_intervals: `name -> (lo, hi)`, the Laplace part alone.
+        selection_ranges: `name -> (lo, hi)`, the range over the eligible
+            radii of `path` (empty without `path`).
+        evidence: with `prior_precision="evidence"`, the fixed point
+            (`alpha`, `gamma`, `noise_variance`, `weight_sq_norm`,
+            `iterations`, `converged`); else `None`.
+        verdicts: `name -> "identified" | "weakly identified" | "not identified"`.
+        notes: `name -> list of explanations` of the verdict.
+        warnings: list of warning strings (e.g. an estimate at a bound).
+        correlation: `(p, p)` correlation matrix of the raw constants, in
+            the order of `names`.
+        raw_covariance: `(p, p)` covariance of the raw constants.
+        noise_std: residual standard deviation `s`.
+        n: number of observed values.
+        effective_parameters: parameters counted in `s^2 = RSS / (n - p)`.
+        level, network, method, prior_precision, prior_source, units,
+        seconds, solver: settings and bookkeeping.
+    """
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def __str__(self):
+        pct = f"{self.level:.0%}"
+        lines = [
+            f"Constants ({self.network} network, {self.method}; noise std {self.noise_std:.4g} "
+            f"over n={self.n} values, {self.effective_parameters:.1f} effective parameters)",
+            f"{'constant':<12} {'estimate':>11} {'std. err.':>10} {pct + ' interval':>25}  {'unit':<8} verdict",
+        ]
+        for name in self.names:
+            lo, hi = self.intervals[name]
+            lines.append(
+                f"{name:<12} {self.estimates[name]:>11.5g} {self.stderr[name]:>10.3g} "
+                f"{'[' + format(lo, '.5g') + ', ' + format(hi, '.5g') + ']':>25}  "
+                f"{self.units.get(name, ''):<8} {self.verdicts[name]}"
+            )
+        for name in self.names:
+            if name in self.selection_ranges:
+                (slo, shi), (tlo, thi) = self.selection_ranges[name], self.statistical_intervals[name]
+                lines.append(
+                    f"  {name}: statistical [{tlo:.5g}, {thi:.5g}], over the eligible radii "
+                    f"[{slo:.5g}, {shi:.5g}]"
+                )
+        for name in self.names:
+            for note in self.notes[name]:
+                if "relative interval width" not in note:
+                    lines.append(f"  note: {note}")
+        for warning in self.warnings:
+            lines.append(f"  warning: {warning}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def covers(self, truth):
+        """`name -> bool`: whether each interval contains `truth[name]`."""
+        return {k: self.intervals[k][0] <= v <= self.intervals[k][1] for k, v in truth.items()}
+
+    def plot(self, ax=None, truth=None):
+        """Interval bars per constant (relative to the estimate); needs
+        matplotlib. Returns the axes."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        for i, name in enumerate(self.names):
+            est = self.estimates[name]
+            lo, hi = self.intervals[name]
+            scale = abs(est) or 1.0
+            lo_r = max(lo / scale, -10.0) if math.isfinite(lo) else -10.0
+            hi_r = min(hi / scale, 10.0) if math.isfinite(hi) else 10.0
+            color = {"identified": "tab:green", "weakly identified": "tab:orange"}.get(
+                self.verdicts[name], "tab:red")
+            ax.plot([lo_r, hi_r], [i, i], color=color, lw=3)
+            ax.plot([est / scale], [i], "ko")
+            if truth and name in truth:
+                ax.plot([truth[name] / scale], [i], "x", color="tab:blue", ms=10)
+        ax.set_yticks(range(len(self.names)), [f"{n}\n{self.verdicts[n]}" for n in self.names])
+        ax.set_xlabel("value / estimate")
+        ax.set_title(f"{self.level:.0%} intervals ({self.network} network)")
+        return ax
+
+
+class ProfileLikelihood:
+    """Result of `profile_likelihood`.
+
+    Attributes:
+        name: the profiled constant.
+        values: grid of fixed values (sorted).
+        rss: residual sum of squares after the refit at each value.
+        loss: the final training loss of each refit.
+        statistic: `n log(RSS / RSS_min)` per value.
+        interval: `(lo, hi)` likelihood-ratio interval (`-inf`/`inf` where
+            the profile does not cross the threshold within the grid).
+        threshold: `chi2_1(level)`.
+        flat: True if the whole grid lies inside the interval.
+        estimate, rss_min, n, level, seconds.
+    """
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def __str__(self):
+        lo, hi = self.interval
+        rows = "\n".join(
+            f"  {self.name} = {v:<10.5g} RSS = {r:.5g}   n log(RSS/RSS_min) = {s:.3g}"
+            for v, r, s in zip(self.values, self.rss, self.statistic)
+        )
+        return (
+            f"Profile of {self.name} (threshold {self.threshold:.3g} at {self.level:.0%}):\n{rows}\n"
+            f"  interval [{lo:.5g}, {hi:.5g}]" + ("  (flat profile)" if self.flat else "")
+        )
+
+    __repr__ = __str__
+
+    def plot(self, ax=None, truth=None):
+        """The profile statistic against the fixed value; needs matplotlib."""
+        import matplotlib.pyplot as plt
+
+        ax = ax or plt.gca()
+        ax.plot(self.values, self.statistic, "o-", label=f"profile of {self.name}")
+        ax.axhline(self.threshold, color="grey", ls="--", label=f"{self.level:.0%} threshold")
+        ax.axvline(self.estimate, color="k", lw=0.8, label="estimate")
+        if truth is not None:
+            ax.axvline(truth, color="tab:blue", ls=":", label="truth")
+        ax.set_xlabel(self.name)
+        ax.set_ylabel("n log(RSS / RSS_min)")
+        ax.legend()
+        return ax

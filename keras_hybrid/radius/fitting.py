@@ -1,0 +1,337 @@
+"""The fitting driver behind `radius_path`: the validation split, one fit per
+radius and seed, the physics-only reference and the per-sample
+validation losses that the selection rules test.
+"""
+
+import math
+import numbers
+
+import keras
+import numpy as np
+
+from keras_hybrid import radius as _pkg
+from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
+from keras_hybrid.radius.result import RadiusPath
+from keras_hybrid.radius.selection import RULES, _check_number
+from keras_hybrid.sam import SAM
+
+
+def _take(data, index):
+    return keras.tree.map_structure(lambda a: np.asarray(a)[index], data)
+
+
+def _num_samples(data):
+    return len(np.asarray(keras.tree.flatten(data)[0]))
+
+
+def _split(x, y, validation_split, split_seed):
+    n = _num_samples(x)
+    n_val = int(round(n * validation_split))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(
+            f"`validation_split` leaves no training or no validation sample with {n} "
+            f"samples. Received: validation_split={validation_split!r}"
+        )
+    order = np.random.default_rng(split_seed).permutation(n)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return (_take(x, train), _take(y, train)), (_take(x, val), _take(y, val))
+
+
+def _neural_variables(model):
+    return [v for v in model.trainable_variables if not is_physical_variable(v)]
+
+
+def _evaluate(model, x, y, batch_size):
+    result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    return float(result["loss"])
+
+
+def _per_sample_losses(model, x, y, batch_size):
+    """Per-sample validation losses (the compiled loss of each sample,
+    averaged over its remaining axes, e.g. the time steps of a
+    trajectory), as a float64 array; `None` when the compiled loss is not
+    a single Keras loss (a name, a function or a `keras.losses.Loss`) or
+    the targets are not one array. Regularization penalties are not
+    included: they are the same for every sample."""
+    try:
+        loss = keras.losses.get(model.loss)
+        if loss is None or isinstance(y, (dict, list, tuple)):
+            return None
+        y_pred = model.predict(x, batch_size=batch_size, verbose=0)
+        if isinstance(loss, keras.losses.Loss):
+            per_sample = loss.call(keras.ops.convert_to_tensor(y, "float32"), y_pred)
+        else:
+            per_sample = loss(keras.ops.convert_to_tensor(y, "float32"), y_pred)
+        per_sample = np.asarray(keras.ops.convert_to_numpy(per_sample), "float64")
+        return per_sample.reshape(len(per_sample), -1).mean(axis=1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _standard_error(model, x, y, batch_size, per_sample=None):
+    """Standard error of the mean validation loss, from per-sample losses
+    (`nan` without them, or with fewer than two)."""
+    if per_sample is None:
+        per_sample = _per_sample_losses(model, x, y, batch_size)
+    if per_sample is None or len(per_sample) < 2:
+        return math.nan
+    return float(np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
+
+
+def _net_share(model, x, batch_size):
+    """`||f(x) - f_0(x)|| / ||f(x)||`, `f_0`: network weights set to zero."""
+    neural = _neural_variables(model)
+    if not neural:
+        return 0.0
+    full = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), "float64")
+    saved = [keras.ops.convert_to_numpy(v.value) for v in neural]
+    try:
+        for v in neural:
+            v.assign(keras.ops.zeros(v.shape, v.dtype))
+        physics = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), "float64")
+    finally:
+        for v, value in zip(neural, saved):
+            v.assign(value)
+    return float(np.linalg.norm(full - physics) / max(np.linalg.norm(full), 1e-30))
+
+
+def _build(build_model, sam):
+    model = build_model(sam)
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`build_model(sam)` must return a compiled `keras.Model`. Received: "
+            f"{type(model).__name__}"
+        )
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            "`build_model(sam)` must return a compiled model (call `model.compile(...)` "
+            "inside it)."
+        )
+    if sam is not None and getattr(model, "sam", None) != sam:
+        raise ValueError(
+            "`build_model(sam)` must train with the `sam` it is given, e.g. "
+            "`kh.HybridModel(inputs, outputs, sam=sam)` or `kh.SAMModel(net, sam=sam)`. "
+            f"Received a model whose sam is {getattr(model, 'sam', 'missing')!r} "
+            f"for sam={sam!r}"
+        )
+    return model
+
+
+def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs):
+    keras.utils.set_random_seed(seed)
+    model = _build(build_model, sam)
+    model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, **fit_kwargs)
+    row = {
+        "rho": rho,
+        "seed": seed,
+        "constants": physical_constants(model),
+        "train_loss": _evaluate(model, train[0], train[1], batch_size),
+        "val_loss": _evaluate(model, val[0], val[1], batch_size),
+        "net_share": _net_share(model, train[0], batch_size),
+    }
+    per_sample = _per_sample_losses(model, val[0], val[1], batch_size)
+    row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
+    row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]
+    return model, row
+
+
+def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwargs):
+    keras.utils.set_random_seed(seed)
+    model = _build(build_model, None)
+    for v in _neural_variables(model):
+        v.assign(keras.ops.zeros(v.shape, v.dtype))
+        v.trainable = False
+    if model.trainable_variables:
+        model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, **fit_kwargs)
+    return {
+        "rho": None,
+        "seed": seed,
+        "constants": physical_constants(model),
+        "train_loss": _evaluate(model, train[0], train[1], batch_size),
+        "val_loss": _evaluate(model, val[0], val[1], batch_size),
+        "net_share": 0.0,
+    }
+
+
+def radius_path(
+    build_model,
+    x,
+    y,
+    *,
+    rhos=None,
+    validation_split=0.2,
+    validation_data=None,
+    epochs=100,
+    seeds=1,
+    sam=None,
+    tolerance=0.25,
+    noise_level=2.0,
+    stable_tolerance=0.05,
+    rule="paired",
+    level=0.05,
+    margin=0.0,
+    physics_only=True,
+    batch_size=None,
+    split_seed=0,
+    **fit_kwargs,
+):
+    """Fits one model per SAM radius and chooses the radius from validation data.
+
+    For each radius `rho` (and each seed), `build_model(sam)` builds and
+    compiles a fresh model with `sam` = the template `sam` at radius `rho`
+    (`None` for `rho = 0`: plain training), which is fitted on the training
+    part and scored on the validation part. The physics part alone (the
+    same model with its network weights set to zero and frozen, constants
+    refitted) is fitted too, as a reference: is the network needed at all?
+    The radius is chosen by `choose_radius` from the validation losses,
+    never from the constants themselves. By default (`rule="paired"`)
+    every radius is compared with the radius of lowest mean validation
+    loss by a one-sided paired t test on the per-sample validation losses
+    (each validation sample scored by both models; averaged over seeds),
+    with Holm's correction over the radii at family-wise level `level`:
+
+    ```
+    eligible = {rho : not significantly worse than the best,  L_val(rho) <= L_val(physics)}
+    chosen   = max(eligible)
+    ```
+
+    The eligible set is a confidence set for the best radius: it is wide
+    when a few validation samples cannot separate the radii (a dozen
+    points know the loss only to about 40 %) and narrows as the data
+    separate them. Without per-sample losses (a loss that is not a single
+    Keras loss, or several outputs) the rule uses the unpaired test from
+    the standard errors, or, without those either, the former relative
+    rule (`rule="relative"`: within the larger of `tolerance` and
+    `noise_level` standard errors of the best loss).
+
+    Constants that stay within `stable_tolerance` (relative spread) over
+    the eligible radii are marked stable; a constant that moves a lot over
+    radii of equal validation loss is determined by the regularization,
+    not by the data.
+
+    The physics-only reference assumes that a network with zero weights
+    contributes nothing (true for an additive correction ending in a
+    `Dense` layer); pass `physics_only=False` for other architectures.
+    `keras.utils.set_random_seed(seed)` is called before each fit, which
+    also resets Python's and NumPy's global generators.
+
+    Args:
+        build_model: callable `build_model(sam) -> keras.Model`, returning a
+            *compiled* model that trains with the given `SAM` settings (or
+            with plain steps for `None`), e.g. a `HybridModel`.
+        x: training inputs (array, or list/dict of arrays).
+        y: training targets.
+        rhos: radii to try; `0` is plain training. Defaults to
+            `(0, 0.01, 0.03, 0.1, 0.3, 1)`.
+        validation_split: fraction of the samples held out for validation,
+            drawn at random with `split_seed` (not the last samples, as
+            Keras does: sorted data would give an extrapolation set).
+            Ignored when `validation_data` is given. Defaults to `0.2`.
+        validation_data: `(x_val, y_val)`, or `None`. Defaults to `None`.
+        epochs: epochs of every fit. Defaults to `100`.
+        seeds: number of seeds per radius (seeds `0..seeds-1`), or a list
+            of seeds. Defaults to `1`.
+        sam: template `SAM` whose `rho` is varied. Defaults to `SAM()`
+            (network weights only).
+        tolerance: relative slack of the relative rule. Defaults to `0.25`.
+        noise_level: standard errors of the best validation loss counted as
+            noise by the relative rule (`0`: relative slack only).
+            Defaults to `2.0`.
+        stable_tolerance: largest relative spread of a stable constant.
+            Defaults to `0.05`.
+        rule: `"paired"` (significance test) or `"relative"` (slack).
+            Defaults to `"paired"`.
+        level: family-wise significance level of the paired rule, in
+            (0, 1). Defaults to `0.05`.
+        margin: fraction, in [0, 1), of the best radius's improvement over
+            the physics part alone that a radius may give up before the
+            paired rule counts it as worse (`0`: any significant
+            difference counts). Defaults to `0.0`.
+        physics_only: fit the physics-only reference. Defaults to `True`.
+        batch_size: batch size of `fit`, `evaluate` and `predict`.
+            Defaults to `None` (Keras's default, 32).
+        split_seed: seed of the random validation split. Defaults to `0`.
+        **fit_kwargs: passed to every `fit` (e.g. `verbose`, `callbacks`;
+            `verbose` defaults to `0`).
+
+    Returns:
+        A `RadiusPath`, whose `str()` is a table; `.chosen` is the radius
+        and `.best_model` the model fitted with it.
+
+    Example:
+
+    ```python
+    def build(sam):
+        model = kh.HybridModel(inputs, outputs, sam=sam)   # fresh layers each call
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    path = kh.radius_path(build, x, y, epochs=200)
+    print(path)
+    model = path.best_model
+    ```
+    """
+    if not callable(build_model):
+        raise TypeError(f"`build_model` must be callable. Received: build_model={build_model!r}")
+    rhos = _pkg.DEFAULT_RHOS if rhos is None else rhos
+    try:
+        rhos = [_check_number("rhos[i]", r, minimum=0.0) for r in rhos]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`rhos` must be radii >= 0. Received: rhos={rhos!r}") from error
+    if not rhos or len(set(rhos)) != len(rhos):
+        raise ValueError(f"`rhos` must be a non-empty list of distinct radii. Received: rhos={rhos!r}")
+    rhos = sorted(rhos)
+    epochs = _check_number("epochs", epochs, minimum=1, integer=True)
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        seeds = list(range(_check_number("seeds", seeds, minimum=1, integer=True)))
+    else:
+        seeds = [_check_number("seeds[i]", s, minimum=0, integer=True) for s in seeds]
+        if not seeds:
+            raise ValueError(f"`seeds` must not be empty. Received: seeds={seeds!r}")
+    template = SAM() if sam is None else sam
+    if not isinstance(template, SAM):
+        raise TypeError(f"`sam` must be a `kh.SAM` or None. Received: sam={sam!r}")
+    tolerance = _check_number("tolerance", tolerance, minimum=0.0)
+    noise_level = _check_number("noise_level", noise_level, minimum=0.0)
+    stable_tolerance = _check_number("stable_tolerance", stable_tolerance, minimum=0.0)
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    margin = _check_number("margin", margin, minimum=0.0)
+    if margin >= 1.0:
+        raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError(
+                "`validation_data` must be a tuple `(x_val, y_val)`. "
+                f"Received: validation_data of type {type(validation_data).__name__}"
+            )
+        train, val = (x, y), tuple(validation_data)
+    else:
+        validation_split = _check_number("validation_split", validation_split, minimum=0.0)
+        train, val = _split(x, y, validation_split, split_seed)
+    fit_kwargs.setdefault("verbose", 0)
+
+    config = template.get_config()
+    rows, best_models, units = [], {}, {}
+    for rho in rhos:
+        sam_at = None if rho == 0 else SAM.from_config({**config, "rho": rho})
+        best_val = math.inf
+        for seed in seeds:
+            model, row = _fit_row(build_model, sam_at, rho, seed, train, val, epochs,
+                                  batch_size, fit_kwargs)
+            rows.append(row)
+            if not units:
+                units = constant_units(model)
+            if rho not in best_models or row["val_loss"] < best_val:
+                best_val = row["val_loss"]
+                best_models[rho] = model
+    reference = None
+    if physics_only:
+        reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
+                                      fit_kwargs)
+    path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
+                      noise_level, rule=rule, level=level, margin=margin)
+    return path

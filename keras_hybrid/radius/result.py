@@ -1,0 +1,319 @@
+"""`RadiusPath`, the result of `radius_path`: the fits per radius and seed,
+the physics-only reference, the chosen and eligible radii, and how the
+constants move over them.
+"""
+
+import math
+
+import numpy as np
+
+from keras_hybrid.radius.selection import eligible_radii
+from keras_hybrid.sam import SAM
+
+
+class RadiusPath:
+    """Result of `radius_path`: one row per (radius, seed).
+
+    Attributes:
+        rows: list of dicts, one per fit, with `rho`, `seed`, `constants`
+            (`name -> value`), `train_loss`, `val_loss`, `val_se` (its
+            standard error), `val_losses` (the per-sample validation
+            losses, when the compiled loss allows them) and `net_share`
+            (how much of the model's output on the training inputs is the
+            network's: `||f(x) - f_0(x)|| / ||f(x)||`, where `f_0` is the
+            model with its network weights set to zero; for an additive
+            correction that is the correction's share).
+        physics_only: the same dict for the physics part alone (network
+            weights zeroed and frozen, constants refitted), or `None`.
+        rhos: the radii, in increasing order.
+        summary: one dict per radius, the means over seeds (`rho`,
+            `train_loss`, `val_loss`, `net_share`, `constants`) and the
+            standard deviation of each constant over seeds (`constants_std`).
+        chosen: the radius chosen by `choose_radius` from the mean
+            validation losses (and the physics-only loss as reference).
+        eligible: the radii the selection rule cannot tell from the best
+            one (and not worse than the physics part alone).
+        rule: the selection rule asked for (`"paired"` or `"relative"`).
+        rule_used: the rule applied (`"paired"` falls back to
+            `"relative"` when the rows carry neither per-sample losses nor
+            standard errors).
+        test: `"paired t"`, `"unpaired z"` or `None` (relative rule).
+        p_values: per radius, the one-sided p-value of "worse than the
+            best radius" (`None` under the relative rule).
+        level: family-wise level of the paired rule.
+        margin: the paired rule's tolerated fraction of the gap between
+            the physics part alone and the best radius.
+        stable: `name -> bool`: the constant moved by at most
+            `stable_tolerance` (relative spread) over the eligible radii.
+        spread: `name -> float`: that relative spread
+            `(max - min) / |median|` over the eligible radii.
+        network_needed: `False` when the physics part alone fits the
+            validation data at least as well as every radius.
+        best_model: the fitted model at the chosen radius (the seed with
+            the lowest validation loss).
+        units: `name -> unit`.
+        sam: the SAM settings whose radius was varied.
+        tolerance: the selection tolerance.
+    """
+
+    def __init__(self, rows, physics_only, sam, tolerance, stable_tolerance, units, models,
+                 noise_level=2.0, rule="paired", level=0.05, margin=0.0):
+        self.rows = rows
+        self.noise_level = noise_level
+        self.physics_only = physics_only
+        self.sam = sam
+        self.tolerance = tolerance
+        self.stable_tolerance = stable_tolerance
+        self.units = units
+        self.rule = rule
+        self.level = level
+        self.margin = margin
+        self.rhos = sorted({row["rho"] for row in rows})
+        self.summary = [self._summarize(rho) for rho in self.rhos]
+        reference = None if physics_only is None else physics_only["val_loss"]
+        val = [s["val_loss"] for s in self.summary]
+        se = [s["val_se"] for s in self.summary]
+        samples = [self._per_sample(rho) for rho in self.rhos]
+        if any(x is None for x in samples):
+            samples = None
+        result = eligible_radii(self.rhos, val, tolerance, reference, se, noise_level, rule=rule,
+                                per_sample_losses=samples, level=level, margin=margin)
+        finite = [v for v in val if math.isfinite(v)]
+        best = min(finite) if finite else math.nan
+        self.eligible = result["eligible"]
+        self.chosen = max(self.eligible) if self.eligible else None
+        self.limit = result["limit"]
+        self.rule_used = result["rule"]
+        self.test = result["test"]
+        self.p_values = result["p_values"]
+        self.network_needed = not (
+            reference is not None and math.isfinite(reference) and finite and reference <= best
+        )
+        self.spread, self.stable = self._stability()
+        self.best_model = models.get(self.chosen)
+
+    def _per_sample(self, rho):
+        """Per-sample validation losses at `rho`, averaged over seeds
+        (`None` if a row lacks them)."""
+        rows = [row for row in self.rows if row["rho"] == rho]
+        if any(row.get("val_losses") is None for row in rows):
+            return None
+        losses = [np.asarray(row["val_losses"], "float64") for row in rows]
+        if len({x.shape for x in losses}) != 1:
+            return None
+        return np.mean(losses, axis=0)
+
+    def _summarize(self, rho):
+        rows = [row for row in self.rows if row["rho"] == rho]
+        names = list(rows[0]["constants"])
+        values = {n: np.array([row["constants"][n] for row in rows]) for n in names}
+        return {
+            "rho": rho,
+            "train_loss": float(np.mean([row["train_loss"] for row in rows])),
+            "val_loss": float(np.mean([row["val_loss"] for row in rows])),
+            "val_se": float(np.mean([row.get("val_se", math.nan) for row in rows])),
+            "net_share": float(np.mean([row["net_share"] for row in rows])),
+            "constants": {n: float(np.mean(v)) for n, v in values.items()},
+            "constants_std": {n: float(np.std(v)) for n, v in values.items()},
+        }
+
+    def _stability(self):
+        chosen = [s for s in self.summary if s["rho"] in self.eligible]
+        spread, stable = {}, {}
+        if not chosen:
+            return spread, stable
+        for name in chosen[0]["constants"]:
+            values = np.array([s["constants"][name] for s in chosen])
+            scale = max(abs(float(np.median(values))), 1e-30)
+            spread[name] = float((values.max() - values.min()) / scale)
+            stable[name] = len(values) >= 2 and spread[name] <= self.stable_tolerance
+        return spread, stable
+
+    def selection_ranges(self):
+        """`name -> (min, max)` of each constant over the fits (all seeds)
+        at the eligible radii: the spread that the validation data cannot
+        resolve, i.e. the model-selection part of a constant's uncertainty
+        (`kh.constant_uncertainty(..., path=path)` widens its intervals by
+        it)."""
+        rows = [row for row in self.rows if row["rho"] in self.eligible]
+        if not rows:
+            return {}
+        return {
+            name: (min(row["constants"][name] for row in rows),
+                   max(row["constants"][name] for row in rows))
+            for name in rows[0]["constants"]
+        }
+
+    def refine_rhos(self):
+        """Radii between the chosen radius and its neighbours on the grid
+        (geometric midpoints, two significant digits; a third of the
+        chosen radius below it when its neighbour is 0), to fit next
+        (e.g. `radius_path(..., rhos=path.refine_rhos())`) when only the
+        chosen radius is eligible: a single radius cannot show whether
+        the constants stay put near it.
+
+        Returns:
+            A list of new radii (empty without a positive chosen radius).
+        """
+        if not self.chosen:
+            return []
+        i = self.rhos.index(self.chosen)
+        out = []
+        if i > 0:
+            low = self.rhos[i - 1]
+            out.append(math.sqrt(low * self.chosen) if low > 0 else self.chosen / 3.0)
+        if i + 1 < len(self.rhos):
+            out.append(math.sqrt(self.chosen * self.rhos[i + 1]))
+        return [float(f"{r:.2g}") for r in out if float(f"{r:.2g}") not in self.rhos]
+
+    def constants_at(self, rho):
+        """Mean constants over seeds at radius `rho`, `name -> value`."""
+        for s in self.summary:
+            if s["rho"] == rho:
+                return dict(s["constants"])
+        raise ValueError(f"`rho` must be one of {self.rhos}. Received: rho={rho!r}")
+
+    def to_dict(self):
+        """JSON-serializable summary (no model)."""
+        return {
+            "sam": self.sam.get_config(),
+            "tolerance": self.tolerance,
+            "stable_tolerance": self.stable_tolerance,
+            "noise_level": self.noise_level,
+            "rule": self.rule,
+            "level": self.level,
+            "margin": self.margin,
+            "rule_used": self.rule_used,
+            "test": self.test,
+            "p_values": self.p_values,
+            "limit": self.limit,
+            "rows": self.rows,
+            "physics_only": self.physics_only,
+            "summary": self.summary,
+            "chosen": self.chosen,
+            "eligible": self.eligible,
+            "stable": self.stable,
+            "spread": self.spread,
+            "network_needed": self.network_needed,
+            "units": self.units,
+        }
+
+    @classmethod
+    def from_dict(cls, config):
+        """A `RadiusPath` from `to_dict()`'s output (without its models:
+        `best_model` is `None`)."""
+        # Paths saved before the paired rule was chosen with the relative rule.
+        return cls(config["rows"], config["physics_only"], SAM.from_config(config["sam"]),
+                   config["tolerance"], config.get("stable_tolerance", 0.05), config["units"], {},
+                   config.get("noise_level", 2.0), rule=config.get("rule", "relative"),
+                   level=config.get("level", 0.05), margin=config.get("margin", 0.0))
+
+    def __str__(self):
+        names = list(self.summary[0]["constants"]) if self.summary else []
+        heads = [f"{n} [{self.units[n]}]" if self.units.get(n) else n for n in names]
+        width = max([10] + [len(h) for h in heads])
+        seeds = len(self.rows) // max(len(self.rhos), 1)
+        lines = [
+            f"Radius path: {type(self.sam).__name__}(perturb={self.sam.perturb!r}"
+            f"{', adaptive=True' if self.sam.adaptive else ''}), "
+            f"{seeds} seed{'s' if seeds != 1 else ''} per radius",
+            f"{'rho':>10}  {'train loss':>10}  {'val loss':>10}  {'net share':>9}  "
+            + "  ".join(f"{h:>{width}}" for h in heads),
+        ]
+
+        def line(label, row, mark=""):
+            cells = "  ".join(f"{row['constants'][n]:>{width}.5g}" for n in names)
+            share = row.get("net_share", math.nan)
+            return (
+                f"{label:>10}  {row['train_loss']:>10.4g}  {row['val_loss']:>10.4g}  "
+                f"{share:>9.3f}  {cells}{mark}"
+            )
+
+        if self.physics_only is not None:
+            lines.append(line("physics", self.physics_only))
+        for s in self.summary:
+            label = "0 (plain)" if s["rho"] == 0 else f"{s['rho']:g}"
+            mark = "  <- chosen" if s["rho"] == self.chosen else (
+                "  (eligible)" if s["rho"] in self.eligible else "")
+            lines.append(line(label, s, mark))
+        cap = ", and not above the physics part alone)" if self.physics_only else ")"
+        if self.rule_used == "paired":
+            worse = "worse" if not self.margin else (
+                f"worse by more than {self.margin:.0%} of the gain over the physics part alone")
+            lines.append(
+                f"chosen: rho = {self.chosen} (largest radius not significantly {worse} than "
+                f"the best: one-sided {self.test} test, Holm's correction at level "
+                f"{self.level:g}{cap}")
+            lines.append("p-values (worse than the best): " + ", ".join(
+                f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}"
+                for r, p in zip(self.rhos, self.p_values)))
+        else:
+            fallback = " (no per-sample losses or standard errors for the paired rule)" if (
+                self.rule == "paired") else ""
+            lines.append(
+                f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
+                f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
+                f"{self.noise_level:g} standard errors{cap}{fallback}"
+            )
+        if not self.network_needed:
+            lines.append(
+                "the physics part alone fits the validation data at least as well as every "
+                "radius: the network may not be needed"
+            )
+        if len(self.eligible) == 1 and self.refine_rhos():
+            lines.append(
+                f"only rho = {self.eligible[0]:g} is eligible: fit the radii "
+                f"{self.refine_rhos()} to see whether the constants stay put near it"
+            )
+        for name in names:
+            if name in self.spread:
+                verdict = "stable" if self.stable[name] else "NOT stable"
+                lines.append(
+                    f"{name}: {verdict} over the eligible radii {self.eligible} "
+                    f"(relative spread {self.spread[name]:.2%}, threshold "
+                    f"{self.stable_tolerance:.0%})"
+                )
+        return "\n".join(lines)
+
+    def plot(self, axes=None):
+        """Constants and validation loss against the radius (matplotlib).
+
+        Radius 0 (plain training) is drawn at the left edge of the log axis;
+        the physics part alone as dashed lines.
+
+        Args:
+            axes: two matplotlib axes, or `None` for a new figure.
+
+        Returns:
+            The two axes.
+        """
+        import matplotlib.pyplot as plt  # optional dependency, imported lazily
+
+        if axes is None:
+            _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        positive = [r for r in self.rhos if r > 0]
+        zero_at = min(positive) / 3 if positive else 1.0
+        x = [r if r > 0 else zero_at for r in self.rhos]
+        for name in self.summary[0]["constants"]:
+            y = [s["constants"][name] for s in self.summary]
+            err = [s["constants_std"][name] for s in self.summary]
+            line = axes[0].errorbar(x, y, yerr=err, marker="o", label=name)
+            if self.physics_only is not None:
+                axes[0].axhline(self.physics_only["constants"][name], ls="--",
+                                color=line[0].get_color(), alpha=0.6)
+        axes[1].plot(x, [s["val_loss"] for s in self.summary], "o-", label="validation")
+        axes[1].plot(x, [s["train_loss"] for s in self.summary], "s:", label="training")
+        if self.physics_only is not None:
+            axes[1].axhline(self.physics_only["val_loss"], ls="--", color="gray",
+                            label="physics only (validation)")
+        for ax in axes:
+            ax.set_xscale("log")
+            if self.chosen is not None:
+                ax.axvline(self.chosen if self.chosen > 0 else zero_at, color="k", lw=0.8)
+            ax.set_xlabel("SAM radius rho (leftmost point: plain training)")
+        axes[0].set_ylabel("constant")
+        axes[1].set_yscale("log")
+        axes[1].set_ylabel("loss")
+        axes[0].legend()
+        axes[1].legend()
+        return axes

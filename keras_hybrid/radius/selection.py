@@ -1,0 +1,378 @@
+"""The radius selection rules: the paired t test of each radius against the
+best one with Holm's correction, the former relative rule, and the
+eligible set and chosen radius they give.
+
+Pure functions of validation losses; no model is fitted here.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+
+RULES = ("paired", "relative")
+
+
+def _one_sided_p(statistic, dof):
+    """`P(T > statistic)` for Student's t with `dof` degrees of freedom
+    (the standard normal for `dof = inf`)."""
+    if math.isnan(statistic):
+        return math.nan
+    if math.isinf(statistic):
+        return 0.0 if statistic > 0 else 1.0
+    if not math.isfinite(dof):
+        return 0.5 * math.erfc(statistic / math.sqrt(2.0))
+    from keras_hybrid.uncertainty import _betainc
+
+    tail = 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + statistic * statistic))
+    return tail if statistic > 0 else 1.0 - tail
+
+
+def paired_t_test(losses, best_losses, margin=0.0):
+    """One-sided paired t test: is `losses` larger than `best_losses` by
+    more than `margin`?
+
+    The per-sample differences `d_i = losses_i - best_losses_i` (the same
+    validation samples scored by two models) are tested against the null
+    hypothesis `E[d] <= margin`:
+
+    ```
+    t = (mean(d) - margin) / (std(d, ddof=1) / sqrt(n)),   p = P(T_{n-1} > t)
+    ```
+
+    Pairing removes what the two models share (a hard validation sample is
+    hard for both), so the test sees differences far smaller than the
+    standard error of either loss.
+
+    Args:
+        losses: per-sample losses of one model, shape `(n,)`, `n >= 2`.
+        best_losses: per-sample losses of the reference model on the same
+            samples, shape `(n,)`.
+        margin: the difference that does not count as worse, >= 0.
+            Defaults to `0.0`.
+
+    Returns:
+        `(t, p)`: the statistic and its one-sided p-value (`t = inf`,
+        `p = 0` when all differences are equal and above `margin`).
+
+    Example:
+
+    >>> t, p = paired_t_test([1.2, 2.1, 3.3], [1.0, 2.0, 3.0])
+    >>> round(t, 3), round(p, 4)
+    (3.464, 0.0371)
+    """
+    margin = _check_number("margin", margin, minimum=0.0)
+    a = np.asarray(losses, "float64").reshape(-1)
+    b = np.asarray(best_losses, "float64").reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(
+            "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
+            f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
+        )
+    d = a - b
+    excess = float(np.mean(d)) - margin
+    sd = float(np.std(d, ddof=1))
+    if sd == 0.0:
+        t = math.inf if excess > 0 else (-math.inf if excess < 0 else 0.0)
+        return t, (0.0 if excess > 0 else 1.0)
+    t = excess / (sd / math.sqrt(d.size))
+    return t, _one_sided_p(t, d.size - 1)
+
+
+def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=None,
+                    reference_loss=None, margin=0.0):
+    """One-sided p-values of "radius r fits the validation data worse than
+    the best radius" (the test behind `choose_radius(rule="paired")`).
+
+    With per-sample validation losses, a paired t test of each radius
+    against the radius of lowest mean validation loss (`paired_t_test`).
+    With only the standard error of each mean loss, the unpaired normal
+    approximation `z = (L_r - L_best - m) / sqrt(se_r^2 + se_best^2)`,
+    which is conservative (rejects less) when the per-sample losses of the
+    two radii are positively correlated, as they are on shared samples.
+    `m` is `margin` times the gap between the physics part alone and the
+    best radius (`reference_loss - L_best`; zero without a reference).
+
+    Args:
+        rhos: sequence of radii.
+        val_losses: mean validation loss of each radius.
+        per_sample_losses: per radius, the per-sample validation losses
+            (all over the same samples), or `None`. Defaults to `None`.
+        standard_errors: per radius, the standard error of its mean
+            validation loss, or `None`. Defaults to `None`.
+        reference_loss: validation loss of the physics part alone, or
+            `None`. Defaults to `None`.
+        margin: fraction of the improvement of the best radius over the
+            physics part alone that a radius may give up before it counts
+            as worse, in [0, 1). Defaults to `0.0`.
+
+    Returns:
+        `(p_values, method)`: a list (`1.0` for the best radius, `nan` for
+        non-finite losses or missing information) and `"paired t"`,
+        `"unpaired z"` or `None` (neither per-sample losses nor standard
+        errors: no test is possible).
+    """
+    rhos, val_losses = list(rhos), [float(v) for v in val_losses]
+    _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
+                   standard_errors=standard_errors)
+    margin = _check_number("margin", margin, minimum=0.0)
+    if margin >= 1.0:
+        raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
+    finite = [i for i, v in enumerate(val_losses) if math.isfinite(v)]
+    p = [math.nan] * len(rhos)
+    if not finite:
+        return p, None
+    best = min(finite, key=lambda i: (val_losses[i], rhos[i]))
+    delta = 0.0
+    if reference_loss is not None and math.isfinite(reference_loss) and reference_loss > val_losses[best]:
+        delta = margin * (reference_loss - val_losses[best])
+    samples = None
+    if per_sample_losses is not None and all(per_sample_losses[i] is not None for i in finite):
+        samples = {i: np.asarray(per_sample_losses[i], "float64").reshape(-1) for i in finite}
+        sizes = [samples[i].size for i in finite]
+        if len(set(sizes)) != 1 or sizes[0] < 2:
+            raise ValueError(
+                "`per_sample_losses` must hold the losses of the same validation samples (at "
+                f"least two) for every radius. Received: lengths {sizes}"
+            )
+        if not all(np.all(np.isfinite(s)) for s in samples.values()):
+            samples = None
+    ses = None
+    if samples is None and standard_errors is not None and all(
+            standard_errors[i] is not None and math.isfinite(standard_errors[i]) for i in finite):
+        ses = [float(s) for s in standard_errors]
+    if samples is None and ses is None:
+        return p, None
+    for i in finite:
+        if i == best:
+            p[i] = 1.0
+        elif samples is not None:
+            p[i] = paired_t_test(samples[i], samples[best], delta)[1]
+        else:
+            scale = math.hypot(ses[i], ses[best])
+            excess = val_losses[i] - val_losses[best] - delta
+            z = excess / scale if scale > 0 else (math.inf if excess > 0 else -math.inf)
+            p[i] = _one_sided_p(z, math.inf)
+    return p, ("paired t" if samples is not None else "unpaired z")
+
+
+def holm_rejections(p_values, level):
+    """Which hypotheses Holm's step-down procedure rejects at family-wise
+    level `level`: sort the `m` finite p-values, reject the `k`-th
+    smallest while `p_(k) <= level / (m - k + 1)`, stop at the first that
+    is not. `nan` entries are never rejected and not counted.
+
+    Example:
+
+    >>> holm_rejections([0.01, 0.04, 0.03, 0.5], 0.05)
+    [True, False, False, False]
+    """
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    reject = [False] * len(p_values)
+    m = len(order)
+    for k, (p, i) in enumerate(order):
+        if p > level / (m - k):
+            break
+        reject[i] = True
+    return reject
+
+
+def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standard_errors=None,
+                   noise_level=2.0, *, rule="paired", per_sample_losses=None, level=0.05,
+                   margin=0.0):
+    """The radii that `choose_radius` may choose, and how they were found.
+
+    See `choose_radius` for the rules and the arguments.
+
+    Returns:
+        A dict: `eligible` (the radii, increasing; the best radius alone
+        when none passes), `best` (the radius of lowest validation loss),
+        `rule` (the rule applied: `"paired"` or `"relative"`; `"paired"`
+        falls back to `"relative"` when neither per-sample losses nor
+        standard errors are given), `test` (`"paired t"`, `"unpaired z"`
+        or `None`), `p_values` (per radius, `None` for the relative rule)
+        and `limit` (the relative rule's largest accepted loss; for the
+        paired rule the physics-only cap, or `inf`).
+    """
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
+    rhos, val_losses = list(rhos), [float(v) for v in val_losses]
+    _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
+                   standard_errors=standard_errors)
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    finite = [(r, v) for r, v in zip(rhos, val_losses) if math.isfinite(v)]
+    out = {"eligible": [], "best": None, "rule": rule, "test": None, "p_values": None,
+           "limit": math.nan}
+    p_values, test = None, None
+    if rule == "paired":
+        p_values, test = radius_p_values(rhos, val_losses, per_sample_losses, standard_errors,
+                                         reference_loss, margin)
+        if test is None:
+            rule, p_values = "relative", None
+    limit = selection_limit(rhos, val_losses, tolerance, reference_loss, standard_errors,
+                            noise_level)
+    if not finite:
+        out["rule"] = rule
+        return out
+    best_rho = min(finite, key=lambda rv: (rv[1], rv[0]))[0]
+    cap = math.inf
+    if reference_loss is not None and math.isfinite(reference_loss):
+        cap = float(reference_loss)
+    if rule == "paired":
+        # The best radius is the reference, not one of the hypotheses.
+        rejected = holm_rejections(
+            [math.nan if r == best_rho else q for r, q in zip(rhos, p_values)], level)
+        eligible = [r for r, v, no in zip(rhos, val_losses, rejected)
+                    if math.isfinite(v) and not no and v <= cap]
+        limit = cap
+    else:
+        eligible = [r for r, v in finite if v <= limit]
+    out.update(eligible=sorted(eligible) or [best_rho], best=best_rho, rule=rule, test=test,
+               p_values=p_values, limit=limit)
+    return out
+
+
+def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
+                  standard_errors=None, noise_level=2.0, *, rule="paired",
+                  per_sample_losses=None, level=0.05, margin=0.0):
+    """The radius chosen from validation losses alone.
+
+    The rule prefers the strongest regularization: the largest radius
+    whose validation loss the data cannot tell from the best one. Two
+    ways to decide "cannot tell":
+
+    `rule="paired"` (the default): a radius is eligible unless it is
+    significantly worse than the best radius, by a one-sided test of the
+    difference of their validation losses, with Holm's correction over
+    the radii (family-wise level `level`): a paired t test on per-sample
+    losses (`per_sample_losses`, the same validation samples scored at
+    every radius), else the unpaired normal approximation from
+    `standard_errors` (conservative). The eligible set is then a
+    confidence set for the best radius: with probability about
+    `1 - level` no radius as good as the best is excluded. With many
+    validation samples it narrows to the radii the data cannot separate;
+    with few it stays wide. It is scale free: it depends on the losses
+    only through the ratio of their differences to their noise. It also
+    depends on how many radii are compared: each added radius makes
+    Holm's thresholds stricter, so a finer grid can widen the set.
+
+    ```
+    d_i(r)   = loss_i(r) - loss_i(best)                 (per validation sample i)
+    t(r)     = (mean d(r) - m) / (std d(r) / sqrt(n)),  p(r) = P(T_{n-1} > t(r))
+    m        = margin * (L_ref - L_best)                (0 without a reference)
+    eligible = {r : Holm at `level` does not reject r, and L_val(r) <= L_ref}
+    chosen   = max(eligible)
+    ```
+
+    `margin` > 0 makes the test one of "worse by more than a fraction
+    `margin` of what the network gains over the physics part alone"
+    (`L_ref - L_best`): a radius that gives up less than that is never
+    excluded. Every radius it admits also widens the constants'
+    model-selection ranges (`RadiusPath.selection_ranges`).
+
+    `rule="relative"` (the rule before the paired test, and the fallback
+    of `"paired"` when neither per-sample losses nor standard errors are
+    given): a relative slack `tolerance`, or `noise_level` standard
+    errors of the best validation loss, whichever is larger:
+
+    ```
+    limit    = max((1 + tolerance) * best, best + noise_level * se_best)
+    eligible = {r : L_val(r) <= limit  and  L_val(r) <= L_ref}
+    ```
+
+    Under both rules, when `reference_loss` (the physics part alone) is
+    given, radii whose validation loss is worse than it are not eligible,
+    unless no radius is as good, in which case the best radius is
+    returned.
+
+    Args:
+        rhos: sequence of radii.
+        val_losses: mean validation loss of each radius (non-finite
+            losses are never chosen).
+        tolerance: relative slack of the `"relative"` rule, >= 0.
+            Defaults to `0.25`.
+        reference_loss: validation loss of the physics part alone, or
+            `None`. Defaults to `None`.
+        standard_errors: standard error of each validation loss (the
+            standard deviation of the per-sample losses over the square
+            root of their number), or `None`. Defaults to `None`.
+        noise_level: standard errors counted as noise by the `"relative"`
+            rule. Defaults to `2.0`.
+        rule: `"paired"` or `"relative"`. Defaults to `"paired"`.
+        per_sample_losses: per radius, the validation loss of each
+            validation sample (same samples, same order), or `None`.
+            Defaults to `None`.
+        level: family-wise significance level of the `"paired"` rule, in
+            (0, 1). Defaults to `0.05`.
+        margin: the `"paired"` rule's tolerated fraction of the gap
+            between the physics part alone and the best radius, in
+            [0, 1). Defaults to `0.0`.
+
+    Returns:
+        The chosen radius (an element of `rhos`), or `None` if no
+        validation loss is finite.
+
+    Example:
+
+    >>> choose_radius([0.0, 0.1, 1.0], [1.0, 1.1, 2.0], rule="relative")
+    0.1
+    >>> choose_radius([0.0, 0.1], [1.0, 1.1],
+    ...               per_sample_losses=[[0.9, 1.0, 1.1], [1.0, 1.1, 1.2]])
+    0.0
+    """
+    result = eligible_radii(rhos, val_losses, tolerance, reference_loss, standard_errors,
+                            noise_level, rule=rule, per_sample_losses=per_sample_losses,
+                            level=level, margin=margin)
+    return max(result["eligible"]) if result["eligible"] else None
+
+
+def _check_lengths(rhos, val_losses, **per_radius):
+    if len(rhos) != len(val_losses):
+        raise ValueError(
+            "`rhos` and `val_losses` must have the same length. Received: "
+            f"len(rhos)={len(rhos)}, len(val_losses)={len(val_losses)}"
+        )
+    for arg, values in per_radius.items():
+        if values is not None and len(values) != len(rhos):
+            raise ValueError(
+                f"`{arg}` must have one entry per radius. Received: len({arg})={len(values)} "
+                f"for {len(rhos)} radii"
+            )
+
+
+def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
+                    standard_errors=None, noise_level=2.0):
+    """The largest validation loss `choose_radius` accepts (see there)."""
+    tolerance = _check_number("tolerance", tolerance, minimum=0.0)
+    noise_level = _check_number("noise_level", noise_level, minimum=0.0)
+    if standard_errors is not None and len(standard_errors) != len(rhos):
+        raise ValueError(
+            "`standard_errors` must have one entry per radius. Received: "
+            f"len(standard_errors)={len(standard_errors)}, len(rhos)={len(rhos)}"
+        )
+    finite = [(i, v) for i, v in enumerate(val_losses) if math.isfinite(v)]
+    if not finite:
+        return math.nan
+    best_index, best = min(finite, key=lambda iv: (iv[1], rhos[iv[0]]))
+    limit = (1.0 + tolerance) * best
+    if standard_errors is not None and math.isfinite(standard_errors[best_index]):
+        limit = max(limit, best + noise_level * standard_errors[best_index])
+    if reference_loss is not None and math.isfinite(reference_loss):
+        limit = min(limit, reference_loss)
+    return limit
+
+
+def _check_number(arg, value, minimum=None, integer=False):
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = "an integer" if integer else "a real number"
+        raise TypeError(f"`{arg}` must be {expected}. Received: {arg}={value!r}")
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ValueError(f"`{arg}` must be finite and >= {minimum}. Received: {arg}={value!r}")
+    return int(value) if integer else float(value)
