@@ -123,10 +123,13 @@ class ArchitectureTask(GlobalConstantTask):
     correction_inputs = "state"
     state_size = 2
     hidden = 64
-    # `sam-auto`'s radii: four fits instead of `radius_path`'s six (each
-    # ODE fit costs 0.5-1 min on one core); radii below 0.1 barely moved
-    # the pendulum's constants away from plain training's.
-    auto_rhos = (0.0, 0.1, 0.3, 1.0)
+    # `sam-auto`'s radii: `radius_path`'s default grid. A coarser grid
+    # (0, 0.1, 0.3, 1) missed the useful radii of the `output`
+    # architecture, where 0.03 already recovers the pendulum's `w0` and 0.1
+    # fits the validation data 1.7-5.7x worse than plain training
+    # (benchmarks/RESULTS.md, "Architecture-agnostic benchmark at full
+    # configuration").
+    auto_rhos = None
 
     def physics_layer(self, times, correction=None):
         raise NotImplementedError
