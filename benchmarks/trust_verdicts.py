@@ -7,6 +7,7 @@ the fits (cached as weights) and the reports computed from them.
     python benchmarks/trust_verdicts.py fit-pair --cache DIR     # ERM and SAM, the demo's settings
     python benchmarks/trust_verdicts.py fit-duffing --cache DIR  # Duffing, ERM and sam-neural 0.3
     python benchmarks/trust_verdicts.py report --cache DIR       # intervals and verdicts
+    python benchmarks/trust_verdicts.py evidence --cache DIR     # Laplace log evidence per radius
 
 Fitting and reporting are separate so that the reports can be recomputed
 without refitting. The radius path uses the demo's data (200 trajectories,
@@ -103,6 +104,66 @@ def path_samples(cache):
     out.update(epochs=info.get("epochs"), seconds=info.get("seconds"))
     with open(file, "w") as f:
         json.dump(out, f, indent=1, default=str)
+
+
+def path_evidence(cache):
+    """Laplace log evidence of each cached path fit on its training split:
+    could the evidence, rather than the validation loss, tell the radii
+    apart? Prior `N(0, alpha^-1 I)` on the network weights and Gaussian
+    noise, both at the evidence fixed point of `constant_uncertainty`;
+    flat prior on the constants (a common constant, left out):
+
+        log Z = -RSS / (2 s^2) - n/2 log(2 pi s^2)              (fit)
+                - alpha/2 ||w||^2 + P/2 log alpha                (prior)
+                - 1/2 log det(J_w^T J_w / s^2 + alpha I)          (weights' volume)
+                - 1/2 log det(S / s^2)                           (constants' volume)
+
+    with the weights' log-determinant from the same stochastic Lanczos
+    quadrature (30 steps, 4 probes) as the evidence fixed point."""
+    from keras_hybrid import diagnostics, radius
+    from keras_hybrid import uncertainty as un
+
+    times, y0, obs = pendulum.simulate(seed=0)
+    (xt, yt), _ = radius._split(y0, obs, 0.2, 0)
+    with open(os.path.join(cache, "path.json")) as f:
+        rows = sorted(json.load(f)["rows"], key=lambda r: r["rho"])
+    out = []
+    print(f"{'rho':>5} {'w0':>7} {'log Z':>10} {'fit':>10} {'prior':>9} {'weights':>9} "
+          f"{'constants':>9} {'alpha':>6} {'gamma':>6} {'val MSE':>9}")
+    for row in rows:
+        model = pendulum.build_model(times, seed=0)
+        model.load_weights(os.path.join(cache, f"path_rho{row['rho']:g}.weights.h5"))
+        res = kh.constant_uncertainty(model, xt, yt, prior_precision="evidence")
+        ev = res.evidence
+        alpha, s2 = ev["alpha"], ev["noise_variance"]
+        constants = [v for _, v, _ in diagnostics._constant_entries(model)]
+        weights = diagnostics._network_variables(model)
+        p_c = len(constants)
+        p_w = int(sum(np.prod(v.shape) for v in weights))
+        products = diagnostics._Residuals(model, constants + weights, xt, yt, None, None)
+
+        def ww_matvec(v):
+            return products.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
+
+        nodes, node_weights = un.lanczos_spectrum(ww_matvec, p_w, diagnostics.LANCZOS_STEPS,
+                                                  diagnostics.LANCZOS_PROBES)
+        rss = s2 * (res.n - res.effective_parameters)
+        _, logdet_c = np.linalg.slogdet(np.atleast_2d(res.information_marginal) / s2)
+        terms = {
+            "fit": -rss / (2 * s2) - res.n / 2 * math.log(2 * math.pi * s2),
+            "prior": -alpha / 2 * ev["weight_sq_norm"] + p_w / 2 * math.log(alpha),
+            "weights": -0.5 * float(np.sum(node_weights * np.log(nodes / s2 + alpha))),
+            "constants": -0.5 * float(logdet_c),
+        }
+        r = {"rho": row["rho"], "w0": res.estimates["w0"], "log_evidence": sum(terms.values()),
+             **terms, "alpha": alpha, "gamma": ev["gamma"], "noise_std": math.sqrt(s2),
+             "val_loss": row["val_loss"]}
+        print(f"{r['rho']:>5g} {r['w0']:>7.4f} {r['log_evidence']:>10.1f} {r['fit']:>10.1f} "
+              f"{r['prior']:>9.1f} {r['weights']:>9.1f} {r['constants']:>9.2f} {alpha:>6.3g} "
+              f"{r['gamma']:>6.1f} {r['val_loss']:>9.3g}", flush=True)
+        out.append(r)
+    with open(os.path.join(cache, "evidence.json"), "w") as f:
+        json.dump(out, f, indent=1)
 
 
 def fit_pair(cache, epochs):
@@ -222,7 +283,7 @@ def report(cache, which, cg_tol=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("fit-path", "samples", "fit-pair", "fit-duffing", "report"))
+    parser.add_argument("what", choices=("fit-path", "samples", "fit-pair", "fit-duffing", "report", "evidence"))
     parser.add_argument("--rhos", default=None,
                         help="fit-path: comma-separated radii (default 0,0.03,0.1,0.3,1)")
     parser.add_argument("--add", action="store_true",
@@ -244,6 +305,8 @@ def main(argv=None):
         path_samples(args.cache)
     elif args.what == "fit-pair":
         fit_pair(args.cache, args.pair_epochs)
+    elif args.what == "evidence":
+        path_evidence(args.cache)
     elif args.what == "fit-duffing":
         fit_duffing(args.cache, args.quick)
     else:

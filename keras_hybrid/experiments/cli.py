@@ -35,6 +35,8 @@ def main(argv=None):
                         help="standardize the correction network's inputs (algebraic tasks)")
     parser.add_argument("--architecture", default=None, choices=list(ARCHITECTURES),
                         help="pendulum, duffing_forcing: where the network enters (default vector_field)")
+    parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default=None,
+                        help="no XLA compilation (faster start, slower steps: smoke runs, debugging)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: default)")
     parser.add_argument("--json", required=True, help="output JSON file")
     parser.add_argument("--export", default=None, help="SavedModel directory for the last model")
@@ -66,7 +68,7 @@ def main(argv=None):
         args.system, methods, args.seeds, quick=args.quick, epochs=args.epochs,
         sweep=args.sweep, tolerance=args.tolerance, log=lambda s: print(s, flush=True),
         on_progress=lambda report: write(report, False), first_seed=args.first_seed, value=args.value,
-        standardize=args.standardize, architecture=args.architecture,
+        standardize=args.standardize, architecture=args.architecture, jit_compile=args.jit_compile,
     )
     report["wall_seconds"] = time.perf_counter() - start
     report["command"] = "python -m keras_hybrid.experiments " + " ".join(

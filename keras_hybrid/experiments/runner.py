@@ -140,7 +140,8 @@ def run_auto(task, cfg, data, seed, epochs=None):
 
 
 def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None, tolerance=0.25, log=print,
-                   on_progress=None, first_seed=0, value=None, standardize=False, architecture=None):
+                   on_progress=None, first_seed=0, value=None, standardize=False, architecture=None,
+                   jit_compile=None):
     """Runs the comparison; returns `(report dict, last trained model)`.
 
     Args:
@@ -168,6 +169,10 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
             of the observed trajectory) or `"nonadditive"` (the trajectory
             times `1 + net`). `None` is `"vector_field"`. Defaults to
             `None`.
+        jit_compile: `True` / `False` overrides the task's XLA setting
+            (`False`: no XLA compilation, which takes most of a one-epoch
+            smoke run's time on an ODE task; steps then run slower).
+            `None` keeps the task's. Defaults to `None`.
     """
     if system not in SYSTEMS:
         raise ValueError(f"`system` must be one of {list(SYSTEMS)}. Received: system={system!r}")
@@ -178,6 +183,10 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
     cfg = task.config(quick)
     if epochs is not None:
         cfg["epochs"] = int(epochs)
+    if jit_compile is not None:
+        if not isinstance(jit_compile, bool):
+            raise ValueError(f"`jit_compile` must be True, False or None. Received: jit_compile={jit_compile!r}")
+        cfg["jit"] = jit_compile
     if standardize:
         if "standardize" not in cfg:
             raise ValueError(
