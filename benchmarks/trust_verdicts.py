@@ -121,7 +121,7 @@ def path_evidence(cache):
     with the weights' log-determinant from the same stochastic Lanczos
     quadrature (30 steps, 4 probes) as the evidence fixed point."""
     from keras_hybrid import diagnostics, radius
-    from keras_hybrid import uncertainty as un
+    from keras_hybrid.diagnostics.prior import _weight_spectrum
 
     times, y0, obs = pendulum.simulate(seed=0)
     (xt, yt), _ = radius._split(y0, obs, 0.2, 0)
@@ -141,12 +141,7 @@ def path_evidence(cache):
         p_c = len(constants)
         p_w = int(sum(np.prod(v.shape) for v in weights))
         products = diagnostics._Residuals(model, constants + weights, xt, yt, None, None)
-
-        def ww_matvec(v):
-            return products.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
-
-        nodes, node_weights = un.lanczos_spectrum(ww_matvec, p_w, diagnostics.LANCZOS_STEPS,
-                                                  diagnostics.LANCZOS_PROBES)
+        nodes, node_weights = _weight_spectrum(products, "cg", None, p_c, p_w)
         rss = s2 * (res.n - res.effective_parameters)
         _, logdet_c = np.linalg.slogdet(np.atleast_2d(res.information_marginal) / s2)
         terms = {

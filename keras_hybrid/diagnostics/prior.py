@@ -39,15 +39,21 @@ def _prior_precisions(model, variables, n, noise_var, prior_precision):
     return np.concatenate(parts), "from the L2 weight decay"
 
 
+def _weight_spectrum(res, method, a_ww, p_c, p_w):
+    """`(nodes, weights)` of `J_w^T J_w`: its eigenvalues (dense; weights
+    `None`) or a stochastic Lanczos quadrature of them."""
+    if method == "dense":
+        return np.linalg.eigvalsh(a_ww), None
+
+    def ww_matvec(v):
+        return res.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
+
+    return un.lanczos_spectrum(ww_matvec, p_w, _pkg.LANCZOS_STEPS, _pkg.LANCZOS_PROBES)
+
+
 def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w):
     """The evidence fixed point (`un.evidence_precision`'s dict, with `weight_sq_norm`)."""
-    if method == "dense":
-        nodes, node_weights = np.linalg.eigvalsh(a_ww), None
-    else:
-        def ww_matvec(v):
-            return res.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
-
-        nodes, node_weights = un.lanczos_spectrum(ww_matvec, p_w, _pkg.LANCZOS_STEPS, _pkg.LANCZOS_PROBES)
+    nodes, node_weights = _weight_spectrum(res, method, a_ww, p_c, p_w)
     w_sq = float(sum(np.sum(np.square(keras.ops.convert_to_numpy(v.value).astype("float64")))
                      for v in weights))
     evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_c)
