@@ -14,8 +14,8 @@ is Adam for every variant. SAM needs two forward-backward passes per step,
 so about 2x the plain step is its limit; the goals: SAM / Keras plain
 <= 2.0x and our plain step / Keras's <= 1.05x, in wall time.
 
-`--guard-cost` adds a variant of the SAM step without the check that rolls
-back an update making weights or optimizer state non-finite
+`--guard-cost` adds variants of the SAM and plain steps without the check
+that rolls back an update making weights or optimizer state non-finite
 (`keras_hybrid.non_finite`), to measure what that check costs.
 
 Run:
@@ -43,7 +43,7 @@ KINDS = ("plain", "ours plain", "SAM")
 @contextlib.contextmanager
 def _unguarded():
     # The apply without the post-update check (traced while this is active).
-    def apply(optimizer, gradients, variables):
+    def apply(optimizer, gradients, variables, finite):
         optimizer.apply_gradients(zip(gradients, variables))
         return keras.ops.convert_to_tensor(True)
 
@@ -61,7 +61,7 @@ def mlp_variants(steps, jit_modes, kinds):
     for jit in jit_modes:
         for kind in kinds:
             model = common.mlp()
-            if kind == "ours plain":
+            if kind.startswith("ours plain"):
                 model = kh.SAMModel(model, sam=None)
             elif kind.startswith("SAM"):
                 model = kh.SAMModel(model, sam=kh.SAM(rho=0.05, perturb="all"))
@@ -77,7 +77,7 @@ def pendulum_variants(steps, jit_modes, kinds, batch_size=50):
         for kind in kinds:
             if kind.startswith("SAM"):
                 model = common.pendulum_model(times, sam=kh.SAM(rho=0.05, perturb="all"))
-            elif kind == "ours plain":
+            elif kind.startswith("ours plain"):
                 model = common.pendulum_model(times, sam=None)
             else:
                 hybrid = common.pendulum_model(times, sam=None)
@@ -89,7 +89,7 @@ def pendulum_variants(steps, jit_modes, kinds, batch_size=50):
 
 def _runner(model, x, y, batch_size, steps, kind):
     def run():
-        with _unguarded() if kind == "SAM unguarded" else contextlib.nullcontext():
+        with _unguarded() if kind.endswith("unguarded") else contextlib.nullcontext():
             return common.epoch_step_time(model, x, y, batch_size, steps)
 
     return run
@@ -102,7 +102,8 @@ def report(title, results, jit_modes, kinds):
     ratios = {}
     for jit in jit_modes:
         for kind, reference, goal in (("SAM", "plain", GOAL), ("ours plain", "plain", PLAIN_GOAL),
-                                      ("SAM", "SAM unguarded", None)):
+                                      ("SAM", "SAM unguarded", None),
+                                      ("ours plain", "ours plain unguarded", None)):
             if kind in kinds and reference in kinds:
                 ratios[(f"{kind} / {reference}", jit)] = (
                     common.timing_ratios(results[(kind, jit)], results[(reference, jit)]), goal)
@@ -116,11 +117,11 @@ def main(argv=None):
     parser.add_argument("--workload", choices=("all", "mlp", "pendulum"), default="all")
     parser.add_argument("--no-jit-only", action="store_true", help="skip jit_compile=True")
     parser.add_argument("--guard-cost", action="store_true",
-                        help="add SAM without the non-finite rollback check")
+                        help="add SAM and our plain step without the non-finite rollback check")
     args = parser.parse_args(argv)
 
     rounds = args.rounds or (5 if args.quick else 15)
-    kinds = KINDS + (("SAM unguarded",) if args.guard_cost else ())
+    kinds = KINDS + (("SAM unguarded", "ours plain unguarded") if args.guard_cost else ())
     mlp_steps, pendulum_steps = (6, 4) if args.quick else (20, 8)
     jit_modes = (False,) if args.no_jit_only else (False, True)
     print(common.machine_line())
