@@ -296,6 +296,8 @@ def test_path_uses_the_paired_rule_and_round_trips():
     assert lone.eligible == [0.1] and lone.stable == {"k": False}
     # neighbours 0.3 above (sqrt(0.1 * 0.3) = 0.173) and none below: 0.17
     assert lone.refine_rhos() == [0.17] and "fit the radii [0.17]" in str(lone)
+    # ... and does not call its constant "NOT stable" on a spread of one fit.
+    assert "k: stability unknown" in str(lone) and "NOT stable" not in str(lone)
     assert path.refine_rhos() == [0.033, 0.17]   # 0.1 / 3 below (neighbour 0)
     assert RadiusPath(rows[:1], physics, kh.SAM(), 0.25, 0.05, {}, {}).refine_rhos() == []
     # Seeds are averaged per sample before pairing.

@@ -121,14 +121,8 @@ def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kw
     keras.utils.set_random_seed(seed)
     model = _build(build_model, sam)
     model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, **fit_kwargs)
-    row = {
-        "rho": rho,
-        "seed": seed,
-        "constants": physical_constants(model),
-        "train_loss": _evaluate(model, train[0], train[1], batch_size),
-        "val_loss": _evaluate(model, val[0], val[1], batch_size),
-        "net_share": _net_share(model, train[0], batch_size),
-    }
+    row = {"rho": rho, "seed": seed, **_scores(model, train, val, batch_size),
+           "net_share": _net_share(model, train[0], batch_size)}
     per_sample = _per_sample_losses(model, val[0], val[1], batch_size)
     row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
     row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]
@@ -143,13 +137,15 @@ def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwa
         v.trainable = False
     if model.trainable_variables:
         model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, **fit_kwargs)
+    return {"rho": None, "seed": seed, **_scores(model, train, val, batch_size), "net_share": 0.0}
+
+
+def _scores(model, train, val, batch_size):
+    """The fitted constants and the training and validation losses."""
     return {
-        "rho": None,
-        "seed": seed,
         "constants": physical_constants(model),
         "train_loss": _evaluate(model, train[0], train[1], batch_size),
         "val_loss": _evaluate(model, val[0], val[1], batch_size),
-        "net_share": 0.0,
     }
 
 

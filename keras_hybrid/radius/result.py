@@ -266,7 +266,14 @@ class RadiusPath:
                 f"{self.refine_rhos()} to see whether the constants stay put near it"
             )
         for name in names:
-            if name in self.spread:
+            if name in self.spread and len(self.eligible) < 2:
+                # One fit has no spread to judge: "NOT stable (0.00 %)"
+                # would read as a contradiction.
+                lines.append(
+                    f"{name}: stability unknown: only the radius {self.eligible} is eligible, "
+                    "and one fit cannot show whether it stays put"
+                )
+            elif name in self.spread:
                 verdict = "stable" if self.stable[name] else "NOT stable"
                 lines.append(
                     f"{name}: {verdict} over the eligible radii {self.eligible} "
