@@ -156,6 +156,7 @@ def run(name, epochs, lr):
         "val_loss": {str(s["rho"]): s["val_loss"] for s in path.summary},
         "physics_only_val_loss": path.physics_only["val_loss"] if path.physics_only else None,
         "constants": constants, "seconds": seconds, "path": str(path), "uncertainty": str(result),
+        "path_dict": path.to_dict(),   # per-sample validation losses included
     }
 
 
@@ -193,9 +194,11 @@ def main(argv=None):
         parser.error(f"--data must name data sets from {sorted(DATA)}. Received: {unknown}")
     epochs = args.epochs or (300 if args.quick else 3000)
     print(common.machine_line())
-    results = [run(name, epochs, args.lr) for name in names]
-    for r in results:
-        print(f"\n== {r['data']} ==\n{r['path']}\n{r['uncertainty']}")
+    results = []
+    for name in names:
+        results.append(run(name, epochs, args.lr))
+        r = results[-1]
+        print(f"\n== {r['data']} ==\n{r['path']}\n{r['uncertainty']}", flush=True)
     report(results)
     if args.json:
         tmp = args.json + ".tmp"
