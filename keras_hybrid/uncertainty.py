@@ -408,7 +408,7 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
 
 
 def verdicts(names, estimates, intervals, information_fixed, information_marginal, bounds,
-             profile_flat=None, path_stable=None, path_eligible=None):
+             profile_flat=None, path_stable=None, path_eligible=None, path_probed=True):
     """Identifiability verdict and warnings per constant.
 
     Rules (thresholds are module constants):
@@ -425,7 +425,8 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
     - with a radius path (`path_stable` given): a confounded constant that
       stays put over two or more eligible radii (`path_stable[name]`
       true) is not downgraded (every radius the data accept agrees on
-      it); a constant that moves over two or more eligible radii is at
+      it), unless those radii barely change the fit (`path_probed`
+      false: their agreement tests nothing); a constant that moves over two or more eligible radii is at
       most "weakly identified" (the regularization, not the data,
       decides it);
     - a near-null eigenvector (eigenvalue < 1e-3) of the constants'
@@ -445,6 +446,8 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         profile_flat: optional dict `name -> bool`.
         path_stable: optional dict `name -> bool` (`RadiusPath.stable`).
         path_eligible: the eligible radii of that path (for the notes).
+        path_probed: whether the eligible radii change the fit
+            (`RadiusPath.probed`). Defaults to `True`.
 
     Returns:
         `(verdicts, notes, warnings)`: `name -> verdict`, `name -> list of
@@ -477,11 +480,17 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
                 f"{1 - max(kept, 0):.2%} of its effect on the fit; the network-fixed interval "
                 f"would be {1 / math.sqrt(max(kept, 1e-300)):.3g} times too narrow)"
             )
-            if path_stable and path_stable.get(name):
+            if path_stable and path_stable.get(name) and path_probed:
                 notes[name].append(
                     f"{name} stays put over the eligible radii {path_eligible}: identified "
                     "despite the confounding (the interval includes its range over them)"
                 )
+            elif path_stable and path_stable.get(name):
+                notes[name].append(
+                    f"{name} stays put over the eligible radii {path_eligible}, but they barely "
+                    "change the fit: no evidence that the data decide it"
+                )
+                verdict = max(verdict, "weakly identified", key=rank.get)
             else:
                 verdict = max(verdict, "weakly identified", key=rank.get)
                 if path_stable is None:

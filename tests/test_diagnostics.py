@@ -483,6 +483,10 @@ def test_path_stability_enters_the_verdict():
     assert stable["w0"] == "identified" and any("stays put" in n for n in notes["w0"])
     moving, notes, _ = un.verdicts(*args, path_stable={"w0": False}, path_eligible=[0.1, 0.3])
     assert moving["w0"] == "weakly identified"
+    # Radii that did not change the fit are no test of the confounding.
+    idle, notes, _ = un.verdicts(*args, path_stable={"w0": True}, path_eligible=[0.1, 0.3],
+                                 path_probed=False)
+    assert idle["w0"] == "weakly identified" and any("barely change the fit" in n for n in notes["w0"])
     # A well-determined constant that moves over the radii is not "identified" either.
     args = (["w0"], [1.0], [(0.9, 1.1)], [[1.0]], [[0.5]], [None])
     assert un.verdicts(*args)[0]["w0"] == "identified"

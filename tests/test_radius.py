@@ -252,6 +252,15 @@ def test_path_summary_choice_and_stability_from_rows():
     # Without the plain fit the constant is stable over 0.1 and 1.0.
     stable = RadiusPath(rows[2:], physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
     assert stable.eligible == [0.1, 1.0] and stable.stable == {"k": True}
+    # These rows share one training loss and network share: the radii did
+    # not change the fit, so they test nothing.
+    assert not stable.probed and stable.fit_change == {"train_loss": 0.0, "net_share": 0.0}
+    assert "barely change the fit" in str(stable)
+    shares = {0.1: 0.10, 1.0: 0.08, 3.0: 0.0}
+    moved = [dict(row, net_share=shares[row["rho"]]) for row in rows[2:]]
+    moved = RadiusPath(moved, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
+    np.testing.assert_allclose(moved.fit_change["net_share"], 0.02 / 0.09)
+    assert moved.probed and "barely change" not in str(moved)
 
 
 def _sample_row(rho, seed, losses, k):

@@ -138,6 +138,7 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
     verdict, notes, warnings = un.verdicts(
         names, estimates, intervals, a_cc, info, [s.constraint for _, _, s in entries], profile_flat=flat,
         path_stable=stable, path_eligible=None if path is None else list(path.eligible),
+        path_probed=True if path is None else path.probed,
     )
     if evidence_warning:
         warnings.append(evidence_warning)

@@ -47,6 +47,13 @@ class RadiusPath:
             `stable_tolerance` (relative spread) over the eligible radii.
         spread: `name -> float`: that relative spread
             `(max - min) / |median|` over the eligible radii.
+        fit_change: `"train_loss"` / `"net_share"` -> their relative
+            spread over the eligible radii.
+        probed: the eligible radii (two or more) change the fit: one of
+            `fit_change` exceeds `stable_tolerance`. If not, constants
+            that stay put over them are not shown to be decided by the
+            data, and `kh.constant_uncertainty(..., path=path)` does not
+            count their stability as evidence.
         network_needed: `False` when the physics part alone fits the
             validation data at least as well as every radius.
         best_model: the fitted model at the chosen radius (the seed with
@@ -90,6 +97,7 @@ class RadiusPath:
             reference is not None and math.isfinite(reference) and finite and reference <= best
         )
         self.spread, self.stable = self._stability()
+        self.fit_change, self.probed = self._probing()
         self.best_model = models.get(self.chosen)
 
     def _per_sample(self, rho):
@@ -128,6 +136,25 @@ class RadiusPath:
             spread[name] = float((values.max() - values.min()) / scale)
             stable[name] = len(values) >= 2 and spread[name] <= self.stable_tolerance
         return spread, stable
+
+    def _probing(self):
+        """`(fit_change, probed)`: the relative range of the training loss
+        and of the network's share over the eligible radii, and whether
+        either exceeds `stable_tolerance`. Radii that all give the same
+        fit do not test the constants: their agreement is no evidence that
+        the data, rather than the regularization, decide them."""
+        chosen = [s for s in self.summary if s["rho"] in self.eligible]
+        change = {}
+        for key in ("train_loss", "net_share"):
+            values = np.array([s[key] for s in chosen], "float64")
+            if len(values) >= 2 and np.all(np.isfinite(values)):
+                scale = max(abs(float(np.median(values))), 1e-30)
+                change[key] = float((values.max() - values.min()) / scale)
+        if len(chosen) < 2:
+            return change, False
+        if not change:  # nothing to judge by: the path is taken at its word
+            return change, True
+        return change, max(change.values()) > self.stable_tolerance
 
     def selection_ranges(self):
         """`name -> (min, max)` of each constant over the fits (all seeds)
@@ -264,6 +291,13 @@ class RadiusPath:
             lines.append(
                 f"only rho = {self.eligible[0]:g} is eligible: fit the radii "
                 f"{self.refine_rhos()} to see whether the constants stay put near it"
+            )
+        if len(self.eligible) >= 2 and not self.probed:
+            changes = ", ".join(f"{key.replace('_', ' ')} within {value:.2%}"
+                                for key, value in self.fit_change.items())
+            lines.append(
+                f"the eligible radii barely change the fit ({changes}): constants that stay put "
+                "over them are not shown to be decided by the data"
             )
         for name in names:
             if name in self.spread and len(self.eligible) < 2:
