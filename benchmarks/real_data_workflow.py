@@ -37,6 +37,7 @@ Run:
 python benchmarks/real_data_workflow.py            # about 20-30 minutes on 2 cores
 python benchmarks/real_data_workflow.py --quick    # fewer epochs, about 5 minutes
 python benchmarks/real_data_workflow.py --data pressure --json OUT.json
+python benchmarks/real_data_workflow.py --selection-tests OUT.json   # paired tests per radius
 ```
 """
 
@@ -180,6 +181,36 @@ def report(results):
               f"{vals}; physics alone {_fmt(r['physics_only_val_loss'])}; {r['seconds']:.0f} s")
 
 
+def selection_tests(result):
+    """Prints, for a saved result with per-sample validation losses, each
+    radius against the radius of lowest mean loss under three one-sided
+    paired tests (normal approximations): t on the losses (the default
+    rule's statistic), t on their logs, and Wilcoxon's signed ranks; with
+    the share of the excess loss carried by the three worst points."""
+    rows = {row["rho"]: np.asarray(row["val_losses"], "float64") for row in result["path_dict"]["rows"]}
+    best = min(rows, key=lambda rho: rows[rho].mean())
+
+    def upper_tail(z):
+        return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+    print(f"{result['data']}: {len(rows[best])} validation points, best radius {best}")
+    for rho, losses in sorted(rows.items()):
+        if rho == best:
+            continue
+        diff = losses - rows[best]
+        t = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)))
+        logs = np.log(losses + 1e-12) - np.log(rows[best] + 1e-12)
+        t_log = logs.mean() / (logs.std(ddof=1) / math.sqrt(len(logs)))
+        nonzero = diff[diff != 0]
+        ranks = np.argsort(np.argsort(np.abs(nonzero))) + 1
+        n = len(nonzero)
+        z = (ranks[nonzero > 0].sum() - n * (n + 1) / 4) / math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+        top3 = np.sort(diff)[-3:].sum() / diff.sum()
+        print(f"  rho {rho:g}: mean loss {losses.mean():.3g} vs {rows[best].mean():.3g}; worse on "
+              f"{int((diff > 0).sum())}/{len(diff)}; 3 worst points carry {top3:.0%} of the excess; "
+              f"p: t {upper_tail(t):.2g}, t on logs {upper_tail(t_log):.2g}, Wilcoxon {upper_tail(z):.2g}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs (smoke run)")
@@ -187,7 +218,14 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None, help="full-batch epochs per fit")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--selection-tests", metavar="JSON", default=None,
+                        help="only analyse a saved result: the paired tests of each radius against the best")
     args = parser.parse_args(argv)
+    if args.selection_tests:
+        with open(args.selection_tests) as f:
+            for result in json.load(f):
+                selection_tests(result)
+        return
     names = [n.strip() for n in args.data.split(",") if n.strip()]
     unknown = sorted(set(names) - set(DATA))
     if unknown:
