@@ -443,3 +443,21 @@ def test_radius_path_rejects_bad_input():
         kh.radius_path(ignores_sam, x, y, level=1.0)
     with pytest.raises(ValueError, match="margin=1.5"):
         kh.radius_path(ignores_sam, x, y, margin=1.5)
+
+
+def test_path_warns_of_an_eligible_radius_worse_on_most_points():
+    # Radius 0.3 is worse than the best (0) on 10 of 12 points, by a
+    # little, and better on two: the paired t test keeps it (t = 1.48,
+    # p about 0.08), a sign test does not (P(X >= 10 | 12, 1/2) = 0.019).
+    best = [1.0] * 12
+    rival = [1.05] * 10 + [0.9, 0.9]
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.5}, "train_loss": 5.0,
+               "val_loss": 5.0, "net_share": 0.0}
+    rows = [_sample_row(0.0, 0, best, 1.0), _sample_row(0.3, 0, rival, 0.9)]
+    path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
+    assert path.eligible == [0.0, 0.3] and path.chosen == 0.3
+    assert path.mostly_worse() == [(0.3, 10, 12)]
+    assert "rho = 0.3 is eligible although it is worse than the best radius on 10 of 12" in str(path)
+    # At level 0.01 the sign test does not flag it.
+    strict = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, level=0.01)
+    assert strict.mostly_worse() == [] and "although it is worse" not in str(strict)

@@ -156,6 +156,32 @@ class RadiusPath:
             return change, True
         return change, max(change.values()) > self.stable_tolerance
 
+    def mostly_worse(self):
+        """Eligible radii that a one-sided sign test on the per-sample
+        validation losses finds worse than the radius of lowest mean loss
+        (at `level`, no multiplicity correction: a warning, not a rule).
+
+        Returns:
+            A list of `(rho, points worse, points that differ)`.
+        """
+        samples = {rho: self._per_sample(rho) for rho in self.rhos}
+        finite = [s for s in self.summary if math.isfinite(s["val_loss"])]
+        if not finite:
+            return []
+        best = min(finite, key=lambda s: s["val_loss"])["rho"]
+        if samples.get(best) is None:
+            return []
+        out = []
+        for rho in self.eligible:
+            if rho == best or samples.get(rho) is None:
+                continue
+            diff = np.asarray(samples[rho]) - np.asarray(samples[best])
+            worse, n = int(np.sum(diff > 0)), int(np.sum(diff != 0))
+            tail = sum(math.comb(n, k) for k in range(worse, n + 1)) / 2.0**n if n else 1.0
+            if tail < self.level:
+                out.append((rho, worse, n))
+        return out
+
     def selection_ranges(self):
         """`name -> (min, max)` of each constant over the fits (all seeds)
         at the eligible radii: the spread that the validation data cannot
@@ -291,6 +317,13 @@ class RadiusPath:
             lines.append(
                 f"only rho = {self.eligible[0]:g} is eligible: fit the radii "
                 f"{self.refine_rhos()} to see whether the constants stay put near it"
+            )
+        for rho, worse, n in self.mostly_worse():
+            why = (": its excess loss sits in a few points, where the paired t test has little power"
+                   if self.rule_used == "paired" else "")
+            lines.append(
+                f"rho = {rho:g} is eligible although it is worse than the best radius on {worse} "
+                f"of {n} validation points (sign test below level {self.level:g}){why}"
             )
         if len(self.eligible) >= 2 and not self.probed:
             changes = ", ".join(f"{key.replace('_', ' ')} within {value:.2%}"
