@@ -184,31 +184,28 @@ def report(results):
 def selection_tests(result):
     """Prints, for a saved result with per-sample validation losses, each
     radius against the radius of lowest mean loss under three one-sided
-    paired tests (normal approximations): t on the losses (the default
-    rule's statistic), t on their logs, and Wilcoxon's signed ranks; with
-    the share of the excess loss carried by the three worst points."""
+    paired tests: `kh.paired_t_test` on the losses (the default rule's
+    test, without Holm's correction) and on their logs, and Wilcoxon's
+    signed ranks (normal approximation); with the share of the excess
+    loss carried by the three worst points."""
     rows = {row["rho"]: np.asarray(row["val_losses"], "float64") for row in result["path_dict"]["rows"]}
     best = min(rows, key=lambda rho: rows[rho].mean())
-
-    def upper_tail(z):
-        return 0.5 * math.erfc(z / math.sqrt(2.0))
-
     print(f"{result['data']}: {len(rows[best])} validation points, best radius {best}")
     for rho, losses in sorted(rows.items()):
         if rho == best:
             continue
         diff = losses - rows[best]
-        t = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)))
-        logs = np.log(losses + 1e-12) - np.log(rows[best] + 1e-12)
-        t_log = logs.mean() / (logs.std(ddof=1) / math.sqrt(len(logs)))
+        _, p_t = kh.paired_t_test(losses, rows[best])
+        _, p_log = kh.paired_t_test(np.log(losses + 1e-12), np.log(rows[best] + 1e-12))
         nonzero = diff[diff != 0]
         ranks = np.argsort(np.argsort(np.abs(nonzero))) + 1
         n = len(nonzero)
         z = (ranks[nonzero > 0].sum() - n * (n + 1) / 4) / math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+        p_rank = 0.5 * math.erfc(z / math.sqrt(2.0))
         top3 = np.sort(diff)[-3:].sum() / diff.sum()
         print(f"  rho {rho:g}: mean loss {losses.mean():.3g} vs {rows[best].mean():.3g}; worse on "
               f"{int((diff > 0).sum())}/{len(diff)}; 3 worst points carry {top3:.0%} of the excess; "
-              f"p: t {upper_tail(t):.2g}, t on logs {upper_tail(t_log):.2g}, Wilcoxon {upper_tail(z):.2g}")
+              f"p: t {p_t:.2g}, t on logs {p_log:.2g}, Wilcoxon {p_rank:.2g}")
 
 
 def main(argv=None):

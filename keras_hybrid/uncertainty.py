@@ -426,9 +426,9 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
       stays put over two or more eligible radii (`path_stable[name]`
       true) is not downgraded (every radius the data accept agrees on
       it), unless those radii barely change the fit (`path_probed`
-      false: their agreement tests nothing); a constant that moves over two or more eligible radii is at
-      most "weakly identified" (the regularization, not the data,
-      decides it);
+      false: their agreement tests nothing); a constant that moves over
+      two or more eligible radii is at most "weakly identified" (the
+      regularization, not the data, decides it);
     - a near-null eigenvector (eigenvalue < 1e-3) of the constants'
       normalized information names a confounded combination of constants
       (a note: its effect on each constant is already in the interval
@@ -480,20 +480,20 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
                 f"{1 - max(kept, 0):.2%} of its effect on the fit; the network-fixed interval "
                 f"would be {1 / math.sqrt(max(kept, 1e-300)):.3g} times too narrow)"
             )
-            if path_stable and path_stable.get(name) and path_probed:
+            stays_put = bool(path_stable and path_stable.get(name))
+            if stays_put and path_probed:
                 notes[name].append(
                     f"{name} stays put over the eligible radii {path_eligible}: identified "
                     "despite the confounding (the interval includes its range over them)"
                 )
-            elif path_stable and path_stable.get(name):
-                notes[name].append(
-                    f"{name} stays put over the eligible radii {path_eligible}, but they barely "
-                    "change the fit: no evidence that the data decide it"
-                )
-                verdict = max(verdict, "weakly identified", key=rank.get)
             else:
                 verdict = max(verdict, "weakly identified", key=rank.get)
-                if path_stable is None:
+                if stays_put:
+                    notes[name].append(
+                        f"{name} stays put over the eligible radii {path_eligible}, but they "
+                        "barely change the fit: no evidence that the data decide it"
+                    )
+                elif path_stable is None:
                     notes[name].append(
                         "the local interval cannot tell whether the estimate depends on the "
                         "regularization: pass a radius path (`path=`) to check"

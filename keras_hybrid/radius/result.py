@@ -125,16 +125,17 @@ class RadiusPath:
             "constants_std": {n: float(np.std(v)) for n, v in values.items()},
         }
 
+    def _eligible_summary(self):
+        return [s for s in self.summary if s["rho"] in self.eligible]
+
     def _stability(self):
-        chosen = [s for s in self.summary if s["rho"] in self.eligible]
+        chosen = self._eligible_summary()
         spread, stable = {}, {}
         if not chosen:
             return spread, stable
         for name in chosen[0]["constants"]:
-            values = np.array([s["constants"][name] for s in chosen])
-            scale = max(abs(float(np.median(values))), 1e-30)
-            spread[name] = float((values.max() - values.min()) / scale)
-            stable[name] = len(values) >= 2 and spread[name] <= self.stable_tolerance
+            spread[name] = _relative_spread([s["constants"][name] for s in chosen])
+            stable[name] = len(chosen) >= 2 and spread[name] <= self.stable_tolerance
         return spread, stable
 
     def _probing(self):
@@ -143,15 +144,14 @@ class RadiusPath:
         either exceeds `stable_tolerance`. Radii that all give the same
         fit do not test the constants: their agreement is no evidence that
         the data, rather than the regularization, decide them."""
-        chosen = [s for s in self.summary if s["rho"] in self.eligible]
+        chosen = self._eligible_summary()
+        if len(chosen) < 2:
+            return {}, False
         change = {}
         for key in ("train_loss", "net_share"):
-            values = np.array([s[key] for s in chosen], "float64")
-            if len(values) >= 2 and np.all(np.isfinite(values)):
-                scale = max(abs(float(np.median(values))), 1e-30)
-                change[key] = float((values.max() - values.min()) / scale)
-        if len(chosen) < 2:
-            return change, False
+            values = [s[key] for s in chosen]
+            if all(math.isfinite(v) for v in values):
+                change[key] = _relative_spread(values)
         if not change:  # nothing to judge by: the path is taken at its word
             return change, True
         return change, max(change.values()) > self.stable_tolerance
@@ -391,3 +391,10 @@ class RadiusPath:
         axes[0].legend()
         axes[1].legend()
         return axes
+
+
+def _relative_spread(values):
+    """`(max - min) / |median|` of a list of numbers."""
+    values = np.asarray(values, "float64")
+    return float((values.max() - values.min()) / max(abs(float(np.median(values))), 1e-30))
+
