@@ -89,6 +89,26 @@ RERUNS = [
 # The rerun cells of the architecture benchmark (the first ones of RERUNS).
 N_ARCHITECTURE_RERUNS = 4
 
+# Full-configuration runs with the default radii, which store per-sample
+# validation losses (section "Architecture-agnostic benchmark at full
+# configuration" of RESULTS.md).
+FULL_CONFIGURATION = [
+    ("pendulum vector_field, full", [f"pendulum_vector_field_full_sam-auto_default-radii_seed{s}.json"
+                                     for s in (0, 1)], ["pendulum.json"], "design"),
+    ("pendulum output, full", [f"pendulum_output_full_sam-auto_default-radii_seed{s}.json"
+                               for s in (0, 1, 2)],
+     [f"pendulum_output_full_erm_l2_minnorm_seed{s}.json" for s in (0, 1, 2)], "design"),
+]
+
+# Single stored paths with per-sample losses and no rival methods: the
+# trust path of issue 10 case (b) (truth w0 = 1) and the real cooling
+# curve (no known truth).
+SINGLE_PATHS = [
+    ("trust path, five radii", "trust_verdicts_path_paired.json", {"w0": 1.0}),
+    ("trust path, seven radii", "trust_verdicts_path_refined.json", {"w0": 1.0}),
+    ("CoolingWater (real data)", "real_data_workflow_cooling_water.json", None),
+]
+
 # The first six cells: the architecture benchmark of issue 11.
 N_ARCHITECTURE_CELLS = 6
 
@@ -146,10 +166,12 @@ def rule_relative(path, tolerance=0.25, noise_level=2.0):
     return _finish(path, [v <= limit for v in path["val"]])
 
 
-def _p_values(path, margin=0.0):
+def _p_values(path, margin=0.0, test="t"):
     """One-sided p-values of "worse than the best by more than `margin` of
-    the gap to the physics part alone" (paired t with per-sample losses,
-    else unpaired z from the standard errors)."""
+    the gap to the physics part alone": with per-sample losses a paired
+    test (`test`: "t" on the losses, "log t" on their logarithms, margin 0
+    only, or "signed rank", the library's Wilcoxon test), else unpaired z
+    from the standard errors."""
     b = _best(path)
     delta = 0.0
     if path["phys"] is not None and path["phys"] > path["val"][b]:
@@ -158,8 +180,15 @@ def _p_values(path, margin=0.0):
     for i, v in enumerate(path["val"]):
         if i == b:
             out.append(math.nan)
+        elif path.get("samples") is not None and test == "signed rank":
+            from keras_hybrid.radius.selection import signed_rank_test
+
+            out.append(signed_rank_test(path["samples"][i], path["samples"][b], delta)[1])
         elif path.get("samples") is not None:
-            d = np.asarray(path["samples"][i], "float64") - np.asarray(path["samples"][b], "float64")
+            a, best = (np.asarray(path["samples"][j], "float64") for j in (i, b))
+            if test == "log t":
+                a, best = np.log(a), np.log(best)
+            d = a - best
             sd = float(np.std(d, ddof=1))
             t = (float(d.mean()) - delta) / (sd / math.sqrt(len(d)))
             out.append(one_sided_p_t(t, len(d) - 1))
@@ -179,9 +208,9 @@ def holm(p_values, level):
     return reject
 
 
-def rule_test(path, level=0.05, correction="holm", margin=0.0):
+def rule_test(path, level=0.05, correction="holm", margin=0.0, test="t"):
     """Eligible unless significantly worse than the best (one-sided)."""
-    p = _p_values(path, margin)
+    p = _p_values(path, margin, test)
     if correction == "holm":
         reject = holm(p, level)
     else:
@@ -232,6 +261,8 @@ RULES = collections.OrderedDict([
     ("paired, Holm 5 %, margin 0.05", lambda p: rule_test(p, 0.05, "holm", 0.05)),
     ("paired, Holm 5 %, margin 0.1", lambda p: rule_test(p, 0.05, "holm", 0.1)),
     ("paired, Holm 5 %, margin 0.2", lambda p: rule_test(p, 0.05, "holm", 0.2)),
+    ("signed rank, Holm 5 %", lambda p: rule_test(p, 0.05, "holm", test="signed rank")),
+    ("paired t on log losses, Holm 5 %", lambda p: rule_test(p, 0.05, "holm", test="log t")),
     ("gap tau=0.1 (no test)", lambda p: rule_gap(p, 0.1)),
     ("plateau of the constants (no test)", rule_plateau),
 ])
@@ -245,9 +276,14 @@ def rel_error(constants, truth):
                           for k, v in truth.items()]))
 
 
-def load_cell(label, paths_file, method_files, role):
-    report = json.load(open(os.path.join(RESULTS, paths_file)))
-    results = list(report["results"])
+def load_cell(label, paths_files, method_files, role):
+    """`paths_files`: one file with the `sam-auto` paths, or a list of them
+    (one per seed, same configuration)."""
+    if isinstance(paths_files, str):
+        paths_files = [paths_files]
+    reports = [json.load(open(os.path.join(RESULTS, f))) for f in paths_files]
+    report = reports[0]
+    results = [r for rep in reports for r in rep["results"]]
     for f in method_files:
         results += [r for r in json.load(open(os.path.join(RESULTS, f)))["results"]
                     if r["method"] != "sam-auto"]
@@ -433,23 +469,64 @@ def rerun_summary(present):
     return "\n".join(lines)
 
 
+def single_path(file, truth):
+    """A stored `RadiusPath.to_dict()` (alone, or as `path_dict` of the
+    real-data workflow's first entry) as a path of this script."""
+    stored = json.load(open(os.path.join(RESULTS, file)))
+    if isinstance(stored, list):
+        stored = stored[0]["path_dict"]
+    rows = sorted(stored["rows"], key=lambda r: r["rho"])
+    return {
+        "rhos": [r["rho"] for r in rows],
+        "val": [r["val_loss"] for r in rows],
+        "se": [r["val_se"] for r in rows],
+        "samples": [r["val_losses"] for r in rows],
+        "phys": stored["physics_only"]["val_loss"] if stored.get("physics_only") else None,
+        "rel": None if truth is None else [rel_error(r["constants"], truth) for r in rows],
+        "constants": [r["constants"] for r in rows],
+    }
+
+
+def single_paths_table(rules):
+    """Per single path and rule: the chosen radius, its validation loss
+    over the best one's, and (with a truth) its constants' relative error."""
+    paths = [(label, single_path(f, truth)) for label, f, truth in SINGLE_PATHS
+             if os.path.exists(os.path.join(RESULTS, f))]
+    lines = ["| rule | " + " | ".join(label for label, _ in paths) + " |",
+             "|---|" + "---|" * len(paths)]
+    for name, rule in rules.items():
+        cells = []
+        for _, path in paths:
+            chosen, eligible = rule(path)
+            i = path["rhos"].index(chosen)
+            text = f"{chosen:g} (of {', '.join(f'{r:g}' for r in eligible)}): val x{path['val'][i] / min(path['val']):.2f}"
+            if path["rel"] is not None:
+                text += f", rel. error {path['rel'][i]:.3f}"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def check_library(cells, trust):
-    """The library's `choose_radius` (paired rule, Holm, level 0.05) must
-    choose what `rule_test(level=0.05, correction="holm")` chooses here on
-    every stored path (imports TensorFlow)."""
+    """The library's `choose_radius` (paired rule, Holm, level 0.05, t and
+    signed-rank tests) must choose what `rule_test(level=0.05,
+    correction="holm")` chooses here on every stored path (imports
+    TensorFlow)."""
     from keras_hybrid.radius import choose_radius
 
     n = 0
     for path in [s for c in cells for s in c["seeds"]] + [trust]:  # noqa: B007
         for margin in (0.0, 0.1):
-            ours, _ = rule_test(path, 0.05, "holm", margin)
-            lib = choose_radius(path["rhos"], path["val"], reference_loss=path["phys"],
-                                standard_errors=path["se"], per_sample_losses=path["samples"],
-                                margin=margin)
-            if ours != lib:
-                raise AssertionError(f"library chose {lib}, this script {ours}, on {path}")
-            n += 1
-    print(f"\nkh.choose_radius agrees with the paired Holm rule here on {n} path/margin pairs")
+            for test, library_test in (("t", "t"), ("signed rank", "signed_rank")):
+                ours, _ = rule_test(path, 0.05, "holm", margin, test)
+                lib = choose_radius(path["rhos"], path["val"], reference_loss=path["phys"],
+                                    standard_errors=path["se"], per_sample_losses=path["samples"],
+                                    margin=margin, paired_test=library_test)
+                if ours != lib:
+                    raise AssertionError(f"library chose {lib}, this script {ours}, on {path}")
+                n += 1
+    print(f"\nkh.choose_radius agrees with the paired Holm rules (t, signed rank) here on {n} "
+          "path/margin/test triples")
 
 
 def trust_radii_table(path):
@@ -494,6 +571,15 @@ def main(argv=None):
         print(table(reruns, RULES, n_arch=n_arch))
         print("\nThe reruns' own choices (the library's paired rule, Holm 5 %)\n")
         print(rerun_summary(present))
+    full = [load_cell(*c) for c in FULL_CONFIGURATION
+            if all(os.path.exists(os.path.join(RESULTS, f)) for f in c[1])]
+    if full:
+        print("\nFull configuration, default radii, per-sample validation losses\n")
+        print(table(full, RULES, n_arch=len(full)))
+    print("\nSingle paths with per-sample losses: chosen radius (of the eligible ones), its "
+          "validation loss over the best radius's, and the constants' relative error where "
+          "the truth is known\n")
+    print(single_paths_table(RULES))
     print("\nOracle (NOT a rule: the radius with the smallest error on each seed, from the truth)\n")
     print(table(cells, {"oracle": oracle}))
     path = trust_path(args.trust_cache)
@@ -504,7 +590,7 @@ def main(argv=None):
     print()
     print(trust_table(path, RULES))
     if args.check_library:
-        check_library(cells + reruns, path)
+        check_library(cells + reruns + full, path)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from keras_hybrid.radius import (
     paired_t_test,
     radius_p_values,
     radius_path,
+    signed_rank_test,
 )
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
@@ -77,5 +78,6 @@ __all__ = [
     "report",
     "rk_step",
     "sam_perturbation",
+    "signed_rank_test",
     "summary",
 ]

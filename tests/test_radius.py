@@ -1,6 +1,7 @@
 """radius_path / choose_radius: the selection rule, the physics-only
 reference, stability of constants, and bad input."""
 
+import itertools
 import json
 import math
 
@@ -119,6 +120,103 @@ def test_paired_t_test_against_a_hand_computation():
         kh.paired_t_test([1.0, 2.0], [1.0, 2.0], margin=-0.1)
 
 
+def _brute_force_signed_rank_p(d):
+    """P(W+ >= observed) by enumerating every sign pattern (ties: mean ranks)."""
+    d = np.asarray([x for x in d if x != 0.0])
+    a = np.abs(d)
+    ranks = np.array([(np.sum(a < v) + 1 + np.sum(a <= v)) / 2.0 for v in a])
+    observed = ranks[d > 0].sum()
+    hits = sum(ranks[np.array(signs, bool)].sum() >= observed - 1e-9
+               for signs in itertools.product([0, 1], repeat=d.size))
+    return observed, hits / 2.0 ** d.size
+
+
+def test_signed_rank_test_against_enumeration_of_the_signs():
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        # quarters on integers (exact in floating point): ties in |d| and
+        # exact zeros, which are dropped
+        d = np.round(4.0 * rng.normal(0.3, 1.0, 11)) / 4.0
+        best = rng.integers(1, 5, 11).astype(float)
+        w, p = kh.signed_rank_test(best + d, best)
+        w_ref, p_ref = _brute_force_signed_rank_p(d)
+        assert w == pytest.approx(w_ref) and p == pytest.approx(p_ref, rel=1e-9)
+    # all four positive: W+ = 10, p = 1/16; with a margin the shift is removed first
+    assert kh.signed_rank_test([1.2, 2.1, 3.3, 4.4], [1.0, 2.0, 3.0, 4.0]) == (10.0, 0.0625)
+    w, p = kh.signed_rank_test([1.5, 2.0, 3.5, 4.75], [1.0, 2.0, 3.0, 4.0], margin=0.25)
+    # d - 0.25 = (0.25, -0.25, 0.25, 0.5): ranks 2, 2, 2, 4; W+ = 8. Of the
+    # 16 sign patterns, W+ >= 8 needs the 4 and at least two of the 2s: 4/16.
+    assert w == 8.0 and p == pytest.approx(4 / 16)
+    assert p == pytest.approx(_brute_force_signed_rank_p([0.25, -0.25, 0.25, 0.5])[1])
+    assert kh.signed_rank_test([1.0, 2.0], [1.0, 2.0]) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="len\\(losses\\)=3, len\\(best_losses\\)=2"):
+        kh.signed_rank_test([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="margin=-0.1"):
+        kh.signed_rank_test([1.0, 2.0], [1.0, 2.0], margin=-0.1)
+
+
+def test_signed_rank_normal_approximation_matches_the_exact_test(monkeypatch):
+    import keras_hybrid.radius.selection as selection
+
+    rng = np.random.default_rng(0)
+    for shift in (0.05, 0.15, 0.3):
+        d = np.round(rng.normal(shift, 1.0, 150), 2)   # ties
+        exact = kh.signed_rank_test(d, np.zeros_like(d))
+        monkeypatch.setattr(selection, "_EXACT_SIGNED_RANK", 0)
+        normal = kh.signed_rank_test(d, np.zeros_like(d))
+        monkeypatch.undo()
+        assert normal[0] == exact[0]
+        assert normal[1] == pytest.approx(exact[1], abs=2e-3, rel=0.03)
+    # By hand: |d| ranks 1,1 -> 1.5; 2,2,2 -> 4; 3,3 -> 6.5; 4 -> 8; 5 -> 9; 6 -> 10.
+    # W+ = 1.5 + 1.5 + 3 * 4 + 6.5 + 8 + 9 = 38.5, mean n(n+1)/4 = 27.5,
+    # variance 10 * 11 * 21 / 24 - (6 + 24 + 6) / 48 = 95.5 (tie correction),
+    # z = (38.5 - 27.5 - 0.5) / sqrt(95.5) (continuity correction).
+    monkeypatch.setattr(selection, "_EXACT_SIGNED_RANK", 0)
+    d = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 3.0, -3.0, 4.0, 5.0, -6.0])
+    w, p = kh.signed_rank_test(d, np.zeros_like(d))
+    z = 10.5 / math.sqrt(95.5)
+    assert w == 38.5 and p == pytest.approx(0.5 * math.erfc(z / math.sqrt(2.0)), rel=1e-12)
+
+
+def test_rank_rule_rejects_a_radius_worse_on_nearly_every_sample():
+    # Radius 0.3 is worse than the best on 17 of 20 samples by 0.01,
+    # better on two by 0.005, and worse on one by 5: the one large
+    # difference inflates the t test's variance (t = 1.03, p = 0.16, kept),
+    # while the ranks see 17 of 20 worse: W+ = 210 - 3 = 207 (the two
+    # negatives share ranks 1 and 2), p = 3 / 2^20 after enumeration.
+    best = np.linspace(1.0, 2.0, 20)
+    rival = best + np.array([0.01] * 17 + [-0.005, -0.005, 5.0])
+    rhos, samples = [0.0, 0.3], [best, rival]
+    val = [float(np.mean(x)) for x in samples]
+    p_t, test_t = kh.radius_p_values(rhos, val, per_sample_losses=samples, paired_test="t")
+    p_r, test_r = kh.radius_p_values(rhos, val, per_sample_losses=samples)
+    assert (test_t, test_r) == ("paired t", "signed rank")
+    assert p_t[1] == pytest.approx(0.158, abs=2e-3)
+    assert p_r[1] == pytest.approx(_brute_force_signed_rank_p(rival - best)[1], rel=1e-9)
+    assert p_r[1] < 1e-5
+    assert choose_radius(rhos, val, per_sample_losses=samples, paired_test="t") == 0.3
+    assert choose_radius(rhos, val, per_sample_losses=samples) == 0.0
+
+
+def test_auto_uses_the_t_test_where_ranks_cannot_reject():
+    # Four samples: the rank test's smallest p-value is 2^-4 = 0.0625, above
+    # Holm's 0.05 / 2 and even 0.05: "auto" takes the t test.
+    from keras_hybrid.radius import rank_test_resolves
+
+    assert not rank_test_resolves(4, 2, 0.05) and not rank_test_resolves(4, 1, 0.05)
+    assert rank_test_resolves(5, 1, 0.05) and not rank_test_resolves(5, 2, 0.05)
+    assert rank_test_resolves(6, 2, 0.05)   # 1/64 <= 0.025
+    best = [1.0, 2.0, 3.0, 4.0]
+    worse = [1.2, 2.2, 3.25, 4.2]
+    rhos, samples = [0.0, 0.1, 0.3], [best, worse, worse]
+    val = [float(np.mean(x)) for x in samples]
+    p, test = kh.radius_p_values(rhos, val, per_sample_losses=samples)
+    assert test == "paired t" and p[1] == kh.paired_t_test(worse, best)[1] < 0.025
+    assert choose_radius(rhos, val, per_sample_losses=samples) == 0.0
+    # Forced ranks reject nothing: every radius stays eligible.
+    assert choose_radius(rhos, val, per_sample_losses=samples, paired_test="signed_rank") == 0.3
+
+
 def test_holm_rejections_against_a_hand_computation():
     from keras_hybrid.radius import holm_rejections
 
@@ -148,15 +246,23 @@ def test_paired_rule_excludes_a_radius_that_is_consistently_worse():
     t_close = 0.05 / (math.sqrt(4e-4 / 5) / math.sqrt(6))
     t_noisy = 0.15 / (math.sqrt(1.255 / 5) / math.sqrt(6))
     assert t_close == pytest.approx(13.693, abs=1e-3) and t_noisy == pytest.approx(0.7334, abs=1e-4)
-    p, test = kh.radius_p_values(rhos, val, per_sample_losses=samples)
+    p, test = kh.radius_p_values(rhos, val, per_sample_losses=samples, paired_test="t")
     assert test == "paired t"
     assert p[1] == 1.0
     assert p[0] == pytest.approx(_t5_upper_tail(t_noisy), rel=1e-6)
     assert p[2] == pytest.approx(_t5_upper_tail(t_close), rel=1e-4)
     assert p[0] == pytest.approx(0.2482, abs=1e-4) and p[2] < 1e-4
     # Holm (m = 2): p(0.3) <= 0.025 rejected; p(0) = 0.25 > 0.05 kept.
-    result = kh.eligible_radii(rhos, val, per_sample_losses=samples)
+    result = kh.eligible_radii(rhos, val, per_sample_losses=samples, paired_test="t")
     assert result["eligible"] == [0.0, 0.1] and result["best"] == 0.1
+    assert choose_radius(rhos, val, per_sample_losses=samples, paired_test="t") == 0.1
+    # The default, the signed-rank test (six samples resolve 0.05 / 2):
+    # rho 0.3 is worse on all six, p = 2^-6 = 1/64; rho 0: |d| ranks
+    # 0.2..0.7 -> 1..6, positive at 0.6, 0.5, 0.7: W+ = 15,
+    # P(W+ >= 15) = P(W+ <= 6) = (1+1+1+2+2+3+4) / 64 = 14/64. Same choice.
+    p, test = kh.radius_p_values(rhos, val, per_sample_losses=samples)
+    assert test == "signed rank"
+    assert p == pytest.approx([14 / 64, 1.0, 1 / 64], rel=1e-12)
     assert choose_radius(rhos, val, per_sample_losses=samples) == 0.1
     # The flat 25 % slack accepts 0.3 (3 % above the best), so did the former rule.
     assert choose_radius(rhos, val, rule="relative") == 0.3
@@ -192,10 +298,14 @@ def test_paired_rule_margin_is_a_fraction_of_the_gain_over_physics():
     # physics alone 2.667: the best radius gains 1.0 over it; 10 % of that
     # (0.1) exceeds the 0.05 by which 0.3 is worse: not rejected any more
     result = kh.eligible_radii(rhos, val, reference_loss=val[1] + 1.0,
-                               per_sample_losses=samples, margin=0.1)
+                               per_sample_losses=samples, margin=0.1, paired_test="t")
     assert result["eligible"] == [0.0, 0.1, 0.3]
     t = (0.05 - 0.1) / (math.sqrt(4e-4 / 5) / math.sqrt(6))
     assert result["p_values"][2] == pytest.approx(1.0 - _t5_upper_tail(-t), rel=1e-9)
+    # signed rank: every d - 0.1 is negative, W+ = 0, p = 1
+    result = kh.eligible_radii(rhos, val, reference_loss=val[1] + 1.0,
+                               per_sample_losses=samples, margin=0.1)
+    assert result["eligible"] == [0.0, 0.1, 0.3] and result["p_values"][2] == 1.0
     # a 1 % margin (0.01) is less than 0.05: rejected
     assert choose_radius(rhos, val, reference_loss=val[1] + 1.0, per_sample_losses=samples,
                          margin=0.01) == 0.1
@@ -213,6 +323,8 @@ def test_paired_rule_bad_input_names_the_argument():
         choose_radius(rhos, val, standard_errors=[0.1, 0.1], level=0.0)
     with pytest.raises(ValueError, match="margin=1.0"):
         choose_radius(rhos, val, standard_errors=[0.1, 0.1], margin=1.0)
+    with pytest.raises(ValueError, match="paired_test='wilcoxon'"):
+        choose_radius(rhos, val, standard_errors=[0.1, 0.1], paired_test="wilcoxon")
     with pytest.raises(ValueError, match="len\\(per_sample_losses\\)=1"):
         choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0]])
     with pytest.raises(ValueError, match="Received: lengths \\[2, 3\\]"):
@@ -276,12 +388,13 @@ def test_path_uses_the_paired_rule_and_round_trips():
     rows = [_sample_row(0.0, 0, NOISY, 0.97), _sample_row(0.1, 0, BEST, 0.99),
             _sample_row(0.3, 0, CLOSE, 0.60)]
     path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
-    assert path.rule == "paired" and path.rule_used == "paired" and path.test == "paired t"
+    assert path.rule == "paired" and path.rule_used == "paired" and path.test == "signed rank"
     # 0.3 is rejected (see the pure test), so k over {0, 0.1} is stable
     assert path.eligible == [0.0, 0.1] and path.chosen == 0.1
     assert path.stable == {"k": True}
     np.testing.assert_allclose(path.spread["k"], 0.02 / 0.98, rtol=1e-9)
-    assert path.p_values[1] == 1.0 and path.p_values[2] < 1e-4
+    assert path.p_values[1] == 1.0 and path.p_values[2] == pytest.approx(1 / 64)
+    assert "one-sided signed rank test" in str(path)
     text = str(path)
     assert "not significantly worse" in text and "Holm" in text and "0.3: " in text
     # The former rule keeps 0.3, and k is not stable over it.
@@ -290,14 +403,22 @@ def test_path_uses_the_paired_rule_and_round_trips():
     assert relative.p_values is None and "standard errors" in str(relative)
     # Round trip through a JSON-ready dict, settings included.
     again = RadiusPath.from_dict(json.loads(json.dumps(path.to_dict())))
-    assert (again.rule, again.level, again.margin) == ("paired", 0.05, 0.0)
+    assert (again.rule, again.level, again.margin, again.paired_test) == (
+        "paired", 0.05, 0.0, "auto")
     assert again.eligible == path.eligible and again.p_values == path.p_values
+    t_test = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}, paired_test="t")
+    again = RadiusPath.from_dict(t_test.to_dict())
+    assert again.test == "paired t" and again.p_values == t_test.p_values
+    # A path saved before the signed-rank test is read with the t test.
+    before_ranks = path.to_dict()
+    del before_ranks["paired_test"]
+    assert RadiusPath.from_dict(before_ranks).test == "paired t"
     wider = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}, margin=0.5, level=0.01)
     again = RadiusPath.from_dict(wider.to_dict())
     assert (again.margin, again.level) == (0.5, 0.01) and again.eligible == [0.0, 0.1, 0.3]
     # A path saved before the paired rule is read with the relative rule.
     old = path.to_dict()
-    for key in ("rule", "level", "margin", "rule_used", "test", "p_values"):
+    for key in ("rule", "level", "margin", "paired_test", "rule_used", "test", "p_values"):
         del old[key]
     assert RadiusPath.from_dict(old).eligible == [0.0, 0.1, 0.3]
     # A single eligible radius: the path suggests radii next to it.
@@ -363,7 +484,7 @@ def test_radius_path_fits_each_radius_and_the_physics_alone():
     assert all(len(row["val_losses"]) == 12 for row in path.rows)   # 20 % of 60
     for row in path.rows:
         np.testing.assert_allclose(np.mean(row["val_losses"]), row["val_loss"], rtol=1e-4)
-    assert path.test == "paired t"
+    assert path.test == "signed rank"   # 12 samples resolve Holm's 0.05
     expected = choose_radius(path.rhos, [s["val_loss"] for s in path.summary], 0.25,
                              path.physics_only["val_loss"],
                              per_sample_losses=[row["val_losses"] for row in path.rows])
@@ -443,6 +564,8 @@ def test_radius_path_rejects_bad_input():
         kh.radius_path(ignores_sam, x, y, level=1.0)
     with pytest.raises(ValueError, match="margin=1.5"):
         kh.radius_path(ignores_sam, x, y, margin=1.5)
+    with pytest.raises(ValueError, match="paired_test='z'"):
+        kh.radius_path(ignores_sam, x, y, paired_test="z")
 
 
 def test_path_warns_of_an_eligible_radius_worse_on_most_points():

@@ -10,7 +10,7 @@ radius is chosen from data and the user sees how much the constants
 depend on it.
 
 Modules: `selection` (the paired and relative rules: `choose_radius`,
-`eligible_radii`, `radius_p_values`, ...), `result` (`RadiusPath`) and
+`eligible_radii`, `radius_p_values`, `signed_rank_test`, ...), `result` (`RadiusPath`) and
 `fitting` (`radius_path`). Everything is importable from
 `keras_hybrid.radius`.
 """
@@ -31,16 +31,20 @@ from keras_hybrid.radius.fitting import (  # noqa: F401
 )
 from keras_hybrid.radius.result import RadiusPath  # noqa: F401
 from keras_hybrid.radius.selection import (  # noqa: F401
+    PAIRED_TESTS,
     RULES,
     _check_lengths,
     _check_number,
+    _check_paired_test,
     _one_sided_p,
     choose_radius,
     eligible_radii,
     holm_rejections,
     paired_t_test,
     radius_p_values,
+    rank_test_resolves,
     selection_limit,
+    signed_rank_test,
 )
 
 #: The radii `radius_path` fits when `rhos` is not given (read at call time).

@@ -12,7 +12,7 @@ import numpy as np
 from keras_hybrid import radius as _pkg
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
-from keras_hybrid.radius.selection import RULES, _check_number
+from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test
 from keras_hybrid.sam import SAM
 
 
@@ -166,6 +166,7 @@ def radius_path(
     rule="paired",
     level=0.05,
     margin=0.0,
+    paired_test="auto",
     physics_only=True,
     batch_size=None,
     split_seed=0,
@@ -182,9 +183,12 @@ def radius_path(
     The radius is chosen by `choose_radius` from the validation losses,
     never from the constants themselves. By default (`rule="paired"`)
     every radius is compared with the radius of lowest mean validation
-    loss by a one-sided paired t test on the per-sample validation losses
+    loss by a one-sided paired test on the per-sample validation losses
     (each validation sample scored by both models; averaged over seeds),
-    with Holm's correction over the radii at family-wise level `level`:
+    with Holm's correction over the radii at family-wise level `level`.
+    The test is Wilcoxon's signed-rank test, which a few samples with
+    large errors cannot sway, or the t test when the validation samples
+    are too few for ranks to reject (`paired_test="auto"`):
 
     ```
     eligible = {rho : not significantly worse than the best,  L_val(rho) <= L_val(physics)}
@@ -243,6 +247,8 @@ def radius_path(
             the physics part alone that a radius may give up before the
             paired rule counts it as worse (`0`: any significant
             difference counts). Defaults to `0.0`.
+        paired_test: the paired rule's test: `"auto"`, `"signed_rank"`
+            or `"t"` (see `kh.radius_p_values`). Defaults to `"auto"`.
         physics_only: fit the physics-only reference. Defaults to `True`.
         batch_size: batch size of `fit`, `evaluate` and `predict`.
             Defaults to `None` (Keras's default, 32).
@@ -298,6 +304,7 @@ def radius_path(
     margin = _check_number("margin", margin, minimum=0.0)
     if margin >= 1.0:
         raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
+    _check_paired_test(paired_test)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError(
@@ -329,5 +336,6 @@ def radius_path(
         reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
                                       fit_kwargs)
     path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
-                      noise_level, rule=rule, level=level, margin=margin)
+                      noise_level, rule=rule, level=level, margin=margin,
+                      paired_test=paired_test)
     return path

@@ -37,7 +37,10 @@ class RadiusPath:
         rule_used: the rule applied (`"paired"` falls back to
             `"relative"` when the rows carry neither per-sample losses nor
             standard errors).
-        test: `"paired t"`, `"unpaired z"` or `None` (relative rule).
+        test: the test applied: `"signed rank"`, `"paired t"`,
+            `"unpaired z"` or `None` (relative rule).
+        paired_test: the paired rule's test asked for (`"auto"`,
+            `"signed_rank"` or `"t"`; see `kh.radius_p_values`).
         p_values: per radius, the one-sided p-value of "worse than the
             best radius" (`None` under the relative rule).
         level: family-wise level of the paired rule.
@@ -64,7 +67,7 @@ class RadiusPath:
     """
 
     def __init__(self, rows, physics_only, sam, tolerance, stable_tolerance, units, models,
-                 noise_level=2.0, rule="paired", level=0.05, margin=0.0):
+                 noise_level=2.0, rule="paired", level=0.05, margin=0.0, paired_test="auto"):
         self.rows = rows
         self.noise_level = noise_level
         self.physics_only = physics_only
@@ -75,6 +78,7 @@ class RadiusPath:
         self.rule = rule
         self.level = level
         self.margin = margin
+        self.paired_test = paired_test
         self.rhos = sorted({row["rho"] for row in rows})
         self.summary = [self._summarize(rho) for rho in self.rhos]
         reference = None if physics_only is None else physics_only["val_loss"]
@@ -84,7 +88,8 @@ class RadiusPath:
         if any(x is None for x in samples):
             samples = None
         result = eligible_radii(self.rhos, val, tolerance, reference, se, noise_level, rule=rule,
-                                per_sample_losses=samples, level=level, margin=margin)
+                                per_sample_losses=samples, level=level, margin=margin,
+                                paired_test=paired_test)
         finite = [v for v in val if math.isfinite(v)]
         best = min(finite) if finite else math.nan
         self.eligible = result["eligible"]
@@ -236,6 +241,7 @@ class RadiusPath:
             "rule": self.rule,
             "level": self.level,
             "margin": self.margin,
+            "paired_test": self.paired_test,
             "rule_used": self.rule_used,
             "test": self.test,
             "p_values": self.p_values,
@@ -255,11 +261,13 @@ class RadiusPath:
     def from_dict(cls, config):
         """A `RadiusPath` from `to_dict()`'s output (without its models:
         `best_model` is `None`)."""
-        # Paths saved before the paired rule was chosen with the relative rule.
+        # Paths saved before the paired rule chose with the relative rule,
+        # and those saved before the signed-rank test with the t test.
         return cls(config["rows"], config["physics_only"], SAM.from_config(config["sam"]),
                    config["tolerance"], config.get("stable_tolerance", 0.05), config["units"], {},
                    config.get("noise_level", 2.0), rule=config.get("rule", "relative"),
-                   level=config.get("level", 0.05), margin=config.get("margin", 0.0))
+                   level=config.get("level", 0.05), margin=config.get("margin", 0.0),
+                   paired_test=config.get("paired_test", "t"))
 
     def __str__(self):
         names = list(self.summary[0]["constants"]) if self.summary else []
@@ -320,7 +328,7 @@ class RadiusPath:
             )
         for rho, worse, n in self.mostly_worse():
             why = (": its excess loss sits in a few points, where the paired t test has little power"
-                   if self.rule_used == "paired" else "")
+                   if self.test == "paired t" else "")
             lines.append(
                 f"rho = {rho:g} is eligible although it is worse than the best radius on {worse} "
                 f"of {n} validation points (sign test below level {self.level:g}){why}"

@@ -1,6 +1,6 @@
-"""The radius selection rules: the paired t test of each radius against the
-best one with Holm's correction, the former relative rule, and the
-eligible set and chosen radius they give.
+"""The radius selection rules: a paired test (Wilcoxon signed-rank, or t)
+of each radius against the best one with Holm's correction, the former
+relative rule, and the eligible set and chosen radius they give.
 
 Pure functions of validation losses; no model is fitted here.
 """
@@ -12,6 +12,11 @@ import numpy as np
 
 
 RULES = ("paired", "relative")
+
+#: The paired rule's tests: `"auto"` is the signed-rank test when there are
+#: enough validation samples for it to reject at Holm's smallest threshold,
+#: else the t test.
+PAIRED_TESTS = ("auto", "signed_rank", "t")
 
 
 def _one_sided_p(statistic, dof):
@@ -80,13 +85,118 @@ def paired_t_test(losses, best_losses, margin=0.0):
     return t, _one_sided_p(t, d.size - 1)
 
 
+# Below this many nonzero differences the signed-rank p-value is exact.
+_EXACT_SIGNED_RANK = 200
+
+
+def signed_rank_test(losses, best_losses, margin=0.0):
+    """One-sided Wilcoxon signed-rank test: do `losses` tend to exceed
+    `best_losses` by more than `margin`?
+
+    The per-sample differences `d_i = losses_i - best_losses_i - margin`
+    that are not zero are ranked by `|d_i|` (ties get their mean rank),
+    and `W+` sums the ranks of the positive ones. Under the null hypothesis
+    (differences symmetric about zero) each rank's sign is a fair coin, so
+
+    ```
+    p = P(W+ >= observed W+)
+    ```
+
+    exactly (by enumeration of the sign patterns, ties included) up to 200
+    nonzero differences, and from the normal approximation with the tie
+    correction and a continuity correction above.
+
+    Unlike the paired t test it reads ranks, not sizes: a few samples with
+    very large differences cannot hide that a model is worse on most of
+    the others, which is what skewed per-sample squared errors do to the t
+    test. It tests a shift of the differences' centre, not of their mean.
+
+    Args:
+        losses: per-sample losses of one model, shape `(n,)`, `n >= 2`.
+        best_losses: per-sample losses of the reference model on the same
+            samples, shape `(n,)`.
+        margin: the difference that does not count as worse, >= 0.
+            Defaults to `0.0`.
+
+    Returns:
+        `(w, p)`: the statistic `W+` and its one-sided p-value (`p = 1`
+        when every difference is zero).
+
+    Example:
+
+    >>> w, p = signed_rank_test([1.2, 2.1, 3.3, 4.4], [1.0, 2.0, 3.0, 4.0])
+    >>> w, p
+    (10.0, 0.0625)
+    """
+    margin = _check_number("margin", margin, minimum=0.0)
+    a = np.asarray(losses, "float64").reshape(-1)
+    b = np.asarray(best_losses, "float64").reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(
+            "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
+            f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
+        )
+    d = a - b - margin
+    d = d[d != 0.0]
+    if d.size == 0:
+        return 0.0, 1.0
+    # Twice the mean ranks are integers, so the exact null distribution of
+    # 2 W+ can be enumerated over integer sums.
+    doubled = _doubled_mean_ranks(np.abs(d))
+    w2 = int(np.sum(doubled[d > 0]))
+    if d.size <= _EXACT_SIGNED_RANK:
+        # probability[s] = P(2 W+ = s) over the ranks added so far.
+        probability = np.zeros(int(doubled.sum()) + 1)
+        probability[0] = 1.0
+        for r in doubled:  # r >= 2
+            shifted = np.zeros_like(probability)
+            shifted[r:] = probability[:-r]
+            probability = 0.5 * (probability + shifted)
+        return w2 / 2.0, float(min(1.0, probability[w2:].sum()))
+    n = d.size
+    _, tie_sizes = np.unique(np.abs(d), return_counts=True)
+    variance = n * (n + 1) * (2 * n + 1) / 24.0 - float(np.sum(tie_sizes**3 - tie_sizes)) / 48.0
+    z = (w2 / 2.0 - n * (n + 1) / 4.0 - 0.5) / math.sqrt(variance)
+    return w2 / 2.0, _one_sided_p(z, math.inf)
+
+
+def _doubled_mean_ranks(values):
+    """Twice the rank of each value (1-based), ties sharing their mean
+    rank: integers."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    doubled = np.empty(values.size, dtype=np.int64)
+    start = 0
+    while start < values.size:
+        stop = start + 1
+        while stop < values.size and sorted_values[stop] == sorted_values[start]:
+            stop += 1
+        doubled[order[start:stop]] = start + stop + 1  # 2 * mean of ranks start+1 .. stop
+        start = stop
+    return doubled
+
+
+def rank_test_resolves(num_samples, num_comparisons, level):
+    """Whether the exact signed-rank test on `num_samples` paired samples
+    can reject at Holm's smallest threshold `level / num_comparisons`: its
+    smallest p-value is `2**-num_samples` (every difference positive)."""
+    return 2.0 ** -num_samples <= level / max(num_comparisons, 1)
+
+
 def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=None,
-                    reference_loss=None, margin=0.0):
+                    reference_loss=None, margin=0.0, paired_test="auto", level=0.05):
     """One-sided p-values of "radius r fits the validation data worse than
     the best radius" (the test behind `choose_radius(rule="paired")`).
 
-    With per-sample validation losses, a paired t test of each radius
-    against the radius of lowest mean validation loss (`paired_t_test`).
+    With per-sample validation losses, a paired test of each radius
+    against the radius of lowest mean validation loss: the Wilcoxon
+    signed-rank test (`signed_rank_test`), or the t test
+    (`paired_t_test`). Per-sample squared errors are skewed: when a few
+    samples carry most of a radius's excess loss, the t test sees a large
+    variance and keeps a radius that is worse on nearly every sample,
+    where the rank test rejects it. With few samples the rank test cannot
+    reject at all (its smallest p-value is `2**-n`), and `"auto"` uses the
+    t test there.
     With only the standard error of each mean loss, the unpaired normal
     approximation `z = (L_r - L_best - m) / sqrt(se_r^2 + se_best^2)`,
     which is conservative (rejects less) when the per-sample losses of the
@@ -106,17 +216,23 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
         margin: fraction of the improvement of the best radius over the
             physics part alone that a radius may give up before it counts
             as worse, in [0, 1). Defaults to `0.0`.
+        paired_test: `"auto"` (signed-rank when
+            `rank_test_resolves(n, comparisons, level)`, else t),
+            `"signed_rank"` or `"t"`. Defaults to `"auto"`.
+        level: the family-wise level that `"auto"` checks the rank test's
+            resolution against. Defaults to `0.05`.
 
     Returns:
         `(p_values, method)`: a list (`1.0` for the best radius, `nan` for
-        non-finite losses or missing information) and `"paired t"`,
-        `"unpaired z"` or `None` (neither per-sample losses nor standard
-        errors: no test is possible).
+        non-finite losses or missing information) and `"signed rank"`,
+        `"paired t"`, `"unpaired z"` or `None` (neither per-sample losses
+        nor standard errors: no test is possible).
     """
     rhos, val_losses = list(rhos), [float(v) for v in val_losses]
     _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
                    standard_errors=standard_errors)
     margin = _check_number("margin", margin, minimum=0.0)
+    _check_paired_test(paired_test)
     if margin >= 1.0:
         raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
     finite = [i for i, v in enumerate(val_losses) if math.isfinite(v)]
@@ -144,17 +260,24 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
         ses = [float(s) for s in standard_errors]
     if samples is None and ses is None:
         return p, None
+    method = "unpaired z"
+    if samples is not None:
+        ranks = paired_test == "signed_rank" or (paired_test == "auto" and rank_test_resolves(
+            samples[best].size, len(finite) - 1, level))
+        method = "signed rank" if ranks else "paired t"
     for i in finite:
         if i == best:
             p[i] = 1.0
-        elif samples is not None:
+        elif method == "signed rank":
+            p[i] = signed_rank_test(samples[i], samples[best], delta)[1]
+        elif method == "paired t":
             p[i] = paired_t_test(samples[i], samples[best], delta)[1]
         else:
             scale = math.hypot(ses[i], ses[best])
             excess = val_losses[i] - val_losses[best] - delta
             z = excess / scale if scale > 0 else (math.inf if excess > 0 else -math.inf)
             p[i] = _one_sided_p(z, math.inf)
-    return p, ("paired t" if samples is not None else "unpaired z")
+    return p, method
 
 
 def holm_rejections(p_values, level):
@@ -183,7 +306,7 @@ def holm_rejections(p_values, level):
 
 def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standard_errors=None,
                    noise_level=2.0, *, rule="paired", per_sample_losses=None, level=0.05,
-                   margin=0.0):
+                   margin=0.0, paired_test="auto"):
     """The radii that `choose_radius` may choose, and how they were found.
 
     See `choose_radius` for the rules and the arguments.
@@ -193,13 +316,14 @@ def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standa
         when none passes), `best` (the radius of lowest validation loss),
         `rule` (the rule applied: `"paired"` or `"relative"`; `"paired"`
         falls back to `"relative"` when neither per-sample losses nor
-        standard errors are given), `test` (`"paired t"`, `"unpaired z"`
-        or `None`), `p_values` (per radius, `None` for the relative rule)
+        standard errors are given), `test` (`"signed rank"`, `"paired t"`,
+        `"unpaired z"` or `None`), `p_values` (per radius, `None` for the relative rule)
         and `limit` (the relative rule's largest accepted loss; for the
         paired rule the physics-only cap, or `inf`).
     """
     if rule not in RULES:
         raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
+    _check_paired_test(paired_test)
     rhos, val_losses = list(rhos), [float(v) for v in val_losses]
     _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
                    standard_errors=standard_errors)
@@ -212,7 +336,7 @@ def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standa
     p_values, test = None, None
     if rule == "paired":
         p_values, test = radius_p_values(rhos, val_losses, per_sample_losses, standard_errors,
-                                         reference_loss, margin)
+                                         reference_loss, margin, paired_test, level)
         if test is None:
             rule, p_values = "relative", None
     limit = selection_limit(rhos, val_losses, tolerance, reference_loss, standard_errors,
@@ -240,7 +364,7 @@ def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standa
 
 def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
                   standard_errors=None, noise_level=2.0, *, rule="paired",
-                  per_sample_losses=None, level=0.05, margin=0.0):
+                  per_sample_losses=None, level=0.05, margin=0.0, paired_test="auto"):
     """The radius chosen from validation losses alone.
 
     The rule prefers the strongest regularization: the largest radius
@@ -250,21 +374,25 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     `rule="paired"` (the default): a radius is eligible unless it is
     significantly worse than the best radius, by a one-sided test of the
     difference of their validation losses, with Holm's correction over
-    the radii (family-wise level `level`): a paired t test on per-sample
+    the radii (family-wise level `level`): a paired test on per-sample
     losses (`per_sample_losses`, the same validation samples scored at
     every radius), else the unpaired normal approximation from
-    `standard_errors` (conservative). The eligible set is then a
-    confidence set for the best radius: with probability about
-    `1 - level` no radius as good as the best is excluded. With many
-    validation samples it narrows to the radii the data cannot separate;
-    with few it stays wide. It is scale free: it depends on the losses
-    only through the ratio of their differences to their noise. It also
+    `standard_errors` (conservative). The paired test is the Wilcoxon
+    signed-rank test, or the t test where there are too few samples for
+    ranks to reject (`paired_test="auto"`, see `radius_p_values`). The
+    eligible set is then a confidence set for the best radius: with
+    probability about `1 - level` no radius as good as the best is
+    excluded. With many validation samples it narrows to the radii the
+    data cannot separate; with few it stays wide. It is scale free: it
+    depends on the losses only through ranks or the ratio of their
+    differences to their noise. It also
     depends on how many radii are compared: each added radius makes
     Holm's thresholds stricter, so a finer grid can widen the set.
 
     ```
-    d_i(r)   = loss_i(r) - loss_i(best)                 (per validation sample i)
-    t(r)     = (mean d(r) - m) / (std d(r) / sqrt(n)),  p(r) = P(T_{n-1} > t(r))
+    d_i(r)   = loss_i(r) - loss_i(best) - m             (per validation sample i)
+    p(r)     = P(W+ >= W+(r))   W+: sum of the ranks of |d_i| over d_i > 0  (signed rank)
+          or   P(T_{n-1} > mean d(r) / (std d(r) / sqrt(n)))                  (t)
     m        = margin * (L_ref - L_best)                (0 without a reference)
     eligible = {r : Holm at `level` does not reject r, and L_val(r) <= L_ref}
     chosen   = max(eligible)
@@ -313,6 +441,8 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
         margin: the `"paired"` rule's tolerated fraction of the gap
             between the physics part alone and the best radius, in
             [0, 1). Defaults to `0.0`.
+        paired_test: the `"paired"` rule's test on per-sample losses:
+            `"auto"`, `"signed_rank"` or `"t"`. Defaults to `"auto"`.
 
     Returns:
         The chosen radius (an element of `rhos`), or `None` if no
@@ -328,7 +458,7 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     """
     result = eligible_radii(rhos, val_losses, tolerance, reference_loss, standard_errors,
                             noise_level, rule=rule, per_sample_losses=per_sample_losses,
-                            level=level, margin=margin)
+                            level=level, margin=margin, paired_test=paired_test)
     return max(result["eligible"]) if result["eligible"] else None
 
 
@@ -366,6 +496,12 @@ def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
     if reference_loss is not None and math.isfinite(reference_loss):
         limit = min(limit, reference_loss)
     return limit
+
+
+def _check_paired_test(paired_test):
+    if paired_test not in PAIRED_TESTS:
+        raise ValueError(
+            f"`paired_test` must be one of {PAIRED_TESTS}. Received: paired_test={paired_test!r}")
 
 
 def _check_number(arg, value, minimum=None, integer=False):
