@@ -16,7 +16,11 @@ so about 2x the plain step is its limit; the goals: SAM / Keras plain
 
 `--guard-cost` adds variants of the SAM and plain steps without the check
 that rolls back an update making weights or optimizer state non-finite
-(`keras_hybrid.non_finite`), to measure what that check costs.
+(`keras_hybrid.non_finite`), to measure what that check costs, and a SAM
+step without that check and without the fallback to the plain gradient
+(`keras_hybrid.models._select`, a `cond` that waits for the finiteness of
+every perturbed gradient before the optimizer may start): what removing
+that wait could gain at most.
 
 Run:
 
@@ -33,7 +37,7 @@ import _common as common
 import keras
 
 import keras_hybrid as kh
-from keras_hybrid import non_finite
+from keras_hybrid import models, non_finite
 
 GOAL = 2.0
 PLAIN_GOAL = 1.05
@@ -53,6 +57,18 @@ def _unguarded():
         yield
     finally:
         non_finite._apply_and_keep_if_finite = saved
+
+
+@contextlib.contextmanager
+def _without_fallback():
+    # The perturbed gradients are applied whatever their finiteness.
+    saved = models._select
+    models._select = lambda condition, if_true, if_false: list(if_false)
+    try:
+        with _unguarded():
+            yield
+    finally:
+        models._select = saved
 
 
 def mlp_variants(steps, jit_modes, kinds):
@@ -89,7 +105,9 @@ def pendulum_variants(steps, jit_modes, kinds, batch_size=50):
 
 def _runner(model, x, y, batch_size, steps, kind):
     def run():
-        with _unguarded() if kind.endswith("unguarded") else contextlib.nullcontext():
+        context = (_without_fallback() if kind.endswith("no fallback") else
+                   _unguarded() if kind.endswith("unguarded") else contextlib.nullcontext())
+        with context:
             return common.epoch_step_time(model, x, y, batch_size, steps)
 
     return run
@@ -98,11 +116,12 @@ def _runner(model, x, y, batch_size, steps, kind):
 def report(title, results, jit_modes, kinds):
     print(f"\n{title}: step time, median (min-max) over rounds; wall/CPU: median per round")
     for (kind, jit), values in results.items():
-        print(f"  {kind:<13} jit_compile={str(jit):<5} {common.format_timings(values)}")
+        print(f"  {kind:<20} jit_compile={str(jit):<5} {common.format_timings(values)}")
     ratios = {}
     for jit in jit_modes:
         for kind, reference, goal in (("SAM", "plain", GOAL), ("ours plain", "plain", PLAIN_GOAL),
                                       ("SAM", "SAM unguarded", None),
+                                      ("SAM unguarded", "SAM no fallback", None),
                                       ("ours plain", "ours plain unguarded", None)):
             if kind in kinds and reference in kinds:
                 ratios[(f"{kind} / {reference}", jit)] = (
@@ -117,11 +136,13 @@ def main(argv=None):
     parser.add_argument("--workload", choices=("all", "mlp", "pendulum"), default="all")
     parser.add_argument("--no-jit-only", action="store_true", help="skip jit_compile=True")
     parser.add_argument("--guard-cost", action="store_true",
-                        help="add SAM and our plain step without the non-finite rollback check")
+                        help="add SAM and our plain step without the non-finite rollback check, "
+                             "and SAM without it and without the fallback")
     args = parser.parse_args(argv)
 
     rounds = args.rounds or (5 if args.quick else 15)
-    kinds = KINDS + (("SAM unguarded", "ours plain unguarded") if args.guard_cost else ())
+    kinds = KINDS + (("SAM unguarded", "SAM no fallback", "ours plain unguarded")
+                     if args.guard_cost else ())
     mlp_steps, pendulum_steps = (6, 4) if args.quick else (20, 8)
     jit_modes = (False,) if args.no_jit_only else (False, True)
     print(common.machine_line())

@@ -95,8 +95,8 @@ def run_auto(task, cfg, data, seed, epochs=None):
     largest radius not significantly worse than the best one by a
     one-sided paired test (signed-rank, or t with too few samples) on the
     per-trajectory (per-point) validation losses, Holm's correction at
-    level 0.05, and not worse than the
-    physics part alone). A task may set `auto_rule = "relative"` for the
+    level 0.05, and not worse than the physics part alone). A task may
+    set `auto_rule = "relative"` for the
     former rule (within the larger of `auto_tolerance` and two standard
     errors of the best loss).
 

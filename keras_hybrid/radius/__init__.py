@@ -10,9 +10,9 @@ radius is chosen from data and the user sees how much the constants
 depend on it.
 
 Modules: `selection` (the paired and relative rules: `choose_radius`,
-`eligible_radii`, `radius_p_values`, `signed_rank_test`, ...), `result` (`RadiusPath`) and
-`fitting` (`radius_path`). Everything is importable from
-`keras_hybrid.radius`.
+`eligible_radii`, `radius_p_values`, `signed_rank_test`, ...), `result`
+(`RadiusPath`) and `fitting` (`radius_path`). Everything is importable
+from `keras_hybrid.radius`.
 """
 
 from keras_hybrid.radius.fitting import (  # noqa: F401
