@@ -584,3 +584,27 @@ def test_path_warns_of_an_eligible_radius_worse_on_most_points():
     # At level 0.01 the sign test does not flag it.
     strict = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, level=0.01)
     assert strict.mostly_worse() == [] and "although it is worse" not in str(strict)
+
+
+def test_path_warns_of_an_eligible_radius_worse_on_average():
+    # Radius 0.3 is better than the best (0) on 16 of 20 points by 0.01 and
+    # worse on 4 by 2.0: W+ = 17 + 18 + 19 + 20 = 74 of 210, so the
+    # signed-rank test keeps it, while its mean is 0.392 higher:
+    # sd 0.8249, t = 0.392 / (0.8249 / sqrt 20) = 2.125, p = 0.023.
+    best = list(np.linspace(1.0, 2.0, 20))
+    rival = [b - 0.01 for b in best[:16]] + [b + 2.0 for b in best[16:]]
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.5}, "train_loss": 5.0,
+               "val_loss": 5.0, "net_share": 0.0}
+    rows = [_sample_row(0.0, 0, best, 1.0), _sample_row(0.3, 0, rival, 0.9)]
+    path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {})
+    assert path.test == "signed rank" and path.eligible == [0.0, 0.3] and path.chosen == 0.3
+    [(rho, p)] = path.worse_on_average()
+    assert rho == 0.3 and p == pytest.approx(kh.paired_t_test(rival, best)[1])
+    assert p == pytest.approx(0.023, abs=1e-3)
+    assert "rho = 0.3 is eligible although its mean validation loss is higher" in str(path)
+    # Under the t test the rule itself rejects it, and nothing is to be said.
+    t_rule = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, paired_test="t")
+    assert t_rule.eligible == [0.0] and t_rule.worse_on_average() == []
+    # At level 0.01 neither the rule nor the warning fires.
+    strict = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, level=0.01)
+    assert strict.eligible == [0.0, 0.3] and strict.worse_on_average() == []

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from keras_hybrid.radius.selection import eligible_radii
+from keras_hybrid.radius.selection import eligible_radii, paired_t_test
 from keras_hybrid.sam import SAM
 
 
@@ -161,6 +161,20 @@ class RadiusPath:
             return change, True
         return change, max(change.values()) > self.stable_tolerance
 
+    def _eligible_against_best(self):
+        """`(rho, its per-sample validation losses, the best radius's)` for
+        each eligible radius other than the one of lowest mean loss (none
+        without per-sample losses)."""
+        samples = {rho: self._per_sample(rho) for rho in self.rhos}
+        finite = [s for s in self.summary if math.isfinite(s["val_loss"])]
+        if not finite:
+            return []
+        best = min(finite, key=lambda s: s["val_loss"])["rho"]
+        if samples.get(best) is None:
+            return []
+        return [(rho, np.asarray(samples[rho]), np.asarray(samples[best]))
+                for rho in self.eligible if rho != best and samples.get(rho) is not None]
+
     def mostly_worse(self):
         """Eligible radii that a one-sided sign test on the per-sample
         validation losses finds worse than the radius of lowest mean loss
@@ -169,22 +183,32 @@ class RadiusPath:
         Returns:
             A list of `(rho, points worse, points that differ)`.
         """
-        samples = {rho: self._per_sample(rho) for rho in self.rhos}
-        finite = [s for s in self.summary if math.isfinite(s["val_loss"])]
-        if not finite:
-            return []
-        best = min(finite, key=lambda s: s["val_loss"])["rho"]
-        if samples.get(best) is None:
-            return []
         out = []
-        for rho in self.eligible:
-            if rho == best or samples.get(rho) is None:
-                continue
-            diff = np.asarray(samples[rho]) - np.asarray(samples[best])
+        for rho, losses, best_losses in self._eligible_against_best():
+            diff = losses - best_losses
             worse, n = int(np.sum(diff > 0)), int(np.sum(diff != 0))
             tail = sum(math.comb(n, k) for k in range(worse, n + 1)) / 2.0**n if n else 1.0
             if tail < self.level:
                 out.append((rho, worse, n))
+        return out
+
+    def worse_on_average(self):
+        """Eligible radii whose mean validation loss a one-sided paired t
+        test finds higher than the best radius's (at `level`, no
+        multiplicity correction: a warning, not a rule). The signed-rank
+        test reads ranks, so it keeps a radius that is better on most
+        samples but far worse on a few; this names such radii.
+
+        Returns:
+            A list of `(rho, p-value)`; empty under the t test itself.
+        """
+        if self.test != "signed rank":
+            return []
+        out = []
+        for rho, losses, best_losses in self._eligible_against_best():
+            _, p = paired_t_test(losses, best_losses)
+            if p < self.level:
+                out.append((rho, p))
         return out
 
     def selection_ranges(self):
@@ -332,6 +356,12 @@ class RadiusPath:
             lines.append(
                 f"rho = {rho:g} is eligible although it is worse than the best radius on {worse} "
                 f"of {n} validation points (sign test below level {self.level:g}){why}"
+            )
+        for rho, p in self.worse_on_average():
+            lines.append(
+                f"rho = {rho:g} is eligible although its mean validation loss is higher than the "
+                f"best radius's (paired t test, p = {p:.2g}): a few validation points carry a "
+                "large excess"
             )
         if len(self.eligible) >= 2 and not self.probed:
             changes = ", ".join(f"{key.replace('_', ' ')} within {value:.2%}"
