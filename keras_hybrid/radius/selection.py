@@ -34,6 +34,19 @@ def _one_sided_p(statistic, dof):
     return tail if statistic > 0 else 1.0 - tail
 
 
+def _paired_differences(losses, best_losses):
+    """`losses - best_losses` as float64 vectors of the same samples (at
+    least two)."""
+    a = np.asarray(losses, "float64").reshape(-1)
+    b = np.asarray(best_losses, "float64").reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(
+            "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
+            f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
+        )
+    return a - b
+
+
 def paired_t_test(losses, best_losses, margin=0.0):
     """One-sided paired t test: is `losses` larger than `best_losses` by
     more than `margin`?
@@ -68,14 +81,7 @@ def paired_t_test(losses, best_losses, margin=0.0):
     (3.464, 0.0371)
     """
     margin = _check_number("margin", margin, minimum=0.0)
-    a = np.asarray(losses, "float64").reshape(-1)
-    b = np.asarray(best_losses, "float64").reshape(-1)
-    if a.shape != b.shape or a.size < 2:
-        raise ValueError(
-            "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
-            f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
-        )
-    d = a - b
+    d = _paired_differences(losses, best_losses)
     excess = float(np.mean(d)) - margin
     sd = float(np.std(d, ddof=1))
     if sd == 0.0:
@@ -129,14 +135,7 @@ def signed_rank_test(losses, best_losses, margin=0.0):
     (10.0, 0.0625)
     """
     margin = _check_number("margin", margin, minimum=0.0)
-    a = np.asarray(losses, "float64").reshape(-1)
-    b = np.asarray(best_losses, "float64").reshape(-1)
-    if a.shape != b.shape or a.size < 2:
-        raise ValueError(
-            "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
-            f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
-        )
-    d = a - b - margin
+    d = _paired_differences(losses, best_losses) - margin
     d = d[d != 0.0]
     if d.size == 0:
         return 0.0, 1.0
