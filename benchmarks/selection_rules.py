@@ -99,7 +99,7 @@ N_ARCHITECTURE_RERUNS = 4
 # configuration" of RESULTS.md).
 FULL_CONFIGURATION = [
     ("pendulum vector_field, full", [f"pendulum_vector_field_full_sam-auto_default-radii_seed{s}.json"
-                                     for s in (0, 1)], ["pendulum.json"], "design"),
+                                     for s in (0, 1, 2)], ["pendulum.json"], "design"),
     ("pendulum output, full", [f"pendulum_output_full_sam-auto_default-radii_seed{s}.json"
                                for s in (0, 1, 2)],
      [f"pendulum_output_full_erm_l2_minnorm_seed{s}.json" for s in (0, 1, 2)], "design"),
