@@ -24,7 +24,13 @@ Run:
 ```
 python benchmarks/vs_tf_keras.py --quick   # 5 rounds, jit_compile=False, about 5 minutes
 python benchmarks/vs_tf_keras.py           # full run (also jit_compile=True)
+python benchmarks/vs_tf_keras.py --quick --steps 30 --steps-per-execution 10   # the fit loop's share
 ```
+
+The step times are epoch times over steps, so they include each
+framework's own per-epoch and per-call work of `fit`; more steps per
+epoch (`--steps`) and per call (`--steps-per-execution`) shrink those
+shares.
 """
 
 import argparse
@@ -38,6 +44,9 @@ import time
 import numpy as np
 
 FEATURES, WIDTH, OUTPUTS, BATCH = 128, 1024, 10, 1024
+# Steps per call of the compiled train function (`compile(steps_per_execution=...)`),
+# set by `--steps-per-execution`.
+STEPS_PER_EXECUTION = 1
 GOAL = 1.0
 PLAIN_GOAL = 1.05
 VARIANTS = ("keras_hybrid SAM", "tf_keras SAM", "keras_hybrid plain", "tf_keras plain")
@@ -87,7 +96,8 @@ def build(variant, jit):
         model = net
         if kind == "SAM":
             model = k.models.experimental.SharpnessAwareMinimization(net, rho=0.05)
-        model.compile(optimizer=k.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
+        model.compile(optimizer=k.optimizers.Adam(1e-3), loss="mse", jit_compile=jit,
+                      steps_per_execution=STEPS_PER_EXECUTION)
         return model, k
     import keras
 
@@ -105,7 +115,8 @@ def build(variant, jit):
     model = net
     if kind == "SAM":
         model = kh.SAMModel(net, sam=kh.SAM(rho=0.05, perturb="all"))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=jit,
+                  steps_per_execution=STEPS_PER_EXECUTION)
     return model, keras
 
 
@@ -214,6 +225,7 @@ def run_child(variant, jit, steps, epochs, warmup, profile=False):
     command = [
         sys.executable, os.path.abspath(__file__), "--child", variant,
         "--steps", str(steps), "--epochs", str(epochs), "--warmup", str(warmup),
+        "--steps-per-execution", str(STEPS_PER_EXECUTION),
     ] + (["--jit"] if jit else []) + (["--profile"] if profile else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -254,11 +266,15 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=None, help="measured epochs per subprocess")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured epochs per subprocess")
+    parser.add_argument("--steps-per-execution", type=int, default=1,
+                        help="training steps per call of the compiled train function, for every variant")
     parser.add_argument("--no-xla", action="store_true", help="only jit_compile=False")
     parser.add_argument("--profile", action="store_true",
                         help="only profile: each step's schedule (idle, one kernel, two or more) for the four "
                              "variants, and CPU time per op type of the SAM steps (tf.profiler)")
     args = parser.parse_args(argv)
+    global STEPS_PER_EXECUTION
+    STEPS_PER_EXECUTION = args.steps_per_execution
 
     steps = args.steps or (6 if args.quick else 16)
     epochs = args.epochs or (3 if args.quick else 6)
@@ -275,7 +291,7 @@ def main(argv=None):
     print(f"machine: {os.cpu_count()} CPU cores; load average {one:.2f}, {five:.2f}, {fifteen:.2f}")
     print(f"{'quick' if args.quick else 'full'} mode: {rounds} round(s) of one subprocess per "
           f"variant (alternating); each: {args.warmup} warm-up + {epochs} measured epochs of "
-          f"{steps} steps, batch {BATCH}")
+          f"{steps} steps, batch {BATCH}, {STEPS_PER_EXECUTION} step(s) per execution")
     results = {(v, jit): [] for jit in jit_modes for v in VARIANTS}
     keys = list(results)
     for r in range(rounds):
