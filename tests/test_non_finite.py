@@ -232,3 +232,39 @@ def test_skipped_steps_are_logged_without_a_guard_warning_in_skip_mode():
         history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
     assert history.history["skipped_steps"] == [1, 1]
     assert int(model.optimizer.iterations) == 2
+
+
+def _offset_sam_model(on_non_finite, steps_per_execution):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1,))
+    layer = kh.ScientificLayer(offset, [kh.PhysicalConstant("w0", 0.5, "rad/s", "positive")])
+    hidden = keras.layers.Dense(4, activation="tanh")(inputs)
+    outputs = keras.layers.Add()([layer(inputs), keras.layers.Dense(1)(hidden)])
+    model = kh.HybridModel(inputs, outputs, sam=kh.SAM(rho=0.05, perturb="all"),
+                           on_non_finite=on_non_finite)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse",
+                  steps_per_execution=steps_per_execution)
+    return model
+
+
+def test_several_steps_per_execution_train_and_record_like_one():
+    # 16 points, batches of 4: four steps per epoch, the second with an inf
+    # target. Four steps per call of the train function must give the same
+    # weights, optimizer state and records as one step per call.
+    x = np.linspace(0.1, 1.0, 16, dtype="float32")[:, None]
+    y = x + 1.0
+    y[5, 0] = np.inf
+    histories, states = [], []
+    for steps_per_execution in (1, 4):
+        model = _offset_sam_model("skip", steps_per_execution)
+        histories.append(model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False).history)
+        states.append(_state(model))
+        assert int(model.optimizer.iterations) == 6
+    for history in histories:
+        assert history["skipped_steps"] == [1, 1] and history["sam_fallbacks"] == [0, 0]
+    for u, v in zip(*states):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    # The step reported is the batch within the epoch, not the call.
+    model = _offset_sam_model("warn", 4)
+    with pytest.warns(UserWarning, match="Non-finite training loss \\(inf\\) at epoch 0, batch 1"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
