@@ -36,7 +36,7 @@ correlated, as they are on shared validation samples. Paths without
 standard errors (`arrhenius_quick3`, `michaelis_menten`) get
 `se = L sqrt(2 / n_val)` (squared Gaussian residuals), marked `~se`.
 
-NumPy and the standard library only (no TensorFlow start-up):
+No model is fitted; about 10 s, most of it importing the package (TensorFlow):
 
 ```
 python benchmarks/selection_rules.py                 # tables of every rule
@@ -515,8 +515,7 @@ def single_paths_table(rules):
 def check_library(cells, trust):
     """The library's `choose_radius` (paired rule, Holm, level 0.05, t and
     signed-rank tests) must choose what `rule_test(level=0.05,
-    correction="holm")` chooses here on every stored path (imports
-    TensorFlow)."""
+    correction="holm")` chooses here on every stored path."""
     from keras_hybrid.radius import choose_radius
 
     n = 0
@@ -558,7 +557,7 @@ def main(argv=None):
                         help="cache of benchmarks/trust_verdicts.py whose path.json has per-sample "
                              "losses (`trust_verdicts.py samples`)")
     parser.add_argument("--check-library", action="store_true",
-                        help="check that kh.choose_radius makes the same choices (imports TensorFlow)")
+                        help="check that kh.choose_radius makes the same choices")
     args = parser.parse_args(argv)
     cells = [load_cell(*c) for c in CELLS]
     print("Rivals and radius paths (relative error of the constants)\n")
