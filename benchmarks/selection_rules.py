@@ -103,6 +103,9 @@ FULL_CONFIGURATION = [
     ("pendulum output, full", [f"pendulum_output_full_sam-auto_default-radii_seed{s}.json"
                                for s in (0, 1, 2)],
      [f"pendulum_output_full_erm_l2_minnorm_seed{s}.json" for s in (0, 1, 2)], "design"),
+    ("pendulum nonadditive, full", [f"pendulum_nonadditive_full_sam-auto_default-radii_seed{s}.json"
+                                    for s in (0, 1, 2)],
+     [f"pendulum_nonadditive_full_erm_l2_seed{s}.json" for s in (0, 1, 2)], "held out"),
 ]
 
 # Single stored paths with per-sample losses and no rival methods: the
