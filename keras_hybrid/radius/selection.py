@@ -164,14 +164,12 @@ def _doubled_mean_ranks(values):
     rank: integers."""
     order = np.argsort(values, kind="stable")
     sorted_values = values[order]
+    # Runs of equal values: positions start..stop-1 share the ranks
+    # start+1..stop, whose mean doubled is start + stop + 1.
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    stops = np.r_[starts[1:], values.size]
     doubled = np.empty(values.size, dtype=np.int64)
-    start = 0
-    while start < values.size:
-        stop = start + 1
-        while stop < values.size and sorted_values[stop] == sorted_values[start]:
-            stop += 1
-        doubled[order[start:stop]] = start + stop + 1  # 2 * mean of ranks start+1 .. stop
-        start = stop
+    doubled[order] = np.repeat(starts + stops + 1, stops - starts)
     return doubled
 
 
