@@ -54,6 +54,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from keras_hybrid.radius.selection import signed_rank_test
 from keras_hybrid.uncertainty import _betainc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -189,8 +190,6 @@ def _p_values(path, margin=0.0, test="t"):
         if i == b:
             out.append(math.nan)
         elif path.get("samples") is not None and test == "signed rank":
-            from keras_hybrid.radius.selection import signed_rank_test
-
             out.append(signed_rank_test(path["samples"][i], path["samples"][b], delta)[1])
         elif path.get("samples") is not None:
             a, best = (np.asarray(path["samples"][j], "float64") for j in (i, b))

@@ -93,6 +93,7 @@ class RadiusPath:
         finite = [v for v in val if math.isfinite(v)]
         best = min(finite) if finite else math.nan
         self.eligible = result["eligible"]
+        self._best_rho = result["best"]
         self.chosen = max(self.eligible) if self.eligible else None
         self.limit = result["limit"]
         self.rule_used = result["rule"]
@@ -165,15 +166,16 @@ class RadiusPath:
         """`(rho, its per-sample validation losses, the best radius's)` for
         each eligible radius other than the one of lowest mean loss (none
         without per-sample losses)."""
-        samples = {rho: self._per_sample(rho) for rho in self.rhos}
-        finite = [s for s in self.summary if math.isfinite(s["val_loss"])]
-        if not finite:
+        best = self._best_rho
+        best_losses = None if best is None else self._per_sample(best)
+        if best_losses is None:
             return []
-        best = min(finite, key=lambda s: s["val_loss"])["rho"]
-        if samples.get(best) is None:
-            return []
-        return [(rho, np.asarray(samples[rho]), np.asarray(samples[best]))
-                for rho in self.eligible if rho != best and samples.get(rho) is not None]
+        out = []
+        for rho in self.eligible:
+            losses = None if rho == best else self._per_sample(rho)
+            if losses is not None:
+                out.append((rho, np.asarray(losses), np.asarray(best_losses)))
+        return out
 
     def mostly_worse(self):
         """Eligible radii that a one-sided sign test on the per-sample
