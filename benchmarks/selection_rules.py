@@ -109,6 +109,18 @@ FULL_CONFIGURATION = [
      [f"pendulum_nonadditive_full_erm_l2_seed{s}.json" for s in (0, 1, 2)], "held out"),
 ]
 
+# The same output and nonadditive paths against rivals whose hyperparameter
+# was chosen on that architecture (the CLI's sweep on seed 0 and its rule),
+# where the cells above used the vector_field architecture's choices.
+FULL_CONFIGURATION_TUNED = [
+    ("pendulum output, full, rivals tuned", FULL_CONFIGURATION[1][1],
+     [(f"pendulum_output_full_erm_l2_minnorm_seed{s}.json", ("erm",)) for s in (0, 1, 2)]
+     + ["pendulum_output_full_l2_minnorm_tuned.json"], "design"),
+    ("pendulum nonadditive, full, l2 tuned", FULL_CONFIGURATION[2][1],
+     [(f"pendulum_nonadditive_full_erm_l2_seed{s}.json", ("erm",)) for s in (0, 1, 2)]
+     + ["pendulum_nonadditive_full_l2_tuned.json"], "held out"),
+]
+
 # Single stored paths with per-sample losses and no rival methods: the
 # trust path of issue 10 case (b) (truth w0 = 1) and the real cooling
 # curve (no known truth).
@@ -269,6 +281,8 @@ RULES = collections.OrderedDict([
     ("paired, Holm 5 %, margin 0.1", lambda p: rule_test(p, 0.05, "holm", 0.1)),
     ("paired, Holm 5 %, margin 0.2", lambda p: rule_test(p, 0.05, "holm", 0.2)),
     ("signed rank, Holm 5 % (default)", lambda p: rule_test(p, 0.05, "holm", test="signed rank")),
+    ("signed rank, Holm 5 %, margin 0.05", lambda p: rule_test(p, 0.05, "holm", 0.05, test="signed rank")),
+    ("signed rank, Holm 5 %, margin 0.1", lambda p: rule_test(p, 0.05, "holm", 0.1, test="signed rank")),
     ("paired t on log losses, Holm 5 %", lambda p: rule_test(p, 0.05, "holm", test="log t")),
     ("gap tau=0.1 (no test)", lambda p: rule_gap(p, 0.1)),
     ("plateau of the constants (no test)", rule_plateau),
@@ -285,15 +299,18 @@ def rel_error(constants, truth):
 
 def load_cell(label, paths_files, method_files, role):
     """`paths_files`: one file with the `sam-auto` paths, or a list of them
-    (one per seed, same configuration)."""
+    (one per seed, same configuration). `method_files`: files with the
+    rival methods' results, each a name or `(name, methods)`."""
     if isinstance(paths_files, str):
         paths_files = [paths_files]
     reports = [json.load(open(os.path.join(RESULTS, f))) for f in paths_files]
     report = reports[0]
     results = [r for rep in reports for r in rep["results"]]
-    for f in method_files:
+    for entry in method_files:
+        # A file name, or `(file name, methods)` to take only those methods from it.
+        f, methods = (entry, None) if isinstance(entry, str) else entry
         results += [r for r in json.load(open(os.path.join(RESULTS, f)))["results"]
-                    if r["method"] != "sam-auto"]
+                    if r["method"] != "sam-auto" and (methods is None or r["method"] in methods)]
     n_val = report["config"].get("n_val")
     autos = [r for r in results if r["method"] == "sam-auto" and "radius_path" in r]
     seeds = []
@@ -582,6 +599,12 @@ def main(argv=None):
     if full:
         print("\nFull configuration, default radii, per-sample validation losses\n")
         print(table(full, RULES, n_arch=len(full)))
+    tuned = [load_cell(*c) for c in FULL_CONFIGURATION_TUNED
+             if all(os.path.exists(os.path.join(RESULTS, f if isinstance(f, str) else f[0]))
+                    for f in c[1] + c[2])]
+    if tuned:
+        print("\nThe same paths against rivals tuned on their own architecture\n")
+        print(table(tuned, RULES, n_arch=len(tuned)))
     print("\nSingle paths with per-sample losses: chosen radius (of the eligible ones), its "
           "validation loss over the best radius's, and the constants' relative error where "
           "the truth is known\n")
