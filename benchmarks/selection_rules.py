@@ -107,6 +107,8 @@ FULL_CONFIGURATION = [
     ("pendulum nonadditive, full", [f"pendulum_nonadditive_full_sam-auto_default-radii_seed{s}.json"
                                     for s in (0, 1, 2)],
      [f"pendulum_nonadditive_full_erm_l2_seed{s}.json" for s in (0, 1, 2)], "held out"),
+    ("duffing_forcing vector_field, full", "duffing_forcing_vector_field_full_sam-auto.json",
+     ["duffing_forcing_vector_field_full_erm_l2_minnorm.json"], "held out"),
 ]
 
 # The same output and nonadditive paths against rivals whose hyperparameter
@@ -295,6 +297,14 @@ RULES = collections.OrderedDict([
 def rel_error(constants, truth):
     return float(np.mean([np.mean(np.abs(np.asarray(constants[k], "float64") - v) / abs(v))
                           for k, v in truth.items()]))
+
+
+def stored(cell):
+    """Whether every result file that a cell names is in the repository."""
+    _, paths_files, method_files, _ = cell
+    names = [paths_files] if isinstance(paths_files, str) else list(paths_files)
+    names += [f if isinstance(f, str) else f[0] for f in method_files]
+    return all(os.path.exists(os.path.join(RESULTS, name)) for name in names)
 
 
 def load_cell(label, paths_files, method_files, role):
@@ -594,14 +604,11 @@ def main(argv=None):
         print(table(reruns, RULES, n_arch=n_arch))
         print("\nThe reruns' own choices (the library's paired rule, Holm 5 %)\n")
         print(rerun_summary(present))
-    full = [load_cell(*c) for c in FULL_CONFIGURATION
-            if all(os.path.exists(os.path.join(RESULTS, f)) for f in c[1])]
+    full = [load_cell(*c) for c in FULL_CONFIGURATION if stored(c)]
     if full:
         print("\nFull configuration, default radii, per-sample validation losses\n")
         print(table(full, RULES, n_arch=len(full)))
-    tuned = [load_cell(*c) for c in FULL_CONFIGURATION_TUNED
-             if all(os.path.exists(os.path.join(RESULTS, f if isinstance(f, str) else f[0]))
-                    for f in c[1] + c[2])]
+    tuned = [load_cell(*c) for c in FULL_CONFIGURATION_TUNED if stored(c)]
     if tuned:
         print("\nThe same paths against rivals tuned on their own architecture\n")
         print(table(tuned, RULES, n_arch=len(tuned)))

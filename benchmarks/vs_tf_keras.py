@@ -25,6 +25,7 @@ Run:
 python benchmarks/vs_tf_keras.py --quick   # 5 rounds, jit_compile=False, about 5 minutes
 python benchmarks/vs_tf_keras.py           # full run (also jit_compile=True)
 python benchmarks/vs_tf_keras.py --quick --steps 30 --steps-per-execution 10   # the fit loop's share
+python benchmarks/vs_tf_keras.py --quick --repeated-dataset   # no data iterator built per epoch
 ```
 
 The step times are epoch times over steps, so they include each
@@ -47,6 +48,10 @@ FEATURES, WIDTH, OUTPUTS, BATCH = 128, 1024, 10, 1024
 # Steps per call of the compiled train function (`compile(steps_per_execution=...)`),
 # set by `--steps-per-execution`.
 STEPS_PER_EXECUTION = 1
+# `--repeated-dataset`: feed one repeated `tf.data.Dataset` with
+# `steps_per_epoch` instead of NumPy arrays, so that neither framework
+# builds a new data iterator per epoch (Keras 3 does for arrays).
+REPEATED_DATASET = False
 GOAL = 1.0
 PLAIN_GOAL = 1.05
 VARIANTS = ("keras_hybrid SAM", "tf_keras SAM", "keras_hybrid plain", "tf_keras plain")
@@ -199,9 +204,13 @@ def child(variant, jit, steps, epochs, warmup, profile=False):
             self.durations.append((time.perf_counter() - wall, time.process_time() - cpu))
 
     timer = Timer()
-    model.fit(
-        x, y, batch_size=BATCH, epochs=warmup + epochs, shuffle=False, verbose=0, callbacks=[timer]
-    )
+    if REPEATED_DATASET:
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).repeat()
+        model.fit(dataset, steps_per_epoch=steps, epochs=warmup + epochs, verbose=0, callbacks=[timer])
+    else:
+        model.fit(
+            x, y, batch_size=BATCH, epochs=warmup + epochs, shuffle=False, verbose=0, callbacks=[timer]
+        )
     step_times = [d[0] / steps for d in timer.durations[warmup:]]
     cpu_times = [d[1] / steps for d in timer.durations[warmup:]]
     result = {
@@ -226,7 +235,8 @@ def run_child(variant, jit, steps, epochs, warmup, profile=False):
         sys.executable, os.path.abspath(__file__), "--child", variant,
         "--steps", str(steps), "--epochs", str(epochs), "--warmup", str(warmup),
         "--steps-per-execution", str(STEPS_PER_EXECUTION),
-    ] + (["--jit"] if jit else []) + (["--profile"] if profile else [])
+    ] + (["--repeated-dataset"] if REPEATED_DATASET else []) + (["--jit"] if jit else []) \
+        + (["--profile"] if profile else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
@@ -268,13 +278,16 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured epochs per subprocess")
     parser.add_argument("--steps-per-execution", type=int, default=1,
                         help="training steps per call of the compiled train function, for every variant")
+    parser.add_argument("--repeated-dataset", action="store_true",
+                        help="feed one repeated tf.data.Dataset with steps_per_epoch instead of arrays")
     parser.add_argument("--no-xla", action="store_true", help="only jit_compile=False")
     parser.add_argument("--profile", action="store_true",
                         help="only profile: each step's schedule (idle, one kernel, two or more) for the four "
                              "variants, and CPU time per op type of the SAM steps (tf.profiler)")
     args = parser.parse_args(argv)
-    global STEPS_PER_EXECUTION
+    global STEPS_PER_EXECUTION, REPEATED_DATASET
     STEPS_PER_EXECUTION = args.steps_per_execution
+    REPEATED_DATASET = args.repeated_dataset
 
     steps = args.steps or (6 if args.quick else 16)
     epochs = args.epochs or (3 if args.quick else 6)
@@ -291,7 +304,8 @@ def main(argv=None):
     print(f"machine: {os.cpu_count()} CPU cores; load average {one:.2f}, {five:.2f}, {fifteen:.2f}")
     print(f"{'quick' if args.quick else 'full'} mode: {rounds} round(s) of one subprocess per "
           f"variant (alternating); each: {args.warmup} warm-up + {epochs} measured epochs of "
-          f"{steps} steps, batch {BATCH}, {STEPS_PER_EXECUTION} step(s) per execution")
+          f"{steps} steps, batch {BATCH}, {STEPS_PER_EXECUTION} step(s) per execution"
+          + (", one repeated tf.data.Dataset" if REPEATED_DATASET else ", NumPy arrays"))
     results = {(v, jit): [] for jit in jit_modes for v in VARIANTS}
     keys = list(results)
     for r in range(rounds):
