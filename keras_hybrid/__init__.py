@@ -13,6 +13,7 @@ _quiet_command_line()
 
 from keras_hybrid.callbacks import ConstantsHistory, NonFiniteGuard
 from keras_hybrid.constants import PhysicalConstant
+from keras_hybrid.data import repeated_dataset
 from keras_hybrid.diagnostics import (
     ConstantUncertainty,
     ProfileLikelihood,
@@ -75,6 +76,7 @@ __all__ = [
     "profile_likelihood",
     "radius_p_values",
     "radius_path",
+    "repeated_dataset",
     "report",
     "rk_step",
     "sam_perturbation",

@@ -157,6 +157,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
     def _reset(self):
         self._warned = set()
         self._first_bad_batch = None
+        # The model's step record is fully reset at the first epoch of a
+        # fit and after an epoch with events; otherwise only its counter.
+        self._record_clean = False
 
     def _record(self):
         return getattr(self.model, "_step_record", None)
@@ -169,7 +172,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
             self._first_bad_batch = None
         record = self._record()
         if record is not None:
-            record.reset()
+            record.reset(steps_only=self._record_clean)
+            self._record_clean = True
 
     def on_train_batch_end(self, batch, logs=None):
         # May run on a worker thread (asynchronous dispatch): only plain
@@ -190,6 +194,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
         record = self._record()
         if record is not None:
             counts = record.read()
+            if counts["skipped"] or counts["fallbacks"]:
+                self._record_clean = False
             if logs is not None:
                 logs["skipped_steps"] = counts["skipped"]
                 sam = getattr(self.model, "sam", None)
