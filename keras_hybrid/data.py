@@ -10,10 +10,13 @@ for the whole `fit`.
 
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_hybrid.non_finite import non_finite_report
 
 
 def _as_array(name, value):
@@ -64,6 +67,9 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
     Returns:
         `(dataset, steps_per_epoch)`.
 
+    Warns, naming the argument and the first bad entry, when the arrays
+    hold NaN or Inf, as the hybrid models' `fit` does for arrays.
+
     Example:
 
     ```python
@@ -97,6 +103,12 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
     (n,) = samples
     if n == 0:
         raise ValueError("`x` must hold at least one sample. Received: 0 samples.")
+    for name, value in arrays.items():
+        # What the hybrid models' `fit` does for arrays, which it cannot do
+        # for a dataset.
+        report = non_finite_report(name, value)
+        if report is not None:
+            warnings.warn(f"{report} Steps on batches with these samples are skipped.", stacklevel=2)
     # Always a tuple, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, which
     # `fit` unpacks as such whatever the structure of `x`.
     elements = tuple(arrays[name] for name in ("x", "y", "sample_weight") if name in arrays)

@@ -93,3 +93,10 @@ def test_bad_arguments_are_named(kwargs, message):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         kh.repeated_dataset(**arguments)
+
+
+def test_non_finite_samples_are_reported():
+    x = np.zeros((5, 2))
+    x[3, 1] = np.nan
+    with pytest.warns(UserWarning, match=r"`x` contains 1 non-finite value.*\[3, 1\]"):
+        kh.repeated_dataset(x, np.zeros(5))
