@@ -77,7 +77,7 @@ def test_default_policy_warns_and_skips_the_bad_steps():
     assert any(m.startswith("Non-finite training loss (nan) at epoch 0, batch 0") for m in messages)
     assert np.isnan(history.history["loss"][0])
     # Three of the four steps were applied; the weights are finite.
-    assert int(model.optimizer.iterations) == 3
+    assert int(model.optimizer.iterations.numpy()) == 3
     assert np.isfinite(model.physical_constants()["R"])
 
     # The same three clean batches give the same weights: the bad one was skipped.
@@ -93,7 +93,7 @@ def test_skip_policy_is_silent_and_a_dataset_is_caught_by_the_guard():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    assert int(model.optimizer.iterations) == 3
+    assert int(model.optimizer.iterations.numpy()) == 3
 
     # Datasets are not scanned up front; the guard stops at the first bad loss.
     model = _ohm_model(on_non_finite="raise")

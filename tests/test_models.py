@@ -166,7 +166,7 @@ def test_zero_gradient_gives_no_nan():
     history = model.fit(x, np.zeros((4, 1), "float32"), epochs=3, verbose=0)
     assert history.history["sam_fallbacks"] == [0, 0, 0]
     assert history.history["skipped_steps"] == [0, 0, 0]
-    assert int(model.optimizer.iterations) == 3
+    assert int(model.optimizer.iterations.numpy()) == 3
     for v in model.weights:
         np.testing.assert_array_equal(v.numpy(), 0.0)
 
@@ -253,7 +253,7 @@ def test_mixed_precision_looksam_matches_float32():
         model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)  # full, reuse, ...
 
     model32, model16 = _mixed_precision_pair(build, fit)
-    assert int(model16.optimizer.iterations) == 4
+    assert int(model16.optimizer.iterations.numpy()) == 4
     moved = np.max(np.abs(model32.weights[0].numpy() - np.array([[0.5], [-0.3], [0.2]])))
     assert moved > 0.05
     for a, b in zip(model32.trainable_variables, model16.trainable_variables):
@@ -275,7 +275,7 @@ def test_mixed_precision_ode_hybrid_matches_float32():
         model.fit(y0, observed, batch_size=4, epochs=2, verbose=0, shuffle=False)
 
     model32, model16 = _mixed_precision_pair(build, fit)
-    assert int(model16.optimizer.iterations) == 4
+    assert int(model16.optimizer.iterations.numpy()) == 4
     assert model16.layers[-1].dtype_policy.name == "mixed_float16"
     w0_32, w0_16 = model32.physical_constants()["w0"], model16.physical_constants()["w0"]
     assert abs(w0_32 - 0.5) > 1e-3  # the constant was trained
