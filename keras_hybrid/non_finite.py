@@ -209,13 +209,13 @@ class StepRecord:
         self.steps.assign_add(1)
 
     def read(self):
-        """Host values, a dict (once per epoch). The steps and the first
-        events are read only when the epoch had events; otherwise they are
-        `None`, -1 and 0.0."""
+        """Host values of the counts and first events, a dict (once per
+        epoch). The first events are read only when the epoch had events;
+        otherwise they are at their reset values, -1 and 0.0."""
         values = {"skipped": int(self.skipped.numpy()), "fallbacks": int(self.fallbacks.numpy()),
-                  "steps": None, "first_skip": -1, "first_fallback": -1, "first_skip_loss": 0.0}
+                  "first_skip": -1, "first_fallback": -1, "first_skip_loss": 0.0}
         if values["skipped"] or values["fallbacks"]:
-            for name in ("steps", "first_skip", "first_fallback"):
-                values[name] = int(getattr(self, name).numpy())
+            values["first_skip"] = int(self.first_skip.numpy())
+            values["first_fallback"] = int(self.first_fallback.numpy())
             values["first_skip_loss"] = float(self.first_skip_loss.numpy())
         return values
