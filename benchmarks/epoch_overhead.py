@@ -10,8 +10,9 @@ experiments pack many steps into one epoch (`repeat`).
 Each model is also fitted from `kh.repeated_dataset` (one shuffled dataset
 that repeats, with `steps_per_epoch`; "repeated dataset" rows): Keras 3
 builds a new data iterator at every epoch for NumPy arrays, and not for a
-repeated dataset, so the difference between the two rows of a model is
-that iterator's cost.
+repeated dataset, so the difference between `keras.Model`'s two rows is
+that iterator's cost. The hybrid models' `fit` feeds arrays through one
+iterator by itself, so their two rows differ only by the pipelines.
 
 Run:
 

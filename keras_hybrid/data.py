@@ -5,7 +5,8 @@ builds a new iterator over it at every epoch. On the small data sets of
 mechanistic models, where an epoch is one or a few short steps, building
 that iterator is most of the epoch's time (`benchmarks/epoch_overhead.py`).
 A dataset that repeats, passed with `steps_per_epoch`, keeps one iterator
-for the whole `fit`.
+for the whole `fit`. (The hybrid models' `fit` does this for arrays by
+itself, keeping Keras's batches: `keras_hybrid/_array_input.py`.)
 """
 
 import math
@@ -49,9 +50,13 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
     visits each sample once, in batches of `batch_size` (the last one
     smaller when `batch_size` does not divide the number of samples), as
     `fit(x, y, batch_size=...)` does; with `shuffle=True` the order is
-    drawn anew each epoch. Unlike arrays, the dataset is iterated by one
+    drawn anew each epoch, also under a global seed, where Keras's own
+    array input repeats the first epoch's order at every epoch (the
+    mini-batches then never change). The dataset is iterated by one
     iterator for the whole `fit`, which on small data sets saves most of
-    each epoch's time.
+    each epoch's time; the hybrid models' `fit` does that for arrays by
+    itself, so this is for a new order every epoch, and for other Keras
+    models.
 
     Args:
         x: the inputs: an array, or a list, tuple or dict of arrays, with

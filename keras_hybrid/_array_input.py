@@ -1,0 +1,115 @@
+"""Arrays given to `fit`, fed through one data iterator for the whole `fit`.
+
+For NumPy arrays (and tensors), Keras 3 builds a `tf.data` pipeline once per
+`fit` but starts a new iterator over it at every epoch; on the small data
+sets of mechanistic models that iterator is most of an epoch's time
+(`benchmarks/epoch_overhead.py`). The hybrid models' `fit` passes the very
+same pipeline, repeated, with `steps_per_epoch` = its batches per epoch,
+so that Keras keeps one iterator.
+
+The batches are those Keras would have made, epoch after epoch:
+- With a global TensorFlow seed set (`keras.utils.set_random_seed`,
+  `tf.random.set_seed`), Keras's pipeline draws the *same* permutation at
+  every new iterator: every epoch visits the samples in the order of the
+  first. The repeated pipeline is cached after its first epoch, so it
+  replays that order, and a seeded `fit` gives the same weights as
+  `keras.Model.fit` would, to the bit (`tests/test_array_input.py`).
+- Without a global seed, each epoch draws a new permutation in both.
+
+Everything else (generators, datasets, `class_weight`, `steps_per_epoch`,
+one epoch) goes to `keras.Model.fit` as it is. The pipeline comes from
+Keras's own array adapter (a private module): if that is not importable
+in some Keras version, the arrays go to `keras.Model.fit` as they are.
+"""
+
+import inspect
+
+import keras
+import tensorflow as tf
+
+try:
+    from keras.src.trainers.data_adapters import array_data_adapter, array_slicing
+except ImportError:  # pragma: no cover - a Keras without these modules
+    array_data_adapter = array_slicing = None
+
+
+def _global_seed_is_set():
+    """Whether TensorFlow's global seed is set, or `None` if unknown."""
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:  # pragma: no cover
+        return None
+    getter = getattr(context, "global_seed", None)
+    return None if getter is None else getter() is not None
+
+
+def one_iterator_fit_arguments(fit, arguments):
+    """The arguments of `fit` with arrays replaced by a repeated pipeline.
+
+    Args:
+        fit: the bound `keras.Model.fit` that will be called.
+        arguments: `fit`'s arguments by name, as the caller gave them.
+
+    Returns:
+        A dict of keyword arguments for `fit`, or `None` where `fit` should
+        get the caller's arguments as they are.
+    """
+    if array_data_adapter is None or arguments.get("x") is None:
+        return None
+    bound = inspect.signature(fit).bind(**arguments)
+    bound.apply_defaults()
+    given = dict(bound.arguments)
+    seeded = _global_seed_is_set()
+    if (
+        given.get("steps_per_epoch") is not None
+        or given.get("class_weight") is not None
+        or not isinstance(given.get("shuffle"), bool)
+        or seeded is None
+        or _debug_step_cap()
+        or not _several_epochs(given)
+    ):
+        return None
+    x, y, sample_weight = given["x"], given["y"], given.get("sample_weight")
+    validation_data = given.get("validation_data")
+    if not array_data_adapter.can_convert_arrays((x, y, sample_weight)):
+        return None
+    if given.get("validation_split") and validation_data is None:
+        # Keras's own split: the last fraction of the samples, unshuffled.
+        (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
+            (x, y, sample_weight), validation_split=given["validation_split"]
+        )
+    adapter = array_data_adapter.ArrayDataAdapter(
+        x, y, sample_weight=sample_weight, shuffle=given["shuffle"], batch_size=given["batch_size"]
+    )
+    dataset = adapter.get_tf_dataset()
+    if seeded or not given["shuffle"]:
+        # Every epoch is the first one again (see the module docstring).
+        dataset = dataset.cache()
+    given.update(
+        # Keras's pipeline prefetches, but the cache replays from behind it.
+        x=dataset.repeat().prefetch(tf.data.AUTOTUNE),
+        y=None,
+        sample_weight=None,
+        batch_size=None,
+        shuffle=False,
+        validation_split=0.0,
+        validation_data=validation_data,
+        # What Keras would have used for arrays: the training batch size.
+        validation_batch_size=given.get("validation_batch_size") or given["batch_size"],
+        steps_per_epoch=adapter.num_batches,
+    )
+    return given
+
+
+def _debug_step_cap():
+    # `keras.config.set_max_steps_per_epoch` (Keras 3.6 and later) caps
+    # epochs for debugging; Keras's own path applies it.
+    return getattr(keras.config, "max_steps_per_epoch", lambda: None)()
+
+
+def _several_epochs(given):
+    epochs, initial_epoch = given.get("epochs"), given.get("initial_epoch") or 0
+    try:
+        return int(epochs) - int(initial_epoch) > 1
+    except (TypeError, ValueError):
+        return False  # let `fit` raise its own error
