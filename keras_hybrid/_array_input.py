@@ -17,7 +17,8 @@ The batches are those Keras would have made, epoch after epoch:
 - Without a global seed, each epoch draws a new permutation in both.
 
 Everything else (generators, datasets, `class_weight`, `steps_per_epoch`,
-one epoch) goes to `keras.Model.fit` as it is. The pipeline comes from
+one epoch, arrays over `MAX_CACHED_BYTES`) goes to `keras.Model.fit` as it
+is. The pipeline comes from
 Keras's own array adapter (a private module): if that is not importable
 in some Keras version, the arrays go to `keras.Model.fit` as they are.
 """
@@ -25,12 +26,33 @@ in some Keras version, the arrays go to `keras.Model.fit` as they are.
 import inspect
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 try:
     from keras.src.trainers.data_adapters import array_data_adapter, array_slicing
 except ImportError:  # pragma: no cover - a Keras without these modules
     array_data_adapter = array_slicing = None
+
+
+# The cache holds one epoch of batches next to the arrays. Beyond this size
+# an epoch takes far longer than starting its iterator, so the arrays go to
+# Keras as they are.
+MAX_CACHED_BYTES = 256 * 2**20
+
+
+def _nbytes(arrays):
+    total = 0
+    for array in tf.nest.flatten(arrays):
+        if array is None:
+            continue
+        shape, dtype = getattr(array, "shape", None), getattr(array, "dtype", None)
+        if shape is None or dtype is None:
+            array = np.asarray(array)
+            shape, dtype = array.shape, array.dtype
+        dtype = getattr(dtype, "as_numpy_dtype", dtype)  # TensorFlow dtypes
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return total
 
 
 def _global_seed_is_set():
@@ -72,6 +94,8 @@ def one_iterator_fit_arguments(fit, arguments):
     x, y, sample_weight = given["x"], given["y"], given.get("sample_weight")
     validation_data = given.get("validation_data")
     if not array_data_adapter.can_convert_arrays((x, y, sample_weight)):
+        return None
+    if _nbytes((x, y, sample_weight)) > MAX_CACHED_BYTES:
         return None
     if given.get("validation_split") and validation_data is None:
         # Keras's own split: the last fraction of the samples, unshuffled.

@@ -115,6 +115,14 @@ def test_what_keras_fit_gets_as_it_is(change):
     assert _arguments(x=x, y=y, batch_size=4, **change) is None
 
 
+def test_arrays_over_the_cache_limit_go_to_keras_fit_as_they_are(monkeypatch):
+    x, y = _data()  # 10 x 2 + 10 x 1 float32: 120 bytes
+    monkeypatch.setattr(_array_input, "MAX_CACHED_BYTES", 119)
+    assert _arguments(x=x, y=y, batch_size=4) is None
+    monkeypatch.setattr(_array_input, "MAX_CACHED_BYTES", 120)
+    assert _arguments(x=x, y=y, batch_size=4) is not None
+
+
 def test_a_dataset_goes_to_keras_fit_as_it_is():
     x, y = _data()
     assert _arguments(x=tf.data.Dataset.from_tensor_slices((x, y)).batch(4)) is None
