@@ -109,6 +109,8 @@ FULL_CONFIGURATION = [
      [f"pendulum_nonadditive_full_erm_l2_seed{s}.json" for s in (0, 1, 2)], "held out"),
     ("duffing_forcing vector_field, full", "duffing_forcing_vector_field_full_sam-auto.json",
      ["duffing_forcing_vector_field_full_erm_l2_minnorm.json"], "held out"),
+    ("duffing_forcing output, full", "duffing_forcing_output_full_sam-auto.json",
+     ["duffing_forcing_output_full_erm_l2_minnorm.json"], "held out"),
 ]
 
 # The same output and nonadditive paths against rivals whose hyperparameter
