@@ -111,6 +111,8 @@ FULL_CONFIGURATION = [
      ["duffing_forcing_vector_field_full_erm_l2_minnorm.json"], "held out"),
     ("duffing_forcing output, full", "duffing_forcing_output_full_sam-auto.json",
      ["duffing_forcing_output_full_erm_l2_minnorm.json"], "held out"),
+    ("duffing_forcing nonadditive, full", "duffing_forcing_nonadditive_full_sam-auto.json",
+     ["duffing_forcing_nonadditive_full_erm_l2_minnorm.json"], "held out"),
 ]
 
 # The same output and nonadditive paths against rivals whose hyperparameter
