@@ -18,12 +18,10 @@ The batches are those Keras would have made, epoch after epoch:
 
 Everything else (generators, datasets, `class_weight`, `steps_per_epoch`,
 one epoch, arrays over `MAX_CACHED_BYTES`) goes to `keras.Model.fit` as it
-is. The pipeline comes from
-Keras's own array adapter (a private module): if that is not importable
-in some Keras version, the arrays go to `keras.Model.fit` as they are.
+is. The pipeline comes from Keras's own array adapter (a private module):
+if that is not importable in some Keras version, the arrays go to
+`keras.Model.fit` as they are.
 """
-
-import inspect
 
 import keras
 import numpy as np
@@ -65,39 +63,36 @@ def _global_seed_is_set():
     return None if getter is None else getter() is not None
 
 
-def one_iterator_fit_arguments(fit, arguments):
+def one_iterator_fit_arguments(given):
     """The arguments of `fit` with arrays replaced by a repeated pipeline.
 
     Args:
-        fit: the bound `keras.Model.fit` that will be called.
-        arguments: `fit`'s arguments by name, as the caller gave them.
+        given: all of `keras.Model.fit`'s arguments by name, defaults
+            included (a bound signature with `apply_defaults()`).
 
     Returns:
-        A dict of keyword arguments for `fit`, or `None` where `fit` should
-        get the caller's arguments as they are.
+        A new dict of keyword arguments for `fit`, or `None` where `fit`
+        should get `given` as it is.
     """
-    if array_data_adapter is None or arguments.get("x") is None:
+    if array_data_adapter is None or given["x"] is None:
         return None
-    bound = inspect.signature(fit).bind(**arguments)
-    bound.apply_defaults()
-    given = dict(bound.arguments)
     seeded = _global_seed_is_set()
     if (
-        given.get("steps_per_epoch") is not None
-        or given.get("class_weight") is not None
-        or not isinstance(given.get("shuffle"), bool)
+        given["steps_per_epoch"] is not None
+        or given["class_weight"] is not None
+        or not isinstance(given["shuffle"], bool)
         or seeded is None
         or _debug_step_cap()
         or not _several_epochs(given)
     ):
         return None
-    x, y, sample_weight = given["x"], given["y"], given.get("sample_weight")
-    validation_data = given.get("validation_data")
+    x, y, sample_weight = given["x"], given["y"], given["sample_weight"]
+    validation_data = given["validation_data"]
     if not array_data_adapter.can_convert_arrays((x, y, sample_weight)):
         return None
     if _nbytes((x, y, sample_weight)) > MAX_CACHED_BYTES:
         return None
-    if given.get("validation_split") and validation_data is None:
+    if given["validation_split"] and validation_data is None:
         # Keras's own split: the last fraction of the samples, unshuffled.
         (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
             (x, y, sample_weight), validation_split=given["validation_split"]
@@ -109,7 +104,8 @@ def one_iterator_fit_arguments(fit, arguments):
     if seeded or not given["shuffle"]:
         # Every epoch is the first one again (see the module docstring).
         dataset = dataset.cache()
-    given.update(
+    return dict(
+        given,
         # Keras's pipeline prefetches, but the cache replays from behind it.
         x=dataset.repeat().prefetch(tf.data.AUTOTUNE),
         y=None,
@@ -119,10 +115,9 @@ def one_iterator_fit_arguments(fit, arguments):
         validation_split=0.0,
         validation_data=validation_data,
         # What Keras would have used for arrays: the training batch size.
-        validation_batch_size=given.get("validation_batch_size") or given["batch_size"],
+        validation_batch_size=given["validation_batch_size"] or given["batch_size"],
         steps_per_epoch=adapter.num_batches,
     )
-    return given
 
 
 def _debug_step_cap():
@@ -132,8 +127,7 @@ def _debug_step_cap():
 
 
 def _several_epochs(given):
-    epochs, initial_epoch = given.get("epochs"), given.get("initial_epoch") or 0
     try:
-        return int(epochs) - int(initial_epoch) > 1
+        return int(given["epochs"]) - int(given["initial_epoch"] or 0) > 1
     except (TypeError, ValueError):
         return False  # let `fit` raise its own error

@@ -219,13 +219,15 @@ class SAMTrainStep:
         policy = self.on_non_finite
         fit = super().fit
         try:
-            arguments = inspect.signature(fit).bind(x, y, *args, **kwargs).arguments
+            bound = inspect.signature(fit).bind(x, y, *args, **kwargs)
         except TypeError:
             return fit(x, y, *args, **kwargs)  # Keras's own error for the arguments
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
         if policy != "skip":
             self._check_fit_arrays(policy, arguments)
-        arguments = one_iterator_fit_arguments(fit, arguments) or dict(arguments)
-        callbacks = arguments.get("callbacks")
+        arguments = one_iterator_fit_arguments(arguments) or arguments
+        callbacks = arguments["callbacks"]
         # A ready-made CallbackList is left as it is.
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
@@ -236,11 +238,11 @@ class SAMTrainStep:
 
     def _check_fit_arrays(self, policy, arguments):
         for name, data, consequence in (
-            ("x", arguments.get("x"), "Steps on batches with these samples are skipped."),
-            ("y", arguments.get("y"), "Steps on batches with these samples are skipped."),
-            ("sample_weight", arguments.get("sample_weight"),
+            ("x", arguments["x"], "Steps on batches with these samples are skipped."),
+            ("y", arguments["y"], "Steps on batches with these samples are skipped."),
+            ("sample_weight", arguments["sample_weight"],
              "Steps on batches with these samples are skipped."),
-            ("validation_data", arguments.get("validation_data"),
+            ("validation_data", arguments["validation_data"],
              "The validation loss will not be finite."),
         ):
             report = non_finite_report(name, data)

@@ -1,6 +1,8 @@
 """Arrays given to the hybrid models' `fit`: one data iterator per `fit`,
 the same batches as `keras.Model.fit`."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -34,7 +36,9 @@ def _fit(model, seed, **kwargs):
 def _arguments(model=None, **given):
     given.setdefault("epochs", 3)
     fit = keras.Model.fit.__get__(model or _model(0, sam=None))
-    return _array_input.one_iterator_fit_arguments(fit, given)
+    bound = inspect.signature(fit).bind(**given)
+    bound.apply_defaults()  # as the hybrid models' `fit` does
+    return _array_input.one_iterator_fit_arguments(dict(bound.arguments))
 
 
 def _ids_per_epoch(arguments, epochs):
@@ -55,7 +59,7 @@ def test_seeded_fit_gives_the_weights_of_keras_own_array_path(monkeypatch, sam):
     kwargs = dict(x=x, y=y, sample_weight=weights, batch_size=4, epochs=6, validation_split=0.2)
     fast = _model(1, sam)
     fast_history = _fit(fast, 2, **kwargs)
-    monkeypatch.setattr(models, "one_iterator_fit_arguments", lambda fit, arguments: None)
+    monkeypatch.setattr(models, "one_iterator_fit_arguments", lambda arguments: None)
     keras_path = _model(1, sam)
     keras_history = _fit(keras_path, 2, **kwargs)
     for a, b in zip(fast.get_weights(), keras_path.get_weights()):
