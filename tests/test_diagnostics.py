@@ -378,6 +378,23 @@ def test_profile_likelihood_matches_numpy_profile():
     assert layer._raw["k"].trainable
 
 
+def test_profile_interval_ends_at_the_constraint_not_beyond():
+    # A grid too short for the profile to cross the threshold: the open ends
+    # are the ends of each constant's domain (0 for a positive constant, the
+    # bounds of a (lo, hi) constraint), never a value the constraint forbids.
+    t = np.linspace(0, 3, 40)[:, None].astype("float32")
+    noise = 0.05 * np.random.default_rng(0).standard_normal(t.shape)
+    y = (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
+    for constraint, expected in [("positive", (0.0, math.inf)), ((0.1, 2.0), (0.1, 2.0)),
+                                 (None, (-math.inf, math.inf))]:
+        model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0),
+                                           kh.PhysicalConstant("k", 0.7, constraint=constraint)])
+        model.compile(optimizer="sgd", loss="mse")
+        prof = kh.profile_likelihood(model, "k", [0.6999, 0.7, 0.7001], t, y, epochs=0)
+        assert prof.flat
+        assert prof.interval == pytest.approx(expected, abs=1e-6)
+
+
 # -- prior precision by the evidence; the radius path's selection part --------
 
 

@@ -438,12 +438,36 @@ def test_path_uses_the_paired_rule_and_round_trips():
 
 def test_path_says_when_physics_alone_is_enough():
     rows = [_row(0.0, 0, 1.0, 1.0), _row(0.3, 0, 1.1, 1.0)]
-    physics = {"rho": None, "seed": 0, "constants": {"k": 1.0}, "train_loss": 0.9,
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.0}, "train_loss": 0.95,
                "val_loss": 0.9, "net_share": 0.0}
     path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {})
     assert not path.network_needed
+    assert path.converged   # training loss 1.0 within 10 % of the physics part's 0.95
     assert path.chosen == 0.0
     assert "network may not be needed" in str(path)
+    # The chosen line does not claim the rule's cap, which no radius met.
+    assert "chosen: rho = 0.0 (the radius of lowest validation loss: no radius" in str(path)
+    assert "not above the physics part alone" not in str(path)
+
+
+def test_path_says_when_its_fits_have_not_converged():
+    # The hybrid contains the physics part (zero network output), so a
+    # lowest training loss far above the physics part's is an optimization
+    # failure, not a sign that the network is not needed.
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.0}, "train_loss": 1.0,
+               "val_loss": 1.0, "net_share": 0.0}
+    rows = [_row(0.0, 0, 80.0, 0.8, train=70.0), _row(0.3, 0, 12.0, 0.9, train=8.0),
+            _row(1.0, 0, math.inf, 0.7, train=math.inf)]
+    path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {})
+    assert not path.converged and not path.network_needed
+    text = str(path)
+    assert "lowest training loss 8 against 1" in text and "have not converged" in text
+    assert "network may not be needed" not in text
+    assert RadiusPath.from_dict(path.to_dict()).converged is False
+    # Within the slack (10 %) the fits count as converged; no reference, no verdict.
+    rows[1] = _row(0.3, 0, 12.0, 0.9, train=1.09)
+    assert RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}).converged
+    assert RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {}).converged
 
 
 # -- the path on a real fit -----------------------------------------------------
@@ -554,6 +578,12 @@ def test_radius_path_rejects_bad_input():
         kh.radius_path(ignores_sam, x, y, rhos=[0.1, 0.1], epochs=1)
     with pytest.raises(ValueError, match="validation_split=0.0"):
         kh.radius_path(ignores_sam, x, y, rhos=[0.0], validation_split=0.0, epochs=1)
+    # One validation sample cannot be compared sample by sample: refused
+    # before any fit, not after six of them.
+    with pytest.raises(ValueError, match="leaves 1 validation sample of 10.*validation_split=0.1"):
+        kh.radius_path(ignores_sam, x, y, rhos=[0.0], validation_split=0.1, epochs=1)
+    with pytest.raises(ValueError, match="at least 2 samples.*Received: 1 sample"):
+        kh.radius_path(ignores_sam, x, y, rhos=[0.0], validation_data=(x[:1], y[:1]), epochs=1)
     with pytest.raises(TypeError, match="build_model=3"):
         kh.radius_path(3, x, y)
     with pytest.raises(ValueError, match="epochs=0"):

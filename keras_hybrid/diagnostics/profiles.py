@@ -2,6 +2,7 @@
 of the model (`clone_for_refit`, `fresh_compile`).
 """
 
+import math
 import time
 
 import keras
@@ -25,6 +26,17 @@ def _owner_layer(model, name):
             spec = _constant_spec(variable)
             return layer, spec.name
     raise ValueError(f"No ScientificLayer of the model owns constant {name!r}.")
+
+
+def _domain(model, name):
+    """`(lo, hi)`: the values constant `name`'s constraint allows."""
+    keyed = {k: v for k, v, _ in _keyed_constant_variables(model)}
+    constraint = _constant_spec(keyed[name]).constraint
+    if constraint == "positive":
+        return 0.0, math.inf
+    if isinstance(constraint, tuple):
+        return float(constraint[0]), float(constraint[1])
+    return -math.inf, math.inf
 
 
 def clone_for_refit(model):
@@ -70,7 +82,9 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
 
     (`RSS_min` is the smallest of the grid's and the free fit's). The
     interval is interpolated linearly; an end the profile never crosses is
-    `-inf` / `inf`. A profile entirely below the threshold is "flat".
+    the end of the constant's domain (`-inf` / `inf`, `0` for a positive
+    constant, a bound of a `(lo, hi)` constraint). A profile entirely
+    below the threshold is "flat".
 
     Args:
         model: a fitted, compiled Keras model with `ScientificLayer`s.
@@ -141,6 +155,9 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
                 losses[i] = hist.history["loss"][-1]
             rss[i], _ = rss_of(clone)
     lo, hi, stat = un.profile_interval(values, rss, n, rss_min=rss_free, level=level)
+    # An end the profile never crosses is the end of the constant's domain.
+    domain_lo, domain_hi = _domain(model, name)
+    lo, hi = max(lo, domain_lo), min(hi, domain_hi)
     order = np.argsort(values)
     return ProfileLikelihood(
         name=name,

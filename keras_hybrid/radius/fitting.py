@@ -24,6 +24,11 @@ def _num_samples(data):
     return len(np.asarray(keras.tree.flatten(data)[0]))
 
 
+# The radii are compared on their per-sample validation losses (a paired
+# test, or a standard error of the mean loss): one sample cannot do either.
+MIN_VALIDATION_SAMPLES = 2
+
+
 def _split(x, y, validation_split, split_seed):
     n = _num_samples(x)
     n_val = int(round(n * validation_split))
@@ -31,6 +36,13 @@ def _split(x, y, validation_split, split_seed):
         raise ValueError(
             f"`validation_split` leaves no training or no validation sample with {n} "
             f"samples. Received: validation_split={validation_split!r}"
+        )
+    if n_val < MIN_VALIDATION_SAMPLES:
+        raise ValueError(
+            f"`validation_split` leaves {n_val} validation sample of {n}; choosing a radius "
+            f"needs at least {MIN_VALIDATION_SAMPLES} (the radii are compared sample by sample). "
+            "Pass a larger `validation_split` or `validation_data=(x_val, y_val)`. "
+            f"Received: validation_split={validation_split!r}"
         )
     order = np.random.default_rng(split_seed).permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
@@ -73,7 +85,7 @@ def _standard_error(model, x, y, batch_size, per_sample=None):
     (`nan` without them, or with fewer than two)."""
     if per_sample is None:
         per_sample = _per_sample_losses(model, x, y, batch_size)
-    if per_sample is None or len(per_sample) < 2:
+    if per_sample is None or len(per_sample) < 2 or not np.all(np.isfinite(per_sample)):
         return math.nan
     return float(np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
 
@@ -92,6 +104,8 @@ def _net_share(model, x, batch_size):
     finally:
         for v, value in zip(neural, saved):
             v.assign(value)
+    if not (np.all(np.isfinite(full)) and np.all(np.isfinite(physics))):
+        return math.nan  # a diverged fit: no share to speak of
     return float(np.linalg.norm(full - physics) / max(np.linalg.norm(full), 1e-30))
 
 
@@ -312,6 +326,12 @@ def radius_path(
                 f"Received: validation_data of type {type(validation_data).__name__}"
             )
         train, val = (x, y), tuple(validation_data)
+        n_val = _num_samples(val[0])
+        if n_val < MIN_VALIDATION_SAMPLES:
+            raise ValueError(
+                f"`validation_data` must hold at least {MIN_VALIDATION_SAMPLES} samples (the "
+                f"radii are compared sample by sample). Received: {n_val} sample(s)"
+            )
     else:
         validation_split = _check_number("validation_split", validation_split, minimum=0.0)
         train, val = _split(x, y, validation_split, split_seed)

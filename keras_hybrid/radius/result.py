@@ -11,6 +11,12 @@ from keras_hybrid.radius.selection import eligible_radii, paired_t_test
 from keras_hybrid.sam import SAM
 
 
+# Relative excess of the lowest training loss over the physics part alone's
+# beyond which the fits are reported as not converged (mini-batch noise and
+# SAM's own bias stay well below it on converged fits).
+CONVERGENCE_SLACK = 0.1
+
+
 class RadiusPath:
     """Result of `radius_path`: one row per (radius, seed).
 
@@ -59,6 +65,11 @@ class RadiusPath:
             count their stability as evidence.
         network_needed: `False` when the physics part alone fits the
             validation data at least as well as every radius.
+        converged: `False` when every radius fits the *training* data
+            worse than the physics part alone (by more than
+            `CONVERGENCE_SLACK`). The hybrid contains the physics part (a
+            network with zero output), so its fits have then not reached
+            a minimum, and the comparison of radii says little.
         best_model: the fitted model at the chosen radius (the seed with
             the lowest validation loss).
         units: `name -> unit`.
@@ -102,9 +113,17 @@ class RadiusPath:
         self.network_needed = not (
             reference is not None and math.isfinite(reference) and finite and reference <= best
         )
+        self.converged = self._converged()
         self.spread, self.stable = self._stability()
         self.fit_change, self.probed = self._probing()
         self.best_model = models.get(self.chosen)
+
+    def _converged(self):
+        reference = None if self.physics_only is None else self.physics_only.get("train_loss")
+        train = [s["train_loss"] for s in self.summary if math.isfinite(s["train_loss"])]
+        if reference is None or not math.isfinite(reference):
+            return True
+        return bool(train) and min(train) <= (1.0 + CONVERGENCE_SLACK) * reference
 
     def _per_sample(self, rho):
         """Per-sample validation losses at `rho`, averaged over seeds
@@ -280,6 +299,7 @@ class RadiusPath:
             "stable": self.stable,
             "spread": self.spread,
             "network_needed": self.network_needed,
+            "converged": self.converged,
             "units": self.units,
         }
 
@@ -324,7 +344,17 @@ class RadiusPath:
                 "  (eligible)" if s["rho"] in self.eligible else "")
             lines.append(line(label, s, mark))
         cap = ", and not above the physics part alone)" if self.physics_only else ")"
-        if self.rule_used == "paired":
+        if not self.network_needed:
+            # Every radius is above the cap: the rule fell back to the best one.
+            lines.append(
+                f"chosen: rho = {self.chosen} (the radius of lowest validation loss: no radius "
+                "fits the validation data as well as the physics part alone)"
+            )
+            if self.rule_used == "paired":
+                lines.append("p-values (worse than the best): " + ", ".join(
+                    f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}"
+                    for r, p in zip(self.rhos, self.p_values)))
+        elif self.rule_used == "paired":
             worse = "worse" if not self.margin else (
                 f"worse by more than {self.margin:.0%} of the gain over the physics part alone")
             lines.append(
@@ -342,7 +372,17 @@ class RadiusPath:
                 f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
                 f"{self.noise_level:g} standard errors{cap}{fallback}"
             )
-        if not self.network_needed:
+        if not self.converged:
+            train = min(s["train_loss"] for s in self.summary if math.isfinite(s["train_loss"])) \
+                if any(math.isfinite(s["train_loss"]) for s in self.summary) else math.inf
+            lines.append(
+                f"every radius fits the training data worse than the physics part alone (lowest "
+                f"training loss {train:.4g} against {self.physics_only['train_loss']:.4g}), "
+                "although the hybrid contains it (a network with zero output): the fits have not "
+                "converged. Try a smaller learning rate, more epochs, or network inputs scaled "
+                "to order 1"
+            )
+        elif not self.network_needed:
             lines.append(
                 "the physics part alone fits the validation data at least as well as every "
                 "radius: the network may not be needed"
