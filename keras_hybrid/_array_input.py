@@ -131,3 +131,27 @@ def _several_epochs(given):
         return int(given["epochs"]) - int(given["initial_epoch"] or 0) > 1
     except (TypeError, ValueError):
         return False  # let `fit` raise its own error
+
+
+def array_ranks(arguments):
+    """The rank of every array among `fit`'s `x`, `y`, `sample_weight` and
+    `validation_data` (`None` for what is not an array), or `None` if no
+    array is given.
+
+    `keras.Model.fit` retraces its step for arrays of another rank with the
+    shapes relaxed to an unknown rank, on which Keras's own loss fails
+    ("Cannot take the length of shape with unknown rank"). The hybrid
+    models compare these ranks with the previous `fit`'s and build a new
+    step when they differ.
+    """
+    def rank(value):
+        if isinstance(value, (np.ndarray, tf.Tensor)) or type(value).__module__.startswith("pandas"):
+            return np.ndim(value)
+        return None
+
+    ranks = tuple(
+        rank(leaf)
+        for name in ("x", "y", "sample_weight", "validation_data")
+        for leaf in tf.nest.flatten(arguments.get(name))
+    )
+    return ranks if any(r is not None for r in ranks) else None

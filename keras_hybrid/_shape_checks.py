@@ -11,13 +11,21 @@ import keras
 
 
 def shape_of(tensor):
-    """Static shape as a tuple (`None` for unknown dimensions)."""
-    return tuple(getattr(tensor, "shape", ()))
+    """Static shape as a tuple (`None` for unknown dimensions), or `None`
+    when even the rank is unknown (a function traced again for inputs of
+    another rank: TensorFlow then relaxes the shapes entirely)."""
+    shape = getattr(tensor, "shape", ())
+    if getattr(shape, "rank", 0) is None:
+        return None
+    return tuple(shape)
 
 
 def same_shape(a, b):
     """True if shapes `a` and `b` have the same rank and every dimension
-    known in both agrees."""
+    known in both agrees (and True when either rank is unknown: nothing to
+    compare)."""
+    if a is None or b is None:
+        return True
     return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
 

@@ -5,10 +5,11 @@ import inspect
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_hybrid._array_input import one_iterator_fit_arguments
+from keras_hybrid._array_input import array_ranks, one_iterator_fit_arguments
 from keras_hybrid._shape_checks import check_loss_shapes
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import _constant_spec, constant_units, is_physical_variable, physical_constants
@@ -224,8 +225,21 @@ class SAMTrainStep:
             return fit(x, y, *args, **kwargs)  # Keras's own error for the arguments
         bound.apply_defaults()
         arguments = dict(bound.arguments)
+        weights = arguments["sample_weight"]
+        if isinstance(weights, (list, tuple)) and weights and all(np.ndim(w) == 0 for w in weights):
+            # One weight per sample as a plain list: Keras expects an array
+            # (and fails with an IndexError). A list of arrays stays a list
+            # (one per output).
+            arguments["sample_weight"] = np.asarray(weights, "float32")
         if policy != "skip":
             self._check_fit_arrays(policy, arguments)
+        ranks = array_ranks(arguments)
+        if ranks is not None and ranks != getattr(self, "_fit_array_ranks", ranks):
+            # A step traced for arrays of other ranks would be retraced with
+            # unknown ranks, which Keras's loss cannot handle: start afresh.
+            self.train_function = self.test_function = None
+        if ranks is not None:
+            object.__setattr__(self, "_fit_array_ranks", ranks)
         arguments = one_iterator_fit_arguments(arguments) or arguments
         callbacks = arguments["callbacks"]
         # A ready-made CallbackList is left as it is.

@@ -139,3 +139,31 @@ def test_positional_arguments_and_keras_errors_still_work():
     assert len(history.history["loss"]) == 3
     with pytest.raises(TypeError, match="unexpected keyword|got an unexpected"):
         model.fit(x, y, epoch=3, verbose=0)
+
+
+def test_sample_weight_as_a_list_trains_as_the_array_does():
+    # `keras.Model.fit` fails on a plain list of per-sample weights
+    # (IndexError in its cardinality check); the hybrid models take it.
+    x, y = _data()
+    weights = np.linspace(0.5, 1.5, len(x)).astype("float32")
+    from_list = _model(2)
+    _fit(from_list, 3, x=x, y=y, sample_weight=[float(w) for w in weights], epochs=2)
+    from_array = _model(2)
+    _fit(from_array, 3, x=x, y=y, sample_weight=weights, epochs=2)
+    for a, b in zip(from_list.get_weights(), from_array.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_arrays_of_another_rank_get_a_new_step():
+    # Keras would retrace its step with the ranks relaxed to unknown and
+    # fail in its own loss; the hybrid models build a new step instead.
+    x, y = _data()
+    model = _model(0)
+    model.fit(x, y[:, 0], epochs=1, verbose=0)
+    first = model.train_function
+    model.fit(x, y[:, 0], epochs=1, verbose=0)
+    assert model.train_function is first   # same ranks: the traced step is kept
+    history = model.fit(x, y, epochs=2, verbose=0)
+    assert model.train_function is not first and np.isfinite(history.history["loss"][-1])
+    assert _array_input.array_ranks({"x": x, "y": y}) == (2, 2, None, None)
+    assert _array_input.array_ranks({"x": tf.data.Dataset.from_tensor_slices(x)}) is None

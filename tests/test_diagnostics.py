@@ -378,6 +378,31 @@ def test_profile_likelihood_matches_numpy_profile():
     assert layer._raw["k"].trainable
 
 
+def test_targets_are_checked_and_aligned_with_the_outputs():
+    t = np.linspace(0, 3, 40)[:, None].astype("float32")
+    noise = 0.05 * np.random.default_rng(1).standard_normal(t.shape)
+    y = (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
+    model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0),
+                                       kh.PhysicalConstant("k", 0.7, constraint="positive")])
+    # `(N,)` targets for an `(N, 1)` output, as Keras's losses take them (the
+    # residual would otherwise broadcast to `(N, N)`).
+    flat = kh.constant_uncertainty(model, t, y[:, 0])
+    column = kh.constant_uncertainty(model, t, y)
+    assert flat.stderr == pytest.approx(column.stderr, rel=1e-6)
+    assert flat.noise_std == pytest.approx(column.noise_std, rel=1e-6)
+    with pytest.raises(ValueError, match=r"shape of the model's output per sample, \(1,\).*\(40, 2\)"):
+        kh.constant_uncertainty(model, t, np.concatenate([y, y], 1))
+    bad = y.copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`y` contains 1 non-finite.*y\[5, 0\]=nan.*drop"):
+        kh.constant_uncertainty(model, t, bad)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=r"`y` contains 1 non-finite"):
+        kh.profile_likelihood(model, "k", [0.6, 0.8], t, bad, epochs=0)
+    prof = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y[:, 0], epochs=0)
+    assert prof.rss == pytest.approx(kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0).rss)
+
+
 def test_profile_interval_ends_at_the_constraint_not_beyond():
     # A grid too short for the profile to cross the threshold: the open ends
     # are the ends of each constant's domain (0 for a positive constant, the

@@ -62,6 +62,18 @@ def test_shapes_keras_legitimately_aligns_still_train():
     classifier.fit(ONES, np.zeros((8, 1), "int32"), epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize("sam", [None, "default"])
+def test_fit_again_with_targets_of_another_rank(sam):
+    # The second `fit` retraces the step with the shapes relaxed to an
+    # unknown rank; the check has nothing to compare then, and must not fail.
+    model = _hybrid(linear, **({} if sam == "default" else {"sam": None}))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(ONES, 3.0 * ONES[:, 0], epochs=1, batch_size=8, verbose=0)
+    model.fit(ONES, 3.0 * ONES, epochs=1, batch_size=8, verbose=0)
+    model.fit(ONES, 3.0 * ONES[:, 0], epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(model.physical_constants()["k"])
+
+
 # -- ODE right-hand sides and corrections -------------------------------------
 
 

@@ -16,6 +16,7 @@ from keras_hybrid.diagnostics.information import _information_blocks, _marginal_
 from keras_hybrid.diagnostics.prior import _noise_and_prior
 from keras_hybrid.diagnostics.residuals import (
     _as_arrays,
+    _checked_data,
     _constant_entries,
     _first_dim,
     _network_variables,
@@ -72,6 +73,7 @@ def _check_model_and_data(model, x, y):
         raise ValueError(
             f"`x` and `y` must have the same number of samples. Received: {_first_dim(x)} and {_first_dim(y)}"
         )
+    x, y = _checked_data(model, x, y)
     return entries, x, y
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_hybrid import uncertainty as un
-from keras_hybrid.diagnostics.residuals import _as_arrays, _Residuals
+from keras_hybrid.diagnostics.residuals import _checked_data, _Residuals
 from keras_hybrid.diagnostics.results import ProfileLikelihood
 from keras_hybrid.layers import ScientificLayer, _constant_spec, _keyed_constant_variables
 
@@ -122,7 +122,7 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
         raise ValueError(f"`values` must hold at least 2 finite numbers. Received: values={values!r}")
     threshold = un.chi2_1_quantile(level)
     _owner_layer(model, name)
-    x, y = _as_arrays(x, "x"), _as_arrays(y, "y")
+    x, y = _checked_data(model, x, y)
     estimate = model_constants = None
     from keras_hybrid.layers import physical_constants
 

@@ -31,6 +31,41 @@ def _as_arrays(data, arg):
     return tf.nest.map_structure(lambda a: np.asarray(a), data)
 
 
+def _checked_data(model, x, y):
+    """`x` and `y` as arrays, finite, and `y` in the shapes of the model's
+    outputs: a target of shape `(N,)` for an output `(N, 1)` gets its unit
+    axis, as Keras's losses give it (the residual `f(x) - y` would
+    otherwise broadcast to `(N, N)`); other mismatches raise."""
+    from keras_hybrid.non_finite import non_finite_report
+
+    x, y = _as_arrays(x, "x"), _as_arrays(y, "y")
+    for name, data in (("x", x), ("y", y)):
+        report = non_finite_report(name, data)
+        if report is not None:
+            raise ValueError(f"{report} The residuals must be finite: drop those samples.")
+    first = model(_slice(x, 0, 1), training=False)
+    outputs, targets = tf.nest.flatten(first), tf.nest.flatten(y)
+    if len(outputs) != len(targets):
+        return x, y
+    aligned = []
+    for i, (out, target) in enumerate(zip(outputs, targets)):
+        want = tuple(out.shape[1:])
+        have = np.shape(target)[1:]
+        label = "y" if len(targets) == 1 else f"y[{i}]"
+        if have == want:
+            aligned.append(target)
+        elif have + (1,) == want:
+            aligned.append(target[..., None])
+        elif have == want + (1,):
+            aligned.append(target[..., 0])
+        else:
+            raise ValueError(
+                f"`{label}` must have the shape of the model's output per sample, {want}. "
+                f"Received: {label} of shape {np.shape(target)}"
+            )
+    return x, tf.nest.pack_sequence_as(y, aligned)
+
+
 def _first_dim(data):
     return int(np.shape(tf.nest.flatten(data)[0])[0])
 
