@@ -82,7 +82,7 @@ def path_samples(cache):
     from keras_hybrid import radius
 
     times, y0, obs = pendulum.simulate(seed=0)
-    _, (xv, yv) = radius._split(y0, obs, 0.2, 0)
+    _, (xv, yv, _) = radius._split(y0, obs, None, 0.2, 0)
     file = os.path.join(cache, "path.json")
     with open(file) as f:
         info = json.load(f)
@@ -124,7 +124,7 @@ def path_evidence(cache):
     from keras_hybrid.diagnostics.prior import _weight_spectrum
 
     times, y0, obs = pendulum.simulate(seed=0)
-    (xt, yt), _ = radius._split(y0, obs, 0.2, 0)
+    (xt, yt, _), _ = radius._split(y0, obs, None, 0.2, 0)
     with open(os.path.join(cache, "path.json")) as f:
         rows = sorted(json.load(f)["rows"], key=lambda r: r["rho"])
     out = []
@@ -250,7 +250,7 @@ def report(cache, which, cg_tol=None):
                 add(f"pendulum {label} 600 ep: default prior + path", model, y0, obs, truth,
                     path=path)
     if "path" in which and path is not None:
-        (xt, yt), _ = radius._split(y0, obs, 0.2, 0)
+        (xt, yt, _), _ = radius._split(y0, obs, None, 0.2, 0)
         for rho in path.rhos:
             model = pendulum.build_model(times, seed=0)
             model.load_weights(os.path.join(cache, f"path_rho{rho:g}.weights.h5"))

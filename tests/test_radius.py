@@ -10,7 +10,7 @@ import pytest
 
 import keras
 import keras_hybrid as kh
-from keras_hybrid.radius import RadiusPath, choose_radius
+from keras_hybrid.radius import RadiusPath, choose_radius, fitting
 
 
 @keras.saving.register_keras_serializable(package="keras_hybrid_tests")
@@ -553,6 +553,31 @@ def test_net_share_is_zero_only_for_a_zero_network():
     np.testing.assert_allclose(_net_share(model, x, 20), expected, rtol=1e-5)
     # and the weights are restored after the computation
     np.testing.assert_allclose(last.bias.numpy(), [1.0])
+
+
+def test_radius_path_splits_and_uses_sample_weights():
+    x, y = _data()
+    w = np.random.default_rng(5).uniform(0.2, 3.0, len(x)).astype("float32")
+    path = kh.radius_path(_builder([]), x, y, sample_weight=w, rhos=[0.0], epochs=5,
+                          batch_size=16)
+    model = path.best_model
+    # The same random split as without weights, the weights going with their samples.
+    (xt, yt, wt), (xv, yv, wv) = fitting._split(x, y, w, 0.2, 0)
+    row = path.rows[0]
+    assert row["val_loss"] == pytest.approx(
+        model.evaluate(xv, yv, sample_weight=wv, verbose=0), rel=1e-5)
+    assert row["train_loss"] == pytest.approx(
+        model.evaluate(xt, yt, sample_weight=wt, verbose=0), rel=1e-5)
+    # Per-sample losses are weighted: their mean is the validation loss.
+    assert np.mean(row["val_losses"]) == pytest.approx(row["val_loss"], rel=1e-5)
+    residual = (model.predict(xv, verbose=0) - yv)[:, 0]
+    np.testing.assert_allclose(row["val_losses"], wv * residual**2, rtol=1e-4)
+    # Weights given with `validation_data` are used there.
+    three = kh.radius_path(_builder([]), xt, yt, sample_weight=wt, validation_data=(xv, yv, wv),
+                           rhos=[0.0], epochs=5, batch_size=16)
+    assert three.rows[0]["val_loss"] == pytest.approx(row["val_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="one finite weight >= 0 per sample of `x` \\(60\\)"):
+        kh.radius_path(_builder([]), x, y, sample_weight=w[:10], rhos=[0.0], epochs=1)
 
 
 def test_radius_path_rejects_bad_input():

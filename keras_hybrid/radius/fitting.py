@@ -17,6 +17,8 @@ from keras_hybrid.sam import SAM
 
 
 def _take(data, index):
+    if data is None:
+        return None
     return keras.tree.map_structure(lambda a: np.asarray(a)[index], data)
 
 
@@ -29,7 +31,7 @@ def _num_samples(data):
 MIN_VALIDATION_SAMPLES = 2
 
 
-def _split(x, y, validation_split, split_seed):
+def _split(x, y, sample_weight, validation_split, split_seed):
     n = _num_samples(x)
     n_val = int(round(n * validation_split))
     if n_val < 1 or n_val >= n:
@@ -46,25 +48,28 @@ def _split(x, y, validation_split, split_seed):
         )
     order = np.random.default_rng(split_seed).permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return (_take(x, train), _take(y, train)), (_take(x, val), _take(y, val))
+    return tuple(_take(a, train) for a in (x, y, sample_weight)), tuple(
+        _take(a, val) for a in (x, y, sample_weight))
 
 
 def _neural_variables(model):
     return [v for v in model.trainable_variables if not is_physical_variable(v)]
 
 
-def _evaluate(model, x, y, batch_size):
-    result = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+def _evaluate(model, x, y, batch_size, sample_weight=None):
+    result = model.evaluate(x, y, sample_weight=sample_weight, batch_size=batch_size, verbose=0,
+                            return_dict=True)
     return float(result["loss"])
 
 
-def _per_sample_losses(model, x, y, batch_size):
+def _per_sample_losses(model, x, y, batch_size, sample_weight=None):
     """Per-sample validation losses (the compiled loss of each sample,
-    averaged over its remaining axes, e.g. the time steps of a
-    trajectory), as a float64 array; `None` when the compiled loss is not
-    a single Keras loss (a name, a function or a `keras.losses.Loss`) or
-    the targets are not one array. Regularization penalties are not
-    included: they are the same for every sample."""
+    times its weight, averaged over its remaining axes, e.g. the time
+    steps of a trajectory: their mean is `evaluate`'s loss), as a float64
+    array; `None` when the compiled loss is not a single Keras loss (a
+    name, a function or a `keras.losses.Loss`) or the targets are not one
+    array. Regularization penalties are not included: they are the same
+    for every sample."""
     try:
         loss = keras.losses.get(model.loss)
         if loss is None or isinstance(y, (dict, list, tuple)):
@@ -75,6 +80,9 @@ def _per_sample_losses(model, x, y, batch_size):
         else:
             per_sample = loss(keras.ops.convert_to_tensor(y, "float32"), y_pred)
         per_sample = np.asarray(keras.ops.convert_to_numpy(per_sample), "float64")
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, "float64")
+            per_sample = per_sample * w.reshape(w.shape + (1,) * (per_sample.ndim - w.ndim))
         return per_sample.reshape(len(per_sample), -1).mean(axis=1)
     except (TypeError, ValueError):
         return None
@@ -134,10 +142,11 @@ def _build(build_model, sam):
 def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs):
     keras.utils.set_random_seed(seed)
     model = _build(build_model, sam)
-    model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, **fit_kwargs)
+    model.fit(train[0], train[1], sample_weight=train[2], epochs=epochs, batch_size=batch_size,
+              **fit_kwargs)
     row = {"rho": rho, "seed": seed, **_scores(model, train, val, batch_size),
            "net_share": _net_share(model, train[0], batch_size)}
-    per_sample = _per_sample_losses(model, val[0], val[1], batch_size)
+    per_sample = _per_sample_losses(model, val[0], val[1], batch_size, val[2])
     row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
     row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]
     return model, row
@@ -150,7 +159,8 @@ def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwa
         v.assign(keras.ops.zeros(v.shape, v.dtype))
         v.trainable = False
     if model.trainable_variables:
-        model.fit(train[0], train[1], epochs=epochs, batch_size=batch_size, **fit_kwargs)
+        model.fit(train[0], train[1], sample_weight=train[2], epochs=epochs,
+                  batch_size=batch_size, **fit_kwargs)
     return {"rho": None, "seed": seed, **_scores(model, train, val, batch_size), "net_share": 0.0}
 
 
@@ -158,8 +168,8 @@ def _scores(model, train, val, batch_size):
     """The fitted constants and the training and validation losses."""
     return {
         "constants": physical_constants(model),
-        "train_loss": _evaluate(model, train[0], train[1], batch_size),
-        "val_loss": _evaluate(model, val[0], val[1], batch_size),
+        "train_loss": _evaluate(model, *train[:2], batch_size, train[2]),
+        "val_loss": _evaluate(model, *val[:2], batch_size, val[2]),
     }
 
 
@@ -171,6 +181,7 @@ def radius_path(
     rhos=None,
     validation_split=0.2,
     validation_data=None,
+    sample_weight=None,
     epochs=100,
     seeds=1,
     sam=None,
@@ -241,7 +252,11 @@ def radius_path(
             drawn at random with `split_seed` (not the last samples, as
             Keras does: sorted data would give an extrapolation set).
             Ignored when `validation_data` is given. Defaults to `0.2`.
-        validation_data: `(x_val, y_val)`, or `None`. Defaults to `None`.
+        validation_data: `(x_val, y_val)` or `(x_val, y_val, w_val)`, or
+            `None`. Defaults to `None`.
+        sample_weight: per-sample weights of `x`, `y` (e.g. inverse
+            variances), split with the samples; every fit, loss and
+            validation comparison uses them. Defaults to `None`.
         epochs: epochs of every fit. Defaults to `100`.
         seeds: number of seeds per radius (seeds `0..seeds-1`), or a list
             of seeds. Defaults to `1`.
@@ -319,13 +334,21 @@ def radius_path(
     if margin >= 1.0:
         raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
     _check_paired_test(paired_test)
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, "float32")
+        if sample_weight.ndim == 0 or len(sample_weight) != _num_samples(x) or not np.all(
+                np.isfinite(sample_weight)) or np.any(sample_weight < 0):
             raise ValueError(
-                "`validation_data` must be a tuple `(x_val, y_val)`. "
+                f"`sample_weight` must hold one finite weight >= 0 per sample of `x` "
+                f"({_num_samples(x)}). Received: sample_weight of shape {sample_weight.shape}"
+            )
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError(
+                "`validation_data` must be a tuple `(x_val, y_val)` or `(x_val, y_val, w_val)`. "
                 f"Received: validation_data of type {type(validation_data).__name__}"
             )
-        train, val = (x, y), tuple(validation_data)
+        train, val = (x, y, sample_weight), (tuple(validation_data) + (None,))[:3]
         n_val = _num_samples(val[0])
         if n_val < MIN_VALIDATION_SAMPLES:
             raise ValueError(
@@ -334,7 +357,7 @@ def radius_path(
             )
     else:
         validation_split = _check_number("validation_split", validation_split, minimum=0.0)
-        train, val = _split(x, y, validation_split, split_seed)
+        train, val = _split(x, y, sample_weight, validation_split, split_seed)
     fit_kwargs.setdefault("verbose", 0)
 
     config = template.get_config()
