@@ -78,12 +78,59 @@ def _check_times(t):
     return t
 
 
+def check_max_step(max_step, method):
+    """Validates a `max_step` argument: `None` or a positive, finite number
+    (fixed-step methods only)."""
+    if max_step is None:
+        return None
+    if isinstance(max_step, bool) or not isinstance(max_step, (int, float, np.number)) or not (
+            np.isfinite(max_step) and max_step > 0):
+        raise ValueError(f"`max_step` must be None or a number > 0. Received: max_step={max_step!r}")
+    if method in ADAPTIVE_METHODS:
+        raise ValueError(
+            f"`max_step` applies to the fixed-step methods {tuple(TABLEAUS)}; adaptive methods "
+            f"choose their own steps. Received: max_step={max_step!r} with method={method!r}"
+        )
+    return float(max_step)
+
+
+def _step_counts(t, substeps, max_step):
+    """Solver steps per observation interval: `substeps`, or more where an
+    interval is longer than `substeps * max_step`."""
+    dt = np.diff(t)
+    counts = np.full(dt.shape, substeps, np.int64)
+    if max_step is not None:
+        # The small slack keeps 0.1 / 0.05 at 2 steps despite rounding.
+        counts = np.maximum(counts, np.ceil(dt / max_step - 1e-9).astype(np.int64))
+    return counts
+
+
+class _Schedule:
+    """Step sizes and counts per interval. With one count for every
+    interval the loops take it as a Python int (the same ops as before
+    `max_step` existed); otherwise each interval reads its own count and
+    the inner loop is bounded by the largest."""
+
+    def __init__(self, t, substeps, max_step, dtype):
+        counts = _step_counts(t, substeps, max_step)
+        self.starts = tf.constant(t[:-1], dtype=dtype)
+        self.steps = tf.constant(np.diff(t) / counts, dtype=dtype)
+        self.uniform = bool(np.all(counts == counts[0]))
+        self.most = int(counts.max())
+        self.counts = None if self.uniform else tf.constant(counts, tf.int32)
+
+    def interval(self, vector_field, i, y, tableau):
+        count = None if self.uniform else self.counts[i]
+        return _rk_interval(vector_field, self.starts[i], y, self.steps[i], tableau, self.most, count)
+
+
 def odeint(
     func,
     y0,
     t,
     method="rk4",
     substeps=1,
+    max_step=None,
     rtol=1e-6,
     atol=1e-8,
     constants=None,
@@ -103,6 +150,12 @@ def odeint(
             `tfp.math.ode`). Defaults to `"rk4"`.
         substeps: fixed-step methods take this many equal steps between
             consecutive time points. Defaults to `1`.
+        max_step: fixed-step methods only: `None`, or the longest step.
+            An interval between time points longer than `substeps *
+            max_step` is split into `ceil(dt / max_step)` equal steps, so
+            that unevenly spaced observations (a long gap among short
+            ones) are integrated as accurately as the short intervals.
+            Defaults to `None` (`substeps` steps in every interval).
         rtol: relative tolerance of adaptive methods. Defaults to `1e-6`.
         atol: absolute tolerance of adaptive methods. Defaults to `1e-8`.
         constants: optional dict of tensors forwarded to `func` as keyword
@@ -153,6 +206,7 @@ def odeint(
     if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"`substeps` must be an integer >= 1. Received: substeps={substeps!r}")
     t = _check_times(t)
+    max_step = check_max_step(max_step, method)
     checkpoint = check_checkpoint(checkpoint)
     if checkpoint is not None and method in ADAPTIVE_METHODS:
         raise ValueError(
@@ -172,7 +226,7 @@ def odeint(
         return _odeint_tfp(func, y0, t, method, rtol, atol, constants)
     if checkpoint is not None:
         return _odeint_checkpointed(
-            func, y0, t, TABLEAUS[method], substeps, constants, checkpoint, variables
+            func, y0, t, TABLEAUS[method], substeps, constants, checkpoint, variables, max_step
         )
 
     def vector_field(time, y):
@@ -180,8 +234,7 @@ def odeint(
 
     tableau = TABLEAUS[method]
     dtype = y0.dtype
-    starts = tf.constant(t[:-1], dtype=dtype)
-    steps = tf.constant(np.diff(t) / substeps, dtype=dtype)
+    schedule = _Schedule(t, substeps, max_step, dtype)
 
     # A while loop with a static trip count (`maximum_iterations`), which
     # XLA needs to differentiate through it; keras.ops.scan does not bound
@@ -191,7 +244,7 @@ def odeint(
     trajectory = tf.TensorArray(dtype, size=len(t), element_shape=y0.shape).write(0, y0)
 
     def step(i, y, trajectory):
-        y_next = _rk_interval(vector_field, starts[i], y, steps[i], tableau, substeps)
+        y_next = schedule.interval(vector_field, i, y, tableau)
         return i + 1, y_next, trajectory.write(i + 1, y_next)
 
     _, _, trajectory = tf.while_loop(
@@ -204,8 +257,9 @@ def odeint(
     return _time_axis_second_to_last(trajectory.stack())
 
 
-def _rk_interval(vector_field, start, y, dt, tableau, substeps):
-    """One observation interval: `substeps` RK steps of size `dt` from `start`."""
+def _rk_interval(vector_field, start, y, dt, tableau, substeps, count=None):
+    """One observation interval: `substeps` RK steps of size `dt` from
+    `start`, or `count` (a tensor, at most `substeps`) of them."""
     if substeps == 1:
         return rk_step(vector_field, start, y, dt, tableau)
 
@@ -213,9 +267,10 @@ def _rk_interval(vector_field, start, y, dt, tableau, substeps):
         time = start + tf.cast(i, y.dtype) * dt
         return i + 1, rk_step(vector_field, time, y_sub, dt, tableau)
 
-    # A static trip count keeps the loop differentiable under XLA.
+    # A static bound on the trip count keeps the loop differentiable under XLA.
+    limit = substeps if count is None else count
     _, y_next = tf.while_loop(
-        lambda i, _: i < substeps, substep, (0, y), maximum_iterations=substeps
+        lambda i, _: i < limit, substep, (0, y), maximum_iterations=substeps
     )
     return y_next
 
@@ -231,7 +286,7 @@ def check_checkpoint(checkpoint):
     return int(checkpoint)
 
 
-def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables):
+def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables, max_step=None):
     """The fixed-step loop in segments of `k` intervals, each under a custom
     gradient that re-integrates the segment in the backward pass.
 
@@ -244,8 +299,7 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
     names = sorted(constants)
     constant_values = [tf.convert_to_tensor(constants[name]) for name in names]
     variable_values = [tf.cast(tf.convert_to_tensor(v.value), v.dtype) for v in variables]
-    starts = tf.constant(t[:-1], dtype=dtype)
-    steps = tf.constant(np.diff(t) / substeps, dtype=dtype)
+    schedule = _Schedule(t, substeps, max_step, dtype)
     intervals = len(t) - 1
     k = min(k, intervals)
 
@@ -262,9 +316,7 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
             out = tf.TensorArray(dtype, size=length, element_shape=y.shape)
 
             def step(j, y_j, out):
-                y_next = _rk_interval(
-                    vector_field, starts[first + j], y_j, steps[first + j], tableau, substeps
-                )
+                y_next = schedule.interval(vector_field, first + j, y_j, tableau)
                 return j + 1, y_next, out.write(j, y_next)
 
             _, _, out = tf.while_loop(

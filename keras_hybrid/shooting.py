@@ -387,6 +387,7 @@ class MultipleShooting(SAMTrainStep, keras.Model):
             self.segment_times,
             method=layer.method,
             substeps=layer.substeps,
+            max_step=layer.max_step,
             constants=values,
             checkpoint=layer.checkpoint,
             variables=layer.checkpointed_variables(),

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
 import keras_hybrid as kh
@@ -109,6 +110,28 @@ def test_ode_layer_exponential_decay_matches_analytic():
     y = np.asarray(layer(y0))
     assert y.shape == (2, 11, 1)
     np.testing.assert_allclose(y[..., 0], y0 * np.exp(-2.0 * times)[None], rtol=1e-5)
+
+
+def test_ode_layer_max_step_on_uneven_times_saves_and_exports(tmp_path):
+    times = [0.0, 0.1, 5.0, 5.05]
+    layer = ODELayer(decay, [PhysicalConstant("k", 0.5, unit="1/s", constraint="positive")],
+                     times=times, max_step=0.05, name="uneven")
+    inputs = keras.Input((1,))
+    model = HybridModel(inputs, layer(inputs))
+    y0 = np.array([[1.0], [2.0]], "float32")
+    out = model.predict(y0, verbose=0)
+    np.testing.assert_allclose(out[..., 0], y0 * np.exp(-0.5 * np.array(times))[None], rtol=1e-5)
+    assert layer.get_config()["max_step"] == 0.05
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.get_layer("uneven").max_step == 0.05
+    np.testing.assert_array_equal(loaded.predict(y0, verbose=0), out)
+    kh.export_saved_model(model, str(tmp_path / "served"))
+    serve = tf.saved_model.load(str(tmp_path / "served")).signatures["serve"]
+    (served,) = serve(tf.constant(y0)).values()
+    np.testing.assert_allclose(served.numpy(), out, rtol=1e-6)
+    with pytest.raises(ValueError, match="max_step=-1"):
+        ODELayer(decay, [PhysicalConstant("k", 0.5)], times=times, max_step=-1)
 
 
 def test_ode_layer_with_correction_and_per_sample_constants(tmp_path):

@@ -90,3 +90,57 @@ def test_hundred_step_rk4_training_step_compiles_quickly():
     start = time.perf_counter()
     model.fit(x, y, epochs=1, verbose=0)
     assert time.perf_counter() - start < 60
+
+
+# -- unevenly spaced time points: `max_step` ------------------------------------
+
+UNEVEN = np.array([0.0, 0.1, 5.0, 5.05, 5.1, 9.0])
+
+
+def test_max_step_integrates_long_gaps_as_accurately_as_short_intervals():
+    y0 = np.array([[1.0]])
+    exact = np.exp(-0.5 * UNEVEN)[None, :, None]
+    decay = lambda t, y: -0.5 * y  # noqa: E731
+    one_step = np.asarray(odeint(decay, y0, UNEVEN))
+    # One RK4 step over the 4.9-long gap: 0.572 (x 0.95) for 0.082.
+    assert abs(one_step[0, 2, 0] - exact[0, 2, 0]) > 0.4
+    split = np.asarray(odeint(decay, y0, UNEVEN, max_step=0.05))
+    np.testing.assert_allclose(split, exact, rtol=1e-7)
+    # Its gradient, through intervals of 2 to 98 steps: dy(9)/dk = -9 y(9).
+    k = tf.Variable(0.5, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        final = odeint(lambda t, y, k: -k * y, tf.constant([1.0], tf.float64), UNEVEN,
+                       max_step=0.05, constants={"k": tf.identity(k)})[-1, 0]
+    np.testing.assert_allclose(tape.gradient(final, k).numpy(), -9.0 * np.exp(-4.5), rtol=1e-6)
+
+
+def test_max_step_on_even_time_points_is_substeps():
+    t = np.linspace(0.0, 1.0, 11)
+    y0 = np.array([1.0, 0.0])
+    # 0.1 / 0.025 = 4 steps in every interval: the very same loop as substeps=4.
+    np.testing.assert_array_equal(np.asarray(odeint(_oscillator, y0, t, max_step=0.025)),
+                                  np.asarray(odeint(_oscillator, y0, t, substeps=4)))
+    # A max_step above the spacing leaves `substeps` as it is.
+    np.testing.assert_array_equal(np.asarray(odeint(_oscillator, y0, t, substeps=2, max_step=1.0)),
+                                  np.asarray(odeint(_oscillator, y0, t, substeps=2)))
+
+
+def test_max_step_under_xla_and_with_checkpoints():
+    y0 = tf.constant([[1.0]], tf.float32)
+
+    @tf.function(jit_compile=True)
+    def compiled(y0):
+        return odeint(lambda t, y: -0.5 * y, y0, UNEVEN, max_step=0.05)
+
+    exact = np.exp(-0.5 * UNEVEN)[None, :, None]
+    np.testing.assert_allclose(compiled(y0).numpy(), exact, rtol=1e-5)
+    checkpointed = odeint(lambda t, y: -0.5 * y, y0, UNEVEN, max_step=0.05, checkpoint=2)
+    np.testing.assert_allclose(checkpointed.numpy(), exact, rtol=1e-5)
+
+
+def test_max_step_bad_arguments():
+    for bad in (0, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match=f"max_step={bad!r}"):
+            odeint(_decay, np.ones(1), [0.0, 1.0], max_step=bad)
+    with pytest.raises(ValueError, match="adaptive methods choose their own steps"):
+        odeint(_decay, np.ones(1), [0.0, 1.0], method="dopri5", max_step=0.1)
