@@ -534,7 +534,7 @@ class ODELayer(ScientificLayer):
                 f"`context_size` must be an integer >= 0. Received: context_size={context_size!r}"
             )
         self.context_size = context_size
-        self.times = ode._check_times(times)
+        self.times = ode._check_times(times, "times")
         if method not in ode.METHODS:
             raise ValueError(f"`method` must be one of {ode.METHODS}. Received: method={method!r}")
         if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:

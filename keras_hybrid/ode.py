@@ -63,17 +63,17 @@ def rk_step(func, t, y, dt, tableau):
     return y + dt * increment
 
 
-def _check_times(t):
+def _check_times(t, arg="t"):
     t = np.asarray(t, dtype="float64")
     if t.ndim != 1 or t.size < 2:
         raise ValueError(
-            "`t` must be a 1-D array of at least 2 time points. "
-            f"Received: t with shape {t.shape}"
+            f"`{arg}` must be a 1-D array of at least 2 time points. "
+            f"Received: {arg} with shape {t.shape}"
         )
     if not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
         raise ValueError(
-            "`t` must be finite and strictly increasing. "
-            f"Received: t={t.tolist()[:6]}{'...' if t.size > 6 else ''}"
+            f"`{arg}` must be finite and strictly increasing. "
+            f"Received: {arg}={t.tolist()[:6]}{'...' if t.size > 6 else ''}"
         )
     return t
 

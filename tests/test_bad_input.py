@@ -187,6 +187,15 @@ def test_ode_layer_shape_errors():
         layer(np.ones((4, 3), "float32"))
 
 
+def test_ode_layer_names_its_times_argument():
+    constants = [kh.PhysicalConstant("k", 0.5)]
+    with pytest.raises(ValueError, match=r"`times` must be finite and strictly increasing. "
+                                         r"Received: times=\[0.0, 2.0, 1.0\]"):
+        kh.ODELayer(growth, constants, times=[0.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"`times` must be a 1-D array .* Received: times with shape \(1,\)"):
+        kh.ODELayer(growth, constants, times=[0.0])
+
+
 @keras.saving.register_keras_serializable(package="keras_hybrid_tests")
 def wrong_size_field(t, y, constants):
     return keras.ops.concatenate([y, y], axis=-1) * constants["k"]
