@@ -373,6 +373,7 @@ def test_profile_likelihood_matches_numpy_profile():
     assert prof.interval[0] == pytest.approx(inside[0], abs=0.01)
     assert prof.interval[1] == pytest.approx(inside[-1], abs=0.01)
     assert not prof.flat
+    assert prof.warnings == [] and prof.estimate_statistic == pytest.approx(0.0, abs=1e-3)
     # The original model is untouched.
     assert layer.physical_constants()["k"] == pytest.approx(c[1], rel=1e-5)
     assert layer._raw["k"].trainable
@@ -401,6 +402,24 @@ def test_targets_are_checked_and_aligned_with_the_outputs():
         kh.profile_likelihood(model, "k", [0.6, 0.8], t, bad, epochs=0)
     prof = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y[:, 0], epochs=0)
     assert prof.rss == pytest.approx(kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0).rss)
+
+
+def test_profile_warns_when_the_model_is_not_at_the_minimum():
+    # A model left away from the least-squares fit (k = 0.45 for a truth of
+    # 0.7): refits on the grid find a far lower RSS, the interval excludes
+    # the estimate, and the profile says why instead of passing silently.
+    t = np.linspace(0, 3, 40)[:, None].astype("float32")
+    noise = 0.05 * np.random.default_rng(2).standard_normal(t.shape)
+    y = (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
+    model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0),
+                                       kh.PhysicalConstant("k", 0.45, constraint="positive")])
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    with pytest.warns(UserWarning, match=r"profile_likelihood\('k'\): the model is not at the minimum"):
+        prof = kh.profile_likelihood(model, "k", [0.6, 0.7, 0.8], t, y, epochs=30, batch_size=40)
+    lo, hi = prof.interval
+    assert not lo <= 0.45 <= hi
+    assert prof.estimate_statistic > prof.threshold
+    assert "Refit it on these data first" in str(prof)
 
 
 def test_profile_interval_ends_at_the_constraint_not_beyond():

@@ -4,6 +4,7 @@ of the model (`clone_for_refit`, `fresh_compile`).
 
 import math
 import time
+import warnings as _warnings
 
 import keras
 import numpy as np
@@ -159,6 +160,19 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     domain_lo, domain_hi = _domain(model, name)
     lo, hi = max(lo, domain_lo), min(hi, domain_hi)
     order = np.argsort(values)
+    rss_min = min(rss_free, float(np.nanmin(rss)))
+    estimate_statistic = float(n * np.log(rss_free / rss_min)) if rss_min > 0 else 0.0
+    warnings = []
+    if estimate_statistic > threshold:
+        best = float(values[int(np.nanargmin(rss))])
+        warnings.append(
+            f"the model is not at the minimum of these data's loss: the refit with {name} = "
+            f"{best:.5g} reaches RSS {rss_min:.5g} against the model's {rss_free:.5g} "
+            f"(n log ratio {estimate_statistic:.3g} > {threshold:.3g}), so the interval need "
+            f"not contain the estimate {estimate:.5g}. Was the model fitted on other data (a "
+            "training split) or stopped early? Refit it on these data first."
+        )
+        _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
     return ProfileLikelihood(
         name=name,
         values=values[order],
@@ -169,7 +183,10 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
         threshold=threshold,
         flat=bool(np.nanmax(stat) <= threshold),
         estimate=estimate,
-        rss_min=min(rss_free, float(np.nanmin(rss))),
+        rss_min=rss_min,
+        rss_estimate=rss_free,
+        estimate_statistic=estimate_statistic,
+        warnings=warnings,
         n=n,
         level=float(level),
         seconds=time.perf_counter() - start_time,

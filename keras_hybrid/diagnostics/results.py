@@ -106,10 +106,18 @@ class ProfileLikelihood:
         rss: residual sum of squares after the refit at each value.
         loss: the final training loss of each refit.
         statistic: `n log(RSS / RSS_min)` per value.
-        interval: `(lo, hi)` likelihood-ratio interval (`-inf`/`inf` where
-            the profile does not cross the threshold within the grid).
+        interval: `(lo, hi)` likelihood-ratio interval (the end of the
+            constant's domain where the profile does not cross the
+            threshold within the grid).
         threshold: `chi2_1(level)`.
         flat: True if the whole grid lies inside the interval.
+        rss_estimate: the residual sum of squares of the model as given.
+        estimate_statistic: `n log(rss_estimate / rss_min)`, the profile
+            statistic of the estimate itself; 0 when the given fit is the
+            best one found.
+        warnings: list of strings, e.g. that the estimate lies outside
+            its own interval because the given fit is not at the minimum
+            of these data's loss.
         estimate, rss_min, n, level, seconds.
     """
 
@@ -125,6 +133,7 @@ class ProfileLikelihood:
         return (
             f"Profile of {self.name} (threshold {self.threshold:.3g} at {self.level:.0%}):\n{rows}\n"
             f"  interval [{lo:.5g}, {hi:.5g}]" + ("  (flat profile)" if self.flat else "")
+            + "".join(f"\n  warning: {w}" for w in getattr(self, "warnings", []))
         )
 
     __repr__ = __str__
