@@ -133,10 +133,9 @@ def _several_epochs(given):
         return False  # let `fit` raise its own error
 
 
-def array_ranks(arguments):
-    """The rank of every array among `fit`'s `x`, `y`, `sample_weight` and
-    `validation_data` (`None` for what is not an array), or `None` if no
-    array is given.
+def array_ranks(arguments, names=("x", "y", "sample_weight")):
+    """The rank of every array among `fit`'s arguments `names` (`None` for
+    what is not an array), or `None` if none is an array.
 
     `keras.Model.fit` retraces its step for arrays of another rank with the
     shapes relaxed to an unknown rank, on which Keras's own loss fails
@@ -149,9 +148,5 @@ def array_ranks(arguments):
             return np.ndim(value)
         return None
 
-    ranks = tuple(
-        rank(leaf)
-        for name in ("x", "y", "sample_weight", "validation_data")
-        for leaf in tf.nest.flatten(arguments.get(name))
-    )
+    ranks = tuple(rank(leaf) for name in names for leaf in tf.nest.flatten(arguments.get(name)))
     return ranks if any(r is not None for r in ranks) else None

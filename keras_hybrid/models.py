@@ -233,13 +233,17 @@ class SAMTrainStep:
             arguments["sample_weight"] = np.asarray(weights, "float32")
         if policy != "skip":
             self._check_fit_arrays(policy, arguments)
-        ranks = array_ranks(arguments)
-        if ranks is not None and ranks != getattr(self, "_fit_array_ranks", ranks):
-            # A step traced for arrays of other ranks would be retraced with
-            # unknown ranks, which Keras's loss cannot handle: start afresh.
-            self.train_function = self.test_function = None
-        if ranks is not None:
-            object.__setattr__(self, "_fit_array_ranks", ranks)
+        # A step traced for arrays of other ranks would be retraced with
+        # unknown ranks, which Keras's loss cannot handle: start afresh.
+        for names, function in ((("x", "y", "sample_weight"), "train_function"),
+                                (("validation_data",), "test_function")):
+            ranks = array_ranks(arguments, names)
+            if ranks is None:
+                continue
+            seen = getattr(self, "_fit_array_ranks", {})
+            if seen.get(function, ranks) != ranks:
+                setattr(self, function, None)
+            object.__setattr__(self, "_fit_array_ranks", {**seen, function: ranks})
         arguments = one_iterator_fit_arguments(arguments) or arguments
         callbacks = arguments["callbacks"]
         # A ready-made CallbackList is left as it is.

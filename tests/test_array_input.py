@@ -165,5 +165,12 @@ def test_arrays_of_another_rank_get_a_new_step():
     assert model.train_function is first   # same ranks: the traced step is kept
     history = model.fit(x, y, epochs=2, verbose=0)
     assert model.train_function is not first and np.isfinite(history.history["loss"][-1])
-    assert _array_input.array_ranks({"x": x, "y": y}) == (2, 2, None, None)
+    assert _array_input.array_ranks({"x": x, "y": y}) == (2, 2, None)
+    # Validation data of their own ranks leave the training step as it is.
+    trained = model.train_function
+    model.fit(x, y, validation_data=(x, y[:, 0]), epochs=2, verbose=0)
+    assert model.train_function is trained
+    tested = model.test_function
+    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0)
+    assert model.train_function is trained and model.test_function is not tested
     assert _array_input.array_ranks({"x": tf.data.Dataset.from_tensor_slices(x)}) is None
