@@ -663,3 +663,19 @@ def test_path_warns_of_an_eligible_radius_worse_on_average():
     # At level 0.01 neither the rule nor the warning fires.
     strict = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, level=0.01)
     assert strict.eligible == [0.0, 0.3] and strict.worse_on_average() == []
+
+
+def test_quiet_retracing_drops_only_the_retracing_warning(caplog):
+    import logging
+
+    from keras_hybrid._logging import quiet_retracing
+
+    logger = logging.getLogger("tensorflow")
+    retracing = "5 out of the last 7 calls to <function f> triggered tf.function retracing."
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        with quiet_retracing():
+            logger.warning(retracing)
+            logger.warning("another warning")
+        logger.warning(retracing)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["another warning", retracing]   # dropped inside only

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_hybrid import uncertainty as un
+from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.diagnostics.residuals import _checked_data, _Residuals
 from keras_hybrid.diagnostics.results import ProfileLikelihood
 from keras_hybrid.layers import ScientificLayer, _constant_spec, _keyed_constant_variables
@@ -147,14 +148,16 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     sorted_idx = np.argsort(values)
     pos = int(np.where(sorted_idx == first)[0][0])
     walks = [sorted_idx[pos:], sorted_idx[:pos][::-1]]
-    for walk in walks:
-        clone.set_weights(base)
-        for i in walk:
-            layer.set_constant(local, float(values[i]))
-            if epochs:
-                hist = clone.fit(x, y, sample_weight=sample_weight, epochs=epochs, verbose=verbose, **fit_kwargs)
-                losses[i] = hist.history["loss"][-1]
-            rss[i], _ = rss_of(clone)
+    with quiet_retracing():
+        for walk in walks:
+            clone.set_weights(base)
+            for i in walk:
+                layer.set_constant(local, float(values[i]))
+                if epochs:
+                    hist = clone.fit(x, y, sample_weight=sample_weight, epochs=epochs,
+                                     verbose=verbose, **fit_kwargs)
+                    losses[i] = hist.history["loss"][-1]
+                rss[i], _ = rss_of(clone)
     lo, hi, stat = un.profile_interval(values, rss, n, rss_min=rss_free, level=level)
     # An end the profile never crosses is the end of the constant's domain.
     domain_lo, domain_hi = _domain(model, name)

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_hybrid import radius as _pkg
+from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
 from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test
@@ -360,25 +361,27 @@ def radius_path(
         train, val = _split(x, y, sample_weight, validation_split, split_seed)
     fit_kwargs.setdefault("verbose", 0)
 
-    config = template.get_config()
-    rows, best_models, units = [], {}, {}
-    for rho in rhos:
-        sam_at = None if rho == 0 else SAM.from_config({**config, "rho": rho})
-        best_val = math.inf
-        for seed in seeds:
-            model, row = _fit_row(build_model, sam_at, rho, seed, train, val, epochs,
-                                  batch_size, fit_kwargs)
-            rows.append(row)
-            if not units:
-                units = constant_units(model)
-            if rho not in best_models or row["val_loss"] < best_val:
-                best_val = row["val_loss"]
-                best_models[rho] = model
-    reference = None
-    if physics_only:
-        reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
-                                      fit_kwargs)
-    path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
-                      noise_level, rule=rule, level=level, margin=margin,
-                      paired_test=paired_test)
-    return path
+    # One model per radius: TensorFlow's retracing count adds them up.
+    with quiet_retracing():
+        config = template.get_config()
+        rows, best_models, units = [], {}, {}
+        for rho in rhos:
+            sam_at = None if rho == 0 else SAM.from_config({**config, "rho": rho})
+            best_val = math.inf
+            for seed in seeds:
+                model, row = _fit_row(build_model, sam_at, rho, seed, train, val, epochs,
+                                      batch_size, fit_kwargs)
+                rows.append(row)
+                if not units:
+                    units = constant_units(model)
+                if rho not in best_models or row["val_loss"] < best_val:
+                    best_val = row["val_loss"]
+                    best_models[rho] = model
+        reference = None
+        if physics_only:
+            reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
+                                          fit_kwargs)
+        path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
+                          noise_level, rule=rule, level=level, margin=margin,
+                          paired_test=paired_test)
+        return path
