@@ -532,6 +532,38 @@ def test_path_widens_the_interval_to_the_eligible_estimates():
         kh.constant_uncertainty(model, t, y, prior_precision="bayes")
 
 
+def test_an_unconverged_path_is_flagged_and_not_taken_as_evidence(monkeypatch):
+    model, _, t, y = _hybrid_decay(40)
+    base = kh.constant_uncertainty(model, t, y)
+    same = [dict(base.estimates)] * 3   # every radius agrees: "stays put" ...
+    path = _path(same, [1.0, 1.0, 1.0])
+    for row, train, share in zip(path.rows, (1.0, 1.3, 1.6), (0.1, 0.2, 0.3)):
+        row.update(train_loss=train, net_share=share)   # ... over radii that change the fit
+    physics = {"rho": None, "seed": 0, "constants": dict(base.estimates), "val_loss": 5.0,
+               "net_share": 0.0}
+    converged = kh.RadiusPath(path.rows, {**physics, "train_loss": 1.0}, kh.SAM(), 0.25, 0.05, {}, {})
+    failed = kh.RadiusPath(path.rows, {**physics, "train_loss": 0.01}, kh.SAM(), 0.25, 0.05, {}, {})
+    assert converged.converged and converged.probed and not failed.converged
+    ok = kh.constant_uncertainty(model, t, y, path=converged)
+    flagged = kh.constant_uncertainty(model, t, y, path=failed)
+    assert not any("have not converged" in w for w in ok.warnings)
+    assert any("have not converged" in w for w in flagged.warnings)
+    # The agreement of fits that did not converge is no evidence: the
+    # verdict rule sees that path as one that does not probe the fit (it
+    # then caps a confounded constant, test_path_stability_enters_the_verdict).
+    seen = []
+    original = un.verdicts
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["path_probed"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(un, "verdicts", spy)
+    kh.constant_uncertainty(model, t, y, path=converged)
+    kh.constant_uncertainty(model, t, y, path=failed)
+    assert seen == [True, False]
+
+
 def test_path_stability_enters_the_verdict():
     # A narrow marginal interval of a constant the network can mimic to
     # 99.9 %: not "identified" from the local interval alone.

@@ -137,11 +137,20 @@ def _widen_by_path(path, names, estimates, intervals):
 def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evidence_warning, solver):
     """`(verdicts, notes, warnings)` per constant, with the evidence's and the solver's warnings."""
     names = [k for k, _, _ in entries]
+    # A path whose fits have not converged shows nothing by its constants'
+    # agreement: it counts as one that does not probe the fit.
+    converged = path is None or getattr(path, "converged", True)
     verdict, notes, warnings = un.verdicts(
         names, estimates, intervals, a_cc, info, [s.constraint for _, _, s in entries], profile_flat=flat,
         path_stable=stable, path_eligible=None if path is None else list(path.eligible),
-        path_probed=True if path is None else path.probed,
+        path_probed=True if path is None else (path.probed and converged),
     )
+    if not converged:
+        warnings.append(
+            "the radius path's fits all train worse than the physics part alone: they have not "
+            "converged, so its ranges and the constants' stability over it say little (see "
+            "`print(path)`)."
+        )
     if evidence_warning:
         warnings.append(evidence_warning)
     for i in solver.get("cg", []):
