@@ -379,12 +379,19 @@ def test_profile_likelihood_matches_numpy_profile():
     assert layer._raw["k"].trainable
 
 
-def test_targets_are_checked_and_aligned_with_the_outputs():
+def _noisy_decay(seed, k=0.7, constraint="positive"):
+    """`(t, y, model)`: 40 points of `2 exp(-0.7 t)` with noise 0.05, and the
+    law `A exp(-k t)` without a network, at `A = 2` and the given `k`."""
     t = np.linspace(0, 3, 40)[:, None].astype("float32")
-    noise = 0.05 * np.random.default_rng(1).standard_normal(t.shape)
+    noise = 0.05 * np.random.default_rng(seed).standard_normal(t.shape)
     y = (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
     model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0),
-                                       kh.PhysicalConstant("k", 0.7, constraint="positive")])
+                                       kh.PhysicalConstant("k", k, constraint=constraint)])
+    return t, y, model
+
+
+def test_targets_are_checked_and_aligned_with_the_outputs():
+    t, y, model = _noisy_decay(1)
     # `(N,)` targets for an `(N, 1)` output, as Keras's losses take them (the
     # residual would otherwise broadcast to `(N, N)`).
     flat = kh.constant_uncertainty(model, t, y[:, 0])
@@ -408,11 +415,7 @@ def test_profile_warns_when_the_model_is_not_at_the_minimum():
     # A model left away from the least-squares fit (k = 0.45 for a truth of
     # 0.7): refits on the grid find a far lower RSS, the interval excludes
     # the estimate, and the profile says why instead of passing silently.
-    t = np.linspace(0, 3, 40)[:, None].astype("float32")
-    noise = 0.05 * np.random.default_rng(2).standard_normal(t.shape)
-    y = (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
-    model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0),
-                                       kh.PhysicalConstant("k", 0.45, constraint="positive")])
+    t, y, model = _noisy_decay(2, k=0.45)
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
     with pytest.warns(UserWarning, match=r"profile_likelihood\('k'\): the model is not at the minimum"):
         prof = kh.profile_likelihood(model, "k", [0.6, 0.7, 0.8], t, y, epochs=30, batch_size=40)
@@ -426,13 +429,9 @@ def test_profile_interval_ends_at_the_constraint_not_beyond():
     # A grid too short for the profile to cross the threshold: the open ends
     # are the ends of each constant's domain (0 for a positive constant, the
     # bounds of a (lo, hi) constraint), never a value the constraint forbids.
-    t = np.linspace(0, 3, 40)[:, None].astype("float32")
-    noise = 0.05 * np.random.default_rng(0).standard_normal(t.shape)
-    y = (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
     for constraint, expected in [("positive", (0.0, math.inf)), ((0.1, 2.0), (0.1, 2.0)),
                                  (None, (-math.inf, math.inf))]:
-        model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0),
-                                           kh.PhysicalConstant("k", 0.7, constraint=constraint)])
+        t, y, model = _noisy_decay(0, constraint=constraint)
         model.compile(optimizer="sgd", loss="mse")
         prof = kh.profile_likelihood(model, "k", [0.6999, 0.7, 0.7001], t, y, epochs=0)
         assert prof.flat
