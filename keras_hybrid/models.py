@@ -233,17 +233,7 @@ class SAMTrainStep:
             arguments["sample_weight"] = np.asarray(weights, "float32")
         if policy != "skip":
             self._check_fit_arrays(policy, arguments)
-        # A step traced for arrays of other ranks would be retraced with
-        # unknown ranks, which Keras's loss cannot handle: start afresh.
-        for names, function in ((("x", "y", "sample_weight"), "train_function"),
-                                (("validation_data",), "test_function")):
-            ranks = array_ranks(arguments, names)
-            if ranks is None:
-                continue
-            seen = getattr(self, "_fit_array_ranks", {})
-            if seen.get(function, ranks) != ranks:
-                setattr(self, function, None)
-            object.__setattr__(self, "_fit_array_ranks", {**seen, function: ranks})
+        self._forget_steps_traced_for_other_ranks(arguments)
         arguments = one_iterator_fit_arguments(arguments) or arguments
         callbacks = arguments["callbacks"]
         # A ready-made CallbackList is left as it is.
@@ -253,6 +243,20 @@ class SAMTrainStep:
                 callbacks.append(NonFiniteGuard(mode=policy))
             arguments["callbacks"] = callbacks
         return fit(**arguments)
+
+    def _forget_steps_traced_for_other_ranks(self, arguments):
+        # Keras would retrace a step for arrays of another rank with the
+        # ranks relaxed to unknown, which its own loss cannot handle: the
+        # step is built afresh instead.
+        for names, function in ((("x", "y", "sample_weight"), "train_function"),
+                                (("validation_data",), "test_function")):
+            ranks = array_ranks(arguments, names)
+            if ranks is None:
+                continue
+            seen = getattr(self, "_fit_array_ranks", {})
+            if seen.get(function, ranks) != ranks:
+                setattr(self, function, None)
+            object.__setattr__(self, "_fit_array_ranks", {**seen, function: ranks})
 
     def _check_fit_arrays(self, policy, arguments):
         for name, data, consequence in (

@@ -118,12 +118,19 @@ class RadiusPath:
         self.fit_change, self.probed = self._probing()
         self.best_model = models.get(self.chosen)
 
+    def _lowest_train_loss(self):
+        finite = [s["train_loss"] for s in self.summary if math.isfinite(s["train_loss"])]
+        return min(finite) if finite else math.inf
+
     def _converged(self):
         reference = None if self.physics_only is None else self.physics_only.get("train_loss")
-        train = [s["train_loss"] for s in self.summary if math.isfinite(s["train_loss"])]
         if reference is None or not math.isfinite(reference):
             return True
-        return bool(train) and min(train) <= (1.0 + CONVERGENCE_SLACK) * reference
+        return self._lowest_train_loss() <= (1.0 + CONVERGENCE_SLACK) * reference
+
+    def _p_value_line(self):
+        return "p-values (worse than the best): " + ", ".join(
+            f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}" for r, p in zip(self.rhos, self.p_values))
 
     def _per_sample(self, rho):
         """Per-sample validation losses at `rho`, averaged over seeds
@@ -351,9 +358,7 @@ class RadiusPath:
                 "fits the validation data as well as the physics part alone)"
             )
             if self.rule_used == "paired":
-                lines.append("p-values (worse than the best): " + ", ".join(
-                    f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}"
-                    for r, p in zip(self.rhos, self.p_values)))
+                lines.append(self._p_value_line())
         elif self.rule_used == "paired":
             worse = "worse" if not self.margin else (
                 f"worse by more than {self.margin:.0%} of the gain over the physics part alone")
@@ -361,9 +366,7 @@ class RadiusPath:
                 f"chosen: rho = {self.chosen} (largest radius not significantly {worse} than "
                 f"the best: one-sided {self.test} test, Holm's correction at level "
                 f"{self.level:g}{cap}")
-            lines.append("p-values (worse than the best): " + ", ".join(
-                f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}"
-                for r, p in zip(self.rhos, self.p_values)))
+            lines.append(self._p_value_line())
         else:
             fallback = " (no per-sample losses or standard errors for the paired rule)" if (
                 self.rule == "paired") else ""
@@ -373,11 +376,9 @@ class RadiusPath:
                 f"{self.noise_level:g} standard errors{cap}{fallback}"
             )
         if not self.converged:
-            train = min(s["train_loss"] for s in self.summary if math.isfinite(s["train_loss"])) \
-                if any(math.isfinite(s["train_loss"]) for s in self.summary) else math.inf
             lines.append(
                 f"every radius fits the training data worse than the physics part alone (lowest "
-                f"training loss {train:.4g} against {self.physics_only['train_loss']:.4g}), "
+                f"training loss {self._lowest_train_loss():.4g} against {self.physics_only['train_loss']:.4g}), "
                 "although the hybrid contains it (a network with zero output): the fits have not "
                 "converged. Try a smaller learning rate, more epochs, or network inputs scaled "
                 "to order 1"
