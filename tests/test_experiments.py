@@ -426,3 +426,17 @@ def test_physics_method_runs_only_where_the_network_can_be_dropped():
 def test_jit_compile_must_be_a_bool_or_none():
     with pytest.raises(ValueError, match="jit_compile='no'"):
         experiments.run_experiment("pendulum", ["erm"], 1, quick=True, jit_compile="no")
+
+
+def test_the_json_report_is_written_whole_or_not_at_all(tmp_path):
+    from keras_hybrid.experiments.cli import write_json
+
+    path = tmp_path / "out.json"
+    write_json(str(path), {"sweep": [], "complete": False})
+    assert json.loads(path.read_text()) == {"sweep": [], "complete": False}
+    # A value JSON cannot hold fails half-way through `json.dump`: the
+    # earlier report stays as it was, and no partial file is left.
+    with pytest.raises(TypeError):
+        write_json(str(path), {"sweep": [1, 2], "model": object()})
+    assert json.loads(path.read_text()) == {"sweep": [], "complete": False}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

@@ -4,12 +4,28 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.experiments.report import format_sweep, format_table
 from keras_hybrid.experiments.runner import SYSTEMS, run_experiment
 from keras_hybrid.experiments.tasks import ARCHITECTURES
+
+
+def write_json(path, data):
+    """Writes `data` as JSON to `path` whole or not at all: into a temporary
+    file next to it, moved over `path` once complete, so that an interrupted
+    run (or a value JSON cannot hold) never leaves a half-written report."""
+    handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
+                                       dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(partial, path)
+    except BaseException:
+        os.unlink(partial)
+        raise
 
 
 def main(argv=None):
@@ -59,8 +75,7 @@ def main(argv=None):
         report = {k: v for k, v in report.items()}
         report["sweep"] = [{k: v for k, v in r.items() if k != "_result"} for r in report["sweep"]]
         report["complete"] = complete
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.json, report)
 
     start = time.perf_counter()
     print(f"{args.system}: methods={','.join(methods)} seeds={args.seeds} quick={args.quick}", flush=True)
