@@ -50,6 +50,23 @@ def _signature_key(name, taken):
     return key
 
 
+def _input_structure(model):
+    """The functional model's input structure (a dict or nested list of
+    its `Input`s), or `None` (a single input, a flat list, or no
+    functional model to read it from)."""
+    inner = model
+    while not getattr(inner, "inputs", None) and isinstance(getattr(inner, "model", None), keras.Model):
+        inner = inner.model  # SAMModel wrapping a functional model
+    try:
+        structure = inner.input
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(structure, dict) or (
+            isinstance(structure, (list, tuple)) and any(isinstance(s, (list, tuple, dict)) for s in structure)):
+        return structure
+    return None
+
+
 def _input_signature(model, input_signature):
     if input_signature is not None:
         specs = tf.nest.flatten(input_signature)
@@ -279,7 +296,14 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
 
+    # The signature's inputs are the model's flat `inputs`, in Keras's
+    # flattening order; a model built on a dict (or nested) structure of
+    # inputs is called with that structure again.
+    structure = None if input_signature is not None else _input_structure(model)
+
     def serve(*inputs):
+        if structure is not None:
+            return model(keras.tree.pack_sequence_as(structure, list(inputs)), training=False)
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     def constants():

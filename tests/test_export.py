@@ -274,3 +274,24 @@ def test_bad_arguments_name_the_value(tmp_path):
     assert export_module.METADATA_FILE.endswith("keras_hybrid.json")
     with open(os.path.join(kh.export_saved_model(model, tmp_path / "m"), export_module.METADATA_FILE)) as f:
         assert json.load(f)["signatures"]["serve"] == ["x"]
+
+
+def test_dict_inputs_are_served_by_name(tmp_path):
+    # Inputs given as a dict, in an order other than Keras's (sorted) one,
+    # and playing different roles: a swap would change the outputs.
+    temperature = keras.Input((1,), name="temperature")
+    pressure = keras.Input((1,), name="pressure")
+    law = kh.ScientificLayer(arrhenius, [kh.PhysicalConstant("A", 2.0, constraint="positive"),
+                                        kh.PhysicalConstant("Ea", 1.0)])
+    out = keras.layers.Add()([law(temperature), keras.layers.Dense(1, name="pressure_term")(pressure)])
+    model = kh.HybridModel({"temperature": temperature, "pressure": pressure}, out)
+    wrapped = kh.SAMModel(keras.Model({"temperature": temperature, "pressure": pressure}, out))
+    rng = np.random.default_rng(1)
+    inputs = {"temperature": rng.uniform(1, 3, (5, 1)).astype("float32"),
+              "pressure": rng.uniform(10, 20, (5, 1)).astype("float32")}
+    for name, exported in (("functional", model), ("wrapped", wrapped)):
+        exported(inputs)
+        path = kh.export_saved_model(exported, tmp_path / name)
+        serve = tf.saved_model.load(path).signatures["serve"]
+        (served,) = serve(**{k: tf.constant(v) for k, v in inputs.items()}).values()
+        np.testing.assert_allclose(served.numpy(), exported.predict(inputs, verbose=0), rtol=1e-6)
