@@ -366,7 +366,9 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
 
     Linear interpolation of `sqrt(statistic)` between grid points; an end at which the profile
     never crosses the threshold is reported as `-inf`/`inf` (flat or too
-    short a grid).
+    short a grid). If no grid point is inside the interval (`rss_min`
+    below every point's RSS by more than the threshold), there is nothing
+    to interpolate from and both ends are `nan`: add the free fit's point.
 
     Args:
         values: grid of the fixed constant, 1-D.
@@ -382,11 +384,15 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
     values = np.asarray(values, "float64")
     rss = np.asarray(rss, "float64")
     order = np.argsort(values)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
     values, rss = values[order], rss[order]
     best = float(np.nanmin(rss)) if rss_min is None else min(float(rss_min), float(np.nanmin(rss)))
     stat = n * np.log(rss / best)
     threshold = chi2_1_quantile(level)
     i_min = int(np.nanargmin(stat))
+    if stat[i_min] > threshold:
+        return math.nan, math.nan, stat[inverse]
     # Interpolate the root deviance sqrt(statistic), nearly linear in the
     # value near the minimum (exactly so for a linear model).
     root = np.sqrt(np.clip(stat, 0.0, None))
@@ -402,8 +408,6 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
             f = (cut - root[i]) / (root[i + 1] - root[i])
             hi = float(values[i] + f * (values[i + 1] - values[i]))
             break
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
     return lo, hi, stat[inverse]
 
 

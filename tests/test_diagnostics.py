@@ -411,6 +411,30 @@ def test_targets_are_checked_and_aligned_with_the_outputs():
     assert prof.rss == pytest.approx(kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0).rss)
 
 
+def test_profile_interval_narrower_than_the_grid_spacing():
+    # Every grid value lies outside the interval: the free fit's own point
+    # (the estimate) brackets it, instead of an extrapolation that gave
+    # lo > hi.
+    t, y, model = _noisy_decay(3)
+    f = lambda x, c: c[0] * np.exp(-c[1] * x)  # noqa: E731
+    jac = lambda x, c: np.stack([np.exp(-c[1] * x), -c[0] * x * np.exp(-c[1] * x)], 1)  # noqa: E731
+    c, _, _ = gauss_newton(f, jac, [1.0, 0.5], t[:, 0].astype("float64"), y[:, 0].astype("float64"))
+    layer = model.get_layer("law")
+    layer.set_constant("A", float(c[0]))
+    layer.set_constant("k", float(c[1]))
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    values = c[1] + np.array([-0.3, -0.15, 0.15, 0.3])
+    prof = kh.profile_likelihood(model, "k", values, t, y, epochs=30, batch_size=40)
+    assert np.all(prof.statistic > prof.threshold)
+    lo, hi = prof.interval
+    assert values[1] < lo < c[1] < hi < values[2]
+    exact = kh.constant_uncertainty(model, t, y).intervals["k"]   # no network: classical
+    assert hi - lo == pytest.approx(exact[1] - exact[0], rel=0.2)
+    # Without a point inside the interval there is nothing to interpolate.
+    lo, hi, _ = un.profile_interval(values, prof.rss, len(t), rss_min=prof.rss_min / 2)
+    assert math.isnan(lo) and math.isnan(hi)
+
+
 def test_profile_warns_when_the_model_is_not_at_the_minimum():
     # A model left away from the least-squares fit (k = 0.45 for a truth of
     # 0.7): refits on the grid find a far lower RSS, the interval excludes

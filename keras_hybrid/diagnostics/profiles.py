@@ -158,7 +158,13 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
                                      verbose=verbose, **fit_kwargs)
                     losses[i] = hist.history["loss"][-1]
                 rss[i], _ = rss_of(clone)
-    lo, hi, stat = un.profile_interval(values, rss, n, rss_min=rss_free, level=level)
+    # The free fit is the profile's point at the estimate: with it, an
+    # interval narrower than the grid's spacing is still bracketed.
+    points, point_rss = values, rss
+    if not np.any(np.isclose(values, estimate, rtol=1e-9, atol=0.0)):
+        points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
+    lo, hi, stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
+    stat = stat[:values.size]
     # An end the profile never crosses is the end of the constant's domain.
     domain_lo, domain_hi = _domain(model, name)
     lo, hi = max(lo, domain_lo), min(hi, domain_hi)
