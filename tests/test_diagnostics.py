@@ -449,6 +449,25 @@ def test_profile_warns_when_the_model_is_not_at_the_minimum():
     assert "Refit it on these data first" in str(prof)
 
 
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def ode_decay(t, y, k):
+    return -k["k"] * y
+
+
+def test_adaptive_ode_solvers_are_refused_not_read_as_no_information():
+    # TFP's adjoint gives first derivatives only: the Jacobian products came
+    # out as zeros, and a well-determined rate read "not identified", (0, inf).
+    times = np.linspace(0, 2, 6)
+    y0 = np.linspace(0.5, 2, 10)[:, None].astype("float32")
+    obs = (y0[:, None, :] * np.exp(-0.8 * times)[None, :, None]).astype("float32")
+    inputs = keras.Input((1,))
+    layer = kh.ODELayer(ode_decay, [kh.PhysicalConstant("k", 0.8, constraint="positive")],
+                        times=times, method="dopri5", name="adaptive")
+    model = kh.HybridModel(inputs, layer(inputs))
+    with pytest.raises(ValueError, match=r"adaptive methods .* Received: model with adaptive ODE layers \['adaptive'\]"):
+        kh.constant_uncertainty(model, y0, obs)
+
+
 def test_profile_interval_ends_at_the_constraint_not_beyond():
     # A grid too short for the profile to cross the threshold: the open ends
     # are the ends of each constant's domain (0 for a positive constant, the

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid import diagnostics as _pkg
+from keras_hybrid import ode
 from keras_hybrid import uncertainty as un
 from keras_hybrid.diagnostics.information import _information_blocks, _marginal_information
 from keras_hybrid.diagnostics.prior import _noise_and_prior
@@ -67,6 +68,20 @@ def _check_model_and_data(model, x, y):
         raise ValueError(
             "`model` has no trainable physical constants: nothing to estimate. "
             f"Received: model={getattr(model, 'name', model)!r}"
+        )
+    adaptive = [
+        layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
+        if getattr(layer, "method", None) in ode.ADAPTIVE_METHODS
+    ]
+    if adaptive:
+        # Their gradients come from TFP's adjoint solve, which cannot be
+        # differentiated again: every Jacobian product would read as zero.
+        raise ValueError(
+            "`constant_uncertainty` needs Jacobian products through the ODE solver, which the "
+            "adaptive methods ('dopri5', 'bdf': TFP's adjoint solve) do not provide. Evaluate "
+            "the fitted weights in the same model built with a fixed-step method (e.g. "
+            "`method='rk4', max_step=...`, checking that its trajectories match). Received: "
+            f"model with adaptive ODE layers {adaptive}"
         )
     x, y = _as_arrays(x, "x"), _as_arrays(y, "y")
     if _first_dim(x) != _first_dim(y):
