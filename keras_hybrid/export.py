@@ -50,15 +50,21 @@ def _signature_key(name, taken):
     return key
 
 
+def _functional_core(model):
+    """The model whose `inputs` define the signature: `model` itself, or the
+    functional model a `SAMModel` wraps."""
+    inner = model
+    while not getattr(inner, "inputs", None) and isinstance(getattr(inner, "model", None), keras.Model):
+        inner = inner.model
+    return inner
+
+
 def _input_structure(model):
     """The functional model's input structure (a dict or nested list of
     its `Input`s), or `None` (a single input, a flat list, or no
     functional model to read it from)."""
-    inner = model
-    while not getattr(inner, "inputs", None) and isinstance(getattr(inner, "model", None), keras.Model):
-        inner = inner.model  # SAMModel wrapping a functional model
     try:
-        structure = inner.input
+        structure = _functional_core(model).input
     except (AttributeError, ValueError):
         return None
     if isinstance(structure, dict) or (
@@ -76,10 +82,7 @@ def _input_signature(model, input_signature):
                 f"Received: input_signature={input_signature!r}"
             )
         return specs
-    inner = model
-    while not getattr(inner, "inputs", None) and isinstance(getattr(inner, "model", None), keras.Model):
-        inner = inner.model  # SAMModel wrapping a functional model
-    inputs = getattr(inner, "inputs", None)
+    inputs = getattr(_functional_core(model), "inputs", None)
     if not inputs:
         raise ValueError(
             "Cannot infer the input signature of this model (it has no `inputs`: "

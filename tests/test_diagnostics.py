@@ -408,6 +408,8 @@ def test_targets_are_checked_and_aligned_with_the_outputs():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match=r"`y` contains 1 non-finite"):
         kh.profile_likelihood(model, "k", [0.6, 0.8], t, bad, epochs=0)
+    with pytest.raises(ValueError, match=r"same number of samples. Received: 40 and 39"):
+        kh.profile_likelihood(model, "k", [0.6, 0.8], t, y[1:], epochs=0)
     prof = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y[:, 0], epochs=0)
     assert prof.rss == pytest.approx(kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0).rss)
 

@@ -16,10 +16,8 @@ from keras_hybrid import uncertainty as un
 from keras_hybrid.diagnostics.information import _information_blocks, _marginal_information
 from keras_hybrid.diagnostics.prior import _noise_and_prior
 from keras_hybrid.diagnostics.residuals import (
-    _as_arrays,
     _checked_data,
     _constant_entries,
-    _first_dim,
     _network_variables,
     _Residuals,
 )
@@ -82,11 +80,6 @@ def _check_model_and_data(model, x, y):
             "the fitted weights in the same model built with a fixed-step method (e.g. "
             "`method='rk4', max_step=...`, checking that its trajectories match). Received: "
             f"model with adaptive ODE layers {adaptive}"
-        )
-    x, y = _as_arrays(x, "x"), _as_arrays(y, "y")
-    if _first_dim(x) != _first_dim(y):
-        raise ValueError(
-            f"`x` and `y` must have the same number of samples. Received: {_first_dim(x)} and {_first_dim(y)}"
         )
     x, y = _checked_data(model, x, y)
     return entries, x, y

@@ -32,13 +32,18 @@ def _as_arrays(data, arg):
 
 
 def _checked_data(model, x, y):
-    """`x` and `y` as arrays, finite, and `y` in the shapes of the model's
-    outputs: a target of shape `(N,)` for an output `(N, 1)` gets its unit
-    axis, as Keras's losses give it (the residual `f(x) - y` would
-    otherwise broadcast to `(N, N)`); other mismatches raise."""
+    """`x` and `y` as arrays, as many samples each, finite, and `y` in the
+    shapes of the model's outputs: a target of shape `(N,)` for an output
+    `(N, 1)` gets its unit axis, as Keras's losses give it (the residual
+    `f(x) - y` would otherwise broadcast to `(N, N)`); other mismatches
+    raise."""
     from keras_hybrid.non_finite import non_finite_report
 
     x, y = _as_arrays(x, "x"), _as_arrays(y, "y")
+    if _first_dim(x) != _first_dim(y):
+        raise ValueError(
+            f"`x` and `y` must have the same number of samples. Received: {_first_dim(x)} and {_first_dim(y)}"
+        )
     for name, data in (("x", x), ("y", y)):
         report = non_finite_report(name, data)
         if report is not None:

@@ -361,10 +361,10 @@ def radius_path(
         train, val = _split(x, y, sample_weight, validation_split, split_seed)
     fit_kwargs.setdefault("verbose", 0)
 
+    config = template.get_config()
+    rows, best_models, units = [], {}, {}
     # One model per radius: TensorFlow's retracing count adds them up.
     with quiet_retracing():
-        config = template.get_config()
-        rows, best_models, units = [], {}, {}
         for rho in rhos:
             sam_at = None if rho == 0 else SAM.from_config({**config, "rho": rho})
             best_val = math.inf
@@ -381,7 +381,5 @@ def radius_path(
         if physics_only:
             reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
                                           fit_kwargs)
-        path = RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
-                          noise_level, rule=rule, level=level, margin=margin,
-                          paired_test=paired_test)
-        return path
+    return RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
+                      noise_level, rule=rule, level=level, margin=margin, paired_test=paired_test)
