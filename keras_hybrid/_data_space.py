@@ -70,20 +70,23 @@ class DataSpaceSolver:
                 r = self.res.residual(params, x, y, w)
             g = inner.gradient(r, params, output_gradients=v, unconnected_gradients=_ZERO)
             # d/dv of g . t with t = (t_c, D^-1 g_w) held fixed: J t.
-            terms = [tf.reduce_sum(gi * ti) for gi, ti in zip(g[:p_c], tf.unstack(tangent_c))]
+            dtype = self.res.dtype
+            terms = [tf.reduce_sum(gi * tf.cast(ti, gi.dtype)) for gi, ti in zip(g[:p_c], tf.unstack(tangent_c))]
             terms += [tf.reduce_sum(gi * tf.stop_gradient(gi * si)) for gi, si in zip(g[p_c:], scale)]
+            terms = [tf.cast(t, dtype) for t in terms]
             gt = tf.add_n(terms)
         return r, outer.gradient(gt, v, unconnected_gradients=_ZERO)
 
     def _split(self, flat):
         out, start = [], 0
-        for shape, size in zip(self.res.shapes[self.p_c:], self.res.sizes[self.p_c:]):
-            out.append(tf.constant(np.reshape(flat[start:start + size], shape), "float32"))
+        res = self.res
+        for shape, size, dtype in zip(res.shapes[self.p_c:], res.sizes[self.p_c:], res.dtypes[self.p_c:]):
+            out.append(tf.constant(np.reshape(flat[start:start + size], shape), dtype))
             start += size
         return out
 
     def _call(self, v, tangent_c):
-        args = (self._params, tf.constant(v, "float32"), tf.constant(tangent_c, "float32"),
+        args = (self._params, tf.constant(v, self.res.dtype), tf.constant(tangent_c, self.res.dtype),
                 self._scale) + self._chunk
         self.calls += 1
         if self._fn is None:

@@ -366,7 +366,10 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
 
     Linear interpolation of `sqrt(statistic)` between grid points; an end at which the profile
     never crosses the threshold is reported as `-inf`/`inf` (flat or too
-    short a grid). If no grid point is inside the interval (`rss_min`
+    short a grid). Where the set is not connected (grid points above the
+    threshold between points below it: a profile with two minima, or a
+    refit that did not converge), the interval spans all of it, from the
+    lowest grid point below the threshold to the highest. If no grid point is inside the interval (`rss_min`
     below every point's RSS by more than the threshold), there is nothing
     to interpolate from and both ends are `nan`: add the free fit's point.
 
@@ -390,29 +393,47 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
     best = float(np.nanmin(rss)) if rss_min is None else min(float(rss_min), float(np.nanmin(rss)))
     stat = n * np.log(rss / best)
     threshold = chi2_1_quantile(level)
-    i_min = int(np.nanargmin(stat))
-    if stat[i_min] > threshold:
+    inside = np.flatnonzero(stat <= threshold)
+    if inside.size == 0:
         return math.nan, math.nan, stat[inverse]
     # Interpolate the root deviance sqrt(statistic), nearly linear in the
-    # value near the minimum (exactly so for a linear model).
+    # value near the minimum (exactly so for a linear model), outward from
+    # the outermost grid points inside the set.
     root = np.sqrt(np.clip(stat, 0.0, None))
     cut = math.sqrt(threshold)
     lo, hi = -math.inf, math.inf
-    for i in range(i_min, 0, -1):
-        if stat[i - 1] > threshold:
-            f = (cut - root[i]) / (root[i - 1] - root[i])
-            lo = float(values[i] + f * (values[i - 1] - values[i]))
-            break
-    for i in range(i_min, len(values) - 1):
-        if stat[i + 1] > threshold:
-            f = (cut - root[i]) / (root[i + 1] - root[i])
-            hi = float(values[i] + f * (values[i + 1] - values[i]))
-            break
+    # (Points whose refit failed, NaN, are passed over.)
+    first, last = int(inside[0]), int(inside[-1])
+    below = [i for i in range(first) if not np.isnan(stat[i])]
+    above = [i for i in range(last + 1, len(values)) if not np.isnan(stat[i])]
+    if below:
+        out = below[-1]
+        f = (cut - root[first]) / (root[out] - root[first])
+        lo = float(values[first] + f * (values[out] - values[first]))
+    if above:
+        out = above[0]
+        f = (cut - root[last]) / (root[out] - root[last])
+        hi = float(values[last] + f * (values[out] - values[last]))
     return lo, hi, stat[inverse]
 
 
+def profile_gaps(values, statistic, threshold):
+    """Grid values above `threshold` between grid values below it (sorted):
+    where the likelihood-ratio set is not an interval."""
+    values = np.asarray(values, "float64")
+    statistic = np.asarray(statistic, "float64")
+    order = np.argsort(values)
+    values, statistic = values[order], statistic[order]
+    inside = np.flatnonzero(statistic <= threshold)
+    if inside.size < 2:
+        return []
+    between = slice(int(inside[0]), int(inside[-1]) + 1)
+    return [float(v) for v, s in zip(values[between], statistic[between]) if s > threshold]
+
+
 def verdicts(names, estimates, intervals, information_fixed, information_marginal, bounds,
-             profile_flat=None, path_stable=None, path_eligible=None, path_probed=True):
+             profile_flat=None, path_stable=None, path_eligible=None, path_probed=True,
+             scales=None):
     """Identifiability verdict and warnings per constant.
 
     Rules (thresholds are module constants):
@@ -437,8 +458,12 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
       normalized information names a confounded combination of constants
       (a note: its effect on each constant is already in the interval
       widths, which are infinite for an exact null direction);
-    - an estimate within 1 % of a bound (of the range for `(lo, hi)`,
-      relative for a positive constant) is warned about.
+    - an estimate within 1 % of a bound is warned about: of the range for
+      `(lo, hi)`; for a positive constant, below 1 % of its typical
+      magnitude (`scales`, a `PhysicalConstant`'s `scale`: its initial
+      value unless given), or without `scales` below 1 % of the
+      interval's upper end. (A wide interval alone does not put a
+      positive constant next to 0: it is computed in log space.)
 
     Args:
         names: constant names.
@@ -448,6 +473,8 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         information_marginal: Schur complement `S`, `(p, p)`.
         bounds: per constant `None`, `"positive"` or `(lo, hi)`.
         profile_flat: optional dict `name -> bool`.
+        scales: optional typical magnitude per constant (> 0), for the
+            bound warning of positive constants.
         path_stable: optional dict `name -> bool` (`RadiusPath.stable`).
         path_eligible: the eligible radii of that path (for the notes).
         path_probed: whether the eligible radii change the fit
@@ -520,7 +547,10 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         out[name] = verdict
         bound = bounds[i]
         margin = None
-        if bound == "positive":
+        if bound == "positive" and scales is not None:
+            margin = est <= BOUND_MARGIN * scales[i]
+            where = f"0 (below 1% of its typical magnitude {scales[i]:.4g})"
+        elif bound == "positive":
             margin = est <= BOUND_MARGIN * max(abs(hi), abs(est), 1e-300) if math.isfinite(hi) else False
             where = "0"
         elif isinstance(bound, tuple):

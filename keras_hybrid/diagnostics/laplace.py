@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras_hybrid import diagnostics as _pkg
 from keras_hybrid import ode
 from keras_hybrid import uncertainty as un
+from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid.diagnostics.information import _information_blocks, _marginal_information
 from keras_hybrid.diagnostics.prior import _noise_and_prior
 from keras_hybrid.diagnostics.residuals import (
@@ -176,6 +177,7 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
         names, estimates, intervals, a_cc, info, [s.constraint for _, _, s in entries], profile_flat=flat,
         path_stable=stable, path_eligible=None if path is None else list(path.eligible),
         path_probed=True if path is None else (path.probed and converged),
+        scales=[s.scale for _, _, s in entries],
     )
     if not converged:
         warnings.append(
@@ -312,11 +314,16 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     marginal information names a confounded combination (a note); a flat
     profile
     (from `profiles`) makes the constant "not identified"; an estimate
-    within 1 % of its bound is warned about.
+    within 1 % of its bound is warned about (for a positive constant:
+    below 1 % of its `scale`, the typical magnitude it was declared
+    with).
 
     Args:
         model: a built Keras model holding `ScientificLayer`s.
-        x: inputs (arrays, or a structure of arrays, first axis = samples).
+        x: inputs (arrays, or a structure of arrays, first axis = samples),
+            or a finite `tf.data.Dataset` of `(x, y)` or
+            `(x, y, sample_weight)` batches (read once into arrays; `y`
+            and `sample_weight` are then `None`).
         y: targets (same structure as the model's outputs).
         sample_weight: optional per-sample (or per-value) weights.
             Defaults to `None` (all 1).
@@ -365,6 +372,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     """
     start_time = time.perf_counter()
     evidence = _check_settings(level, network, prior_precision, method, path, cg_tol, cg_max_iter)
+    x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
     entries, x, y = _check_model_and_data(model, x, y)
     constants = [v for _, v, _ in entries]
     weights = _network_variables(model) if network == "marginal" else []

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_hybrid import uncertainty as un
+from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.diagnostics.residuals import _checked_data, _Residuals
 from keras_hybrid.diagnostics.results import ProfileLikelihood
@@ -92,7 +93,9 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
         model: a fitted, compiled Keras model with `ScientificLayer`s.
         name: the constant to profile.
         values: 1-D grid of physical values (inside the constraint).
-        x: inputs.
+        x: inputs, or a finite `tf.data.Dataset` of `(x, y)` or
+            `(x, y, sample_weight)` batches (read once into arrays, which
+            every refit then takes; `y` and `sample_weight` are `None`).
         y: targets.
         epochs: training epochs per refit.
         sample_weight: optional weights (used in the refits and the RSS).
@@ -124,6 +127,7 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
         raise ValueError(f"`values` must hold at least 2 finite numbers. Received: values={values!r}")
     threshold = un.chi2_1_quantile(level)
     _owner_layer(model, name)
+    x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
     x, y = _checked_data(model, x, y)
     estimate = model_constants = None
     from keras_hybrid.layers import physical_constants
@@ -163,8 +167,8 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     points, point_rss = values, rss
     if not np.any(np.isclose(values, estimate, rtol=1e-9, atol=0.0)):
         points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
-    lo, hi, stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
-    stat = stat[:values.size]
+    lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
+    stat = point_stat[:values.size]
     # An end the profile never crosses is the end of the constant's domain.
     domain_lo, domain_hi = _domain(model, name)
     lo, hi = max(lo, domain_lo), min(hi, domain_hi)
@@ -180,6 +184,16 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
             f"(n log ratio {estimate_statistic:.3g} > {threshold:.3g}), so the interval need "
             f"not contain the estimate {estimate:.5g}. Was the model fitted on other data (a "
             "training split) or stopped early? Refit it on these data first."
+        )
+        _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
+    gaps = un.profile_gaps(points, point_stat, threshold)
+    if gaps:
+        warnings.append(
+            f"the profile rises above the threshold at {name} = "
+            f"{', '.join(f'{g:.5g}' for g in gaps)} between values below it: the set of "
+            f"accepted values is not one interval, and ({lo:.5g}, {hi:.5g}) spans all of it. "
+            "A refit that has not converged (more `epochs`) or a second minimum of the fit; "
+            "a finer grid there tells which."
         )
         _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
     return ProfileLikelihood(

@@ -2,6 +2,7 @@
 profiles of a fitted model, printed and optionally plotted.
 """
 
+from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid.diagnostics.laplace import constant_uncertainty
 from keras_hybrid.diagnostics.residuals import _network_variables
 
@@ -13,7 +14,8 @@ def report(model, x, y, *, profiles=None, truth=None, plot=None, **kwargs):
 
     Args:
         model: a fitted model.
-        x: inputs.
+        x: inputs, or a finite `tf.data.Dataset` (as for
+            `constant_uncertainty`).
         y: targets.
         profiles: optional list of `ProfileLikelihood`.
         truth: optional `name -> value` (simulations), marked in the plot
@@ -24,6 +26,10 @@ def report(model, x, y, *, profiles=None, truth=None, plot=None, **kwargs):
     Returns:
         The marginal `ConstantUncertainty`.
     """
+    # A dataset is read once, so that both reports see the same samples.
+    x, y, sample_weight = arrays_from_dataset(x, y, kwargs.pop("sample_weight", None))
+    if sample_weight is not None:
+        kwargs["sample_weight"] = sample_weight
     marginal = constant_uncertainty(model, x, y, profiles=profiles, **kwargs)
     print(marginal)
     fixed_kwargs = {k: v for k, v in kwargs.items() if k not in ("network", "prior_precision")}

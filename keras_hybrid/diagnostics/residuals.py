@@ -28,7 +28,14 @@ def _as_arrays(data, arg):
     leaves = tf.nest.flatten(data)
     if not leaves:
         raise ValueError(f"`{arg}` must hold at least one array. Received: {arg}={data!r}")
-    return tf.nest.map_structure(lambda a: np.asarray(a), data)
+    arrays = tf.nest.map_structure(np.asarray, data)
+    for leaf in tf.nest.flatten(arrays):
+        if leaf.ndim == 0:
+            raise ValueError(
+                f"`{arg}` must be arrays with a first axis of samples (or a finite "
+                f"`tf.data.Dataset`). Received: {arg} of type {type(data).__name__}"
+            )
+    return arrays
 
 
 def _checked_data(model, x, y):
@@ -111,6 +118,9 @@ class _Residuals:
         self.size = _first_dim(x)
         self.batch_size = self.size if batch_size is None else int(batch_size)
         self.shapes = [tuple(v.shape) for v in variables]
+        # Residuals and products in float64 where the model computes in it.
+        self.dtypes = [tf.as_dtype(v.dtype) for v in variables]
+        self.dtype = tf.float64 if tf.float64 in self.dtypes else tf.float32
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.n = int(sum(np.count_nonzero(w) for w in tf.nest.flatten(self.w)))
         self._ggn = None
@@ -129,7 +139,8 @@ class _Residuals:
         with keras.StatelessScope(state_mapping=mapping):
             pred = self.model(x, training=False)
         parts = [
-            tf.reshape(tf.sqrt(wi) * (tf.cast(p, "float32") - tf.cast(yi, "float32")), [-1])
+            tf.reshape(tf.sqrt(tf.cast(wi, self.dtype)) * (tf.cast(p, self.dtype) - tf.cast(yi, self.dtype)),
+                       [-1])
             for p, yi, wi in zip(tf.nest.flatten(pred), tf.nest.flatten(y), tf.nest.flatten(w))
         ]
         return tf.concat(parts, 0)
@@ -147,7 +158,7 @@ class _Residuals:
         forward-mode accumulator cannot pass the TensorArrays of the ODE
         loop."""
         size = sum(int(np.prod(np.shape(a))) for a in tf.nest.flatten(y))
-        u = tf.zeros([size], "float32")
+        u = tf.zeros([size], self.dtype)
         with tf.GradientTape() as outer:
             outer.watch(u)
             with tf.GradientTape(persistent=True) as inner:
@@ -155,7 +166,7 @@ class _Residuals:
                 r = self.residual(params, x, y, w)
             g = inner.gradient(r, params, output_gradients=u,
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            gv = tf.add_n([tf.reduce_sum(gi * ti) for gi, ti in zip(g, tangents)])
+            gv = tf.add_n([tf.cast(tf.reduce_sum(gi * ti), self.dtype) for gi, ti in zip(g, tangents)])
         jv = outer.gradient(gv, u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         self._last_r = r
         return r, jv, inner
@@ -177,8 +188,8 @@ class _Residuals:
 
     def _tangents(self, v):
         tangents, start = [], 0
-        for shape, size in zip(self.shapes, self.sizes):
-            tangents.append(tf.constant(np.reshape(v[start:start + size], shape), "float32"))
+        for shape, size, dtype in zip(self.shapes, self.sizes, self.dtypes):
+            tangents.append(tf.constant(np.reshape(v[start:start + size], shape), dtype))
             start += size
         return tangents
 
@@ -230,7 +241,7 @@ class _Residuals:
                 return self._jvp(params, tangents, x, y, w)[1]
 
             def example(chunk):
-                return (tf.zeros([self._chunk_size(chunk[1])], "float32"),
+                return (tf.zeros([self._chunk_size(chunk[1])], self.dtype),
                         [tf.ones_like(p) for p in self.params()])
 
             self._data_fn = self._compile(product, example)
@@ -239,7 +250,7 @@ class _Residuals:
         out, start = [], 0
         for chunk in self.chunks():
             size = self._chunk_size(chunk[1])
-            piece = tf.constant(u[start:start + size], "float32")
+            piece = tf.constant(u[start:start + size], self.dtype)
             out.append(self._data_fn(params, (piece, scale), *chunk).numpy().astype("float64"))
             start += size
         return np.concatenate(out)

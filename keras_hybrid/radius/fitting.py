@@ -8,8 +8,10 @@ import numbers
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_hybrid import radius as _pkg
+from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
@@ -23,8 +25,14 @@ def _take(data, index):
     return keras.tree.map_structure(lambda a: np.asarray(a)[index], data)
 
 
-def _num_samples(data):
-    return len(np.asarray(keras.tree.flatten(data)[0]))
+def _num_samples(data, arg="x"):
+    first = np.asarray(keras.tree.flatten(data)[0])
+    if first.ndim == 0:
+        raise ValueError(
+            f"`{arg}` must be arrays with a first axis of samples (or a finite "
+            f"`tf.data.Dataset`). Received: {arg} of type {type(data).__name__}"
+        )
+    return len(first)
 
 
 # The radii are compared on their per-sample validation losses (a paired
@@ -245,7 +253,10 @@ def radius_path(
         build_model: callable `build_model(sam) -> keras.Model`, returning a
             *compiled* model that trains with the given `SAM` settings (or
             with plain steps for `None`), e.g. a `HybridModel`.
-        x: training inputs (array, or list/dict of arrays).
+        x: training inputs (array, or list/dict of arrays), or a finite
+            `tf.data.Dataset` of `(x, y)` or `(x, y, sample_weight)`
+            batches (read once into arrays, then split; `y` and
+            `sample_weight` are then `None`).
         y: training targets.
         rhos: radii to try; `0` is plain training. Defaults to
             `(0, 0.01, 0.03, 0.1, 0.3, 1)`.
@@ -253,8 +264,9 @@ def radius_path(
             drawn at random with `split_seed` (not the last samples, as
             Keras does: sorted data would give an extrapolation set).
             Ignored when `validation_data` is given. Defaults to `0.2`.
-        validation_data: `(x_val, y_val)` or `(x_val, y_val, w_val)`, or
-            `None`. Defaults to `None`.
+        validation_data: `(x_val, y_val)` or `(x_val, y_val, w_val)`, a
+            finite `tf.data.Dataset` of such batches, or `None`. Defaults
+            to `None`.
         sample_weight: per-sample weights of `x`, `y` (e.g. inverse
             variances), split with the samples; every fit, loss and
             validation comparison uses them. Defaults to `None`.
@@ -335,6 +347,10 @@ def radius_path(
     if margin >= 1.0:
         raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
     _check_paired_test(paired_test)
+    x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
+    if isinstance(validation_data, tf.data.Dataset):
+        validation_data = arrays_from_dataset(validation_data, None, None, "validation_data")
+        validation_data = validation_data if validation_data[2] is not None else validation_data[:2]
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, "float32")
         if sample_weight.ndim == 0 or len(sample_weight) != _num_samples(x) or not np.all(
@@ -350,7 +366,7 @@ def radius_path(
                 f"Received: validation_data of type {type(validation_data).__name__}"
             )
         train, val = (x, y, sample_weight), (tuple(validation_data) + (None,))[:3]
-        n_val = _num_samples(val[0])
+        n_val = _num_samples(val[0], "validation_data")
         if n_val < MIN_VALIDATION_SAMPLES:
             raise ValueError(
                 f"`validation_data` must hold at least {MIN_VALIDATION_SAMPLES} samples (the "

@@ -1,0 +1,68 @@
+"""Data given as a finite `tf.data.Dataset` where the diagnostics need arrays.
+
+`constant_uncertainty`, `profile_likelihood` and `radius_path` work on the
+whole data set at once (a Jacobian over every residual, refits of the same
+samples, a split by sample), so a dataset is read once, batch after batch,
+into arrays: what `fit` received is what they take.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def _concatenate(batches, arg):
+    leaves = [tf.nest.flatten(b) for b in batches]
+    try:
+        joined = [np.concatenate([np.asarray(parts[i]) for parts in leaves], 0)
+                  for i in range(len(leaves[0]))]
+    except ValueError as error:  # 0-d elements: an unbatched dataset of scalars
+        raise ValueError(
+            f"`{arg}` must yield batches (arrays with a first axis of samples), as `fit` "
+            f"takes them: call `.batch(n)` on the dataset. ({error})"
+        ) from None
+    return tf.nest.pack_sequence_as(batches[0], joined)
+
+
+def arrays_from_dataset(x, y, sample_weight, arg="x"):
+    """`(x, y, sample_weight)`, read into arrays if `x` is a `tf.data.Dataset`.
+
+    A dataset yields `(x, y)` or `(x, y, sample_weight)` batches, as for
+    `fit`; it must be finite, and `y` and `sample_weight` must then be
+    `None`. Anything else is returned as it is.
+
+    Args:
+        x: inputs, or a dataset.
+        y: targets (`None` with a dataset).
+        sample_weight: weights (`None` with a dataset).
+        arg: the argument's name in error messages.
+
+    Returns:
+        `(x, y, sample_weight)` (the weights `None` if the dataset has none).
+    """
+    if not isinstance(x, tf.data.Dataset):
+        return x, y, sample_weight
+    for name, value in (("y", y), ("sample_weight", sample_weight)):
+        if value is not None:
+            raise ValueError(
+                f"`{name}` must be None when `{arg}` is a dataset (the dataset yields "
+                f"`(x, y)` or `(x, y, sample_weight)`). Received: {name} of type "
+                f"{type(value).__name__}"
+            )
+    if int(x.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise ValueError(
+            f"`{arg}` must be a finite dataset: it repeats forever (`.repeat()`), and these "
+            "diagnostics read all of it. Pass it without `.repeat()`, or `.take(n)` of it. "
+            f"Received: {arg} with infinite cardinality"
+        )
+    elements = list(x.as_numpy_iterator())
+    if not elements:
+        raise ValueError(f"`{arg}` must yield at least one batch. Received: an empty dataset")
+    first = elements[0]
+    if not isinstance(first, tuple) or len(first) not in (2, 3):
+        raise ValueError(
+            f"`{arg}` must yield `(x, y)` or `(x, y, sample_weight)` tuples, as for `fit`. "
+            f"Received: elements of type {type(first).__name__}"
+            + (f" with {len(first)} parts" if isinstance(first, tuple) else "")
+        )
+    parts = [_concatenate([e[i] for e in elements], arg) for i in range(len(first))]
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None

@@ -1,0 +1,192 @@
+"""The data the diagnostics take: finite `tf.data.Dataset`s (read once into
+arrays, as `fit` takes them), float64 models, and profiles whose accepted
+set is not one interval."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_hybrid as kh
+from keras_hybrid import uncertainty as un
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def decay(t, k):
+    return k["A"] * keras.ops.exp(-k["k"] * t)
+
+
+def _data(n=40, seed=0):
+    t = np.linspace(0, 3, n)[:, None].astype("float32")
+    noise = 0.05 * np.random.default_rng(seed).standard_normal(t.shape)
+    return t, (2.0 * np.exp(-0.7 * t) + noise).astype("float32")
+
+
+def _model(dtype=None, network=False):
+    inputs = keras.Input((1,), dtype=dtype)
+    out = kh.ScientificLayer(decay, [kh.PhysicalConstant("A", 1.9),
+                                     kh.PhysicalConstant("k", 0.65, constraint="positive")],
+                             name="law", dtype=dtype)(inputs)
+    if network:
+        net = keras.Sequential([keras.layers.Dense(4, "tanh", dtype=dtype),
+                                keras.layers.Dense(1, dtype=dtype)])
+        out = keras.layers.Add(dtype=dtype)([out, net(inputs)])
+    model = kh.HybridModel(inputs, out, sam=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    return model
+
+
+def test_constant_uncertainty_reads_a_dataset_as_its_arrays():
+    t, y = _data()
+    model = _model(network=True)
+    w = np.linspace(0.5, 2.0, len(t)).astype("float32")
+    arrays = kh.constant_uncertainty(model, t, y, sample_weight=w)
+    ds = tf.data.Dataset.from_tensor_slices((t, y, w)).batch(7)
+    from_dataset = kh.constant_uncertainty(model, ds, None)
+    assert from_dataset.n == arrays.n == 40
+    assert from_dataset.stderr == pytest.approx(arrays.stderr, rel=1e-5)
+    assert from_dataset.noise_std == pytest.approx(arrays.noise_std, rel=1e-5)
+    # Without the weights the result differs: the third part was used.
+    unweighted = kh.constant_uncertainty(model, tf.data.Dataset.from_tensor_slices((t, y)).batch(7), None)
+    assert unweighted.noise_std != pytest.approx(arrays.noise_std, rel=1e-3)
+
+
+def test_dataset_errors_name_the_argument():
+    t, y = _data()
+    model = _model()
+    ds = tf.data.Dataset.from_tensor_slices((t, y)).batch(8)
+    with pytest.raises(ValueError, match=r"`y` must be None when `x` is a dataset"):
+        kh.constant_uncertainty(model, ds, y)
+    with pytest.raises(ValueError, match=r"`x` must be a finite dataset.*\.take\(n\)"):
+        kh.constant_uncertainty(model, ds.repeat(), None)
+    with pytest.raises(ValueError, match=r"`x` must yield `\(x, y\)` or `\(x, y, sample_weight\)`"):
+        kh.constant_uncertainty(model, tf.data.Dataset.from_tensor_slices(t).batch(8), None)
+    scalars = tf.data.Dataset.from_tensor_slices((t[:, 0], y[:, 0]))   # not batched
+    with pytest.raises(ValueError, match=r"`x` must yield batches.*\.batch\(n\)"):
+        kh.constant_uncertainty(model, scalars, None)
+    with pytest.raises(ValueError, match=r"`x` must be arrays with a first axis of samples.*generator"):
+        kh.constant_uncertainty(model, (row for row in t), y)
+
+
+def test_profile_likelihood_reads_a_dataset_as_its_arrays():
+    t, y = _data()
+    model = _model()
+    arrays = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0)
+    ds = tf.data.Dataset.from_tensor_slices((t, y)).batch(16)
+    from_dataset = kh.profile_likelihood(model, "k", [0.6, 0.8], ds, None, epochs=0)
+    assert from_dataset.rss == pytest.approx(arrays.rss, rel=1e-6)
+
+
+def test_radius_path_reads_datasets_for_training_and_validation():
+    t, y = _data(30)
+    tv, yv = _data(10, seed=1)
+
+    def build(sam):
+        model = _model(network=True)
+        model.sam = sam
+        return model
+
+    kwargs = dict(rhos=[0.0, 0.1], epochs=2, batch_size=30, physics_only=False)
+    arrays = kh.radius_path(build, t, y, validation_data=(tv, yv), **kwargs)
+    ds = kh.radius_path(build, tf.data.Dataset.from_tensor_slices((t, y)).batch(30), None,
+                        validation_data=tf.data.Dataset.from_tensor_slices((tv, yv)).batch(4),
+                        **kwargs)
+    for a, b in zip(arrays.summary, ds.summary):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert b["constants"] == pytest.approx(a["constants"], rel=1e-5)
+    with pytest.raises(ValueError, match=r"`validation_data` must be a finite dataset"):
+        kh.radius_path(build, t, y, validation_data=tf.data.Dataset.from_tensor_slices((tv, yv)).batch(4)
+                       .repeat(), **kwargs)
+
+
+def test_float64_model_against_classical_least_squares():
+    # A layer computing in float64 (its constants are stored in float32):
+    # the residuals and products follow the model's dtype.
+    t, y = _data()
+    model = _model(dtype="float64")
+    layer = model.get_layer("law")
+    t64, y64 = t[:, 0].astype("float64"), y[:, 0].astype("float64")
+    c = np.array([1.9, 0.65])
+    for _ in range(50):
+        e = np.exp(-c[1] * t64)
+        j = np.stack([e, -c[0] * t64 * e], 1)
+        c = c + np.linalg.lstsq(j, y64 - c[0] * e, rcond=None)[0]
+    layer.set_constant("A", float(c[0]))
+    layer.set_constant("k", float(c[1]))
+    result = kh.constant_uncertainty(model, t.astype("float64"), y.astype("float64"))
+    e = np.exp(-c[1] * t64)
+    j = np.stack([e, -c[0] * t64 * e], 1)
+    r = y64 - c[0] * e
+    cov = (r @ r / (len(t) - 2)) * np.linalg.inv(j.T @ j)
+    assert result.stderr["A"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-3)
+    assert result.stderr["k"] == pytest.approx(math.sqrt(cov[1, 1]), rel=1e-3)
+    hybrid = _model(dtype="float64", network=True)
+    marginal = kh.constant_uncertainty(hybrid, t, y)   # the matrix-free path in float64
+    cg = kh.constant_uncertainty(hybrid, t, y, method="cg")
+    assert cg.stderr["k"] == pytest.approx(marginal.stderr["k"], rel=0.05)
+
+
+def test_profile_interval_spans_a_set_that_is_not_one_interval():
+    values = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    n = 20
+    # RSS below the threshold at 0.2 and 0.5, above it at 0.3 and 0.4.
+    stat = np.array([10.0, 0.0, 8.0, 9.0, 1.0, 12.0])
+    rss = np.exp(stat / n)
+    lo, hi, back = un.profile_interval(values, rss, n)
+    assert back == pytest.approx(stat)
+    cut = math.sqrt(un.chi2_1_quantile(0.95))
+    assert lo == pytest.approx(0.2 - 0.1 * cut / math.sqrt(10.0))
+    assert hi == pytest.approx(0.5 + 0.1 * (cut - 1.0) / (math.sqrt(12.0) - 1.0))
+    assert un.profile_gaps(values, stat, un.chi2_1_quantile(0.95)) == [0.3, 0.4]
+    assert un.profile_gaps(values[:3], stat[:3], un.chi2_1_quantile(0.95)) == []
+    # A failed refit (NaN) next to the set is passed over, not taken as an open end.
+    rss_nan = rss.copy()
+    rss_nan[0] = np.nan
+    lo_nan, _, _ = un.profile_interval(np.append(values, 0.05), np.append(rss_nan, np.exp(10.0 / n)), n)
+    assert lo_nan == pytest.approx(0.2 - 0.15 * cut / math.sqrt(10.0))
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def wave(t, k):
+    return k["A"] * keras.ops.cos(k["k"] * t)
+
+
+def test_profile_likelihood_warns_about_a_gap():
+    # Sampled at whole numbers, cos(k t) and cos((2 pi - k) t) are the same
+    # curve: k = 1 and k = 2 pi - 1 fit equally well, values between do not.
+    t = np.arange(30, dtype="float32")[:, None]
+    y = (np.cos(t) + 0.01 * np.random.default_rng(0).standard_normal(t.shape)).astype("float32")
+    inputs = keras.Input((1,))
+    out = kh.ScientificLayer(wave, [kh.PhysicalConstant("A", 1.0), kh.PhysicalConstant("k", 1.0)],
+                             name="law")(inputs)
+    model = kh.HybridModel(inputs, out, sam=None)
+    model.compile(optimizer="sgd", loss="mse")
+    mirror = 2 * math.pi
+    values = [0.99, 0.9999, 1.0001, 3.0, mirror - 1.0001, mirror - 0.9999, mirror - 0.99]
+    with pytest.warns(UserWarning, match=r"rises above the threshold at k = 3 between"):
+        prof = kh.profile_likelihood(model, "k", values, t, y, epochs=0)
+    assert np.count_nonzero(prof.statistic <= prof.threshold) == 4
+    lo, hi = prof.interval
+    assert 0.99 < lo < 0.9999 and mirror - 0.9999 < hi < mirror - 0.99
+    assert "not one interval" in str(prof)
+
+
+def test_positive_constant_is_next_to_zero_only_below_its_scale():
+    # A wide interval (a poorly determined rate) does not put the rate next
+    # to 0; a rate driven to below 1 % of its declared magnitude does.
+    t, y = _data()
+    model = _model()
+    layer = model.get_layer("law")
+    layer.set_constant("A", 2.0)
+    t_few = np.array([[0.0], [0.01], [0.02]], "float32")   # k poorly determined
+    y_few = (2.0 * np.exp(-0.7 * t_few) + [[0.01], [-0.01], [0.0]]).astype("float32")
+    layer.set_constant("k", 0.7)
+    wide = kh.constant_uncertainty(model, t_few, y_few)
+    assert wide.intervals["k"][1] > 100 * 0.7
+    assert not any("bound" in w for w in wide.warnings)
+    layer.set_constant("k", 0.005)   # declared 0.65: below 1 % of it
+    near = kh.constant_uncertainty(model, t, y)
+    assert any("k = 0.005 is at or next to its bound 0 (below 1% of its typical magnitude 0.65)" in w
+               for w in near.warnings)
