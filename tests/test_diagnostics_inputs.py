@@ -190,3 +190,75 @@ def test_positive_constant_is_next_to_zero_only_below_its_scale():
     near = kh.constant_uncertainty(model, t, y)
     assert any("k = 0.005 is at or next to its bound 0 (below 1% of its typical magnitude 0.65)" in w
                for w in near.warnings)
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def decay_and_heat(t, k):
+    """A concentration (order 1) and a temperature (order 300) of one reaction."""
+    conc = k["C0"] * keras.ops.exp(-k["k"] * t)
+    temp = 300.0 + k["h"] * (k["C0"] - conc)
+    return keras.ops.concatenate([conc, temp], -1)
+
+
+def _two_outputs(seed=0):
+    t = np.linspace(0, 5, 50)[:, None].astype("float32")
+    conc = np.exp(-0.8 * t)
+    temp = 300.0 + 20.0 * (1.0 - conc)
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([conc + 0.01 * rng.standard_normal(t.shape),
+                        temp + 2.0 * rng.standard_normal(t.shape)], 1).astype("float32")
+    inputs = keras.Input((1,))
+    out = kh.ScientificLayer(decay_and_heat, [kh.PhysicalConstant("C0", 1.0, constraint="positive"),
+                                              kh.PhysicalConstant("k", 0.8, constraint="positive"),
+                                              kh.PhysicalConstant("h", 20.0)], name="law")(inputs)
+    return t, y, kh.HybridModel(inputs, out, sam=None)
+
+
+def _weighted_nls_stderr(t, y, c, w):
+    """`sqrt(diag(s^2 (J^T W J)^-1))` of the two-output law, in NumPy (float64)."""
+    t = t[:, 0].astype("float64")
+
+    def f(c):
+        conc = c[0] * np.exp(-c[1] * t)
+        return np.concatenate([conc, 300.0 + c[2] * (c[0] - conc)])
+
+    eps = 1e-6
+    j = np.stack([(f(c + eps * e) - f(c - eps * e)) / (2 * eps) for e in np.eye(3)], 1)
+    r = np.concatenate([y[:, 0], y[:, 1]]).astype("float64") - f(c)
+    wv = np.concatenate([w[:, 0], w[:, 1]])
+    s2 = np.sum(wv * r**2) / (len(r) - 3)
+    return np.sqrt(np.diag(s2 * np.linalg.inv(j.T @ (wv[:, None] * j))))
+
+
+def test_outputs_of_different_scales_are_reported_and_weights_fix_them():
+    t, y, model = _two_outputs()
+    result = kh.constant_uncertainty(model, t, y)
+    pred = model.predict(t, verbose=0)
+    rms = np.sqrt(np.mean((pred - y) ** 2, 0))
+    assert result.output_noise_std["y[0]"] == pytest.approx(rms[0], rel=1e-4)
+    assert result.output_noise_std["y[1]"] == pytest.approx(rms[1], rel=1e-4)
+    assert any("differ in scale (std. y[0]" in w for w in result.warnings)
+    # Weighted by the inverse variances: one noise level fits, no warning,
+    # and the classical weighted least-squares standard errors.
+    w = np.broadcast_to(1.0 / np.array([0.01, 2.0]) ** 2, y.shape).astype("float32")
+    weighted = kh.constant_uncertainty(model, t, y, sample_weight=w)
+    assert not any("differ in scale" in m for m in weighted.warnings)
+    expected = _weighted_nls_stderr(t, y, np.array([1.0, 0.8, 20.0]), w)
+    # C0 and k are positive (log scale): the delta method gives the same first-order errors.
+    for name, se in zip(["C0", "k", "h"], expected):
+        assert weighted.stderr[name] == pytest.approx(se, rel=0.02)
+    assert weighted.stderr["C0"] < result.stderr["C0"] / 10
+
+
+def test_weights_per_output_of_a_dict_model():
+    t, y, model = _two_outputs()
+    inputs = keras.Input((1,))
+    both = model(inputs)
+    split = kh.HybridModel(inputs, {"conc": both[:, :1], "temp": both[:, 1:]}, sam=None)
+    w = {"conc": np.full(len(t), 1e4, "float32"), "temp": np.full(len(t), 0.25, "float32")}
+    as_dict = kh.constant_uncertainty(split, t, {"conc": y[:, :1], "temp": y[:, 1:]}, sample_weight=w)
+    as_array = kh.constant_uncertainty(model, t, y, sample_weight=np.broadcast_to([1e4, 0.25], y.shape))
+    assert as_dict.stderr == pytest.approx(as_array.stderr, rel=1e-4)
+    assert set(as_dict.output_noise_std) == {"conc", "temp"}
+    with pytest.raises(ValueError, match=r"`sample_weight` given per output must have the structure of `y`"):
+        kh.constant_uncertainty(split, t, {"conc": y[:, :1], "temp": y[:, 1:]}, sample_weight=[w["conc"]])

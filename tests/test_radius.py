@@ -679,3 +679,33 @@ def test_quiet_retracing_drops_only_the_retracing_warning(caplog):
         logger.warning(retracing)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["another warning", retracing]   # dropped inside only
+
+
+def test_per_sample_losses_of_a_model_with_several_outputs():
+    # A dict of two outputs with their own losses and loss weights: the
+    # per-sample losses (summed over the outputs) average to `evaluate`'s
+    # loss, and the radius path runs on such a model.
+    from keras_hybrid.radius.fitting import _net_share, _per_sample_losses
+
+    x, y = _data(n=12)
+
+    def build(sam):
+        inputs = keras.Input((1,))
+        base = _builder([])(None)(inputs)
+        model = kh.HybridModel(inputs, {"a": base, "b": keras.layers.Dense(1)(inputs)}, sam=sam)
+        model.compile(optimizer="adam", loss={"a": "mse", "b": "mae"}, loss_weights={"a": 2.0, "b": 0.5})
+        return model
+
+    model = build(None)
+    targets = {"a": y, "b": 3.0 * y}
+    weights = np.linspace(0.5, 1.5, 12)
+    per_sample = _per_sample_losses(model, x, targets, 12, weights)
+    loss = model.evaluate(x, targets, sample_weight=weights, verbose=0, return_dict=True)["loss"]
+    assert per_sample.shape == (12,)
+    np.testing.assert_allclose(per_sample.mean(), loss, rtol=1e-5)
+    pred = model.predict(x, verbose=0)
+    expected = 2.0 * weights * (pred["a"] - y)[:, 0] ** 2 + 0.5 * weights * np.abs(pred["b"] - 3 * y)[:, 0]
+    np.testing.assert_allclose(per_sample, expected, rtol=1e-5)
+    assert 0.0 < _net_share(model, x, 12) < 1.0
+    path = kh.radius_path(build, x, targets, rhos=[0.0, 0.1], epochs=2, batch_size=12, physics_only=False)
+    assert all(len(row["val_losses"]) == 2 for row in path.rows)

@@ -82,3 +82,8 @@ LANCZOS_PROBES = 4
 #: from one compiled function (`keras_hybrid._data_space`); `False` takes
 #: the separate products used with several chunks.
 COMPILED_CG = True
+
+#: Warn when the residual variances of a model's output channels (the last
+#: axis of each output) differ by more than this factor: one noise level
+#: for all of them is then wrong.
+OUTPUT_SCALE_RATIO = 4.0

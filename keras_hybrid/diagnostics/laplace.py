@@ -197,6 +197,25 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
     return verdict, notes, warnings
 
 
+def _output_scale_warning(output_noise):
+    """A warning when the output channels' residuals differ in scale (their
+    variances by more than `OUTPUT_SCALE_RATIO`), or `None`."""
+    stds = {k: v for k, v in output_noise.items() if math.isfinite(v)}
+    if len(stds) < 2 or min(stds.values()) <= 0:
+        return None
+    low, high = min(stds, key=stds.get), max(stds, key=stds.get)
+    if (stds[high] / stds[low]) ** 2 <= _pkg.OUTPUT_SCALE_RATIO:
+        return None
+    return (
+        f"the residuals of the outputs differ in scale (std. {low} {stds[low]:.4g}, {high} "
+        f"{stds[high]:.4g}): one noise level for all of them makes some intervals too wide "
+        "and others too narrow. Pass per-value weights 1 / variance of each output "
+        "(`sample_weight` of the targets' shapes, or a structure like the targets' for several "
+        "outputs; e.g. from `.output_noise_std`), and fit with "
+        "the same weighting (e.g. `loss_weights` of separate outputs)."
+    )
+
+
 def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network="marginal",
                          prior_precision=None, method="auto", batch_size=None, profiles=None,
                          path=None, cg_tol=3e-3, cg_max_iter=500):
@@ -325,7 +344,9 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
             `(x, y, sample_weight)` batches (read once into arrays; `y`
             and `sample_weight` are then `None`).
         y: targets (same structure as the model's outputs).
-        sample_weight: optional per-sample (or per-value) weights.
+        sample_weight: optional per-sample (or per-value) weights: one
+            array for all outputs, or a structure like `y` (a weight per
+            output, e.g. 1 / its noise variance).
             Defaults to `None` (all 1).
         level: confidence level of the intervals, in (0, 1). Defaults to
             `0.95`.
@@ -395,6 +416,10 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     intervals, selection, stable = _widen_by_path(path, names, estimates, intervals)
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
+    output_noise = res.output_noise_std()
+    scale_warning = _output_scale_warning(output_noise)
+    if scale_warning:
+        warnings.append(scale_warning)
     return ConstantUncertainty(
         names=names,
         estimates=dict(zip(names, estimates)),
@@ -408,6 +433,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         correlation=un.correlation(cov),
         raw_covariance=cov,
         noise_std=math.sqrt(noise_var),
+        output_noise_std=output_noise,
         noise_variance=noise_var,
         n=n,
         effective_parameters=p_eff,

@@ -6,6 +6,8 @@ computation of `constant_uncertainty` and `profile_likelihood` takes its
 residuals and Jacobian products.
 """
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -87,21 +89,37 @@ def _slice(data, start, stop):
 
 
 def _weights_like(sample_weight, y):
-    """Per-value weights with the structure and shapes of `y`."""
+    """Per-value weights with the structure and shapes of `y`: one array
+    (per sample, or per value) for every output, or a structure like `y`
+    of such arrays (a weight per output)."""
     if sample_weight is None:
         return tf.nest.map_structure(lambda a: np.ones(np.shape(a), "float32"), y)
-    sw = np.asarray(sample_weight, "float32")
-    if np.any(~np.isfinite(sw)) or np.any(sw < 0):
-        raise ValueError(
-            "`sample_weight` must be finite and >= 0. Received: sample_weight with "
-            f"min={np.nanmin(sw)!r}"
-        )
+    structured = isinstance(sample_weight, (dict, list, tuple)) and isinstance(y, (dict, list, tuple))
+    if structured:
+        try:
+            tf.nest.assert_same_structure(sample_weight, y)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "`sample_weight` given per output must have the structure of `y`. Received: "
+                f"sample_weight={tf.nest.map_structure(np.shape, sample_weight)!r} for "
+                f"y={tf.nest.map_structure(np.shape, y)!r}"
+            ) from None
+    weights = tf.nest.map_structure(lambda a: np.asarray(a, "float32"),
+                                    sample_weight if structured else [sample_weight])
+    for sw in tf.nest.flatten(weights):
+        if np.any(~np.isfinite(sw)) or np.any(sw < 0):
+            raise ValueError(
+                "`sample_weight` must be finite and >= 0. Received: sample_weight with "
+                f"min={np.nanmin(sw)!r}"
+            )
 
-    def expand(a):
+    def expand(sw, a):
         w = sw.reshape(sw.shape + (1,) * (np.ndim(a) - sw.ndim))
         return np.broadcast_to(w, np.shape(a)).astype("float32")
 
-    return tf.nest.map_structure(expand, y)
+    if structured:
+        return tf.nest.map_structure(expand, weights, y)
+    return tf.nest.map_structure(lambda a: expand(weights[0], a), y)
 
 
 
@@ -147,6 +165,46 @@ class _Residuals:
 
     def params(self):
         return [tf.convert_to_tensor(v.value) for v in self.variables]
+
+    def output_noise_std(self):
+        """`label -> RMS of the weighted residuals` per output channel (the
+        last axis of each output; `"y"`, `"y[j]"`, `"key[j]"`, `"y[i][j]"`),
+        over the values of nonzero weight."""
+        params = self.params()
+        sums, counts, labels = None, None, None
+        for x, y, w in self.chunks():
+            mapping = list(zip(self.variables, params))
+            with keras.StatelessScope(state_mapping=mapping):
+                pred = self.model(x, training=False)
+            parts = []
+            for p, yi, wi in zip(tf.nest.flatten(pred), tf.nest.flatten(y), tf.nest.flatten(w)):
+                r = np.sqrt(np.asarray(wi, "float64")) * (np.asarray(p, "float64") - np.asarray(yi, "float64"))
+                width = r.shape[-1] if r.ndim > 1 else 1
+                r, wi = r.reshape(-1, width), np.reshape(np.asarray(wi), (-1, width))
+                parts.append((np.sum(r**2, 0), np.count_nonzero(wi, 0), width))
+            if sums is None:
+                sums = [a for a, _, _ in parts]
+                counts = [c for _, c, _ in parts]
+                labels = self._channel_labels([width for _, _, width in parts])
+            else:
+                sums = [s + a for s, (a, _, _) in zip(sums, parts)]
+                counts = [c + b for c, (_, b, _) in zip(counts, parts)]
+        out = {}
+        for names, total, count in zip(labels, sums, counts):
+            for name, ss, k in zip(names, total, count):
+                out[name] = float(np.sqrt(ss / k)) if k else math.nan
+        return out
+
+    def _channel_labels(self, widths):
+        paths = [""] * len(widths)
+        if isinstance(self.y, dict):
+            paths = [str(k) for k in sorted(self.y)]   # tf.nest's order
+        elif isinstance(self.y, (list, tuple)):
+            paths = [f"y[{i}]" for i in range(len(widths))]
+        else:
+            paths = ["y"]
+        return [[path] if width == 1 else [f"{path}[{j}]" for j in range(width)]
+                for path, width in zip(paths, widths)]
 
     def rss(self):
         params = self.params()

@@ -29,6 +29,10 @@ class ConstantUncertainty:
             the order of `names`.
         raw_covariance: `(p, p)` covariance of the raw constants.
         noise_std: residual standard deviation `s`.
+        output_noise_std: `channel -> RMS residual` per output channel (the
+            last axis of each output: `"y"` for one, `"y[1]"`, `"conc"`,
+            ...); a warning says when they differ by more than a factor 2
+            (`keras_hybrid.diagnostics.OUTPUT_SCALE_RATIO` in variance).
         n: number of observed values.
         effective_parameters: parameters counted in `s^2 = RSS / (n - p)`.
         level, network, method, prior_precision, prior_source, units,

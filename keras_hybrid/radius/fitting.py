@@ -71,29 +71,56 @@ def _evaluate(model, x, y, batch_size, sample_weight=None):
     return float(result["loss"])
 
 
+def _by_output(spec, key, index, default):
+    """The entry of a per-output compile argument (dict by output name, list
+    by position, or one value for all)."""
+    if isinstance(spec, dict):
+        return spec.get(key, default)
+    if isinstance(spec, (list, tuple)):
+        return spec[index] if index < len(spec) else default
+    return default if spec is None else spec
+
+
+def _output_pairs(y, y_pred):
+    """`[(name, target, prediction)]` per output of the model."""
+    if isinstance(y_pred, dict):
+        if not isinstance(y, dict) or set(y) != set(y_pred):
+            raise ValueError("the targets must have the model's output names")
+        return [(k, y[k], y_pred[k]) for k in y_pred]
+    if isinstance(y_pred, (list, tuple)):
+        if not isinstance(y, (list, tuple)) or len(y) != len(y_pred):
+            raise ValueError("the targets must be as many as the model's outputs")
+        return [(None, t, p) for t, p in zip(y, y_pred)]
+    return [(None, y, y_pred)]
+
+
 def _per_sample_losses(model, x, y, batch_size, sample_weight=None):
     """Per-sample validation losses (the compiled loss of each sample,
     times its weight, averaged over its remaining axes, e.g. the time
-    steps of a trajectory: their mean is `evaluate`'s loss), as a float64
-    array; `None` when the compiled loss is not a single Keras loss (a
-    name, a function or a `keras.losses.Loss`) or the targets are not one
-    array. Regularization penalties are not included: they are the same
-    for every sample."""
+    steps of a trajectory; for several outputs the sum over them with the
+    compiled `loss_weights`: their mean is `evaluate`'s loss), as a
+    float64 array; `None` when a compiled loss is not a Keras loss (a
+    name, a function or a `keras.losses.Loss`). Regularization penalties
+    are not included: they are the same for every sample."""
     try:
-        loss = keras.losses.get(model.loss)
-        if loss is None or isinstance(y, (dict, list, tuple)):
-            return None
+        loss_weights = model.get_compile_config().get("loss_weights")
         y_pred = model.predict(x, batch_size=batch_size, verbose=0)
-        if isinstance(loss, keras.losses.Loss):
-            per_sample = loss.call(keras.ops.convert_to_tensor(y, "float32"), y_pred)
-        else:
-            per_sample = loss(keras.ops.convert_to_tensor(y, "float32"), y_pred)
-        per_sample = np.asarray(keras.ops.convert_to_numpy(per_sample), "float64")
-        if sample_weight is not None:
-            w = np.asarray(sample_weight, "float64")
-            per_sample = per_sample * w.reshape(w.shape + (1,) * (per_sample.ndim - w.ndim))
-        return per_sample.reshape(len(per_sample), -1).mean(axis=1)
-    except (TypeError, ValueError):
+        total = None
+        for index, (key, target, pred) in enumerate(_output_pairs(y, y_pred)):
+            loss = keras.losses.get(_by_output(model.loss, key, index, None))
+            if loss is None:
+                return None
+            target = keras.ops.convert_to_tensor(np.asarray(target), "float32")
+            call = loss.call if isinstance(loss, keras.losses.Loss) else loss
+            per_sample = np.asarray(keras.ops.convert_to_numpy(call(target, pred)), "float64")
+            if sample_weight is not None:
+                w = np.asarray(sample_weight, "float64")
+                per_sample = per_sample * w.reshape(w.shape + (1,) * (per_sample.ndim - w.ndim))
+            weight = float(_by_output(loss_weights, key, index, 1.0))
+            term = weight * per_sample.reshape(len(per_sample), -1).mean(axis=1)
+            total = term if total is None else total + term
+        return total
+    except (TypeError, ValueError, KeyError):
         return None
 
 
@@ -112,12 +139,16 @@ def _net_share(model, x, batch_size):
     neural = _neural_variables(model)
     if not neural:
         return 0.0
-    full = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), "float64")
+    def predict():   # every output, flattened into one vector
+        out = model.predict(x, batch_size=batch_size, verbose=0)
+        return np.concatenate([np.asarray(o, "float64").ravel() for o in keras.tree.flatten(out)])
+
+    full = predict()
     saved = [keras.ops.convert_to_numpy(v.value) for v in neural]
     try:
         for v in neural:
             v.assign(keras.ops.zeros(v.shape, v.dtype))
-        physics = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), "float64")
+        physics = predict()
     finally:
         for v, value in zip(neural, saved):
             v.assign(value)
