@@ -39,6 +39,7 @@ from keras_hybrid.radius import (
     radius_path,
     signed_rank_test,
 )
+from keras_hybrid.observations import ObservationGrid, common_time_grid
 from keras_hybrid.ode import TABLEAUS, ButcherTableau, odeint, rk_step
 from keras_hybrid.sam import SAM, grouped_perturbation, sam_perturbation
 from keras_hybrid.shooting import MultipleShooting, SegmentOffsets
@@ -51,6 +52,7 @@ __all__ = [
     "HybridModel",
     "MultipleShooting",
     "NonFiniteGuard",
+    "ObservationGrid",
     "ODELayer",
     "PhysicalConstant",
     "ProfileLikelihood",
@@ -62,6 +64,7 @@ __all__ = [
     "SegmentOffsets",
     "TABLEAUS",
     "choose_radius",
+    "common_time_grid",
     "constant_uncertainty",
     "constant_units",
     "constants_table",

@@ -56,7 +56,11 @@ def _checked_data(model, x, y):
     for name, data in (("x", x), ("y", y)):
         report = non_finite_report(name, data)
         if report is not None:
-            raise ValueError(f"{report} The residuals must be finite: drop those samples.")
+            raise ValueError(
+                f"{report} The residuals must be finite: drop those samples, or give those "
+                "values any finite value and weight 0 (`sample_weight` per value; "
+                "`kh.common_time_grid` does so for trajectories observed at their own times)."
+            )
     first = model(_slice(x, 0, 1), training=False)
     outputs, targets = tf.nest.flatten(first), tf.nest.flatten(y)
     if len(outputs) != len(targets):

@@ -1,0 +1,113 @@
+"""Trajectories observed at their own times, on the one time grid of an
+`ODELayer`.
+
+An `ODELayer` integrates every trajectory over the same `times`. Subjects of
+a study are rarely sampled at the same moments (a patient seen at 0.5 h,
+another at 0.6 h), so `common_time_grid` puts them on the union of their
+times: the targets at the times a trajectory was not observed are filled
+with zeros and get weight 0, which `fit`, `evaluate`, `radius_path` and
+`constant_uncertainty` all take as `sample_weight` (one weight per
+trajectory and time). The fit then sees each observation once, at its own
+time, and nothing else.
+"""
+
+import collections
+
+import numpy as np
+
+ObservationGrid = collections.namedtuple("ObservationGrid", ["times", "targets", "weights"])
+ObservationGrid.__doc__ = """The union time grid of `common_time_grid`.
+
+Attributes:
+    times: 1-D float array, increasing: the `times` of the `ODELayer`.
+    targets: `(trajectories, len(times), *state)` array, the observations
+        at their times and 0 elsewhere.
+    weights: `(trajectories, len(times))` array, 1 where observed and 0
+        elsewhere: `sample_weight` of `fit`, `evaluate` and the
+        diagnostics.
+"""
+
+
+def _checked_trajectory(i, t, v):
+    t = np.asarray(t, "float64")
+    v = np.asarray(v)
+    if t.ndim != 1 or t.size == 0:
+        raise ValueError(
+            f"`times[{i}]` must be a non-empty 1-D array of time points. Received: shape {t.shape}"
+        )
+    if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+        raise ValueError(
+            f"`times[{i}]` must be finite and strictly increasing. Received: times[{i}]={t.tolist()!r}"
+        )
+    if v.ndim == 0 or v.shape[0] != t.size:
+        raise ValueError(
+            f"`values[{i}]` must hold one observation per time point of `times[{i}]` ({t.size}). "
+            f"Received: values[{i}] of shape {v.shape}"
+        )
+    if not np.all(np.isfinite(v)):
+        raise ValueError(
+            f"`values[{i}]` must be finite: drop unobserved points from the trajectory (with "
+            f"their times) instead. Received: {int(np.sum(~np.isfinite(v)))} non-finite value(s)"
+        )
+    return t, v
+
+
+def common_time_grid(times, values, *, start=None, dtype="float32"):
+    """Trajectories observed at their own times, on the union of those times.
+
+    Args:
+        times: one 1-D array of increasing observation times per
+            trajectory.
+        values: one array per trajectory, of shape `(len(times[i]),)` or
+            `(len(times[i]), *state)`: the observations.
+        start: optional time of the initial state (the `ODELayer`'s
+            `times[0]`), at or before every observation; it enters the grid
+            with weight 0 where no trajectory was observed then. Defaults
+            to `None` (the grid starts at the earliest observation).
+        dtype: dtype of `targets` and `weights`. Defaults to `"float32"`.
+
+    Returns:
+        An `ObservationGrid` `(times, targets, weights)`.
+
+    Example:
+
+    ```python
+    grid = kh.common_time_grid([t_a, t_b], [conc_a, conc_b], start=0.0)
+    layer = kh.ODELayer(pk, constants, times=grid.times, max_step=0.25)
+    model.fit(y0, grid.targets, sample_weight=grid.weights, epochs=500)
+    kh.constant_uncertainty(model, y0, grid.targets, sample_weight=grid.weights)
+    ```
+
+    Give `max_step` to the `ODELayer`: the union grid is uneven.
+    """
+    times, values = list(times), list(values)
+    if len(times) != len(values) or not times:
+        raise ValueError(
+            "`times` and `values` must hold one entry per trajectory, at least one. Received: "
+            f"{len(times)} time arrays and {len(values)} value arrays"
+        )
+    pairs = [_checked_trajectory(i, t, v) for i, (t, v) in enumerate(zip(times, values))]
+    state = pairs[0][1].shape[1:]
+    for i, (_, v) in enumerate(pairs):
+        if v.shape[1:] != state:
+            raise ValueError(
+                f"`values[{i}]` must have the state shape of `values[0]`, {state}. Received: "
+                f"{v.shape[1:]}"
+            )
+    grid = np.unique(np.concatenate([t for t, _ in pairs]))
+    if start is not None:
+        start = float(start)
+        if not np.isfinite(start) or start > grid[0]:
+            raise ValueError(
+                f"`start` must be a finite time at or before the first observation ({grid[0]!r}). "
+                f"Received: start={start!r}"
+            )
+        if start < grid[0]:
+            grid = np.concatenate([[start], grid])
+    targets = np.zeros((len(pairs), grid.size) + state, dtype)
+    weights = np.zeros((len(pairs), grid.size), dtype)
+    for i, (t, v) in enumerate(pairs):
+        index = np.searchsorted(grid, t)
+        targets[i, index] = v
+        weights[i, index] = 1
+    return ObservationGrid(grid, targets, weights)

@@ -1,0 +1,85 @@
+"""Trajectories observed at their own times: the union grid, its weights,
+and a fit on it that sees each observation once (classical least squares
+on the observations alone)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_hybrid as kh
+
+
+@keras.saving.register_keras_serializable(package="test_observations")
+def first_order(t, y, c):
+    return -c["k"] * y
+
+
+def _subjects(seed=0):
+    """Three subjects, each sampled at its own 6-9 times in (0, 8]."""
+    rng = np.random.default_rng(seed)
+    times, values, y0 = [], [], []
+    for size, c0 in zip((6, 9, 7), (2.0, 1.5, 2.5)):
+        t = np.sort(rng.choice(np.arange(1, 81) / 10.0, size, replace=False))
+        times.append(t)
+        values.append((c0 * np.exp(-0.45 * t) + 0.02 * rng.standard_normal(size))[:, None])
+        y0.append([c0])
+    return times, values, np.array(y0, "float32")
+
+
+def test_grid_places_each_observation_at_its_time():
+    times, values, _ = _subjects()
+    grid = kh.common_time_grid(times, values, start=0.0)
+    assert grid.times[0] == 0.0 and np.all(np.diff(grid.times) > 0)
+    assert set(np.round(grid.times, 6)) == {0.0} | set(np.round(np.concatenate(times), 6))
+    assert grid.targets.shape == (3, grid.times.size, 1) and grid.weights.shape == (3, grid.times.size)
+    for i, (t, v) in enumerate(zip(times, values)):
+        observed = grid.weights[i] == 1
+        np.testing.assert_allclose(grid.times[observed], t)
+        np.testing.assert_allclose(grid.targets[i, observed], v, rtol=1e-6)
+        assert np.all(grid.targets[i, ~observed] == 0)
+    assert grid.weights.sum() == sum(len(t) for t in times)
+
+
+def test_errors_name_the_trajectory():
+    with pytest.raises(ValueError, match=r"`times\[1\]` must be finite and strictly increasing"):
+        kh.common_time_grid([[0, 1], [1, 1]], [[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match=r"`values\[0\]` must hold one observation per time point.*\(3,\)"):
+        kh.common_time_grid([[0, 1]], [[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"`values\[0\]` must be finite: drop unobserved points"):
+        kh.common_time_grid([[0, 1]], [[1, np.nan]])
+    with pytest.raises(ValueError, match=r"`start` must be a finite time at or before the first observation"):
+        kh.common_time_grid([[1, 2]], [[1, 2]], start=1.5)
+    with pytest.raises(ValueError, match=r"`values\[1\]` must have the state shape of `values\[0\]`"):
+        kh.common_time_grid([[0, 1], [0, 1]], [np.ones((2, 1)), np.ones((2, 2))])
+
+
+def test_fit_on_the_grid_is_least_squares_on_the_observations():
+    times, values, y0 = _subjects()
+    grid = kh.common_time_grid(times, values, start=0.0)
+    inputs = keras.Input((1,))
+    layer = kh.ODELayer(first_order, [kh.PhysicalConstant("k", 0.4, constraint="positive")],
+                        times=grid.times, max_step=0.02)
+    model = kh.HybridModel(inputs, layer(inputs), sam=None)
+    model.compile(optimizer="sgd", loss="mse")
+    # The least-squares rate on the 22 observations alone (NumPy, float64).
+    t = np.concatenate(times)
+    c0 = np.concatenate([np.full(len(ti), y0[i, 0]) for i, ti in enumerate(times)]).astype("float64")
+    y = np.concatenate(values)[:, 0]
+    k = 0.4
+    for _ in range(50):
+        f = c0 * np.exp(-k * t)
+        j = -t * f
+        k += float(j @ (y - f) / (j @ j))
+    f = c0 * np.exp(-k * t)
+    j = -t * f
+    s2 = float((y - f) @ (y - f)) / (len(y) - 1)
+    stderr = math.sqrt(s2 / float(j @ j))
+    layer.set_constant("k", k)
+    result = kh.constant_uncertainty(model, y0, grid.targets, sample_weight=grid.weights)
+    assert result.n == len(y) == 22
+    assert result.stderr["k"] == pytest.approx(stderr, rel=2e-3)
+    # `evaluate` scores the observations only (Keras's mean over every grid value).
+    loss = model.evaluate(y0, grid.targets, sample_weight=grid.weights, verbose=0)
+    assert loss == pytest.approx(float((y - f) @ (y - f)) / grid.weights.size, rel=1e-3)
