@@ -172,43 +172,34 @@ class _Residuals:
 
     def output_noise_std(self):
         """`label -> RMS of the weighted residuals` per output channel (the
-        last axis of each output; `"y"`, `"y[j]"`, `"key[j]"`, `"y[i][j]"`),
-        over the values of nonzero weight."""
+        last axis of each output: `"y"`, `"y[1]"`, `"conc"`, `"conc[1]"`,
+        `"y[0][1]"`), over the values of nonzero weight."""
+        totals = {}  # label -> [sum of squares, count]
         params = self.params()
-        sums, counts, labels = None, None, None
         for x, y, w in self.chunks():
-            mapping = list(zip(self.variables, params))
-            with keras.StatelessScope(state_mapping=mapping):
+            with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
                 pred = self.model(x, training=False)
-            parts = []
-            for p, yi, wi in zip(tf.nest.flatten(pred), tf.nest.flatten(y), tf.nest.flatten(w)):
-                r = np.sqrt(np.asarray(wi, "float64")) * (np.asarray(p, "float64") - np.asarray(yi, "float64"))
-                width = r.shape[-1] if r.ndim > 1 else 1
-                r, wi = r.reshape(-1, width), np.reshape(np.asarray(wi), (-1, width))
-                parts.append((np.sum(r**2, 0), np.count_nonzero(wi, 0), width))
-            if sums is None:
-                sums = [a for a, _, _ in parts]
-                counts = [c for _, c, _ in parts]
-                labels = self._channel_labels([width for _, _, width in parts])
-            else:
-                sums = [s + a for s, (a, _, _) in zip(sums, parts)]
-                counts = [c + b for c, (_, b, _) in zip(counts, parts)]
-        out = {}
-        for names, total, count in zip(labels, sums, counts):
-            for name, ss, k in zip(names, total, count):
-                out[name] = float(np.sqrt(ss / k)) if k else math.nan
-        return out
+            leaves = zip(self._output_labels(), tf.nest.flatten(pred), tf.nest.flatten(y), tf.nest.flatten(w))
+            for label, p, yi, wi in leaves:
+                wi = np.asarray(wi, "float64")
+                r2 = wi * (np.asarray(p, "float64") - np.asarray(yi, "float64")) ** 2
+                width = r2.shape[-1] if r2.ndim > 1 else 1
+                r2, wi = r2.reshape(-1, width), wi.reshape(-1, width)
+                names = [label] if width == 1 else [f"{label}[{j}]" for j in range(width)]
+                for j, name in enumerate(names):
+                    entry = totals.setdefault(name, [0.0, 0])
+                    entry[0] += float(r2[:, j].sum())
+                    entry[1] += int(np.count_nonzero(wi[:, j]))
+        return {k: math.sqrt(ss / count) if count else math.nan for k, (ss, count) in totals.items()}
 
-    def _channel_labels(self, widths):
-        paths = [""] * len(widths)
-        if isinstance(self.y, dict):
-            paths = [str(k) for k in sorted(self.y)]   # tf.nest's order
-        elif isinstance(self.y, (list, tuple)):
-            paths = [f"y[{i}]" for i in range(len(widths))]
-        else:
-            paths = ["y"]
-        return [[path] if width == 1 else [f"{path}[{j}]" for j in range(width)]
-                for path, width in zip(paths, widths)]
+    def _output_labels(self):
+        """A label per output, in `tf.nest`'s order (sorted keys of a dict)."""
+        count = len(tf.nest.flatten(self.y))
+        if isinstance(self.y, dict) and count == len(self.y):
+            return [str(k) for k in sorted(self.y)]
+        if count == 1:
+            return ["y"]
+        return [f"y[{i}]" for i in range(count)]
 
     def rss(self):
         params = self.params()
