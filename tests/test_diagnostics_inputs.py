@@ -237,7 +237,10 @@ def test_outputs_of_different_scales_are_reported_and_weights_fix_them():
     rms = np.sqrt(np.mean((pred - y) ** 2, 0))
     assert result.output_noise_std["y[0]"] == pytest.approx(rms[0], rel=1e-4)
     assert result.output_noise_std["y[1]"] == pytest.approx(rms[1], rel=1e-4)
-    assert any("differ in scale (std. y[0]" in w for w in result.warnings)
+    warning = [w for w in result.warnings if "differ in scale (std. y[0]" in w]
+    assert len(warning) == 1
+    wide = result.noise_std / result.output_noise_std["y[0]"]
+    assert f"informed mostly by y[0] may be up to {wide:.2g} times too wide" in warning[0]
     # Weighted by the inverse variances: one noise level fits, no warning,
     # and the classical weighted least-squares standard errors.
     w = np.broadcast_to(1.0 / np.array([0.01, 2.0]) ** 2, y.shape).astype("float32")

@@ -197,7 +197,7 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
     return verdict, notes, warnings
 
 
-def _output_scale_warning(output_noise):
+def _output_scale_warning(output_noise, noise_std):
     """A warning when the output channels' residuals differ in scale (their
     variances by more than `OUTPUT_SCALE_RATIO`), or `None`."""
     stds = {k: v for k, v in output_noise.items() if math.isfinite(v)}
@@ -206,13 +206,17 @@ def _output_scale_warning(output_noise):
     low, high = min(stds, key=stds.get), max(stds, key=stds.get)
     if (stds[high] / stds[low]) ** 2 <= _pkg.OUTPUT_SCALE_RATIO:
         return None
+    # With one pooled noise level, an interval informed mostly by one output
+    # is off by about the ratio of the pooled and that output's scales.
+    wide, narrow = noise_std / stds[low], stds[high] / noise_std
     return (
         f"the residuals of the outputs differ in scale (std. {low} {stds[low]:.4g}, {high} "
-        f"{stds[high]:.4g}): one noise level for all of them makes some intervals too wide "
-        "and others too narrow. Pass per-value weights 1 / variance of each output "
-        "(`sample_weight` of the targets' shapes, or a structure like the targets' for several "
-        "outputs; e.g. from `.output_noise_std`), and fit with "
-        "the same weighting (e.g. `loss_weights` of separate outputs)."
+        f"{stds[high]:.4g}) but share one noise level ({noise_std:.4g}): intervals informed "
+        f"mostly by {low} may be up to {wide:.2g} times too wide, those informed mostly by "
+        f"{high} up to {narrow:.2g} times too narrow. If the outputs' noise differs, pass "
+        "per-value weights 1 / variance of each output (`sample_weight` of the targets' "
+        "shapes, or a structure like the targets'; e.g. from `.output_noise_std`) and fit "
+        "with the same weighting (e.g. `loss_weights` of separate outputs)."
     )
 
 
@@ -417,7 +421,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
     output_noise = res.output_noise_std()
-    scale_warning = _output_scale_warning(output_noise)
+    scale_warning = _output_scale_warning(output_noise, math.sqrt(noise_var))
     if scale_warning:
         warnings.append(scale_warning)
     return ConstantUncertainty(
