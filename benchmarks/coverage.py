@@ -14,6 +14,9 @@ Cases:
   decay      exponential decay y = A exp(-k t), physics only (A=2, k=0.8)
   hybrid     decay + a network for an unmodelled 0.3 sin(2 t), ERM and SAM; intervals
              with the standard-normal and the evidence prior from the same fit
+  covariate  decay in t + a network of a second input z for an unmodelled 0.5 tanh(2 z)
+             (z uniform in [-1, 1], independent of t): a hybrid whose constants the data
+             do pin down; ERM and SAM, both priors
   pendulum   damped-pendulum ODE hybrid (2x64 MLP), ERM and SAM: intervals,
              verdicts and the cost against the training time
 """
@@ -41,7 +44,14 @@ def decay_law(t, k):
     return k["A"] * keras.ops.exp(-k["k"] * t)
 
 
-TRUTH = {"law": {"Vm": 2.0, "K": 0.5}, "decay": {"A": 2.0, "k": 0.8}, "hybrid": {"A": 2.0, "k": 0.8}}
+@keras.saving.register_keras_serializable(package="coverage")
+def decay_of_first_column(x, k):
+    return k["A"] * keras.ops.exp(-k["k"] * x[..., :1])
+
+
+TRUTH = {"law": {"Vm": 2.0, "K": 0.5}, "decay": {"A": 2.0, "k": 0.8}, "hybrid": {"A": 2.0, "k": 0.8},
+         "covariate": {"A": 2.0, "k": 0.8}}
+HYBRIDS = ("hybrid", "covariate")
 
 
 def _data(case, seed, n=40, noise=0.05):
@@ -49,6 +59,11 @@ def _data(case, seed, n=40, noise=0.05):
     if case == "law":
         x = np.linspace(0.05, 3.0, n)
         y = 2.0 * x / (0.5 + x)
+    elif case == "covariate":
+        t = np.linspace(0.0, 3.0, n)
+        z = rng.uniform(-1.0, 1.0, n)
+        y = 2.0 * np.exp(-0.8 * t) + 0.5 * np.tanh(2.0 * z) + noise * rng.standard_normal(n)
+        return np.stack([t, z], 1).astype("float32"), y[:, None].astype("float32")
     else:
         x = np.linspace(0.0, 3.0, n)
         y = 2.0 * np.exp(-0.8 * x) + (0.3 * np.sin(2 * x) if case == "hybrid" else 0.0)
@@ -57,7 +72,15 @@ def _data(case, seed, n=40, noise=0.05):
 
 
 def _model(case, seed, sam):
-    inputs = keras.Input((1,))
+    inputs = keras.Input((2,) if case == "covariate" else (1,))
+    if case == "covariate":
+        layer = kh.ScientificLayer(decay_of_first_column, [
+            kh.PhysicalConstant("A", 1.0, constraint="positive"),
+            kh.PhysicalConstant("k", 0.4, constraint="positive")])
+        init = keras.initializers.GlorotUniform(seed)
+        net = keras.Sequential([keras.layers.Dense(16, "tanh", kernel_initializer=init),
+                                keras.layers.Dense(1, kernel_initializer=init)])
+        return kh.HybridModel(inputs, layer(inputs) + net(inputs[:, 1:]), sam=sam)
     if case == "law":
         layer = kh.ScientificLayer(mm_law, [kh.PhysicalConstant("Vm", 1.0, constraint="positive"),
                                             kh.PhysicalConstant("K", 1.0, constraint="positive")])
@@ -98,7 +121,7 @@ def run_algebraic(case, method, replicates, epochs, log=print, numpy_fit=False):
         x, y = _data(case, seed)
         model = _model(case, seed, sam)
         start = time.perf_counter()
-        if numpy_fit and case != "hybrid":
+        if numpy_fit and case not in HYBRIDS:
             layer = next(l for l in model.layers if isinstance(l, kh.ScientificLayer))
             for name, value in _numpy_fit(case, x, y).items():
                 layer.set_constant(name, float(value))
@@ -114,7 +137,7 @@ def run_algebraic(case, method, replicates, epochs, log=print, numpy_fit=False):
         covers = res.covers(TRUTH[case])
         row = {"seed": seed, "estimates": res.estimates, "intervals": res.intervals,
                "verdicts": res.verdicts, "covers": covers, "train_s": train, "uq_s": res.seconds}
-        if case == "hybrid":
+        if case in HYBRIDS:
             # The same fit, the network prior's precision chosen by the evidence.
             ev = kh.constant_uncertainty(model, x, y, prior_precision="evidence")
             row["evidence"] = {"intervals": ev.intervals, "verdicts": ev.verdicts,
@@ -139,7 +162,7 @@ def run_algebraic(case, method, replicates, epochs, log=print, numpy_fit=False):
     out = {"case": case, "method": method, "replicates": replicates, "epochs": epochs,
            "summary": summary, "rows": rows}
     priors = [("default prior", summary)]
-    if case == "hybrid":
+    if case in HYBRIDS:
         out["summary_evidence"] = summarize(lambda r: r["evidence"])
         priors.append(("evidence prior", out["summary_evidence"]))
     for label, summ in priors:
@@ -189,7 +212,7 @@ def main(argv=None):
         if case == "pendulum":
             report["pendulum"] = run_pendulum(args.pendulum_epochs, args.pendulum_seeds)
             continue
-        for method in (("erm", "sam") if case == "hybrid" else ("erm",)):
+        for method in (("erm", "sam") if case in HYBRIDS else ("erm",)):
             report["algebraic"].append(run_algebraic(case, method, args.replicates, epochs,
                                                      numpy_fit=args.numpy_fit))
     if args.json:

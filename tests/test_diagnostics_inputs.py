@@ -265,3 +265,15 @@ def test_weights_per_output_of_a_dict_model():
     assert set(as_dict.output_noise_std) == {"conc", "temp"}
     with pytest.raises(ValueError, match=r"`sample_weight` given per output must have the structure of `y`"):
         kh.constant_uncertainty(split, t, {"conc": y[:, :1], "temp": y[:, 1:]}, sample_weight=[w["conc"]])
+
+
+def test_a_loss_other_than_the_squared_error_is_named():
+    t, y = _data()
+    model = _model()
+    assert not any("compiled with the loss" in w for w in kh.constant_uncertainty(model, t, y).warnings)
+    model.compile(optimizer="sgd", loss=keras.losses.Huber())
+    huber = kh.constant_uncertainty(model, t, y)
+    assert any("compiled with the loss Huber: the intervals are those of a squared-error fit" in w
+               for w in huber.warnings)
+    model.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError())
+    assert not any("compiled with the loss" in w for w in kh.constant_uncertainty(model, t, y).warnings)

@@ -197,6 +197,34 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
     return verdict, notes, warnings
 
 
+_SQUARED_ERROR_LOSSES = {"mse", "mean_squared_error", "MeanSquaredError"}
+
+
+def _loss_warning(model):
+    """A warning when the model was compiled with a loss other than the
+    squared error that the intervals assume, or `None`."""
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        return None
+    losses = list(loss.values()) if isinstance(loss, dict) else (
+        list(loss) if isinstance(loss, (list, tuple)) else [loss])
+    names = []
+    for item in losses:
+        if item is None:
+            continue
+        name = item if isinstance(item, str) else getattr(item, "__name__", type(item).__name__)
+        if name not in _SQUARED_ERROR_LOSSES:
+            names.append(name)
+    if not names:
+        return None
+    return (
+        f"the model was compiled with the loss {', '.join(sorted(set(names)))}: the intervals "
+        "are those of a squared-error fit (Gaussian noise) around its weights, not of that "
+        "loss. For heavy-tailed noise, check them with `profile_likelihood` or refit with "
+        "`loss=\"mse\"`."
+    )
+
+
 def _output_scale_warning(output_noise, noise_std):
     """A warning when the output channels' residuals differ in scale (their
     variances by more than `OUTPUT_SCALE_RATIO`), or `None`."""
@@ -420,6 +448,9 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     intervals, selection, stable = _widen_by_path(path, names, estimates, intervals)
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
+    loss_warning = _loss_warning(model)
+    if loss_warning:
+        warnings.append(loss_warning)
     output_noise = res.output_noise_std()
     scale_warning = _output_scale_warning(output_noise, math.sqrt(noise_var))
     if scale_warning:
