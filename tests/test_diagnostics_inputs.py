@@ -277,3 +277,22 @@ def test_a_loss_other_than_the_squared_error_is_named():
                for w in huber.warnings)
     model.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError())
     assert not any("compiled with the loss" in w for w in kh.constant_uncertainty(model, t, y).warnings)
+
+
+def test_results_round_trip_through_json():
+    import json
+
+    t, y = _data()
+    model = _model(network=True)
+    result = kh.constant_uncertainty(model, t, y)
+    back = kh.ConstantUncertainty.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert str(back) == str(result)
+    assert back.intervals == result.intervals and isinstance(back.intervals["k"], tuple)
+    np.testing.assert_array_equal(back.correlation, result.correlation)
+    assert back.output_noise_std == result.output_noise_std
+    assert back.covers({"k": 0.7}) == result.covers({"k": 0.7})
+    prof = kh.profile_likelihood(model, "k", [0.6, 0.7, 0.8], t, y, epochs=0)
+    prof_back = kh.ProfileLikelihood.from_dict(json.loads(json.dumps(prof.to_dict())))
+    assert str(prof_back) == str(prof)
+    np.testing.assert_array_equal(prof_back.statistic, prof.statistic)
+    assert prof_back.interval == prof.interval and prof_back.flat == prof.flat

@@ -5,8 +5,52 @@ and its likelihood-ratio interval).
 
 import math
 
+import numpy as np
 
-class ConstantUncertainty:
+
+def _plain(value):
+    """`value` with NumPy arrays, scalars and tuples as JSON's lists and numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class _Serializable:
+    """`to_dict` / `from_dict` over the result's `_FIELDS`."""
+
+    _FIELDS = ()
+    _PAIRS = ()  # dict fields of `name -> (lo, hi)`, tuples again when read back
+    _ARRAYS = ()
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def to_dict(self):
+        """The result as plain Python (JSON-serializable; `json.dump` writes
+        infinite interval ends as `Infinity`)."""
+        return {k: _plain(getattr(self, k)) for k in self._FIELDS if hasattr(self, k)}
+
+    @classmethod
+    def from_dict(cls, config):
+        """The result from `to_dict()`'s output (printable and plottable;
+        the solver's internals are not kept)."""
+        fields = dict(config)
+        for k in cls._PAIRS:
+            if k in fields:
+                fields[k] = {name: tuple(pair) for name, pair in fields[k].items()}
+        for k in cls._ARRAYS:
+            if fields.get(k) is not None:
+                fields[k] = np.asarray(fields[k], "float64")
+        if "interval" in fields:
+            fields["interval"] = tuple(fields["interval"])
+        return cls(**fields)
+
+
+class ConstantUncertainty(_Serializable):
     """Result of `constant_uncertainty`.
 
     Attributes:
@@ -37,10 +81,18 @@ class ConstantUncertainty:
         effective_parameters: parameters counted in `s^2 = RSS / (n - p)`.
         level, network, method, prior_precision, prior_source, units,
         seconds, solver: settings and bookkeeping.
+
+    `to_dict()` / `ConstantUncertainty.from_dict(d)` save and restore
+    everything above except the solver's internals (JSON-serializable).
     """
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    _FIELDS = ("names", "estimates", "stderr", "intervals", "statistical_intervals",
+               "selection_ranges", "verdicts", "notes", "warnings", "correlation",
+               "raw_covariance", "noise_std", "output_noise_std", "noise_variance", "n",
+               "effective_parameters", "level", "network", "method", "prior_precision",
+               "prior_source", "units", "evidence", "seconds")
+    _PAIRS = ("intervals", "statistical_intervals", "selection_ranges")
+    _ARRAYS = ("correlation", "raw_covariance")
 
     def __str__(self):
         pct = f"{self.level:.0%}"
@@ -101,7 +153,7 @@ class ConstantUncertainty:
         return ax
 
 
-class ProfileLikelihood:
+class ProfileLikelihood(_Serializable):
     """Result of `profile_likelihood`.
 
     Attributes:
@@ -123,10 +175,15 @@ class ProfileLikelihood:
             its own interval because the given fit is not at the minimum
             of these data's loss.
         estimate, rss_min, n, level, seconds.
+
+    `to_dict()` / `ProfileLikelihood.from_dict(d)` save and restore it
+    (JSON-serializable).
     """
 
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
+    _FIELDS = ("name", "values", "rss", "loss", "statistic", "interval", "threshold", "flat",
+               "estimate", "rss_min", "rss_estimate", "estimate_statistic", "warnings", "n",
+               "level", "seconds")
+    _ARRAYS = ("values", "rss", "loss", "statistic")
 
     def __str__(self):
         lo, hi = self.interval
