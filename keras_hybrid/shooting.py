@@ -319,6 +319,13 @@ class MultipleShooting(SAMTrainStep, keras.Model):
             )
         super().compile(*args, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips models that override `compile` when loading; this
+        # `compile` only checks that the model is built, so restore it.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _unpack(self, inputs):
         if isinstance(inputs, dict):
             unknown = sorted(set(inputs) - {"trajectories", "index", "constants", "context"})

@@ -296,3 +296,24 @@ def test_results_round_trip_through_json():
     assert str(prof_back) == str(prof)
     np.testing.assert_array_equal(prof_back.statistic, prof.statistic)
     assert prof_back.interval == prof.interval and prof_back.flat == prof.flat
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+class OwnCompile(kh.HybridModel):
+    """A model that overrides `compile` (Keras's `compile_from_config` skips such models)."""
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+
+
+def test_profile_refits_a_model_that_overrides_compile():
+    t, y = _data()
+    inputs = keras.Input((1,))
+    out = kh.ScientificLayer(decay, [kh.PhysicalConstant("A", 2.0), kh.PhysicalConstant("k", 0.7)],
+                             name="law")(inputs)
+    model = OwnCompile(inputs, out, sam=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    prof = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=3, batch_size=40)
+    # The refits moved A (the optimizer was rebuilt): RSS below the fixed-A values.
+    fixed = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0)
+    assert np.all(prof.rss < fixed.rss)

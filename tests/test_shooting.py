@@ -215,3 +215,22 @@ def test_bad_arguments():
         model({"trajectories": _observed(n_times=21), "index": np.arange(4)}, training=True)
     with pytest.raises(ValueError, match="keys"):
         model({"trajectory": _observed()}, training=True)
+
+
+def test_compiled_settings_survive_saving_and_profiles_refit(tmp_path):
+    # `MultipleShooting` overrides `compile`, which Keras's loader and
+    # `compile_from_config` skip: the loaded model must come back compiled,
+    # and `profile_likelihood`'s refits (a compiled copy) must run.
+    observed = _observed(w0=0.9)
+    model = kh.MultipleShooting(_layer(w0=0.9), segment_length=20, sam=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(observed, observed, epochs=1, verbose=0)
+    model.save(tmp_path / "ms.keras")
+    loaded = keras.saving.load_model(tmp_path / "ms.keras")
+    assert loaded.optimizer is not None and loaded.optimizer.get_config()["learning_rate"] == pytest.approx(0.05)
+    assert loaded.evaluate(observed, observed, verbose=0) == pytest.approx(
+        model.evaluate(observed, observed, verbose=0), rel=1e-5)
+    prof = kh.profile_likelihood(model, "w0", [0.85, 0.9, 0.95], observed, observed, epochs=1)
+    # The data are exact at w0 = 0.9: the profile's minimum is there.
+    assert prof.values[np.argmin(prof.statistic)] == pytest.approx(0.9)
+    assert prof.statistic[0] > prof.threshold and prof.statistic[2] > prof.threshold

@@ -63,7 +63,9 @@ def fresh_compile(model, like=None):
     config = like.get_compile_config()
     if config is None:
         raise ValueError(f"Model {like.name!r} is not compiled: compile it before refitting.")
-    model.compile_from_config(config)
+    # What `compile_from_config` does, which Keras skips (with a warning) for
+    # models that override `compile` (e.g. `MultipleShooting`).
+    model.compile(**keras.saving.deserialize_keras_object(config))
 
 
 def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None, level=0.95,
