@@ -82,6 +82,9 @@ def _input_signature(model, input_signature):
                 f"Received: input_signature={input_signature!r}"
             )
         return specs
+    own = getattr(model, "serving_input_signature", None)
+    if callable(own) and own() is not None:
+        return tf.nest.flatten(own())
     inputs = getattr(_functional_core(model), "inputs", None)
     if not inputs:
         raise ValueError(

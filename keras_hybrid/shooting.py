@@ -12,6 +12,7 @@ Prediction still integrates the whole horizon from the first state.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_hybrid import ode
 from keras_hybrid.layers import ODELayer
@@ -318,6 +319,16 @@ class MultipleShooting(SAMTrainStep, keras.Model):
                 f"'{self.layer.name}'"
             )
         super().compile(*args, **kwargs)
+
+    def serving_input_signature(self):
+        """What `export_saved_model` serves by default: observed
+        trajectories `(batch, T, n)`, the first state of which starts the
+        prediction; `None` while the state size is unknown. (Per-episode
+        constants or a context come in a dict: pass `input_signature=`.)"""
+        n = self.state_size or getattr(self.layer, "state_size", None)
+        if n is None:
+            return None
+        return [tf.TensorSpec((None, len(self.layer.times), int(n)), tf.float32, name="trajectories")]
 
     def compile_from_config(self, config):
         # Keras skips models that override `compile` when loading; this

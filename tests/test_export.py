@@ -295,3 +295,19 @@ def test_dict_inputs_are_served_by_name(tmp_path):
         serve = tf.saved_model.load(path).signatures["serve"]
         (served,) = serve(**{k: tf.constant(v) for k, v in inputs.items()}).values()
         np.testing.assert_allclose(served.numpy(), exported.predict(inputs, verbose=0), rtol=1e-6)
+
+
+def test_multiple_shooting_serves_whole_trajectories_from_their_first_state(tmp_path):
+    times, _, observed = pendulum.simulate(n_trajectories=4, n_steps=21, dt=0.1)
+    layer = kh.ODELayer(pendulum.frictionless_pendulum,
+                        [kh.PhysicalConstant("w0", 0.8, unit="rad/s", constraint="positive")], times=times,
+                        correction=keras.Sequential([keras.layers.Dense(4, "tanh"), keras.layers.Dense(2)]))
+    model = kh.MultipleShooting(layer, segment_length=10, state_size=2)
+    path = kh.export_saved_model(model, tmp_path / "ms")
+    served = tf.saved_model.load(path).signatures["serve"]
+    out = served(trajectories=tf.constant(observed))["output_0"].numpy()
+    np.testing.assert_allclose(out, model.predict(observed, verbose=0), atol=1e-6)
+    # Only the first state is read: the rest of the trajectory may be anything.
+    scrambled = observed.copy()
+    scrambled[:, 1:] = 0.0
+    np.testing.assert_allclose(served(trajectories=tf.constant(scrambled))["output_0"].numpy(), out, atol=1e-6)
