@@ -691,8 +691,11 @@ def test_per_sample_losses_of_a_model_with_several_outputs():
 
     def build(sam):
         inputs = keras.Input((1,))
-        base = _builder([])(None)(inputs)
-        model = kh.HybridModel(inputs, {"a": base, "b": keras.layers.Dense(1)(inputs)}, sam=sam)
+        physics = kh.ScientificLayer(ohm, [kh.PhysicalConstant("R", 2.0, constraint="positive")])(inputs)
+        net = keras.layers.Dense(1)(keras.layers.Dense(8, activation="tanh")(inputs))
+        # Output layers named as the dict keys (Keras 3.4 matches losses by layer name).
+        model = kh.HybridModel(inputs, {"a": keras.layers.Add(name="a")([physics, net]),
+                                        "b": keras.layers.Dense(1, name="b")(inputs)}, sam=sam)
         model.compile(optimizer="adam", loss={"a": "mse", "b": "mae"}, loss_weights={"a": 2.0, "b": 0.5})
         return model
 
