@@ -317,3 +317,31 @@ def test_profile_refits_a_model_that_overrides_compile():
     # The refits moved A (the optimizer was rebuilt): RSS below the fixed-A values.
     fixed = kh.profile_likelihood(model, "k", [0.6, 0.8], t, y, epochs=0)
     assert np.all(prof.rss < fixed.rss)
+
+
+def test_profile_grid_chosen_from_the_laplace_interval():
+    # At the least-squares fit of a physics-only law: a grid of 7 values
+    # evenly spaced in log k, 1.5 Laplace half-widths on each side; the
+    # profile crosses its threshold inside it, close to the Laplace interval.
+    t, y = _data()
+    model = _model()
+    layer = model.get_layer("law")
+    t64, y64 = t[:, 0].astype("float64"), y[:, 0].astype("float64")
+    c = np.array([1.9, 0.65])
+    for _ in range(50):
+        e = np.exp(-c[1] * t64)
+        c = c + np.linalg.lstsq(np.stack([e, -c[0] * t64 * e], 1), y64 - c[0] * e, rcond=None)[0]
+    layer.set_constant("A", float(c[0]))
+    layer.set_constant("k", float(c[1]))
+    laplace = kh.constant_uncertainty(model, t, y)
+    prof = kh.profile_likelihood(model, "k", 7, t, y, epochs=30, batch_size=40)
+    assert prof.values.size == 7
+    logs = np.log(prof.values)
+    np.testing.assert_allclose(np.diff(logs), np.diff(logs)[0], rtol=1e-4)
+    half = 1.5 * laplace.quantile * math.sqrt(laplace.raw_covariance[1, 1])
+    assert logs[-1] - math.log(c[1]) == pytest.approx(half, rel=1e-3)
+    lo, hi = prof.interval
+    assert prof.values[0] < lo < c[1] < hi < prof.values[-1]
+    assert (lo, hi) == pytest.approx(laplace.intervals["k"], rel=0.05)
+    with pytest.raises(ValueError, match=r"`values` as a count must be at least 3"):
+        kh.profile_likelihood(model, "k", 2, t, y, epochs=0)

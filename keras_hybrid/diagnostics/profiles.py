@@ -3,6 +3,7 @@ of the model (`clone_for_refit`, `fresh_compile`).
 """
 
 import math
+import numbers
 import time
 import warnings as _warnings
 
@@ -68,6 +69,27 @@ def fresh_compile(model, like=None):
     model.compile(**keras.saving.deserialize_keras_object(config))
 
 
+#: An automatic grid (`values=count`) spans 1.5 times the Laplace interval's
+#: half-width on each side of the estimate, in the constant's raw
+#: (unconstrained) space, and at most this much (a factor e^3, about 20, for
+#: a positive constant; three `scale`s for an unconstrained one).
+AUTO_GRID_MAX_RAW_SPAN = 3.0
+
+
+def _automatic_grid(model, name, count, x, y, sample_weight, level):
+    """`count` physical values around the estimate (see `AUTO_GRID_MAX_RAW_SPAN`)."""
+    from keras_hybrid.diagnostics.laplace import constant_uncertainty
+
+    result = constant_uncertainty(model, x, y, sample_weight=sample_weight, level=level)
+    index = result.names.index(name)
+    half = 1.5 * result.quantile * math.sqrt(max(float(result.raw_covariance[index, index]), 0.0))
+    half = min(half, AUTO_GRID_MAX_RAW_SPAN) if math.isfinite(half) and half > 0 else AUTO_GRID_MAX_RAW_SPAN
+    spec = _constant_spec({k: v for k, v, _ in _keyed_constant_variables(model)}[name])
+    raw = float(np.asarray(spec.to_raw(result.estimates[name])))
+    grid = raw + np.linspace(-half, half, count)
+    return np.array([float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r)))) for r in grid])
+
+
 def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None, level=0.95,
                        verbose=0, **fit_kwargs):
     """Profile likelihood of one constant: refit everything else with
@@ -94,7 +116,13 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     Args:
         model: a fitted, compiled Keras model with `ScientificLayer`s.
         name: the constant to profile.
-        values: 1-D grid of physical values (inside the constraint).
+        values: 1-D grid of physical values (inside the constraint), or a
+            number of values (at least 3) for a grid chosen from the
+            Laplace interval: evenly spaced in the constant's raw
+            (unconstrained) space, 1.5 times the interval's half-width on
+            each side of the estimate (at most `AUTO_GRID_MAX_RAW_SPAN`),
+            so that a profile close to the Laplace approximation crosses
+            its threshold inside the grid.
         x: inputs, or a finite `tf.data.Dataset` of `(x, y)` or
             `(x, y, sample_weight)` batches (read once into arrays, which
             every refit then takes; `y` and `sample_weight` are `None`).
@@ -114,6 +142,7 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     ```python
     prof = kh.profile_likelihood(model, "w0", np.linspace(0.8, 1.2, 7), y0, traj, epochs=50)
     prof.interval   # (lo, hi)
+    kh.profile_likelihood(model, "w0", 9, y0, traj, epochs=50)   # a grid of 9 chosen for you
     ```
 
     Reference:
@@ -124,13 +153,21 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     start_time = time.perf_counter()
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be an integer >= 0. Received: epochs={epochs!r}")
-    values = np.asarray(values, "float64").ravel()
-    if values.size < 2 or not np.all(np.isfinite(values)):
-        raise ValueError(f"`values` must hold at least 2 finite numbers. Received: values={values!r}")
+    count = None
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        count = int(values)
+        if count < 3:
+            raise ValueError(f"`values` as a count must be at least 3. Received: values={values!r}")
+    else:
+        values = np.asarray(values, "float64").ravel()
+        if values.size < 2 or not np.all(np.isfinite(values)):
+            raise ValueError(f"`values` must hold at least 2 finite numbers. Received: values={values!r}")
     threshold = un.chi2_1_quantile(level)
     _owner_layer(model, name)
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
     x, y = _checked_data(model, x, y)
+    if count is not None:
+        values = _automatic_grid(model, name, count, x, y, sample_weight, level)
     estimate = model_constants = None
     from keras_hybrid.layers import physical_constants
 
