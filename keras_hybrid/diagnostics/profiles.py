@@ -196,7 +196,8 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
             clone.set_weights(base)
             for i in walk:
                 layer.set_constant(local, float(values[i]))
-                if epochs:
+                # (Nothing left to refit when the constant was the only trainable weight.)
+                if epochs and clone.trainable_variables:
                     hist = clone.fit(x, y, sample_weight=sample_weight, epochs=epochs,
                                      verbose=verbose, **fit_kwargs)
                     losses[i] = hist.history["loss"][-1]

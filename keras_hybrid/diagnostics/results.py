@@ -160,7 +160,8 @@ class ProfileLikelihood(_Serializable):
         name: the profiled constant.
         values: grid of fixed values (sorted).
         rss: residual sum of squares after the refit at each value.
-        loss: the final training loss of each refit.
+        loss: the final training loss of each refit (`nan` where nothing
+            was refitted: no epochs, or no other trainable weight).
         statistic: `n log(RSS / RSS_min)` per value.
         interval: `(lo, hi)` likelihood-ratio interval (the end of the
             constant's domain where the profile does not cross the
