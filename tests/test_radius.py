@@ -712,3 +712,21 @@ def test_per_sample_losses_of_a_model_with_several_outputs():
     assert 0.0 < _net_share(model, x, 12) < 1.0
     path = kh.radius_path(build, x, targets, rhos=[0.0, 0.1], epochs=2, batch_size=12, physics_only=False)
     assert all(len(row["val_losses"]) == 2 for row in path.rows)
+
+
+def test_a_path_whose_fits_all_diverge_says_so():
+    x, y = _data(n=20)
+
+    def build(sam):
+        model = _builder([])(sam)
+        model.compile(optimizer=keras.optimizers.SGD(1e4), loss="mse")   # diverges
+        return model
+
+    with pytest.warns(UserWarning):
+        path = kh.radius_path(build, x, y, rhos=[0.0, 0.1], epochs=3, batch_size=16, physics_only=False)
+    assert path.chosen is None and path.best_model is None
+    assert "chosen: none: no fit has a finite validation loss" in str(path)
+    with pytest.raises(TypeError, match=r"`model` must be a fitted Keras model.*best_model=None"):
+        kh.constant_uncertainty(path.best_model, x, y)
+    with pytest.raises(TypeError, match=r"`model` must be a fitted Keras model"):
+        kh.profile_likelihood(path.best_model, "R", 5, x, y, epochs=1)

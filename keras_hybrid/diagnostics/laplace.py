@@ -17,6 +17,7 @@ from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid.diagnostics.information import _information_blocks, _marginal_information
 from keras_hybrid.diagnostics.prior import _noise_and_prior
 from keras_hybrid.diagnostics.residuals import (
+    _check_is_model,
     _checked_data,
     _constant_entries,
     _network_variables,
@@ -60,6 +61,7 @@ def _check_settings(level, network, prior_precision, method, path, cg_tol, cg_ma
 
 def _check_model_and_data(model, x, y):
     """`(entries, x, y)`: the trainable constants and the data as arrays; raises when they do not fit."""
+    _check_is_model(model)
     if not getattr(model, "built", False):
         raise ValueError("`model` must be built (called or fitted) before `constant_uncertainty`.")
     entries = _constant_entries(model)

@@ -13,7 +13,7 @@ import numpy as np
 from keras_hybrid import uncertainty as un
 from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid._logging import quiet_retracing
-from keras_hybrid.diagnostics.residuals import _checked_data, _Residuals
+from keras_hybrid.diagnostics.residuals import _check_is_model, _checked_data, _Residuals
 from keras_hybrid.diagnostics.results import ProfileLikelihood
 from keras_hybrid.layers import ScientificLayer, _constant_spec, _keyed_constant_variables
 
@@ -151,6 +151,7 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
         Raue et al., Bioinformatics 25 (2009).
     """
     start_time = time.perf_counter()
+    _check_is_model(model)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be an integer >= 0. Received: epochs={epochs!r}")
     count = None

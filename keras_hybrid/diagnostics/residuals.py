@@ -15,6 +15,13 @@ import tensorflow as tf
 from keras_hybrid.layers import _keyed_constant_variables, is_physical_variable
 
 
+def _check_is_model(model):
+    if not isinstance(model, keras.Model):
+        hint = (" (a `RadiusPath` whose fits all diverged has `best_model=None`)"
+                if model is None else "")
+        raise TypeError(f"`model` must be a fitted Keras model. Received: model={model!r}{hint}")
+
+
 def _constant_entries(model):
     """`(key, variable, spec)` of the trainable constants."""
     return [(k, v, s) for k, v, s in _keyed_constant_variables(model) if v.trainable]

@@ -351,7 +351,13 @@ class RadiusPath:
                 "  (eligible)" if s["rho"] in self.eligible else "")
             lines.append(line(label, s, mark))
         cap = ", and not above the physics part alone)" if self.physics_only else ")"
-        if not self.network_needed:
+        if self.chosen is None:
+            lines.append(
+                "chosen: none: no fit has a finite validation loss (every fit diverged), so "
+                "`best_model` is None. Lower the learning rate, or scale the inputs and targets "
+                "to order 1"
+            )
+        elif not self.network_needed:
             # Every radius is above the cap: the rule fell back to the best one.
             lines.append(
                 f"chosen: rho = {self.chosen} (the radius of lowest validation loss: no radius "
