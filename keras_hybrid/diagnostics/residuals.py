@@ -217,8 +217,9 @@ class _Residuals:
         `J v = d/du [(J^T u) . v]`: reverse mode only, since TensorFlow's
         forward-mode accumulator cannot pass the TensorArrays of the ODE
         loop."""
-        size = sum(int(np.prod(np.shape(a))) for a in tf.nest.flatten(y))
-        u = tf.zeros([size], self.dtype)
+        # The size in the graph: a last, shorter chunk retraces with unknown shapes.
+        size = tf.add_n([tf.size(a) for a in tf.nest.flatten(y)])
+        u = tf.zeros(tf.reshape(size, [1]), self.dtype)
         with tf.GradientTape() as outer:
             outer.watch(u)
             with tf.GradientTape(persistent=True) as inner:
@@ -288,32 +289,34 @@ class _Residuals:
 
     def data_product(self, u, scales):
         """`J D J^T u` for a data-space vector `u` (float64 in and out),
-        `D = diag(scales)` over the parameters (flat, float64)."""
-        if getattr(self, "_data_fn", None) is None:
-            def product(params, inputs, x, y, w):
-                vector, scale = inputs
+        `D = diag(scales)` over the parameters (flat, float64). Two passes
+        over the chunks: `g = sum_b J_b^T u_b` over all of them first, then
+        `J_a (D g)` per chunk (`J D J^T` couples every chunk with every
+        other)."""
+        if getattr(self, "_vjp_fn", None) is None:
+            def vjp(params, vector, x, y, w):
                 with tf.GradientTape() as tape:
                     tape.watch(params)
                     r = self.residual(params, x, y, w)
-                g = tape.gradient(r, params, output_gradients=vector,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                tangents = [gi * si for gi, si in zip(g, scale)]
+                return tape.gradient(r, params, output_gradients=vector,
+                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+            def jvp(params, tangents, x, y, w):
                 return self._jvp(params, tangents, x, y, w)[1]
 
-            def example(chunk):
-                return (tf.zeros([self._chunk_size(chunk[1])], self.dtype),
-                        [tf.ones_like(p) for p in self.params()])
-
-            self._data_fn = self._compile(product, example)
+            self._vjp_fn = self._compile(
+                vjp, lambda chunk: tf.zeros([self._chunk_size(chunk[1])], self.dtype))
+            self._data_jvp_fn = self._compile(jvp)
         params = self.params()
-        scale = self._tangents(scales)
-        out, start = [], 0
+        g, start = None, 0
         for chunk in self.chunks():
             size = self._chunk_size(chunk[1])
-            piece = tf.constant(u[start:start + size], self.dtype)
-            out.append(self._data_fn(params, (piece, scale), *chunk).numpy().astype("float64"))
+            part = self._vjp_fn(params, tf.constant(u[start:start + size], self.dtype), *chunk)
+            g = list(part) if g is None else [a + b for a, b in zip(g, part)]
             start += size
-        return np.concatenate(out)
+        tangents = [gi * si for gi, si in zip(g, self._tangents(scales))]
+        return np.concatenate([self._data_jvp_fn(params, tangents, *chunk).numpy().astype("float64")
+                               for chunk in self.chunks()])
 
     def _build_ggn(self):
         def ggn(params, tangents, x, y, w):
