@@ -22,7 +22,7 @@ EXPECTED = {
     "03_pde_hybrid.py": (["03_pde_hybrid.png"], {"a": 2, "b": 2}),
     "04_real_data_theophylline.py": (
         ["04_theophylline_fits.png", "04_theophylline_physics.png"],
-        {"ka": 3, "ke": 3, "Cl": 3},
+        {"ka": 4, "ke": 4, "Cl": 3, "V": 1},
     ),
     "05_serving.py": (["05_serving.png"], {"w0": 3}),
     "06_per_episode_constants.py": (["06_per_episode_constants.png"], {"w0": 3}),

@@ -273,3 +273,59 @@ than the prior knowledge that the network should explain only a small part
 of the curve. A fair comparison would use a mixed-effects model
 (per-subject constants), which this tutorial does not attempt.
 """
+
+"""
+## The same model as an ODE, on each subject's own times
+
+The subjects were not sampled at the same moments (subject 1 at 0.25 h,
+subject 2 at 0.27 h, ...). An `ODELayer` integrates every trajectory
+over one time grid, so `kh.common_time_grid` puts the subjects on the
+union of their times: each subject's targets are its own observations,
+at their times, with weight 1, and 0 with weight 0 elsewhere. Passed as
+`sample_weight` to `fit` and `constant_uncertainty`, the weights make
+every observation count once and nothing else count. The state is the
+dose still in the gut (mg/kg) and the concentration (mg/L); the
+pre-dose samples (time 0) are left out, since the model starts every
+subject at concentration 0. Physics only here: the point is the data
+layout. (Full run: ka 1.49 /h [1.17, 1.90], ke 0.080 /h [0.064, 0.101],
+V 0.485 L/kg [0.438, 0.536], so Cl = ke V = 0.039 L/h/kg, all
+"identified", from 120 observations on a grid of 78 times: the constants
+of the closed-form physics-only fit above, to three digits, now from an
+integrated ODE.)
+"""
+
+
+@keras.saving.register_keras_serializable(package="tutorial_theophylline")
+def absorption_elimination(t, y, c):
+    gut, conc = y[..., 0], y[..., 1]
+    return ops.stack([-c["ka"] * gut, c["ka"] * gut / c["V"] - c["ke"] * conc], -1)
+
+
+times, observed, initial = [], [], []
+for _, rows in theoph.groupby("Subject"):
+    after_dose = rows[rows.Time > 0]
+    times.append(after_dose.Time.to_numpy())
+    observed.append(after_dose[["conc"]].to_numpy())
+    initial.append([rows.Dose.iloc[0], 0.0])
+initial = np.array(initial, "float32")
+grid = kh.common_time_grid(times, observed, start=0.0)
+print(f"{int(grid.weights.sum())} observations on a grid of {grid.times.size} times")
+
+state = keras.Input((2,))
+pk = kh.ODELayer(
+    absorption_elimination,
+    [kh.PhysicalConstant("ka", 1.0, unit="1/h", constraint="positive"),
+     kh.PhysicalConstant("ke", 0.1, unit="1/h", constraint="positive"),
+     kh.PhysicalConstant("V", 0.5, unit="L/kg", constraint="positive")],
+    times=grid.times,
+    max_step=0.25,   # the union grid is uneven: at most 0.25 h per RK4 step
+)
+ode_model = kh.HybridModel(state, pk(state)[..., 1:], sam=None)   # observed: the concentration
+ode_model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+ode_model.fit(initial, grid.targets, sample_weight=grid.weights, epochs=40 if FAST else 400,
+              batch_size=len(initial), verbose=0)
+result = kh.constant_uncertainty(ode_model, initial, grid.targets, sample_weight=grid.weights)
+print(result)
+print("ODE on each subject's own times: " + ", ".join(
+    f"{name} = {result.estimates[name]:.4f} {result.units[name]}" for name in ("ka", "ke", "V")))
+
