@@ -71,7 +71,8 @@ class DataSpaceSolver:
             g = inner.gradient(r, params, output_gradients=v, unconnected_gradients=_ZERO)
             # d/dv of g . t with t = (t_c, D^-1 g_w) held fixed: J t.
             dtype = self.res.dtype
-            terms = [tf.reduce_sum(gi * tf.cast(ti, gi.dtype)) for gi, ti in zip(g[:p_c], tf.unstack(tangent_c))]
+            terms = [tf.reduce_sum(gi * tf.cast(ti, gi.dtype))
+                     for gi, ti in zip(g[:p_c], tf.unstack(tangent_c))]
             terms += [tf.reduce_sum(gi * tf.stop_gradient(gi * si)) for gi, si in zip(g[p_c:], scale)]
             terms = [tf.cast(t, dtype) for t in terms]
             gt = tf.add_n(terms)

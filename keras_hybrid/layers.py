@@ -1,6 +1,5 @@
 """Keras layers wrapping mechanistic equations with physical constants."""
 
-import warnings
 import weakref
 
 import keras

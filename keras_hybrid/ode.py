@@ -329,7 +329,7 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
         with keras.StatelessScope(state_mapping=list(zip(variables, var_vals))):
             return run()
 
-    n_const, n_var = len(constant_values), len(variable_values)
+    n_const = len(constant_values)
 
     def segment(first, length, y):
         @tf.custom_gradient

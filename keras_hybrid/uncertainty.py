@@ -369,9 +369,10 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
     short a grid). Where the set is not connected (grid points above the
     threshold between points below it: a profile with two minima, or a
     refit that did not converge), the interval spans all of it, from the
-    lowest grid point below the threshold to the highest. If no grid point is inside the interval (`rss_min`
-    below every point's RSS by more than the threshold), there is nothing
-    to interpolate from and both ends are `nan`: add the free fit's point.
+    lowest grid point below the threshold to the highest. If no grid point
+    is inside the interval (`rss_min` below every point's RSS by more than
+    the threshold), there is nothing to interpolate from and both ends are
+    `nan`: add the free fit's point.
 
     Args:
         values: grid of the fixed constant, 1-D.
