@@ -49,7 +49,9 @@ def _checked_trajectory(i, t, v):
             f"`values[{i}]` must be finite: drop unobserved points from the trajectory (with "
             f"their times) instead. Received: {int(np.sum(~np.isfinite(v)))} non-finite value(s)"
         )
-    return t, v
+    # An `ODELayer` returns `(batch, times, state)`: a series of numbers is
+    # one state component.
+    return t, v[:, None] if v.ndim == 1 else v
 
 
 def common_time_grid(times, values, *, start=None, dtype="float32"):
@@ -58,8 +60,10 @@ def common_time_grid(times, values, *, start=None, dtype="float32"):
     Args:
         times: one 1-D array of increasing observation times per
             trajectory.
-        values: one array per trajectory, of shape `(len(times[i]),)` or
-            `(len(times[i]), *state)`: the observations.
+        values: one array per trajectory, of shape `(len(times[i]), *state)`,
+            or `(len(times[i]),)` for one state component (read as
+            `(len(times[i]), 1)`, the shape of an `ODELayer`'s output): the
+            observations.
         start: optional time of the initial state (the `ODELayer`'s
             `times[0]`), at or before every observation; it enters the grid
             with weight 0 where no trajectory was observed then. Defaults

@@ -83,3 +83,17 @@ def test_fit_on_the_grid_is_least_squares_on_the_observations():
     # `evaluate` scores the observations only (Keras's mean over every grid value).
     loss = model.evaluate(y0, grid.targets, sample_weight=grid.weights, verbose=0)
     assert loss == pytest.approx(float((y - f) @ (y - f)) / grid.weights.size, rel=1e-3)
+
+
+def test_a_series_of_numbers_is_one_state_component():
+    times, values, y0 = _subjects()
+    grid = kh.common_time_grid(times, [v[:, 0] for v in values], start=0.0)
+    assert grid.targets.shape == (3, grid.times.size, 1)
+    np.testing.assert_array_equal(grid.targets, kh.common_time_grid(times, values, start=0.0).targets)
+    inputs = keras.Input((1,))
+    layer = kh.ODELayer(first_order, [kh.PhysicalConstant("k", 0.4, constraint="positive")],
+                        times=grid.times, max_step=0.1)
+    model = kh.HybridModel(inputs, layer(inputs), sam=None)
+    model.compile(optimizer="sgd", loss="mse")
+    history = model.fit(y0, grid.targets, sample_weight=grid.weights, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
