@@ -350,8 +350,8 @@ def test_profile_grid_chosen_from_the_laplace_interval():
 @pytest.mark.parametrize("dtype", [None, "float64"])
 def test_data_in_chunks_give_the_one_chunk_result(dtype):
     # `batch_size` below the data size: the data-space product J D J^T u
-    # couples every chunk with every other (a product per chunk alone was
-    # block-diagonal, and its intervals 16 % too narrow here).
+    # couples every chunk with every other (a product per chunk alone is
+    # block-diagonal, and its intervals too narrow).
     t, y = _data()
     keras.utils.set_random_seed(3)
     model = _model(dtype=dtype, network=True)
