@@ -1,13 +1,27 @@
-"""Data given as a finite `tf.data.Dataset` where the diagnostics need arrays.
+"""The data of the diagnostics as arrays with a first axis of samples.
 
 `constant_uncertainty`, `profile_likelihood` and `radius_path` work on the
 whole data set at once (a Jacobian over every residual, refits of the same
-samples, a split by sample), so a dataset is read once, batch after batch,
-into arrays: what `fit` received is what they take.
+samples, a split by sample), so a finite `tf.data.Dataset` is read once,
+batch after batch, into arrays: what `fit` received is what they take.
 """
 
 import numpy as np
 import tensorflow as tf
+
+
+def as_sample_arrays(data, arg):
+    """`data` (an array or a structure of them) as NumPy arrays; raises,
+    naming `arg`, where one has no first axis of samples (a scalar, a
+    generator)."""
+    arrays = tf.nest.map_structure(np.asarray, data)
+    for leaf in tf.nest.flatten(arrays):
+        if leaf.ndim == 0:
+            raise ValueError(
+                f"`{arg}` must be arrays with a first axis of samples (or a finite "
+                f"`tf.data.Dataset`). Received: {arg} of type {type(data).__name__}"
+            )
+    return arrays
 
 
 def _concatenate(batches, arg):

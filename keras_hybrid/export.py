@@ -83,8 +83,9 @@ def _input_signature(model, input_signature):
             )
         return specs
     own = getattr(model, "serving_input_signature", None)
-    if callable(own) and own() is not None:
-        return tf.nest.flatten(own())
+    own = own() if callable(own) else None
+    if own is not None:
+        return tf.nest.flatten(own)
     inputs = getattr(_functional_core(model), "inputs", None)
     if not inputs:
         raise ValueError(

@@ -32,10 +32,14 @@ def _owner_layer(model, name):
     raise ValueError(f"No ScientificLayer of the model owns constant {name!r}.")
 
 
+def _spec(model, name):
+    """The `PhysicalConstant` of constant `name` (a key of `physical_constants`)."""
+    return {k: s for k, _, s in _keyed_constant_variables(model)}[name]
+
+
 def _domain(model, name):
     """`(lo, hi)`: the values constant `name`'s constraint allows."""
-    keyed = {k: v for k, v, _ in _keyed_constant_variables(model)}
-    constraint = _constant_spec(keyed[name]).constraint
+    constraint = _spec(model, name).constraint
     if constraint == "positive":
         return 0.0, math.inf
     if isinstance(constraint, tuple):
@@ -84,7 +88,7 @@ def _automatic_grid(model, name, count, x, y, sample_weight, level):
     index = result.names.index(name)
     half = 1.5 * result.quantile * math.sqrt(max(float(result.raw_covariance[index, index]), 0.0))
     half = min(half, AUTO_GRID_MAX_RAW_SPAN) if math.isfinite(half) and half > 0 else AUTO_GRID_MAX_RAW_SPAN
-    spec = _constant_spec({k: v for k, v, _ in _keyed_constant_variables(model)}[name])
+    spec = _spec(model, name)
     raw = float(np.asarray(spec.to_raw(result.estimates[name])))
     grid = raw + np.linspace(-half, half, count)
     return np.array([float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r)))) for r in grid])

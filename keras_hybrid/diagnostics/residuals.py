@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_hybrid._dataset_input import as_sample_arrays
 from keras_hybrid.layers import _keyed_constant_variables, is_physical_variable
 
 
@@ -37,14 +38,7 @@ def _as_arrays(data, arg):
     leaves = tf.nest.flatten(data)
     if not leaves:
         raise ValueError(f"`{arg}` must hold at least one array. Received: {arg}={data!r}")
-    arrays = tf.nest.map_structure(np.asarray, data)
-    for leaf in tf.nest.flatten(arrays):
-        if leaf.ndim == 0:
-            raise ValueError(
-                f"`{arg}` must be arrays with a first axis of samples (or a finite "
-                f"`tf.data.Dataset`). Received: {arg} of type {type(data).__name__}"
-            )
-    return arrays
+    return as_sample_arrays(data, arg)
 
 
 def _checked_data(model, x, y):

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid import radius as _pkg
-from keras_hybrid._dataset_input import arrays_from_dataset
+from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
@@ -26,13 +26,7 @@ def _take(data, index):
 
 
 def _num_samples(data, arg="x"):
-    first = np.asarray(keras.tree.flatten(data)[0])
-    if first.ndim == 0:
-        raise ValueError(
-            f"`{arg}` must be arrays with a first axis of samples (or a finite "
-            f"`tf.data.Dataset`). Received: {arg} of type {type(data).__name__}"
-        )
-    return len(first)
+    return len(tf.nest.flatten(as_sample_arrays(data, arg))[0])
 
 
 # The radii are compared on their per-sample validation losses (a paired
@@ -104,6 +98,7 @@ def _per_sample_losses(model, x, y, batch_size, sample_weight=None):
     are not included: they are the same for every sample."""
     try:
         loss_weights = model.get_compile_config().get("loss_weights")
+        w = None if sample_weight is None else np.asarray(sample_weight, "float64")
         y_pred = model.predict(x, batch_size=batch_size, verbose=0)
         total = None
         for index, (key, target, pred) in enumerate(_output_pairs(y, y_pred)):
@@ -113,8 +108,7 @@ def _per_sample_losses(model, x, y, batch_size, sample_weight=None):
             target = keras.ops.convert_to_tensor(np.asarray(target), "float32")
             call = loss.call if isinstance(loss, keras.losses.Loss) else loss
             per_sample = np.asarray(keras.ops.convert_to_numpy(call(target, pred)), "float64")
-            if sample_weight is not None:
-                w = np.asarray(sample_weight, "float64")
+            if w is not None:
                 per_sample = per_sample * w.reshape(w.shape + (1,) * (per_sample.ndim - w.ndim))
             weight = float(_by_output(loss_weights, key, index, 1.0))
             term = weight * per_sample.reshape(len(per_sample), -1).mean(axis=1)
@@ -381,7 +375,6 @@ def radius_path(
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
     if isinstance(validation_data, tf.data.Dataset):
         validation_data = arrays_from_dataset(validation_data, None, None, "validation_data")
-        validation_data = validation_data if validation_data[2] is not None else validation_data[:2]
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, "float32")
         if sample_weight.ndim == 0 or len(sample_weight) != _num_samples(x) or not np.all(
