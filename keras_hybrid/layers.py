@@ -20,6 +20,10 @@ from keras_hybrid.constants import PhysicalConstant
 # check in `_constant_spec` guards against a reused id.
 _REGISTRY = {}
 
+# The key under which a context travels with the constants of a solve that
+# takes explicit inputs: not an identifier, so no constant can carry it.
+CONTEXT_KEY = "<context>"
+
 
 def _register(variable, spec):
     key = id(variable)
@@ -642,10 +646,19 @@ class ODELayer(ScientificLayer):
         check_state_shaped(self, f"The equation `{_function_name(self.equation)}`", y, dydt, "dy/dt")
         return dydt
 
-    def checkpointed_variables(self):
-        """Variables a checkpointed solve differentiates explicitly (the
-        correction's), or `None` without checkpointing or correction."""
-        if self.checkpoint is None or self.correction is None:
+    def solve_takes_explicit_inputs(self):
+        """True when the solve differentiates only what it is given: a
+        checkpointed segment, or TFP's adjoint (adaptive methods). The
+        context and the correction's weights are then passed to it
+        explicitly; captured, they would get no gradient (an encoder
+        giving the context would not train, nor would a SAM step's
+        perturbed weights)."""
+        return self.checkpoint is not None or self.method in ode.ADAPTIVE_METHODS
+
+    def solver_variables(self):
+        """Variables the solve is given explicitly (the correction's, see
+        `solve_takes_explicit_inputs`), or `None`."""
+        if not self.solve_takes_explicit_inputs() or self.correction is None:
             return None
         return self.correction.variables
 
@@ -666,15 +679,14 @@ class ODELayer(ScientificLayer):
         if self.initial_state is not None:
             y0 = self._fitted_initial_state(y0, values)
         values = {name: values[name] for name in self.constant_names}
-        checkpointed = self.checkpoint is not None and context is not None
-        if checkpointed:
-            # A checkpointed segment differentiates only what it is given.
-            values = dict(values, __context__=context)
+        explicit_context = self.solve_takes_explicit_inputs() and context is not None
+        if explicit_context:
+            values = dict(values, **{CONTEXT_KEY: context})
 
         # Constants go through `odeint(constants=...)` so that the adaptive
         # (TFP adjoint) solvers differentiate them exactly.
         def vector_field(t, y, **constant_values):
-            ctx = constant_values.pop("__context__") if checkpointed else context
+            ctx = constant_values.pop(CONTEXT_KEY) if explicit_context else context
             dydt = self._physics(t, y, constant_values)
             correction = self.correction_term(t, y, context=ctx, training=training)
             return dydt if correction is None else dydt + correction
@@ -690,7 +702,7 @@ class ODELayer(ScientificLayer):
             atol=self.atol,
             constants=values,
             checkpoint=self.checkpoint,
-            variables=self.checkpointed_variables(),
+            variables=self.solver_variables(),
         )
 
     def _fitted_initial_state(self, y0, values):

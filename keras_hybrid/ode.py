@@ -33,6 +33,9 @@ TABLEAUS = {
     ),
 }
 ADAPTIVE_METHODS = ("dopri5", "bdf")
+# The key under which variables' values travel with an adaptive solve's
+# constants: not an identifier, so no constant can carry it.
+_VARIABLE_VALUES = "<variables>"
 METHODS = tuple(TABLEAUS) + ADAPTIVE_METHODS
 
 
@@ -169,11 +172,12 @@ def odeint(
             intermediate stage values grows with `k` instead of `len(t)`
             (about `sqrt(len(t))` minimizes the total) at the cost of one
             more forward integration. Defaults to `None`.
-        variables: with `checkpoint`, the Keras variables that `func` reads
-            (e.g. `correction.variables`). Their current values (also the
-            perturbed values inside a `keras.StatelessScope`, as in a SAM
-            step) are passed to each segment explicitly, so that their
-            gradients are exact. Gradients flow to `y0`, `constants`,
+        variables: with `checkpoint` or an adaptive method, the Keras
+            variables that `func` reads (e.g. `correction.variables`).
+            Their current values (also the perturbed values inside a
+            `keras.StatelessScope`, as in a SAM step) are passed to each
+            segment, or to TFP's solve, explicitly, so that their gradients
+            are exact. Gradients flow to `y0`, `constants`,
             `variables` and to `tf.Variable`s read by `func`; any other
             tensor that `func` captures is treated as a constant in the
             backward pass: pass it through `constants` if it needs a
@@ -215,15 +219,16 @@ def odeint(
             f"solve. Received: checkpoint={checkpoint!r} with method={method!r}"
         )
     variables = list(variables or [])
-    if variables and checkpoint is None:
+    if variables and checkpoint is None and method not in ADAPTIVE_METHODS:
         raise ValueError(
-            "`variables` is only used with `checkpoint`. "
-            f"Received: variables with {len(variables)} entries and checkpoint=None"
+            "`variables` is only used with `checkpoint` or an adaptive method "
+            f"{ADAPTIVE_METHODS}. Received: variables with {len(variables)} entries, "
+            f"checkpoint=None and method={method!r}"
         )
     constants = dict(constants or {})
     y0 = keras.ops.convert_to_tensor(y0)
     if method in ADAPTIVE_METHODS:
-        return _odeint_tfp(func, y0, t, method, rtol, atol, constants)
+        return _odeint_tfp(func, y0, t, method, rtol, atol, constants, variables)
     if checkpoint is not None:
         return _odeint_checkpointed(
             func, y0, t, TABLEAUS[method], substeps, constants, checkpoint, variables, max_step
@@ -379,14 +384,28 @@ def _time_axis_second_to_last(ys):
     return tf.transpose(ys, perm)
 
 
-def _odeint_tfp(func, y0, t, method, rtol, atol, constants):
+def _odeint_tfp(func, y0, t, method, rtol, atol, constants, variables=()):
+    """TFP's adaptive solve. The values of `variables` travel with the
+    constants: TFP's adjoint differentiates only its inputs and the
+    `tf.Variable`s it sees read, so a value that replaces a variable (the
+    perturbed weights of a SAM step, inside a `keras.StatelessScope`)
+    would otherwise get no gradient."""
     from tensorflow_probability import math as tfm
 
     solver_cls = tfm.ode.DormandPrince if method == "dopri5" else tfm.ode.BDF
     solver = solver_cls(rtol=rtol, atol=atol)
+    if variables:
+        constants = dict(constants)
+        constants[_VARIABLE_VALUES] = [
+            tf.cast(tf.convert_to_tensor(v.value), v.dtype) for v in variables
+        ]
 
     def ode_fn(time, y, **kwargs):
-        return func(time, y, **kwargs) if kwargs else func(time, y)
+        values = kwargs.pop(_VARIABLE_VALUES, None)
+        if values is None:
+            return func(time, y, **kwargs) if kwargs else func(time, y)
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return func(time, y, **kwargs) if kwargs else func(time, y)
 
     results = solver.solve(
         ode_fn,

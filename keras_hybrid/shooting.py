@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid import ode
-from keras_hybrid.layers import ODELayer
+from keras_hybrid.layers import CONTEXT_KEY, ODELayer
 from keras_hybrid.models import SAMTrainStep, _as_sam
 from keras_hybrid.sam import SAM
 
@@ -389,11 +389,11 @@ class MultipleShooting(SAMTrainStep, keras.Model):
         if context is not None:
             context = _repeat_per_segment(context, n_seg)
         values = layer.constant_tensors(constants)
-        if layer.checkpoint is not None and context is not None:
-            values = dict(values, __context__=context)
+        if layer.solve_takes_explicit_inputs() and context is not None:
+            values = dict(values, **{CONTEXT_KEY: context})
 
         def vector_field(t, y, **constant_values):
-            ctx = constant_values.pop("__context__", context)
+            ctx = constant_values.pop(CONTEXT_KEY, context)
             physics, correction = layer.vector_field_parts(
                 t, y, constants=constant_values, context=ctx, training=training
             )
@@ -408,7 +408,7 @@ class MultipleShooting(SAMTrainStep, keras.Model):
             max_step=layer.max_step,
             constants=values,
             checkpoint=layer.checkpoint,
-            variables=layer.checkpointed_variables(),
+            variables=layer.solver_variables(),
         )  # (batch * S, L + 1, n)
         return keras.ops.reshape(ys, (-1, n_seg, self.segment_length + 1, n))
 
