@@ -49,6 +49,32 @@ def test_cli_rejects_unknown_method(tmp_path):
         experiments.main(["pendulum", "--methods", "erm,adamw", "--json", str(tmp_path / "x.json")])
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seeds", "0", "`seeds` must be an integer >= 1. Received: seeds=0"),
+    ("--epochs", "0", "`epochs` must be None or an integer >= 1. Received: epochs=0"),
+    ("--tolerance", "-1", "`tolerance` must be a finite number >= 0. Received: tolerance=-1.0"),
+    ("--tolerance", "nan", "Received: tolerance=nan"),
+    ("--value", "-0.3", "`value` must be a finite number >= 0. Received: value=-0.3"),
+    ("--first-seed", "-1", "`first_seed` must be an integer >= 0. Received: first_seed=-1"),
+    ("--threads", "-1", "`threads` must be >= 0. Received: threads=-1"),  # TF aborted
+])
+def test_cli_rejects_numbers_out_of_range_before_running(tmp_path, capsys, flag, value, message):
+    # `--epochs 0` printed untrained constants as results; the others ran
+    # or failed with a traceback.
+    out = tmp_path / "x.json"
+    with pytest.raises(SystemExit):
+        experiments.main(["pendulum", flag, value, "--json", str(out)])
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_run_experiment_rejects_numbers_out_of_range():
+    with pytest.raises(ValueError, match=r"Received: epochs=2\.5"):
+        experiments.run_experiment("michaelis_menten", ["erm"], 1, quick=True, epochs=2.5)
+    with pytest.raises(ValueError, match="Received: seeds=True"):
+        experiments.run_experiment("michaelis_menten", ["erm"], True, quick=True)
+
+
 def test_training_settings_per_method():
     assert methods_lib.training_for("erm", None) == (None, None, 0.0, False)
     assert methods_lib.training_for("physics", None).physics_only

@@ -9,7 +9,7 @@ import time
 
 from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.experiments.report import format_sweep, format_table
-from keras_hybrid.experiments.runner import SYSTEMS, run_experiment
+from keras_hybrid.experiments.runner import SYSTEMS, check_run_numbers, run_experiment
 from keras_hybrid.experiments.tasks import ARCHITECTURES
 
 
@@ -60,6 +60,11 @@ def main(argv=None):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         methods_lib.check_methods(methods)
+        check_run_numbers(seeds=args.seeds, epochs=args.epochs, tolerance=args.tolerance,
+                          first_seed=args.first_seed, value=args.value)
+        if args.threads < 0:
+            # TensorFlow aborts the process on a negative thread count.
+            raise ValueError(f"`threads` must be >= 0. Received: threads={args.threads}")
     except ValueError as error:
         parser.error(str(error))
     if args.threads:

@@ -140,6 +140,31 @@ def run_auto(task, cfg, data, seed, epochs=None):
     return result, model
 
 
+def _is_integer(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_run_numbers(seeds=1, epochs=None, tolerance=0.25, first_seed=0, value=None):
+    """Raises a `ValueError` naming the first of these arguments of
+    `run_experiment` that is out of range (a run with 0 epochs would print
+    untrained constants as results; a negative slack would select nothing)."""
+    if not _is_integer(seeds) or seeds < 1:
+        raise ValueError(f"`seeds` must be an integer >= 1. Received: seeds={seeds!r}")
+    if epochs is not None and (not _is_integer(epochs) or epochs < 1):
+        raise ValueError(f"`epochs` must be None or an integer >= 1. Received: epochs={epochs!r}")
+    if not _is_integer(first_seed) or first_seed < 0:
+        raise ValueError(f"`first_seed` must be an integer >= 0. Received: first_seed={first_seed!r}")
+    for name, number in (("tolerance", tolerance), ("value", value)):
+        if number is None and name == "value":
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float, np.number)) or not (
+            np.isfinite(number) and number >= 0
+        ):
+            raise ValueError(
+                f"`{name}` must be a finite number >= 0. Received: {name}={number!r}"
+            )
+
+
 def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None, tolerance=0.25, log=print,
                    on_progress=None, first_seed=0, value=None, standardize=False, architecture=None,
                    jit_compile=None):
@@ -178,8 +203,8 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
     if system not in SYSTEMS:
         raise ValueError(f"`system` must be one of {list(SYSTEMS)}. Received: system={system!r}")
     methods_lib.check_methods(methods)
-    if seeds < 1:
-        raise ValueError(f"`seeds` must be >= 1. Received: seeds={seeds}")
+    check_run_numbers(seeds=seeds, epochs=epochs, tolerance=tolerance, first_seed=first_seed,
+                      value=value)
     task = SYSTEMS[system]()
     cfg = task.config(quick)
     if epochs is not None:
