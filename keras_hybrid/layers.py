@@ -12,7 +12,7 @@ from keras_hybrid._shape_checks import (
     check_not_ragged,
     check_state_shaped,
 )
-from keras_hybrid.constants import PhysicalConstant
+from keras_hybrid.constants import PhysicalConstant, _check_finite_number, _check_float32
 
 # Raw variables of physical constants, so that a training step can tell the
 # physical group from the neural one: `id(variable) -> (weak reference,
@@ -263,10 +263,10 @@ class ScientificLayer(keras.layers.Layer):
         """
         variable = self._constant_variable(name)
         spec = _constant_spec(variable)
-        if isinstance(value, bool) or not np.isscalar(value) or not np.isfinite(value):
-            raise ValueError(
-                f"`value` of constant '{name}' must be a finite number. Received: value={value!r}"
-            )
+        try:
+            value = _check_float32("value", _check_finite_number("value", value))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"Constant '{name}' of layer '{self.name}': {error}") from None
         constraint = spec.constraint
         if (constraint == "positive" and not value > 0) or (
             isinstance(constraint, tuple) and not constraint[0] < value < constraint[1]
@@ -275,7 +275,17 @@ class ScientificLayer(keras.layers.Layer):
                 f"`value` of constant '{name}' must satisfy its constraint {constraint!r}. "
                 f"Received: value={value!r}"
             )
-        variable.assign(constant_to_raw(spec, float(value)))
+        raw = constant_to_raw(spec, value)
+        # Near float32's limits the raw value, or its image read back,
+        # can overflow: refused rather than stored as inf.
+        image = keras.ops.convert_to_numpy(spec.to_physical(keras.ops.convert_to_tensor(raw)))
+        if not (np.isfinite(raw) and np.isfinite(image)):
+            raise ValueError(
+                f"`value` of constant '{name}' cannot be stored in float32 under its scale "
+                f"{spec.scale!r} (its stored or read-back value overflows). Express the constant "
+                f"in a larger unit. Received: value={value!r}"
+            )
+        variable.assign(raw)
 
     def set_constant_trainable(self, name, trainable):
         """Freezes (`trainable=False`) or frees constant `name`.

@@ -305,3 +305,28 @@ def test_asam_scale_of_a_positive_constant_does_not_depend_on_its_scale():
     for scale in (1e-4, 1.0, 1e4):
         spec = PhysicalConstant("k", 2.0, constraint="positive", scale=scale)
         np.testing.assert_allclose(float(spec.asam_scale(spec.raw_initial_value(), 0.0)), 1.0, rtol=1e-6)
+
+
+def _decay_law(x, c):
+    return c["A"] * keras.ops.exp(-c["k"] * x)
+
+
+@pytest.mark.parametrize("value, error, match", [
+    (1e40, ValueError, r"Constant 'k' of layer 'law': `value` overflows float32.*value=1e\+40"),
+    (float("nan"), ValueError, r"Constant 'k' of layer 'law': `value` must be finite"),
+    ("0.5", TypeError, r"`value` must be a real number. Received: value='0.5' of type str"),
+    (np.array([0.5, 0.6]), TypeError, r"must be a real number"),
+    (3e38, ValueError, r"cannot be stored in float32 under its scale 1e-06"),
+])
+def test_set_constant_refuses_values_float32_cannot_hold(value, error, match):
+    # 1e40 used to be stored as inf: every prediction after it was inf.
+    layer = kh.ScientificLayer(_decay_law, [
+        kh.PhysicalConstant("A", 1.0),
+        kh.PhysicalConstant("k", 1e-6, constraint="positive", scale=1e-6),
+    ], name="law")
+    layer(np.ones((2, 1), "float32"))
+    with pytest.raises(error, match=match):
+        layer.set_constant("k", value)
+    assert layer.physical_constants()["k"] == pytest.approx(1e-6)
+    layer.set_constant("k", np.float32(2e-6))  # NumPy scalars are numbers
+    assert layer.physical_constants()["k"] == pytest.approx(2e-6)
