@@ -298,16 +298,39 @@ def noise_variance(rss, n, parameters):
     return float(rss) / dof
 
 
+def information_rank(information):
+    """Number of directions a (symmetric) information matrix determines:
+    its eigenvalues above `1e-12` of the largest, as in
+    `covariance_from_information`. A constant the data carry no
+    information on does not count as a fitted parameter."""
+    eigval = np.linalg.eigvalsh(np.atleast_2d(np.asarray(information, "float64")))
+    top = float(np.max(np.abs(eigval))) if eigval.size else 0.0
+    return int(np.sum(eigval > 1e-12 * top)) if top > 0 else 0
+
+
+# A constant whose eigenvector weight in the null space of `S` is above this
+# has an unbounded variance (eigenvectors of a singular `S` carry rounding
+# of about machine epsilon times its condition).
+NULL_SPACE_WEIGHT = 1e-10
+
+
 def covariance_from_information(information, noise_var):
-    """`sigma^2 S^-1`, with a pseudo-inverse (and `inf` variances) when `S`
-    is singular."""
+    """`sigma^2 S^-1`, with `inf` for every entry of a constant that has a
+    component along a null direction of a singular `S`.
+
+    The other constants keep the pseudo-inverse's finite entries: a
+    constant that the model does not use (its value replaced per sample at
+    call time, say) makes its own variance unbounded, not everyone's.
+    """
     s = np.atleast_2d(np.asarray(information, "float64"))
     eigval, eigvec = np.linalg.eigh(s)
     top = max(float(np.max(np.abs(eigval))), 1e-300)
-    inv = np.where(eigval > 1e-12 * top, 1.0 / np.where(eigval > 0, eigval, 1.0), np.inf)
-    with np.errstate(invalid="ignore"):
-        cov = (eigvec * inv) @ eigvec.T
-    cov = np.where(np.isnan(cov), np.inf, cov)
+    null = eigval <= 1e-12 * top
+    inv = np.where(null, 0.0, 1.0 / np.where(null, 1.0, eigval))
+    cov = (eigvec * inv) @ eigvec.T
+    unbounded = np.sum(eigvec[:, null] ** 2, axis=1) > NULL_SPACE_WEIGHT
+    cov[unbounded, :] = np.inf
+    cov[:, unbounded] = np.inf
     return noise_var * cov
 
 

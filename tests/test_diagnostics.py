@@ -269,6 +269,39 @@ def test_student_t_quantile_against_tables():
     assert un.chi2_1_quantile(0.95) == pytest.approx(3.8415, abs=1e-3)
 
 
+def test_covariance_of_a_singular_information_is_unbounded_only_where_it_is():
+    # A constant with no information leaves the others' variances finite...
+    cov = un.covariance_from_information(np.diag([0.0, 4.0]), noise_var=2.0)
+    assert np.isinf(cov[0]).all() and np.isinf(cov[:, 0]).all()
+    assert cov[1, 1] == pytest.approx(0.5)
+    # ...while a confounded pair leaves both unbounded.
+    cov = un.covariance_from_information(np.array([[1.0, 1.0], [1.0, 1.0]]), noise_var=1.0)
+    assert np.isinf(cov).all()
+    cov = un.covariance_from_information(np.diag([1.0, 4.0]), noise_var=1.0)
+    np.testing.assert_allclose(cov, np.diag([1.0, 0.25]))
+
+
+def test_a_constant_replaced_per_sample_leaves_the_others_identified():
+    # `A` comes from the data at call time, so the layer's own `A` carries
+    # no information; `k` used to be reported unbounded with it.
+    rng = np.random.default_rng(3)
+    t = rng.uniform(0.0, 3.0, (40, 1)).astype("float32")
+    amplitude = rng.uniform(1.0, 3.0, (40, 1)).astype("float32")
+    y = (amplitude * np.exp(-0.7 * t) + 0.02 * rng.normal(size=t.shape)).astype("float32")
+    times, given = keras.Input((1,)), keras.Input((1,))
+    layer = kh.ScientificLayer(decay, [kh.PhysicalConstant("A", 1.0),
+                                       kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    model = kh.HybridModel([times, given], layer(times, constants={"A": given}), sam=None)
+    a, tt, yy = amplitude[:, 0].astype("float64"), t[:, 0].astype("float64"), y[:, 0].astype("float64")
+    k, cov, _ = gauss_newton(lambda x, c: a * np.exp(-c[0] * x),
+                             lambda x, c: (-a * x * np.exp(-c[0] * x))[:, None], [0.5], tt, yy)
+    layer.set_constant("k", float(k[0]))
+    result = kh.constant_uncertainty(model, [t, amplitude], y)
+    assert result.verdicts == {"A": "not identified", "k": "identified"}
+    assert math.isinf(result.stderr["A"])
+    assert result.stderr["k"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-2)
+
+
 def test_hybrid_on_six_points_is_not_identified():
     model, _, t, y = _hybrid_decay(6, hidden=16)
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")

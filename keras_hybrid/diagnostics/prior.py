@@ -51,12 +51,13 @@ def _weight_spectrum(res, method, a_ww, p_c, p_w):
     return un.lanczos_spectrum(ww_matvec, p_w, _pkg.LANCZOS_STEPS, _pkg.LANCZOS_PROBES)
 
 
-def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w):
-    """The evidence fixed point (`un.evidence_precision`'s dict, with `weight_sq_norm`)."""
+def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w, p_fitted):
+    """The evidence fixed point (`un.evidence_precision`'s dict, with
+    `weight_sq_norm`); `p_fitted` constants count as fitted parameters."""
     nodes, node_weights = _weight_spectrum(res, method, a_ww, p_c, p_w)
     w_sq = float(sum(np.sum(np.square(keras.ops.convert_to_numpy(v.value).astype("float64")))
                      for v in weights))
-    evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_c)
+    evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_fitted)
     evidence_info["weight_sq_norm"] = w_sq
     return evidence_info
 
@@ -82,15 +83,19 @@ def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_pre
     """`(noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning)` of the fit."""
     rss = blocks.rss
     # Noise variance (fixed point with the effective number of parameters).
-    noise_var = un.noise_variance(rss, n, p_c)
-    p_eff = float(p_c)
+    # Constants count by the rank of their information: one the data say
+    # nothing about (or one of a confounded pair) fits nothing.
+    p_fitted = un.information_rank(blocks.a_cc)
+    noise_var = un.noise_variance(rss, n, p_fitted)
+    p_eff = float(p_fitted)
     evidence_info = None
     if evidence and p_w:
-        evidence_info = _evidence_fixed_point(res, weights, method, blocks.a_ww, rss, n, p_c, p_w)
+        evidence_info = _evidence_fixed_point(res, weights, method, blocks.a_ww, rss, n, p_c, p_w,
+                                              p_fitted)
         prior_precision = evidence_info["alpha"]
         if method != "dense":
             noise_var = evidence_info["noise_variance"]
-            p_eff = p_c + evidence_info["gamma"]
+            p_eff = p_fitted + evidence_info["gamma"]
     alpha, prior_source = (np.zeros(0), "none") if not p_w else _prior_precisions(
         model, weights, n, noise_var, prior_precision)
     if method == "dense" and p_w:
