@@ -24,6 +24,27 @@ def as_sample_arrays(data, arg):
     return arrays
 
 
+def check_same_samples(data):
+    """Raises, naming the arguments, unless every array in `data` (a dict
+    `name -> array or structure of arrays`, `None` skipped) has as many
+    samples as the others."""
+    counts = {}
+    for name, value in data.items():
+        if value is None:
+            continue
+        for leaf in tf.nest.flatten(as_sample_arrays(value, name)):
+            counts.setdefault(name, set()).add(len(leaf))
+    sizes = set().union(*counts.values()) if counts else set()
+    if len(sizes) > 1:
+        found = ", ".join(
+            f"{name}: {sorted(n)[0] if len(n) == 1 else sorted(n)}" for name, n in counts.items()
+        )
+        raise ValueError(
+            f"{' and '.join(f'`{name}`' for name in counts)} must have the same number of "
+            f"samples (first axis). Received: {found}"
+        )
+
+
 def _concatenate(batches, arg):
     leaves = [tf.nest.flatten(b) for b in batches]
     try:

@@ -621,6 +621,12 @@ def test_radius_path_rejects_bad_input():
         kh.radius_path(ignores_sam, x, y, margin=1.5)
     with pytest.raises(ValueError, match="paired_test='z'"):
         kh.radius_path(ignores_sam, x, y, paired_test="z")
+    # Targets shorter than the inputs failed with an IndexError inside the
+    # split (and longer ones were silently cut).
+    with pytest.raises(ValueError, match=r"`x` and `y` must have the same number of samples.*x: 10, y: 8"):
+        kh.radius_path(ignores_sam, x, y[:8], epochs=1)
+    with pytest.raises(ValueError, match=r"`validation_data\[0\]` and `validation_data\[1\]`.*: 4, .*: 3"):
+        kh.radius_path(ignores_sam, x, y, validation_data=(x[:4], y[:3]), epochs=1)
 
 
 def test_path_warns_of_an_eligible_radius_worse_on_most_points():

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid import radius as _pkg
-from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays
+from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays, check_same_samples
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
@@ -373,6 +373,7 @@ def radius_path(
         raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
     _check_paired_test(paired_test)
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
+    check_same_samples({"x": x, "y": y})
     if isinstance(validation_data, tf.data.Dataset):
         validation_data = arrays_from_dataset(validation_data, None, None, "validation_data")
     if sample_weight is not None:
@@ -390,6 +391,7 @@ def radius_path(
                 f"Received: validation_data of type {type(validation_data).__name__}"
             )
         train, val = (x, y, sample_weight), (tuple(validation_data) + (None,))[:3]
+        check_same_samples({"validation_data[0]": val[0], "validation_data[1]": val[1]})
         n_val = _num_samples(val[0], "validation_data")
         if n_val < MIN_VALIDATION_SAMPLES:
             raise ValueError(
