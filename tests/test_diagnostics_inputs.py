@@ -363,3 +363,23 @@ def test_data_in_chunks_give_the_one_chunk_result(dtype):
     dense = kh.constant_uncertainty(model, t, y, method="dense", batch_size=7)
     assert dense.stderr["k"] == pytest.approx(kh.constant_uncertainty(model, t, y, method="dense").stderr["k"],
                                               rel=1e-5)
+
+
+@pytest.mark.parametrize("weights, match", [
+    # A NumPy broadcasting error, naming neither argument.
+    (np.ones(10), r"one weight per sample .* shape \(10,\) for y of shape \(40, 1\)"),
+    (np.r_[np.ones(39), -1.0], r"finite and >= 0.*1 such value\(s\), the first -1\.0"),
+    (np.full(40, np.nan), r"40 such value\(s\), the first nan"),
+])
+def test_bad_sample_weights_are_named(weights, match):
+    t, y = _data()
+    model = _model()
+    with pytest.raises(ValueError, match=match):
+        kh.constant_uncertainty(model, t, y, sample_weight=weights)
+
+
+def test_profile_values_that_are_not_finite_are_named():
+    t, y = _data()
+    model = _model()
+    with pytest.raises(ValueError, match=r"all finite. Received: values=\[nan, 0.5, 0.6\]"):
+        kh.profile_likelihood(model, "k", [np.nan, 0.5, 0.6], t, y, epochs=1)

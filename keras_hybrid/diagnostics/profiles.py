@@ -166,7 +166,10 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     else:
         values = np.asarray(values, "float64").ravel()
         if values.size < 2 or not np.all(np.isfinite(values)):
-            raise ValueError(f"`values` must hold at least 2 finite numbers. Received: values={values!r}")
+            raise ValueError(
+                "`values` must be at least 2 numbers, all finite. "
+                f"Received: values={values.tolist()!r}"
+            )
     threshold = un.chi2_1_quantile(level)
     _owner_layer(model, name)
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)

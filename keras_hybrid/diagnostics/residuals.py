@@ -112,15 +112,22 @@ def _weights_like(sample_weight, y):
     weights = tf.nest.map_structure(lambda a: np.asarray(a, "float32"),
                                     sample_weight if structured else [sample_weight])
     for sw in tf.nest.flatten(weights):
-        if np.any(~np.isfinite(sw)) or np.any(sw < 0):
+        bad = ~np.isfinite(sw) | (sw < 0)
+        if np.any(bad):
             raise ValueError(
                 "`sample_weight` must be finite and >= 0. Received: sample_weight with "
-                f"min={np.nanmin(sw)!r}"
+                f"{int(bad.sum())} such value(s), the first {float(sw[bad][0])!r}"
             )
 
     def expand(sw, a):
         w = sw.reshape(sw.shape + (1,) * (np.ndim(a) - sw.ndim))
-        return np.broadcast_to(w, np.shape(a)).astype("float32")
+        try:
+            return np.broadcast_to(w, np.shape(a)).astype("float32")
+        except ValueError:
+            raise ValueError(
+                "`sample_weight` must hold one weight per sample (or per value) of `y`. "
+                f"Received: sample_weight of shape {sw.shape} for y of shape {np.shape(a)}"
+            ) from None
 
     if structured:
         return tf.nest.map_structure(expand, weights, y)
