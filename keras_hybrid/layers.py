@@ -1,5 +1,6 @@
 """Keras layers wrapping mechanistic equations with physical constants."""
 
+import warnings
 import weakref
 
 import keras
@@ -442,7 +443,10 @@ class ODELayer(ScientificLayer):
             saving (`keras.saving.register_keras_serializable`).
         constants: list of `PhysicalConstant`.
         times: 1-D increasing time points, in the time unit of the
-            constants; `times[0]` is the time of `y0`.
+            constants; `times[0]` is the time of `y0`. Far from 0 a
+            float32 time is coarse (near 1e6 it is resolved to 0.0625):
+            the layer warns when the time an equation reads would be
+            rounded by more than 1 % of a solver step.
         method: `"euler"`, `"midpoint"`, `"heun"`, `"rk4"`, `"dopri5"` or
             `"bdf"`. Defaults to `"rk4"`.
         substeps: fixed-step solver steps between consecutive time points.
@@ -567,6 +571,9 @@ class ODELayer(ScientificLayer):
             )
         self.method = method
         self.substeps = substeps
+        note = ode.time_resolution_note(self.times, substeps, self.max_step, self.compute_dtype)
+        if note is not None:
+            warnings.warn(f"ODELayer '{self.name}': {note}", stacklevel=2)
         self.correction = correction
         self.correction_inputs = correction_inputs
         self.rtol = float(rtol)

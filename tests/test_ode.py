@@ -144,3 +144,54 @@ def test_max_step_bad_arguments():
             odeint(_decay, np.ones(1), [0.0, 1.0], max_step=bad)
     with pytest.raises(ValueError, match="adaptive methods choose their own steps"):
         odeint(_decay, np.ones(1), [0.0, 1.0], method="dopri5", max_step=0.1)
+
+
+def _oscillator_law(t, y, c):
+    return tf.stack([y[..., 1], -c["w"] ** 2 * y[..., 0]], -1)
+
+
+def test_adaptive_solve_far_from_time_zero():
+    # TFP stepped in float32 from t0: at t0 = 1e6 the oscillator came out
+    # 0.27 off, and t0 = 1.7e9 (a Unix time) never finished: not tried
+    # here, so that a regression fails rather than hangs. (BDF takes the
+    # same shifted path; its solve here takes a minute.)
+    import keras_hybrid as kh
+
+    steps = np.arange(50) * 0.05
+    with pytest.warns(UserWarning, match="resolved only to"):
+        layer = kh.ODELayer(_oscillator_law, [kh.PhysicalConstant("w", 2.0)], times=1e6 + steps,
+                            method="dopri5")
+    y = layer(np.array([[1.0, 0.0]], "float32"))
+    np.testing.assert_allclose(y.numpy()[0, :, 0], np.cos(2.0 * steps), atol=2e-5)
+
+
+def test_adaptive_solve_gives_the_equation_the_true_time():
+    # y' = t from t0 = 100: y = y0 + (t^2 - t0^2) / 2.
+    t = 100.0 + np.linspace(0.0, 1.0, 5)
+    y = odeint(lambda t, y: tf.ones_like(y) * t, np.zeros(1, "float32"), t, method="dopri5")
+    np.testing.assert_allclose(y.numpy()[:, 0], (t**2 - 100.0**2) / 2, rtol=1e-5)
+
+
+def _rate_law(t, y, c):
+    return -c["k"] * y
+
+
+def test_layer_warns_when_its_dtype_cannot_resolve_the_times():
+    import warnings
+
+    import keras_hybrid as kh
+
+    def layer(times, dtype=None, substeps=1):
+        return kh.ODELayer(_rate_law, [kh.PhysicalConstant("k", 1.0)], times=times,
+                           dtype=dtype, substeps=substeps)
+
+    with pytest.warns(UserWarning, match=r"time near 1e\+06 is resolved only to 0.0625, against "
+                                         r"solver steps of 0.05.*times - times\[0\]"):
+        layer(1e6 + np.arange(10) * 0.05)
+    with pytest.warns(UserWarning, match="resolved only to"):
+        layer(1e4 + np.arange(10), substeps=100)  # steps of 0.01
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(np.arange(10) * 0.05)
+        layer(1e6 + np.arange(10) * 0.05, dtype="float64")
+        layer(1e3 + np.arange(10) * 0.05)
