@@ -17,7 +17,7 @@ TOL = dict(rtol=1e-4, atol=1e-6)
 
 
 @keras.saving.register_keras_serializable(package="test_adaptive_solvers")
-def decay(t, y, c):
+def decay_with_correction(t, y, c):
     return -c["k"] * y
 
 
@@ -37,7 +37,7 @@ def _model(method, context_size=0, sam=None):
     ])
     fixed_step = method == "rk4"
     layer = kh.ODELayer(
-        decay, [kh.PhysicalConstant("k", 0.5, constraint="positive")], times=TIMES,
+        decay_with_correction, [kh.PhysicalConstant("k", 0.5, constraint="positive")], times=TIMES,
         method=method, substeps=20 if fixed_step else 1, correction=correction,
         context_size=context_size, rtol=1e-8, atol=1e-10,
     )
