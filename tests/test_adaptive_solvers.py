@@ -52,24 +52,16 @@ def _loss(model, y0, observed):
     return tf.reduce_mean((model(y0, training=True) - observed) ** 2)
 
 
-def test_gradients_wrt_perturbed_weights_match_the_fixed_step_loop():
+def test_gradients_wrt_perturbed_weights_match_the_fixed_step_loop(gradients_at_perturbed_weights):
     # SAM's second pass: the weights are tensors given by a StatelessScope.
     # Captured by TFP's solve, the network's came out as None. (BDF takes
     # the same path, `test_odeint_differentiates_a_perturbed_variable`;
     # its solve of this model takes a minute.)
     y0, observed = _data()
     grads = []
-    for m in ("rk4", "dopri5"):
-        model = _model(m)
-        with tf.GradientTape() as tape:
-            mapping = []
-            for v in model.trainable_variables:
-                perturbed = v.value + 0.05 * tf.ones_like(v.value)
-                tape.watch(perturbed)
-                mapping.append((v, perturbed))
-            with keras.StatelessScope(state_mapping=mapping):
-                loss = _loss(model, y0, observed)
-        grads.append(tape.gradient(loss, [p for _, p in mapping]))
+    for method in ("rk4", "dopri5"):
+        model = _model(method)
+        grads.append(gradients_at_perturbed_weights(model, lambda: _loss(model, y0, observed)))
     assert len(grads[1]) == 5  # k (raw) and two Dense layers
     for got, want in zip(grads[1], grads[0]):
         assert got is not None and np.any(got.numpy() != 0)

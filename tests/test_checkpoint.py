@@ -91,21 +91,15 @@ def test_layer_gradients_wrt_constants_and_weights_match_plain():
         np.testing.assert_allclose(got.numpy(), want.numpy(), **F32)
 
 
-def test_gradients_wrt_perturbed_weights_in_stateless_scope_match_plain():
+def test_gradients_wrt_perturbed_weights_in_stateless_scope_match_plain(
+        gradients_at_perturbed_weights):
     # SAM's second pass: the weights are tensors given by a StatelessScope.
     times, y0, observed = _data()
     grads = []
     for checkpoint in (None, 5):
         model = _model(times, checkpoint)
-        with tf.GradientTape() as tape:
-            mapping = []
-            for v in model.trainable_variables:
-                perturbed = v.value + 0.05 * tf.ones_like(v.value)
-                tape.watch(perturbed)
-                mapping.append((v, perturbed))
-            with keras.StatelessScope(state_mapping=mapping):
-                loss = tf.reduce_mean((model(y0, training=True) - observed) ** 2)
-        grads.append(tape.gradient(loss, [p for _, p in mapping]))
+        grads.append(gradients_at_perturbed_weights(
+            model, lambda: tf.reduce_mean((model(y0, training=True) - observed) ** 2)))
     for got, want in zip(grads[1], grads[0]):
         np.testing.assert_allclose(got.numpy(), want.numpy(), **F32)
         assert np.any(got.numpy() != 0)
