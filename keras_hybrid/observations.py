@@ -15,6 +15,8 @@ import collections
 
 import numpy as np
 
+from keras_hybrid.ode import check_not_calendar_times
+
 ObservationGrid = collections.namedtuple("ObservationGrid", ["times", "targets", "weights"])
 ObservationGrid.__doc__ = """The union time grid of `common_time_grid`.
 
@@ -29,6 +31,7 @@ Attributes:
 
 
 def _checked_trajectory(i, t, v):
+    check_not_calendar_times(t, f"times[{i}]")
     t = np.asarray(t, "float64")
     v = np.asarray(v)
     if t.ndim != 1 or t.size == 0:

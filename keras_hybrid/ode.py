@@ -66,7 +66,23 @@ def rk_step(func, t, y, dt, tableau):
     return y + dt * increment
 
 
+def check_not_calendar_times(t, arg):
+    """Raises if `t` holds dates or durations (`datetime64`,
+    `timedelta64`, pandas' too): as numbers they count nanoseconds or
+    days, whatever the constants' time unit, and silently give a
+    meaningless (often overflowing) solve."""
+    kind = np.asarray(t).dtype.kind
+    if kind in "mM":
+        raise ValueError(
+            f"`{arg}` must be numbers in the time unit of the constants, not dates or durations "
+            f"(dtype {np.asarray(t).dtype}). Convert them, e.g. "
+            f"`({arg} - {arg}[0]) / np.timedelta64(1, 'h')` for hours. "
+            f"Received: {arg} of dtype {np.asarray(t).dtype}"
+        )
+
+
 def _check_times(t, arg="t"):
+    check_not_calendar_times(t, arg)
     t = np.asarray(t, dtype="float64")
     if t.ndim != 1 or t.size < 2:
         raise ValueError(

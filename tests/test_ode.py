@@ -195,3 +195,20 @@ def test_layer_warns_when_its_dtype_cannot_resolve_the_times():
         layer(np.arange(10) * 0.05)
         layer(1e6 + np.arange(10) * 0.05, dtype="float64")
         layer(1e3 + np.arange(10) * 0.05)
+
+
+def test_dates_and_durations_as_times_are_refused():
+    # Read as numbers they counted nanoseconds: hours as a pandas
+    # timedelta gave steps of 3.6e12 and a trajectory of inf and nan.
+    import keras_hybrid as kh
+
+    hours = np.array([0, 1, 2], dtype="timedelta64[h]").astype("timedelta64[ns]")
+    days = np.array(["2026-01-01", "2026-01-02"], dtype="datetime64[D]")
+    for times in (hours, days):
+        with pytest.raises(ValueError, match=r"`times` must be numbers in the time unit .*"
+                                             r"np.timedelta64\(1, 'h'\).*Received: times of dtype"):
+            kh.ODELayer(_rate_law, [kh.PhysicalConstant("k", 1.0)], times=times)
+    with pytest.raises(ValueError, match=r"`t` must be numbers"):
+        odeint(_decay, np.ones(1), hours)
+    with pytest.raises(ValueError, match=r"`times\[1\]` must be numbers"):
+        kh.common_time_grid([np.arange(3.0), hours], [np.ones(3), np.ones(3)])
