@@ -8,6 +8,7 @@ small whatever the number of steps. Adaptive and stiff solving goes through
 """
 
 import collections
+import contextlib
 
 import keras
 import numpy as np
@@ -71,13 +72,12 @@ def check_not_calendar_times(t, arg):
     `timedelta64`, pandas' too): as numbers they count nanoseconds or
     days, whatever the constants' time unit, and silently give a
     meaningless (often overflowing) solve."""
-    kind = np.asarray(t).dtype.kind
-    if kind in "mM":
+    dtype = np.asarray(t).dtype
+    if dtype.kind in "mM":
         raise ValueError(
             f"`{arg}` must be numbers in the time unit of the constants, not dates or durations "
-            f"(dtype {np.asarray(t).dtype}). Convert them, e.g. "
-            f"`({arg} - {arg}[0]) / np.timedelta64(1, 'h')` for hours. "
-            f"Received: {arg} of dtype {np.asarray(t).dtype}"
+            f"(dtype {dtype}). Convert them, e.g. `({arg} - {arg}[0]) / np.timedelta64(1, 'h')` "
+            f"for hours. Received: {arg} of dtype {dtype}"
         )
 
 
@@ -435,23 +435,20 @@ def _odeint_tfp(func, y0, t, method, rtol, atol, constants, variables=()):
             tf.cast(tf.convert_to_tensor(v.value), v.dtype) for v in variables
         ]
 
-    def ode_fn(time, y, **kwargs):
-        values = kwargs.pop(_VARIABLE_VALUES, None)
-        if values is None:
-            return func(time, y, **kwargs) if kwargs else func(time, y)
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return func(time, y, **kwargs) if kwargs else func(time, y)
-
+    # TFP steps from its initial time in the state's dtype: far from 0 a
+    # float32 time cannot resolve the steps (t0 = 1e6 gave errors of 0.27
+    # on an oscillator, larger t0 looped forever). It integrates from 0 on
+    # the grid shifted in float64; `func` sees the true time.
     origin = float(t[0])
-    if origin != 0.0:
-        # TFP steps from `t[0]` in the state's dtype: far from 0 a float32
-        # time cannot resolve its steps (t0 = 1e6 gave errors of 0.27 on
-        # an oscillator, larger t0 loops forever). It integrates from 0 on
-        # the shifted grid, computed in float64; `func` sees the true time.
-        solve_fn = ode_fn
 
-        def ode_fn(time, y, **kwargs):
-            return solve_fn(time + tf.constant(origin, time.dtype), y, **kwargs)
+    def ode_fn(time, y, **kwargs):
+        if origin:
+            time = time + tf.constant(origin, time.dtype)
+        values = kwargs.pop(_VARIABLE_VALUES, None)
+        scope = (contextlib.nullcontext() if values is None
+                 else keras.StatelessScope(state_mapping=list(zip(variables, values))))
+        with scope:
+            return func(time, y, **kwargs) if kwargs else func(time, y)
 
     results = solver.solve(
         ode_fn,

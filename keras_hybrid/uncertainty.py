@@ -298,14 +298,20 @@ def noise_variance(rss, n, parameters):
     return float(rss) / dof
 
 
+def _null_eigenvalues(eigval):
+    """Which eigenvalues of an information matrix count as zero: at most
+    `1e-12` of the largest (all of them for a zero matrix)."""
+    top = max(float(np.max(np.abs(eigval))), 1e-300) if eigval.size else 1e-300
+    return eigval <= 1e-12 * top
+
+
 def information_rank(information):
-    """Number of directions a (symmetric) information matrix determines:
-    its eigenvalues above `1e-12` of the largest, as in
-    `covariance_from_information`. A constant the data carry no
-    information on does not count as a fitted parameter."""
+    """Number of directions a (symmetric) information matrix determines
+    (its eigenvalues not null, as in `covariance_from_information`). A
+    constant the data carry no information on does not count as a fitted
+    parameter."""
     eigval = np.linalg.eigvalsh(np.atleast_2d(np.asarray(information, "float64")))
-    top = float(np.max(np.abs(eigval))) if eigval.size else 0.0
-    return int(np.sum(eigval > 1e-12 * top)) if top > 0 else 0
+    return int(np.sum(~_null_eigenvalues(eigval)))
 
 
 # A constant whose eigenvector weight in the null space of `S` is above this
@@ -324,8 +330,7 @@ def covariance_from_information(information, noise_var):
     """
     s = np.atleast_2d(np.asarray(information, "float64"))
     eigval, eigvec = np.linalg.eigh(s)
-    top = max(float(np.max(np.abs(eigval))), 1e-300)
-    null = eigval <= 1e-12 * top
+    null = _null_eigenvalues(eigval)
     inv = np.where(null, 0.0, 1.0 / np.where(null, 1.0, eigval))
     cov = (eigvec * inv) @ eigvec.T
     unbounded = np.sum(eigvec[:, null] ** 2, axis=1) > NULL_SPACE_WEIGHT

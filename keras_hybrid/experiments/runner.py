@@ -154,9 +154,8 @@ def check_run_numbers(seeds=1, epochs=None, tolerance=0.25, first_seed=0, value=
         raise ValueError(f"`epochs` must be None or an integer >= 1. Received: epochs={epochs!r}")
     if not _is_integer(first_seed) or first_seed < 0:
         raise ValueError(f"`first_seed` must be an integer >= 0. Received: first_seed={first_seed!r}")
-    for name, number in (("tolerance", tolerance), ("value", value)):
-        if number is None and name == "value":
-            continue
+    numbers = {"tolerance": tolerance} if value is None else {"tolerance": tolerance, "value": value}
+    for name, number in numbers.items():
         if isinstance(number, bool) or not isinstance(number, (int, float, np.number)) or not (
             np.isfinite(number) and number >= 0
         ):
