@@ -168,3 +168,32 @@ def check_loss_shapes(model, y, y_pred):
             "objective. Make the output the shape of the targets (e.g. the equation's "
             "last dimension), or reshape `y`."
         )
+
+
+def per_sample_values(constants=None, context=None, **others):
+    """`label -> value` of what is given per sample, for
+    `check_per_sample_batch`."""
+    given = {f"constants[{name!r}]": value for name, value in sorted((constants or {}).items())}
+    given.update({k: v for k, v in dict(context=context, **others).items() if v is not None})
+    return given
+
+
+def check_per_sample_batch(layer, what, batch, given, broadcast=True):
+    """Constants given per sample (`(batch,)`) and a context (`(batch, c)`)
+    must have one row per sample of `what`; otherwise they fail deep in
+    the solver with "Incompatible shapes". Scalars pass, and so does one
+    row when `broadcast` (it broadcasts over the batch).
+
+    Args:
+        given: `label -> value`, e.g. from `per_sample_values`.
+    """
+    if batch is None:
+        return
+    for label, value in given.items():
+        shape = shape_of(value)
+        if shape and shape[0] not in (None, batch) and not (broadcast and shape[0] == 1):
+            raise ValueError(
+                f"Layer '{layer.name}' got {batch} samples in {what} but {shape[0]} rows in "
+                f"{label}: per-sample values need one row per sample. Received: {label} "
+                f"with shape {shape}"
+            )

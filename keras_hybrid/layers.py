@@ -11,6 +11,8 @@ from keras_hybrid._shape_checks import (
     ConstantValues,
     check_correction_builds_state_shaped,
     check_not_ragged,
+    check_per_sample_batch,
+    per_sample_values,
     check_state_shaped,
 )
 from keras_hybrid.constants import PhysicalConstant, _check_finite_number, _check_float32
@@ -692,6 +694,7 @@ class ODELayer(ScientificLayer):
                 f"ODELayer '{self.name}' has context_size={self.context_size}. "
                 f"Received: context with shape {None if context is None else tuple(context.shape)}"
             )
+        check_per_sample_batch(self, "y0", y0.shape[0], per_sample_values(constants, context))
         values = self.constant_tensors(constants)
         if self.initial_state is not None:
             y0 = self._fitted_initial_state(y0, values)

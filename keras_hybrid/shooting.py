@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid import ode
+from keras_hybrid._shape_checks import check_per_sample_batch, per_sample_values
 from keras_hybrid.layers import CONTEXT_KEY, ODELayer
 from keras_hybrid.models import SAMTrainStep, _as_sam
 from keras_hybrid.sam import SAM
@@ -139,7 +140,9 @@ class MultipleShooting(SAMTrainStep, keras.Model):
     y_s(t_{sL}) = obs[:, sL] + offset[i, s]  # initial_states="trainable"
     ```
 
-    and all segments are integrated at once, folded into the batch
+    (fitted initial values, `ODELayer(initial_state=[...])`, start the
+    first segment in place of the data, as they start the prediction), and
+    all segments are integrated at once, folded into the batch
     dimension, on the grid `times[:L + 1] - times[0]`. The output is the
     stitched trajectory `(batch, T, n)` (each segment without its end
     point), so the compiled loss compares it with the observations, and the
@@ -349,14 +352,26 @@ class MultipleShooting(SAMTrainStep, keras.Model):
                     inputs.get("context"))
         return inputs, None, None, None
 
+    def _check_trajectories(self, observed, index, constants, context):
+        shape = tuple(observed.shape)
+        n = self.state_size or getattr(self.layer, "state_size", None)
+        if len(shape) != 3 or shape[1] not in (None, len(self.layer.times)) or (
+            n is not None and shape[2] not in (None, n)
+        ):
+            raise ValueError(
+                f"MultipleShooting expects trajectories of shape (batch, {len(self.layer.times)}, "
+                f"{n if n is not None else 'n'}): {len(self.layer.times)} time points (the "
+                f"layer's times){' of states of size %d' % n if n is not None else ''}. "
+                f"Received: trajectories with shape {shape}"
+            )
+        # Values are repeated per segment: one row cannot broadcast then.
+        given = per_sample_values(constants, context, index=index)
+        check_per_sample_batch(self, "trajectories", shape[0], given, broadcast=False)
+
     def call(self, inputs, training=None):
         observed, index, constants, context = self._unpack(inputs)
         observed = keras.ops.convert_to_tensor(observed)
-        if observed.shape[1] is not None and observed.shape[1] != len(self.layer.times):
-            raise ValueError(
-                f"MultipleShooting expects trajectories of {len(self.layer.times)} time points "
-                f"(the layer's times). Received: trajectories with shape {tuple(observed.shape)}"
-            )
+        self._check_trajectories(observed, index, constants, context)
         if self.encoder is not None:
             constants = dict(constants or {}, **self.encoder(observed, training=training))
         if not training:
@@ -368,6 +383,7 @@ class MultipleShooting(SAMTrainStep, keras.Model):
         """Integrated segments `(batch, S, L + 1, n)` (training mode)."""
         observed, index, constants, context = self._unpack(inputs)
         observed = keras.ops.convert_to_tensor(observed)
+        self._check_trajectories(observed, index, constants, context)
         if self.encoder is not None:
             constants = dict(constants or {}, **self.encoder(observed, training=training))
         return self._integrate_segments(observed, index, constants, context, training)
@@ -383,6 +399,11 @@ class MultipleShooting(SAMTrainStep, keras.Model):
                     "'index'"
                 )
             starts = starts + keras.ops.cast(self.offsets(index), starts.dtype)
+        if layer.initial_state is not None:
+            # The first segment starts where prediction does: at the fitted
+            # initial values (which train only through it), not the data.
+            first = layer._fitted_initial_state(starts[:, 0], layer.constant_tensors(constants))
+            starts = keras.ops.concatenate([first[:, None, :], starts[:, 1:]], axis=1)
         n = starts.shape[-1]
         y0 = keras.ops.reshape(starts, (-1, n))  # (batch * S, n)
         constants = {k: _repeat_per_segment(v, n_seg) for k, v in (constants or {}).items()}

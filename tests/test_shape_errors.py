@@ -116,6 +116,20 @@ def test_right_hand_side_of_higher_rank_at_batch_3():
         _ode(expanded)(np.ones((3, 2), "float32"))
 
 
+def test_per_sample_constants_and_context_of_another_batch_are_named():
+    layer = _ode(decay)
+    y0 = np.ones((4, 1), "float32")
+    with pytest.raises(ValueError, match=r"4 samples in y0 but 3 rows in constants\['k'\]"):
+        layer(y0, constants={"k": np.ones(3, "float32")})
+    # Scalars and one row broadcast over the batch, as before.
+    np.testing.assert_allclose(layer(y0, constants={"k": np.float32(0.0)}), 1.0)
+    np.testing.assert_allclose(layer(y0, constants={"k": np.zeros(1, "float32")}), 1.0)
+    with_context = kh.ODELayer(decay, [kh.PhysicalConstant("k", 0.5)], times=np.arange(3.0),
+                               correction=keras.layers.Dense(1), context_size=2)
+    with pytest.raises(ValueError, match=r"4 samples in y0 but 5 rows in context"):
+        with_context(y0, context=np.ones((5, 2), "float32"))
+
+
 def test_correction_of_width_1_on_a_2_dimensional_state():
     layer = _ode(decay, correction=keras.layers.Dense(1, name="net"))
     with pytest.raises(ValueError, match=re.escape(

@@ -91,6 +91,25 @@ def test_per_episode_constants_are_repeated_per_segment():
     np.testing.assert_allclose(with_encoder(observed, training=True), observed, atol=2e-6)
 
 
+def test_fitted_initial_values_start_the_first_segment_and_train():
+    # `ODELayer(initial_state=[...])`: prediction starts from the fitted
+    # value, so training must too (it used to start from the data, and the
+    # fitted value got no gradient and never moved).
+    observed = _observed()
+    layer = _layer(w0=1.0, initial_state=[kh.PhysicalConstant("theta0", 0.4), None])
+    model = kh.MultipleShooting(layer, segment_length=10, sam=None, state_size=2)
+    segments = np.asarray(model.segments(observed))
+    first = np.stack([np.full(4, 0.4), observed[:, 0, 1]], -1)
+    np.testing.assert_allclose(segments[:, 0], _frictionless(first, 11, 1.0), rtol=1e-5, atol=1e-5)
+    for s in range(1, 4):  # later segments still start from the data
+        np.testing.assert_allclose(segments[:, s, 0], observed[:, 10 * s], atol=0)
+    # A fit moves theta0 to the first observed angle (shared by the 4 here).
+    same_start = np.repeat(_observed(1, seed=5), 4, axis=0)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    model.fit(same_start, same_start, epochs=150, verbose=0)
+    np.testing.assert_allclose(model.physical_constants()["theta0"], same_start[0, 0, 0], atol=0.01)
+
+
 def test_trainable_states_start_at_data_and_are_excluded_from_sam():
     observed = _observed()
     data = kh.MultipleShooting(_layer(w0=1.2), segment_length=10, sam=None)
@@ -215,6 +234,17 @@ def test_bad_arguments():
         model({"trajectories": _observed(n_times=21), "index": np.arange(4)}, training=True)
     with pytest.raises(ValueError, match="keys"):
         model({"trajectory": _observed()}, training=True)
+    with pytest.raises(ValueError, match=r"Received: trajectories with shape \(4, 41\)"):
+        model({"trajectories": _observed()[..., 0], "index": np.arange(4)}, training=True)
+    # Per-episode values with another batch than the trajectories: named,
+    # instead of TensorFlow's "Incompatible shapes" from inside the solver.
+    plain = kh.MultipleShooting(_layer(), segment_length=10, sam=None)
+    with pytest.raises(ValueError, match=r"4 samples in trajectories but 3 rows in "
+                                         r"constants\['w0'\]"):
+        plain({"trajectories": _observed(), "constants": {"w0": np.ones(3, "float32")}},
+              training=True)
+    with pytest.raises(ValueError, match="4 samples in trajectories but 2 rows in index"):
+        model({"trajectories": _observed(), "index": np.arange(2)}, training=True)
 
 
 def test_compiled_settings_survive_saving_and_profiles_refit(tmp_path):
