@@ -369,11 +369,13 @@ class SAMTrainStep:
         sam = getattr(self, "sam", None)
         if not self.trainable_variables:
             return super().train_step(data)
-        if sam is None or sam.is_plain:
+        variables = list(self.trainable_variables)
+        # Nothing to perturb (e.g. `perturb="neural"` on a physics-only
+        # model): the second pass would repeat the first at twice the cost.
+        if sam is None or sam.is_plain or not sam.perturbs_any(self._sam_groups(variables)):
             return self._plain_train_step(data)
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = list(self.trainable_variables)
 
         # Pass 1, at w: the step's loss, metrics and state updates.
         with tf.GradientTape() as tape:
@@ -412,13 +414,17 @@ class SAMTrainStep:
         self._record(applied, loss, ops.logical_and(fallback, ops.all(ops.isfinite(loss))))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
-        """Gradient of the loss at `w + e` (pass 2), unscaled, and a scalar
-        bool: the pass was not finite (the caller then falls back)."""
-        groups = [
+    def _sam_groups(self, variables):
+        """SAM's group of each variable: excluded, physical or neural."""
+        return [
             EXCLUDED if self.sam.is_excluded(v.path) else PHYSICAL if is_physical_variable(v) else NEURAL
             for v in variables
         ]
+
+    def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
+        """Gradient of the loss at `w + e` (pass 2), unscaled, and a scalar
+        bool: the pass was not finite (the caller then falls back)."""
+        groups = self._sam_groups(variables)
         values = [v.value for v in variables]
         scales = None
         if self.sam.adaptive:

@@ -270,7 +270,9 @@ class SAM:
         perturb: which parameters are perturbed: `"all"`, `"neural"` (only
             network weights; physical constants are evaluated at their
             current value) or `"physical"` (only physical constants).
-            Defaults to `"neural"`.
+            A model with nothing to perturb (no network weights under
+            `"neural"`) takes plain gradient steps, at the cost of one
+            pass. Defaults to `"neural"`.
         rho_physical: radius of the physical-constant group, normalized
             separately from the neural group (their units differ). `None`
             means: same radius and a shared norm with `perturb="all"`, and
@@ -421,6 +423,15 @@ class SAM:
         if radii is None:
             return self.rho == 0
         return not any(radii.values())
+
+    def perturbs_any(self, groups):
+        """True if some variable of these groups (one per variable, as in
+        `perturbation`) would be perturbed: `perturb="neural"` on a model
+        without trainable network weights perturbs nothing."""
+        radii = self.radii()
+        if radii is None:
+            return self.rho != 0 and any(group != EXCLUDED for group in groups)
+        return any(radii.get(group) for group in groups)
 
     def perturbation(self, gradients, variables, groups, scales=None):
         """The perturbation for these gradients, variables and groups.

@@ -189,3 +189,35 @@ def test_jit_fallback_under_a_strategy_keeps_the_users_setting():
     assert model.jit_compile is True  # the user's setting, untouched
     w, b = _hand_step(W, B, x.astype("float64"), y.astype("float64"), rho=0.3)
     np.testing.assert_allclose(model.weights[0].numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+_FORWARD_CALLS = []
+
+
+@keras.saving.register_keras_serializable(package="test_sam_step")
+def counted_ohm(current, c):
+    _FORWARD_CALLS.append(1)  # run eagerly: once per forward pass
+    return c["R"] * current
+
+
+@pytest.mark.parametrize(
+    "sam", [kh.SAM(rho=0.3), kh.SAM(rho=0.3, perturb="all", exclude=["ohm"])],
+    ids=["neural_only_without_a_network", "everything_excluded"],
+)
+def test_a_step_that_perturbs_nothing_runs_one_pass(sam):
+    # SAM that perturbs no variable of the model is a plain step: same
+    # weights, one forward pass instead of two.
+    x, _ = _data()
+    x = np.abs(x[:, :1])
+    y = 3.0 * x
+    weights = []
+    for setting in (None, sam):
+        inputs = keras.Input((1,))
+        layer = kh.ScientificLayer(counted_ohm, [kh.PhysicalConstant("R", 1.0)], name="ohm")
+        model = kh.HybridModel(inputs, layer(inputs), sam=setting)
+        model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse", run_eagerly=True)
+        _FORWARD_CALLS.clear()
+        model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+        assert len(_FORWARD_CALLS) == 3
+        weights.append(model.get_weights())
+    np.testing.assert_array_equal(weights[0], weights[1])
