@@ -336,6 +336,26 @@ class SAMTrainStep:
         if current is None or not current.matches(self.trainable_variables):
             object.__setattr__(self, "_looksam", LookSAMState(self.trainable_variables))
 
+    def load_weights(self, *args, **kwargs):
+        """`keras.Model.load_weights`; LookSAM's stored direction is then
+        forgotten (it belongs to the weights before), so the next step is
+        a full SAM step, as after a restart (`BackupAndRestore` loads its
+        backup this way)."""
+        result = super().load_weights(*args, **kwargs)
+        self._forget_looksam_direction()
+        return result
+
+    def set_weights(self, weights):
+        """`keras.Model.set_weights`; forgets LookSAM's stored direction, as
+        `load_weights` does."""
+        super().set_weights(weights)
+        self._forget_looksam_direction()
+
+    def _forget_looksam_direction(self):
+        looksam = getattr(self, "_looksam", None)
+        if looksam is not None:
+            looksam.invalidate()
+
     def _record(self, applied, loss, fallback=None):
         record = getattr(self, "_step_record", None)
         if record is None:  # `train_step` called directly

@@ -299,7 +299,8 @@ class SAM:
             orthogonal to the plain gradient added back. `1` is full SAM.
             The stored direction is not a model weight: it is not saved,
             and the first step after a restart (a resumed `fit`, a loaded
-            model) is a full SAM step. Not available under a
+            model, weights loaded or set into the model) is a full SAM
+            step. Not available under a
             multi-replica `tf.distribute` strategy. Defaults to `1`.
         alpha: LookSAM's weight of the stored direction. Defaults to `0.7`.
         exclude: names of layers whose weights are never perturbed, e.g.

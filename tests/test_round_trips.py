@@ -7,6 +7,7 @@ import pytest
 
 import keras
 import keras_hybrid as kh
+from keras_hybrid.looksam import LookSAMState
 from keras_hybrid.systems import pendulum
 
 EPOCHS, BATCH = 4, 8
@@ -149,6 +150,50 @@ def test_looksam_resume_starts_with_a_full_sam_step(tmp_path):
     resumed.fit(*one_batch, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
     _assert_same([d.numpy() for d in resumed._looksam.directions], directions)
     assert any(np.any(d != 0) for d in directions)
+
+
+def test_looksam_direction_is_not_reused_after_weights_are_loaded_back(tmp_path):
+    # Weights loaded into the same model object (`load_weights`, as
+    # `BackupAndRestore` does when a crashed fit is retried): the stored
+    # direction belongs to later weights, so the next step is a full SAM
+    # step, as in a fresh process. It used to be reused.
+    times, y0, observed = _data()
+    every = kh.SAM(rho=0.3, perturb="neural", every=4)
+    one_batch = (y0[:BATCH], observed[:BATCH])
+    live = _model(times, every)
+    live.fit(y0, observed, batch_size=BATCH, epochs=3, verbose=0, shuffle=False)  # 6 steps
+    live.save_weights(tmp_path / "step6.weights.h5")
+    live.fit(y0, observed, batch_size=BATCH, epochs=2, verbose=0, shuffle=False)  # stored at 8
+    assert int(live._looksam.stored_at.numpy()) == 8
+    live.set_weights(live.get_weights())  # weights from anywhere: the direction is forgotten
+    assert int(live._looksam.stored_at.numpy()) == -1
+    live._looksam.stored_at.assign(8)
+    live.load_weights(tmp_path / "step6.weights.h5")  # iteration 6 again: 6 % 4 != 0
+    assert int(live._looksam.stored_at.numpy()) == -1
+    full = _model(times, kh.SAM(rho=0.3, perturb="neural"))  # every=1: always a full step
+    full.optimizer.build(full.trainable_variables)
+    full.load_weights(tmp_path / "step6.weights.h5")
+    rewound = _model(times, every)  # rewound by assignment (e.g. a tf.train.Checkpoint)
+    rewound.fit(y0, observed, batch_size=BATCH, epochs=5, verbose=0, shuffle=False)
+    for target, source in ((rewound.weights, live.weights),
+                           (rewound.optimizer.variables, live.optimizer.variables)):
+        for variable, value in zip(target, source):
+            variable.assign(value)
+    assert int(rewound._looksam.stored_at.numpy()) == 8  # later than iteration 6
+    for m in (live, full, rewound):
+        m.fit(*one_batch, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+    _assert_same(_weights(live), _weights(full))
+    _assert_same(_weights(rewound), _weights(full))
+
+
+def test_looksam_direction_serves_only_its_own_block():
+    state = LookSAMState([keras.Variable(np.zeros(2, "float32"))])
+    reusable = lambda it: bool(state.reusable_at(np.int64(it), 4))  # noqa: E731
+    assert not reusable(5)  # nothing stored
+    state.stored_at.assign(4)
+    assert [reusable(it) for it in (3, 4, 5, 7, 8, 9)] == [False, False, True, True, False, False]
+    state.invalidate()
+    assert not reusable(5)
 
 
 def test_sam_model_wrapper_round_trip(tmp_path):
