@@ -83,9 +83,14 @@ def _input_signature(model, input_signature):
             )
         return specs
     own = getattr(model, "serving_input_signature", None)
-    own = own() if callable(own) else None
-    if own is not None:
-        return tf.nest.flatten(own)
+    if callable(own):
+        if own() is None:
+            raise ValueError(
+                f"The input shape of model {model.name!r} is not known yet, so neither is "
+                "its serving signature: call the model once on a batch of inputs (or give "
+                "its size, e.g. `state_size=`), or pass `input_signature=`."
+            )
+        return tf.nest.flatten(own())
     inputs = getattr(_functional_core(model), "inputs", None)
     if not inputs:
         raise ValueError(
@@ -220,16 +225,79 @@ def _move_into_place(new, path):
     return backup
 
 
+def _is_export(directory):
+    return os.path.isfile(os.path.join(directory, "saved_model.pb"))
+
+
 def _check_target(path, overwrite):
-    if os.path.lexists(path) and not overwrite:
+    """`path` may be written: absent, or (with `overwrite`) a SavedModel
+    directory or an empty one. Anything else is never deleted."""
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise FileExistsError(
+            f"The export path exists and is not a directory: {path!r}. "
+            "Remove it first, or choose another path."
+        )
+    if not overwrite:
         raise FileExistsError(
             f"The export path already exists: {path!r}. Pass `overwrite=True` to replace it."
         )
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise FileExistsError(
-            f"The export path exists and is not a directory: {path!r}. "
-            "Remove it first."
+    here = os.path.abspath(os.getcwd())
+    if here == path or here.startswith(path.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"`path` is the working directory or one of its parents, which "
+            f"`overwrite=True` would delete. Received: path={path!r}"
         )
+    entries = sorted(os.listdir(path))
+    if entries and not _is_export(path):
+        raise FileExistsError(
+            f"The export path {path!r} is a directory that holds no SavedModel "
+            f"({len(entries)} entries: {', '.join(entries[:5])}"
+            f"{', ...' if len(entries) > 5 else ''}); `overwrite=True` replaces only a "
+            "SavedModel (or an empty directory), so nothing else is deleted. Choose a new "
+            "path, e.g. a subdirectory."
+        )
+
+
+def _check_path(path, arg="path"):
+    """`path` as an absolute path; refuses other types and the empty path
+    (which would be the working directory)."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise TypeError(f"`{arg}` must be a string or path. Received: {arg}={path!r}")
+    if not os.fspath(path):
+        raise ValueError(
+            f"`{arg}` must not be empty (it would be the working directory). "
+            f"Received: {arg}={path!r}"
+        )
+    return os.path.abspath(os.fspath(path))
+
+
+def _make_parents(parent, path):
+    """Creates `parent` and returns the directories created (outermost
+    first), to remove if the export fails."""
+    missing = []
+    ancestor = parent
+    while not os.path.lexists(ancestor):
+        missing.append(ancestor)
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise NotADirectoryError(
+            f"Cannot create the export directory {path!r}: {ancestor!r} exists and is "
+            f"not a directory. Received: path={path!r}"
+        )
+    os.makedirs(parent, exist_ok=True)
+    return missing[::-1]
+
+
+def _remove_created(created):
+    """Removes the directories `_make_parents` created, innermost first,
+    where still empty."""
+    for directory in reversed(created):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
 
 
 def export_saved_model(model, path, overwrite=False, *, input_signature=None):
@@ -245,7 +313,10 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
 
     The model is written to a temporary directory next to `path` and moved
     into place only once complete, so `path` never holds a half-written
-    export. An existing `path` is replaced only with `overwrite=True`:
+    export, and a failed export leaves nothing behind (not even the
+    parent directories it created). An existing `path` is replaced only
+    with `overwrite=True`, and only if it holds a SavedModel or is empty
+    (a directory of other files is refused, never deleted):
 
     - On Linux (`renameat2(RENAME_EXCHANGE)`, glibc >= 2.28, on ext4, xfs,
       btrfs, tmpfs, ...) the old and the new directory are swapped in one
@@ -266,7 +337,8 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
         model: a built Keras model (e.g. `HybridModel`, or `SAMModel`
             around a functional model).
         path: target directory.
-        overwrite: replace an existing `path`. Defaults to `False`.
+        overwrite: bool, replace an existing SavedModel (or empty
+            directory) at `path`. Defaults to `False`.
         input_signature: list of `tf.TensorSpec` for the `serve`
             signature; needed only when the model has no `inputs` (a
             subclassed model). Defaults to `None` (the model's inputs).
@@ -287,14 +359,14 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
     """
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a string or path. Received: path={path!r}")
+    path = _check_path(path)
+    if not isinstance(overwrite, (bool, np.bool_)):
+        raise TypeError(f"`overwrite` must be a bool. Received: overwrite={overwrite!r}")
     if not model.built:
         raise ValueError(
             f"`model` must be built before export (call it on data, or `model.build`). "
             f"Received: model={model.name!r}, which is not built"
         )
-    path = os.path.abspath(os.fspath(path))
     _recover(path)
     _check_target(path, overwrite)
     specs = _input_signature(model, input_signature)
@@ -349,8 +421,12 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
     }
 
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    created = _make_parents(parent, path)
+    try:
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    except BaseException:
+        _remove_created(created)
+        raise
     replaced = None
     target = os.path.join(staging, "saved_model")
     try:
@@ -374,6 +450,8 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
                         f"after exporting to {path!r}: {error}. Delete it by hand.",
                         stacklevel=2,
                     )
+        if replaced is None and not os.path.lexists(path):
+            _remove_created(created)  # the export failed: no new empty directories either
     return path
 
 
@@ -390,7 +468,7 @@ def load_metadata(path):
     Returns:
         The metadata dict (keys `"constants"`, `"signatures"`, ...).
     """
-    _recover(os.path.abspath(os.fspath(path)))
+    _recover(_check_path(path))
     file = os.path.join(os.fspath(path), METADATA_FILE)
     if not os.path.exists(file):
         raise FileNotFoundError(

@@ -208,6 +208,48 @@ def test_a_failed_export_leaves_no_directory(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_failed_export_removes_the_parent_directories_it_created(tmp_path, monkeypatch):
+    model = _small_model()
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(
+        export_module, "_write_archive", lambda *a: (_ for _ in ()).throw(OSError(28, "full"))
+    )
+    with pytest.raises(OSError, match="full"):
+        kh.export_saved_model(model, tmp_path / "kept" / "new_a" / "new_b" / "served")
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
+def test_overwrite_replaces_only_a_saved_model_or_an_empty_directory(tmp_path, monkeypatch):
+    model = _small_model()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "notes.txt").write_text("a week of work")
+    with pytest.raises(FileExistsError, match="holds no SavedModel .*notes.txt"):
+        kh.export_saved_model(model, results, overwrite=True)
+    assert (results / "notes.txt").read_text() == "a week of work"
+    (tmp_path / "empty").mkdir()
+    kh.export_saved_model(model, tmp_path / "empty", overwrite=True)
+    assert (tmp_path / "empty" / "saved_model.pb").is_file()
+    # The empty path would be the working directory: refused, as is the
+    # working directory itself (or a parent of it), even if it is empty.
+    monkeypatch.chdir(tmp_path / "empty")
+    with pytest.raises(ValueError, match="`path` must not be empty.*path=''"):
+        kh.export_saved_model(model, "", overwrite=True)
+    with pytest.raises(ValueError, match="working directory or one of its parents"):
+        kh.export_saved_model(model, ".", overwrite=True)
+    assert (tmp_path / "empty" / "saved_model.pb").is_file()
+    with pytest.raises(TypeError, match="`overwrite` must be a bool. Received: overwrite='no'"):
+        kh.export_saved_model(model, tmp_path / "other", overwrite="no")
+    # A file where the export or one of its parents should go.
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a directory"):
+        kh.export_saved_model(model, tmp_path / "afile", overwrite=True)
+    with pytest.raises(NotADirectoryError, match="afile' exists and is not a directory"):
+        kh.export_saved_model(model, tmp_path / "afile" / "served")
+    with pytest.raises(TypeError, match="`path` must be a string or path. Received: path=3"):
+        kh.load_metadata(3)
+
+
 def test_failed_overwrite_keeps_the_previous_export(tmp_path, monkeypatch):
     model = _small_model()
     kh.export_saved_model(model, tmp_path / "served")
@@ -311,3 +353,9 @@ def test_multiple_shooting_serves_whole_trajectories_from_their_first_state(tmp_
     scrambled = observed.copy()
     scrambled[:, 1:] = 0.0
     np.testing.assert_allclose(served(trajectories=tf.constant(scrambled))["output_0"].numpy(), out, atol=1e-6)
+    # Not called yet and no state size: the message says how to give it.
+    unsized = kh.MultipleShooting(
+        kh.ODELayer(pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 0.8)], times=times),
+        segment_length=10)
+    with pytest.raises(ValueError, match="input shape of model .* is not known yet.*state_size"):
+        kh.export_saved_model(unsized, tmp_path / "unsized")
