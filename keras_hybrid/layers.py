@@ -296,9 +296,13 @@ class ScientificLayer(keras.layers.Layer):
         The flag is part of the layer's config, so a frozen constant stays
         frozen after saving and loading. Only a constant created trainable
         can be freed again (TensorFlow does not differentiate a variable
-        created non-trainable): freeze, refit, free. A compiled model keeps its
-        optimizer; recompile it (or use a fresh optimizer) after freeing a
-        constant that was frozen when the optimizer was built.
+        created non-trainable): freeze, refit, free. The next `fit` of a
+        `HybridModel`, `SAMModel` or `MultipleShooting` trains the new set
+        of variables (a plain `keras.Model` needs `compile` again). The
+        optimizer stays the one built before: recompile (a fresh optimizer)
+        after freeing a constant that was frozen when it was built, and
+        before saving a model whose optimizer state should resume (a loaded
+        optimizer is built for the trainable variables at load time).
 
         Args:
             name: the constant's name.

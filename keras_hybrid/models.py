@@ -317,6 +317,13 @@ class SAMTrainStep:
         if sam is not None and sam.exclude:
             sam.check_exclude(self.trainable_variables)
         self._build_step_state(strategy)
+        # A step traced for other trainable variables (a constant frozen or
+        # freed since, `set_constant_trainable`) would go on updating the
+        # old ones: trace it again.
+        trainable = [id(v) for v in self.trainable_variables]
+        if getattr(self, "_traced_trainable", trainable) != trainable:
+            self.train_function = None
+        object.__setattr__(self, "_traced_trainable", trainable)
         if self.train_function is not None and not force:
             return self.train_function
         with self._without_jit_under_strategy():

@@ -358,6 +358,24 @@ def test_set_and_freeze_constant_round_trip(tmp_path):
     assert layer.physical_constants()["k"] != pytest.approx(0.75, rel=1e-4)
 
 
+@pytest.mark.parametrize("sam", [None, kh.SAM(rho=0.1, perturb="all")], ids=["plain", "sam"])
+def test_a_constant_frozen_after_a_fit_stays_put_in_the_next(sam):
+    # The step traced by the first fit updated `k`; the next fit must not.
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
+                                           kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    model.sam = sam
+    t = np.linspace(0, 2, 20)[:, None].astype("float32")
+    y = (3 * np.exp(-0.7 * t)).astype("float32")
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(t, y, epochs=3, verbose=0)
+    layer.set_constant_trainable("k", False)
+    before = layer.physical_constants()
+    model.fit(t, y, epochs=3, verbose=0)
+    after = layer.physical_constants()
+    assert after["k"] == before["k"]
+    assert after["A"] != before["A"]
+
+
 def test_bad_input_names_argument_and_value():
     model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
                                            kh.PhysicalConstant("k", 0.5, constraint="positive")])
