@@ -82,6 +82,13 @@ def test_choose_radius_rejects_bad_input():
         choose_radius([0.0, 0.1], [1.0])
     with pytest.raises(ValueError, match="tolerance=-0.1"):
         choose_radius([0.0], [1.0], tolerance=-0.1)
+    # Radii as `radius_path` takes them: >= 0 and each once.
+    with pytest.raises(ValueError, match=r"rhos\[0\]=-0.1"):
+        choose_radius([-0.1, 0.1], [1.0, 0.9], rule="relative")
+    with pytest.raises(ValueError, match=r"distinct radii. Received: rhos=\[0.1, 0.1, 0.3\]"):
+        kh.eligible_radii([0.1, 0.1, 0.3], [1.0, 0.9, 0.95], rule="relative")
+    with pytest.raises(TypeError, match=r"rhos\[1\]='0.1'"):
+        kh.radius_p_values([0.0, "0.1"], [1.0, 0.9])
 
 
 # -- the paired rule -----------------------------------------------------------
@@ -329,6 +336,12 @@ def test_paired_rule_bad_input_names_the_argument():
         choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0]])
     with pytest.raises(ValueError, match="Received: lengths \\[2, 3\\]"):
         choose_radius(rhos, val, per_sample_losses=[[1.0, 2.0], [1.0, 2.0, 3.0]])
+    # A NaN per-sample loss made the rank test answer p = 1 ("not worse").
+    for test in (kh.signed_rank_test, kh.paired_t_test):
+        with pytest.raises(ValueError, match=r"`losses` must be finite.*losses\[1\]=nan"):
+            test([1.0, math.nan, 3.0], [1.0, 2.0, 3.0])
+        with pytest.raises(ValueError, match=r"`best_losses` must be finite.*best_losses\[0\]=inf"):
+            test([1.0, 2.0, 3.0], [math.inf, 2.0, 3.0])
     # Without per-sample losses or standard errors there is nothing to test:
     # the relative rule decides.
     result = kh.eligible_radii(rhos, val)

@@ -44,6 +44,13 @@ def _paired_differences(losses, best_losses):
             "`losses` and `best_losses` must be per-sample losses of the same samples, at least "
             f"two. Received: len(losses)={a.size}, len(best_losses)={b.size}"
         )
+    for arg, values in (("losses", a), ("best_losses", b)):
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            raise ValueError(
+                f"`{arg}` must be finite (a diverged model has no paired test). Received: "
+                f"{bad.size} non-finite value(s), the first {arg}[{bad[0]}]={values[bad[0]]}"
+            )
     return a - b
 
 
@@ -460,6 +467,12 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
 
 
 def _check_lengths(rhos, val_losses, **per_radius):
+    # Radii as `radius_path` takes them: numbers >= 0, each once (a
+    # negative radius is no SAM setting; a repeated one is ambiguous).
+    for i, rho in enumerate(rhos):
+        _check_number(f"rhos[{i}]", rho, minimum=0.0)
+    if len(set(float(r) for r in rhos)) != len(rhos):
+        raise ValueError(f"`rhos` must be distinct radii. Received: rhos={list(rhos)!r}")
     if len(rhos) != len(val_losses):
         raise ValueError(
             "`rhos` and `val_losses` must have the same length. Received: "
