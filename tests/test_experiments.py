@@ -2,6 +2,7 @@
 claim on the simple pendulum (SAM recovers w0 better than plain training)."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -66,6 +67,28 @@ def test_cli_rejects_numbers_out_of_range_before_running(tmp_path, capsys, flag,
         experiments.main(["pendulum", flag, value, "--json", str(out)])
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_rejects_options_and_outputs_it_could_not_honour_before_running(tmp_path, capsys):
+    # These ran the whole experiment (hours in the full configuration) and
+    # then failed: a traceback for the options, the report or the export
+    # lost for the paths.
+    kept = tmp_path / "results"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("kept")
+    out = str(tmp_path / "x.json")
+    for argv, message in (
+        (["arrhenius", "--architecture", "output", "--json", out],
+         "on the systems ['duffing_forcing', 'pendulum'] only"),
+        (["pendulum", "--standardize", "--json", out], "on the algebraic tasks"),
+        (["arrhenius", "--json", str(tmp_path)], "`--json` must name a file"),
+        (["arrhenius", "--json", out, "--export", str(kept)], "holds no SavedModel"),
+        (["arrhenius", "--json", out, "--export", ""], "`--export` must not be empty"),
+    ):
+        with pytest.raises(SystemExit):
+            experiments.main(argv + ["--methods", "erm", "--quick", "--seeds", "1"])
+        assert message in capsys.readouterr().err, argv
+    assert not os.path.exists(out) and os.listdir(kept) == ["notes.txt"]
 
 
 def test_run_experiment_rejects_numbers_out_of_range():

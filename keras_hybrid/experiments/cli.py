@@ -9,7 +9,12 @@ import time
 
 from keras_hybrid.experiments import methods as methods_lib
 from keras_hybrid.experiments.report import format_sweep, format_table
-from keras_hybrid.experiments.runner import SYSTEMS, check_run_numbers, run_experiment
+from keras_hybrid.experiments.runner import (
+    SYSTEMS,
+    check_run_numbers,
+    check_run_options,
+    run_experiment,
+)
 from keras_hybrid.experiments.tasks import ARCHITECTURES
 
 
@@ -26,6 +31,18 @@ def write_json(path, data):
     except BaseException:
         os.unlink(partial)
         raise
+
+
+def check_output_paths(json_path, export_path=None):
+    """Raises before a run when its results could not be written at the
+    end: `--json` naming a directory, or `--export` naming something an
+    export may not replace (see `export_saved_model`)."""
+    from keras_hybrid.export import _check_path, _check_target
+
+    if not json_path or os.path.isdir(json_path):
+        raise ValueError(f"`--json` must name a file. Received: --json {json_path!r}")
+    if export_path is not None:
+        _check_target(_check_path(export_path, "--export"), overwrite=True)
 
 
 def main(argv=None):
@@ -62,10 +79,13 @@ def main(argv=None):
         methods_lib.check_methods(methods)
         check_run_numbers(seeds=args.seeds, epochs=args.epochs, tolerance=args.tolerance,
                           first_seed=args.first_seed, value=args.value)
+        check_run_options(args.system, standardize=args.standardize,
+                          architecture=args.architecture)
         if args.threads < 0:
             # TensorFlow aborts the process on a negative thread count.
             raise ValueError(f"`threads` must be >= 0. Received: threads={args.threads}")
-    except ValueError as error:
+        check_output_paths(args.json, args.export)
+    except (ValueError, OSError) as error:
         parser.error(str(error))
     if args.threads:
         import tensorflow as tf
@@ -101,7 +121,7 @@ def main(argv=None):
     print(format_table(report))
     print(f"wall time {report['wall_seconds']:.0f} s")
     write(report, True)
-    if args.export:
+    if args.export is not None:
         from keras_hybrid.export import export_saved_model
 
         export_saved_model(model, args.export, overwrite=True)

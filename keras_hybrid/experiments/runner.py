@@ -144,6 +144,24 @@ def _is_integer(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def check_run_options(system, standardize=False, architecture=None):
+    """Raises a `ValueError` when `standardize` or `architecture` is given
+    for a system that does not have it (before anything runs)."""
+    if system not in SYSTEMS:
+        raise ValueError(f"`system` must be one of {sorted(SYSTEMS)}. Received: system={system!r}")
+    if standardize and system not in ALGEBRAIC_SYSTEMS:
+        raise ValueError(
+            f"`standardize` is available on the algebraic tasks {sorted(ALGEBRAIC_SYSTEMS)} only. "
+            f"Received: system={system!r}, standardize={standardize!r}"
+        )
+    if architecture is not None and architecture not in getattr(SYSTEMS[system], "architectures", ()):
+        supported = sorted(name for name, cls in SYSTEMS.items() if getattr(cls, "architectures", ()))
+        raise ValueError(
+            f"`architecture` must be one of {list(ARCHITECTURES)}, on the systems {supported} only. "
+            f"Received: system={system!r}, architecture={architecture!r}"
+        )
+
+
 def check_run_numbers(seeds=1, epochs=None, tolerance=0.25, first_seed=0, value=None):
     """Raises a `ValueError` naming the first of these arguments of
     `run_experiment` that is out of range (a run with 0 epochs would print
@@ -212,21 +230,10 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
         if not isinstance(jit_compile, bool):
             raise ValueError(f"`jit_compile` must be True, False or None. Received: jit_compile={jit_compile!r}")
         cfg["jit"] = jit_compile
+    check_run_options(system, standardize=standardize, architecture=architecture)
     if standardize:
-        if "standardize" not in cfg:
-            raise ValueError(
-                f"`standardize` is available on the algebraic tasks {sorted(ALGEBRAIC_SYSTEMS)} only. "
-                f"Received: system={system!r}, standardize={standardize!r}"
-            )
         cfg["standardize"] = True
     if architecture is not None:
-        allowed = getattr(task, "architectures", ())
-        if architecture not in allowed:
-            supported = sorted(name for name, cls in SYSTEMS.items() if getattr(cls, "architectures", ()))
-            raise ValueError(
-                f"`architecture` must be one of {list(ARCHITECTURES)}, on the systems {supported} only. "
-                f"Received: system={system!r}, architecture={architecture!r}"
-            )
         cfg["architecture"] = architecture
     sweep = (not quick) if sweep is None else sweep
     datasets = {}
