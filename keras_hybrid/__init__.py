@@ -22,6 +22,7 @@ from keras_hybrid.diagnostics import (
     report,
 )
 from keras_hybrid.export import export_saved_model, load_metadata
+from keras_hybrid.forecast import with_times
 from keras_hybrid.layers import (
     ODELayer,
     ScientificLayer,
@@ -85,4 +86,5 @@ __all__ = [
     "sam_perturbation",
     "signed_rank_test",
     "summary",
+    "with_times",
 ]

@@ -557,7 +557,7 @@ class ODELayer(ScientificLayer):
                 f"`context_size` must be an integer >= 0. Received: context_size={context_size!r}"
             )
         self.context_size = context_size
-        self.times = ode._check_times(times, "times")
+        self._times = ode._check_times(times, "times")
         if method not in ode.METHODS:
             raise ValueError(f"`method` must be one of {ode.METHODS}. Received: method={method!r}")
         if isinstance(substeps, bool) or not isinstance(substeps, int) or substeps < 1:
@@ -584,6 +584,54 @@ class ODELayer(ScientificLayer):
         self.correction_inputs = correction_inputs
         self.rtol = float(rtol)
         self.atol = float(atol)
+
+    @property
+    def times(self):
+        """The time points of the returned trajectories (read-only: see
+        `with_times`)."""
+        return self._times
+
+    @times.setter
+    def times(self, value):
+        raise AttributeError(
+            f"The times of ODELayer '{self.name}' cannot be changed: the models built on it "
+            "have traced their output shape and their predict function for them (they would "
+            "go on returning the old trajectory). For other times (e.g. a forecast beyond "
+            "the training horizon), use `layer.with_times(times)`, a copy with the trained "
+            "constants and correction, or `kh.with_times(model, times)` for a whole model. "
+            f"Received: times of shape {np.shape(value)}"
+        )
+
+    def with_times(self, times, **kwargs):
+        """A copy of this layer returning trajectories at other `times`,
+        with the current (trained) constants and correction weights.
+
+        The copy is independent: training one does not change the other.
+
+        Args:
+            times: 1-D increasing time points (`times[0]` is the time of
+                `y0`).
+            **kwargs: other constructor arguments to change (e.g.
+                `max_step` for long gaps, `checkpoint`).
+
+        Returns:
+            A new `ODELayer`, built when this one is.
+
+        Example:
+
+        ```python
+        forecast = layer.with_times(np.linspace(0.0, 20.0, 401))
+        trajectory = forecast(y0)   # (batch, 401, n), beyond the training horizon
+        ```
+        """
+        config = self.get_config()
+        config.pop("name", None)  # a fresh name: both may live in one model
+        config.update(times=ode._check_times(times, "times"), equation=self.equation, **kwargs)
+        copy = self.__class__.from_config(config)
+        if self.built:
+            copy.build((None, self.state_size))
+            copy.set_weights(self.get_weights())
+        return copy
 
     def _set_initial_state(self, initial_state):
         if initial_state is None:

@@ -1,0 +1,76 @@
+"""A model's trajectories at other times than it was built for: forecasts
+beyond the training horizon, or a finer grid for plots."""
+
+import keras
+
+from keras_hybrid.layers import ODELayer
+
+
+def _ode_layers(model):
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, ODELayer)]
+
+
+def with_times(model, times, **layer_kwargs):
+    """A copy of `model` whose `ODELayer`s return trajectories at `times`.
+
+    The `ODELayer`s are replaced by `layer.with_times(times, **layer_kwargs)`
+    (copies carrying their current constants and correction weights); every
+    other layer is shared with `model`, so an encoder or a decoder is the
+    trained one. Predict with it as with `model`; train `model`, not the
+    copy (the copy's constants do not follow later training: make a new
+    copy).
+
+    Args:
+        model: a functional or `Sequential` model (`HybridModel`
+            included), or a `SAMModel` around one, holding at least one
+            `ODELayer`.
+        times: 1-D increasing time points for every `ODELayer`
+            (`times[0]` is the time of the initial state).
+        **layer_kwargs: other `ODELayer` arguments to change, e.g.
+            `max_step=0.05` when the new times have long gaps.
+
+    Returns:
+        The new model (of `model`'s class for a functional model; the
+        wrapped model's copy for a `SAMModel`).
+
+    Example:
+
+    ```python
+    model.fit(y0, trajectories_0_to_10s, epochs=600)
+    forecast = kh.with_times(model, np.linspace(0.0, 30.0, 601))
+    forecast.predict(y0)   # 30 s, three times the training horizon
+    ```
+    """
+    from keras_hybrid.models import SAMModel
+    from keras_hybrid.shooting import MultipleShooting
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
+    if isinstance(model, SAMModel):
+        return with_times(model.model, times, **layer_kwargs)
+    if isinstance(model, MultipleShooting):
+        raise TypeError(
+            f"`with_times` copies functional and Sequential models, not a MultipleShooting "
+            f"({model.name!r}), which predicts from observed trajectories. Integrate its "
+            "layer from the first states instead: "
+            "`model.layer.with_times(times)(trajectories[:, 0])`."
+        )
+    if not _ode_layers(model):
+        raise ValueError(f"`model` holds no ODELayer. Received: model={model.name!r}")
+
+    def clone(layer):
+        if isinstance(layer, ODELayer):
+            return layer.with_times(times, **layer_kwargs)
+        if isinstance(layer, keras.Model) and _ode_layers(layer):
+            return with_times(layer, times, **layer_kwargs)  # a nested model
+        return layer  # shared: the trained encoder, decoder, ...
+
+    try:
+        return keras.models.clone_model(model, clone_function=clone)
+    except ValueError as error:
+        raise TypeError(
+            f"`with_times` copies functional and Sequential models; model {model.name!r} "
+            f"({type(model).__name__}) could not be copied ({error}). Integrate its "
+            "`ODELayer` at other times instead: `layer.with_times(times)(initial_states)`."
+        ) from error
