@@ -585,6 +585,23 @@ class ODELayer(ScientificLayer):
         self.rtol = float(rtol)
         self.atol = float(atol)
 
+    # Settings traced into the models built on the layer: changed on a
+    # built layer, the layer's own calls would follow and the models'
+    # cached functions would not.
+    _FIXED_ONCE_BUILT = ("method", "substeps", "max_step", "rtol", "atol", "checkpoint",
+                         "correction_inputs", "context_size")
+
+    def __setattr__(self, name, value):
+        if name in self._FIXED_ONCE_BUILT and getattr(self, "built", False):
+            raise AttributeError(
+                f"`{name}` of ODELayer '{self.name}' cannot be changed once the layer is "
+                "built: the models built on it have traced their functions with it. Make a "
+                f"copy with the trained values instead: `layer.with_times(layer.times, "
+                f"{name}=...)` (or `kh.with_times(model, times, {name}=...)`). "
+                f"Received: {name}={value!r}"
+            )
+        super().__setattr__(name, value)
+
     @property
     def times(self):
         """The time points of the returned trajectories (read-only: see

@@ -83,6 +83,10 @@ def test_times_cannot_be_assigned_and_other_models_get_clear_errors():
     with pytest.raises(AttributeError, match=r"cannot be changed.*with_times.*shape \(61,\)"):
         layer.times = LONG_TIMES
     assert model.predict(_y0(), verbose=0).shape == (2, 21, 2)
+    with pytest.raises(AttributeError, match=r"`substeps` .* cannot be changed once .*substeps=4"):
+        layer.substeps = 4
+    finer = layer.with_times(layer.times, substeps=4, method="midpoint")
+    assert (finer.substeps, finer.method, layer.substeps, layer.method) == (4, "midpoint", 1, "rk4")
     shooting = kh.MultipleShooting(_pendulum_layer(), segment_length=10, state_size=2)
     with pytest.raises(TypeError, match=r"model.layer.with_times\(times\)"):
         kh.with_times(shooting, LONG_TIMES)
