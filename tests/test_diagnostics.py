@@ -302,6 +302,51 @@ def test_a_constant_replaced_per_sample_leaves_the_others_identified():
     assert result.stderr["k"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-2)
 
 
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def decay_with_carried_temperature(t, y, c):
+    # The concentration decays; the second state (a temperature given with
+    # the initial state) is carried unchanged, as a context often is.
+    return keras.ops.stack([-c["k"] * y[:, 0], 0.0 * y[:, 1]], -1)
+
+
+def test_values_the_model_reproduces_exactly_are_not_counted_as_observations():
+    # Targets hold the whole trajectories: the first point is the initial
+    # state the layer returns as given, and the carried temperature is
+    # matched everywhere. Counted, these 8 + 8 * 11 of 176 values made the
+    # standard error 0.69 of the least-squares one on the 80 real ones.
+    rng = np.random.default_rng(3)
+    times = np.linspace(0.0, 2.0, 11)
+    y0 = np.stack([rng.uniform(1.0, 2.0, 8), rng.uniform(290.0, 310.0, 8)], -1).astype("float32")
+    clean = y0[:, None, 0] * np.exp(-0.8 * times)[None, :]
+    observed = np.stack([clean + 0.01 * rng.standard_normal(clean.shape),
+                         np.repeat(y0[:, None, 1], 11, 1)], -1).astype("float32")
+    observed[:, 0] = y0
+    layer = kh.ODELayer(decay_with_carried_temperature, [kh.PhysicalConstant("k", 0.8)],
+                        times=times, substeps=8)
+    inputs = keras.Input((2,))
+    model = kh.HybridModel(inputs, layer(inputs), sam=None)
+    # Least squares on the 80 concentrations at t > 0, in float64.
+    t, c0, obs = times[1:], y0[:, :1].astype("float64"), observed[:, 1:, 0].astype("float64")
+    k = 0.8
+    for _ in range(50):
+        r = (c0 * np.exp(-k * t) - obs).ravel()
+        j = (-t * c0 * np.exp(-k * t)).ravel()
+        k -= (j @ r) / (j @ j)
+    layer.set_constant("k", k)
+    r = (c0 * np.exp(-k * t) - obs).ravel()
+    j = (-t * c0 * np.exp(-k * t)).ravel()
+    expected = math.sqrt(r @ r / (r.size - 1) / (j @ j))
+    result = kh.constant_uncertainty(model, y0, observed)
+    assert result.n == 80
+    assert result.exactly_reproduced == {"y[0]": 8, "y[1]": 88}
+    assert result.stderr["k"] == pytest.approx(expected, rel=0.01)
+    assert "88 of y[1]" in str(result)
+    # An exact fit of everything keeps every value (nothing tells the
+    # echoed values from the others).
+    exact = np.asarray(model.predict(y0, verbose=0))
+    assert kh.constant_uncertainty(model, y0, exact).n == 176
+
+
 def test_hybrid_on_six_points_is_not_identified():
     model, _, t, y = _hybrid_decay(6, hidden=16)
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")

@@ -61,20 +61,28 @@ def _information_blocks(res, method, p_c, p_w):
                                  data_space=data_space, jc=jc)
 
 
+def _data_space_solves(matvec, columns, cg_tol, cg_max_iter):
+    """`S = J_c^T M^-1 J_c` by conjugate gradients, one column of `J_c` at
+    a time: `(S, per-column CG records)`."""
+    solves, infos = [], []
+    for column in columns:
+        # M = I + J_w D^-1 J_w^T has eigenvalues >= 1: a Gauss-Radau bracket.
+        sol, info_i = un.conjugate_gradient(matvec, column, tol=cg_tol, max_iter=cg_max_iter,
+                                            quadratic="width", eig_lower=1.0)
+        solves.append(sol)
+        infos.append(info_i)
+    info = np.stack(columns, 1).T @ np.stack(solves, 1)
+    info = 0.5 * (info + info.T)
+    # The diagonal from CG's sum (b^T x can stall with float32 products).
+    info[np.diag_indices(len(columns))] = [i["quadratic"] for i in infos]
+    return info, infos
+
+
 def _compiled_data_space_information(data_space, jc, inverse_shift, p_c, cg_tol, cg_max_iter):
     """The data-space solve from the one compiled function: `(S, solver info)`."""
     data_space.set_inverse_shift(inverse_shift)
-    solves, infos = [], []
-    for i in range(p_c):
-        # M = I + J_w D^-1 J_w^T has eigenvalues >= 1: a Gauss-Radau bracket.
-        sol, info_i = un.conjugate_gradient(data_space.matvec, jc[:, i], tol=cg_tol,
-                                            max_iter=cg_max_iter, quadratic="width", eig_lower=1.0)
-        solves.append(sol)
-        infos.append(info_i)
-    info = jc.T @ np.stack(solves, 1)
-    info = 0.5 * (info + info.T)
-    # The diagonal from CG's sum (b^T x can stall with float32 products).
-    info[np.diag_indices(p_c)] = [i["quadratic"] for i in infos]
+    info, infos = _data_space_solves(data_space.matvec, [jc[:, i] for i in range(p_c)], cg_tol,
+                                     cg_max_iter)
     return info, {"cg": infos, "compiled": True, "xla": data_space.xla, "calls": data_space.calls}
 
 
@@ -83,19 +91,12 @@ def _host_data_space_information(res, model, weights, x, y, sample_weight, batch
     """The data-space solve with the iteration on the host (one compiled
     product per iteration and chunk): `(S, solver info)`."""
     net_res = _Residuals(model, weights, x, y, sample_weight, batch_size)
-    columns = res.jacobian_columns(range(p_c))
 
     def matvec(u):
         return u + net_res.data_product(u, inverse_shift)
 
-    solves, infos = [], []
-    for i in range(p_c):
-        sol, info_i = un.conjugate_gradient(matvec, columns[i], tol=cg_tol,
-                                            max_iter=cg_max_iter, quadratic="width")
-        solves.append(sol)
-        infos.append(info_i)
-    info = np.stack(columns, 1).T @ np.stack(solves, 1)
-    return 0.5 * (info + info.T), {"cg": infos, "compiled": False}
+    info, infos = _data_space_solves(matvec, res.jacobian_columns(range(p_c)), cg_tol, cg_max_iter)
+    return info, {"cg": infos, "compiled": False}
 
 
 def _marginal_information(res, blocks, shift, method, p_c, p_w, cg_tol, cg_max_iter,

@@ -473,6 +473,7 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
         output_noise_std=output_noise,
         noise_variance=noise_var,
         n=n,
+        exactly_reproduced=res.exactly_reproduced,
         effective_parameters=p_eff,
         level=float(level),
         network=network,

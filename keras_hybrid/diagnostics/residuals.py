@@ -152,8 +152,53 @@ class _Residuals:
         self.dtypes = [tf.as_dtype(v.dtype) for v in variables]
         self.dtype = tf.float64 if tf.float64 in self.dtypes else tf.float32
         self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.exactly_reproduced = self._drop_exactly_reproduced()
         self.n = int(sum(np.count_nonzero(w) for w in tf.nest.flatten(self.w)))
         self._ggn = None
+
+    def _drop_exactly_reproduced(self):
+        """Gives weight 0 to the values the model reproduces exactly in
+        every weighted sample, which are no observations of the noise: an
+        ODE's trajectory starts with the initial state given as input (so
+        targets that hold it match it bit for bit), and a state the model
+        carries unchanged matches everywhere. Counted in `n`, they shrank
+        every interval (by sqrt(798 / 838) for 40 trajectories of 21
+        points with the first point echoed, and by 0.69 with an unchanged
+        second state). A position (an output index, all samples) counts
+        as reproduced when its residuals are exactly 0 wherever weighted
+        and some other residual is not (an exact fit of everything keeps
+        every value).
+
+        Returns:
+            `channel label -> number of values dropped` (see
+            `output_noise_std` for the labels), empty if none.
+        """
+        params = self.params()
+        predictions = [[] for _ in tf.nest.flatten(self.y)]
+        for x, _, _ in self.chunks():
+            with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
+                pred = self.model(x, training=False)
+            for parts, p in zip(predictions, tf.nest.flatten(pred)):
+                parts.append(np.asarray(p))
+        targets, weights = tf.nest.flatten(self.y), tf.nest.flatten(self.w)
+        exact, any_error = [], False
+        for parts, target, w in zip(predictions, targets, weights):
+            p = np.concatenate(parts, 0).reshape(np.shape(target))
+            equal = p == np.asarray(target, p.dtype)
+            weighted = w != 0
+            any_error = any_error or bool(np.any(weighted & ~equal))
+            exact.append(np.all(equal | ~weighted, axis=0) & np.any(weighted, axis=0))
+        if not any_error or not any(np.any(e) for e in exact):
+            return {}
+        dropped = {}
+        for label, w, positions in zip(self._output_labels(), weights, exact):
+            mask = np.broadcast_to(positions, w.shape) & (w != 0)
+            width = w.shape[-1] if w.ndim > 1 else 1
+            per_channel = mask.reshape(-1, width).sum(0)
+            names = [label] if width == 1 else [f"{label}[{j}]" for j in range(width)]
+            dropped.update({name: int(c) for name, c in zip(names, per_channel) if c})
+            w[mask] = 0.0
+        return dropped
 
     def single_chunk(self):
         """Whether the data go through the model in one chunk."""

@@ -78,6 +78,10 @@ class ConstantUncertainty(_Serializable):
             ...); a warning says when they differ by more than a factor 2
             (`keras_hybrid.diagnostics.OUTPUT_SCALE_RATIO` in variance).
         n: number of observed values.
+        exactly_reproduced: `channel -> number of values` the model
+            reproduces exactly in every sample (e.g. the initial state an
+            `ODELayer` returns as given), which are not observations of
+            the noise and are left out of `n`.
         effective_parameters: parameters counted in `s^2 = RSS / (n - p)`.
         level, network, method, prior_precision, prior_source, units,
         seconds, solver: settings and bookkeeping.
@@ -89,16 +93,25 @@ class ConstantUncertainty(_Serializable):
     _FIELDS = ("names", "estimates", "stderr", "intervals", "statistical_intervals",
                "selection_ranges", "verdicts", "notes", "warnings", "correlation",
                "raw_covariance", "noise_std", "output_noise_std", "noise_variance", "n",
-               "effective_parameters", "level", "network", "method", "prior_precision",
+               "exactly_reproduced", "effective_parameters", "level", "network", "method", "prior_precision",
                "prior_source", "units", "evidence", "seconds")
     _PAIRS = ("intervals", "statistical_intervals", "selection_ranges")
     _ARRAYS = ("correlation", "raw_covariance")
+
+    def _reproduced_lines(self):
+        dropped = getattr(self, "exactly_reproduced", None) or {}
+        if not dropped:
+            return []
+        parts = ", ".join(f"{count} of {channel}" for channel, count in dropped.items())
+        return [f"  ({parts}: values reproduced exactly in every sample, e.g. an initial state "
+                "given as input, not counted in n)"]
 
     def __str__(self):
         pct = f"{self.level:.0%}"
         lines = [
             f"Constants ({self.network} network, {self.method}; noise std {self.noise_std:.4g} "
             f"over n={self.n} values, {self.effective_parameters:.1f} effective parameters)",
+            *self._reproduced_lines(),
             f"{'constant':<12} {'estimate':>11} {'std. err.':>10} {pct + ' interval':>25}  {'unit':<8} verdict",
         ]
         for name in self.names:
