@@ -36,6 +36,13 @@ def _check_float32(arg, value):
             f"the dtype constants are stored in. Received: {arg}={value!r}. "
             "Express the constant in a larger unit."
         )
+    if 0 < abs(value) < float(_F32.tiny):
+        # Below the smallest normal float32, TensorFlow on CPU reads 0.
+        raise ValueError(
+            f"`{arg}` underflows float32 (smallest normal value {float(_F32.tiny):.4g}), "
+            f"the dtype constants are stored in. Received: {arg}={value!r}. "
+            "Express the constant in a smaller unit."
+        )
     return value
 
 
@@ -138,6 +145,8 @@ class PhysicalConstant:
         self.name = name
         self.value = value
         self.unit = unit
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"`trainable` must be a bool. Received: trainable={trainable!r}")
         self.trainable = bool(trainable)
         self.description = str(description)
         self.parameterization = parameterization
@@ -145,11 +154,11 @@ class PhysicalConstant:
         self.scale = self._normalize_scale(scale, value)
         raw = self.raw_initial_value()
         back = np.asarray(keras.ops.convert_to_numpy(self.to_physical(raw)))
-        if not (np.isfinite(raw) and np.isfinite(back)):
+        if not (np.isfinite(raw) and np.isfinite(back)) or (value != 0 and back == 0):
             raise ValueError(
                 f"Constant '{name}' cannot be represented in float32 under "
-                f"constraint={self.constraint!r}: its raw value is {raw} and maps back "
-                f"to {back}. Received: value={value!r}"
+                f"constraint={self.constraint!r} and scale={self.scale!r}: its raw value is "
+                f"{raw} and maps back to {back}. Received: value={value!r}"
             )
 
     def _normalize_scale(self, scale, value):
@@ -234,11 +243,20 @@ class PhysicalConstant:
         Differentiable; the result is a tensor of the dtype of `raw`
         (float32 for Python numbers).
         """
-        if self._uses_bijector:
+        if self.parameterization == "legacy" and not isinstance(self.constraint, tuple):
             return self.bijector.forward(raw)
         raw = keras.ops.convert_to_tensor(raw)
         if not keras.backend.is_float_dtype(raw.dtype):
             raw = keras.ops.cast(raw, "float32")
+        if isinstance(self.constraint, tuple):
+            # Measured from the nearer bound, to the precision of the
+            # distance to it: TFP's float32 Sigmoid(low, high) lost about
+            # 1e-4 relative within 1e-4 (hi - lo) of a bound (1e-4 in
+            # (0, 1) read back as 1.0001e-4).
+            lo, hi = (keras.ops.cast(b, raw.dtype) for b in self.constraint)
+            width = hi - lo
+            return keras.ops.where(raw > 0, hi - width * keras.ops.sigmoid(-raw),
+                                   lo + width * keras.ops.sigmoid(raw))
         scale = keras.ops.cast(self.scale, raw.dtype)
         if self.constraint == "positive":
             return scale * keras.ops.exp(raw)
@@ -313,7 +331,7 @@ class PhysicalConstant:
 
     def raw_initial_value(self):
         """Unconstrained value whose physical image is `value` (float32)."""
-        if self._uses_bijector:
+        if self.parameterization == "legacy" and not isinstance(self.constraint, tuple):
             # The float32 TFP inverse, as keras_hybrid 0.1 initialized them.
             raw = self.bijector.inverse(np.float32(self.value))
             return np.float32(keras.ops.convert_to_numpy(raw))

@@ -282,11 +282,11 @@ class ScientificLayer(keras.layers.Layer):
         # Near float32's limits the raw value, or its image read back,
         # can overflow: refused rather than stored as inf.
         image = keras.ops.convert_to_numpy(spec.to_physical(keras.ops.convert_to_tensor(raw)))
-        if not (np.isfinite(raw) and np.isfinite(image)):
+        if not (np.isfinite(raw) and np.isfinite(image)) or (value != 0 and image == 0):
             raise ValueError(
                 f"`value` of constant '{name}' cannot be stored in float32 under its scale "
-                f"{spec.scale!r} (its stored or read-back value overflows). Express the constant "
-                f"in a larger unit. Received: value={value!r}"
+                f"{spec.scale!r} (its stored or read-back value overflows, or reads back as "
+                f"0). Express the constant in another unit. Received: value={value!r}"
             )
         variable.assign(raw)
 

@@ -184,11 +184,28 @@ def test_michaelis_menten_reaches_least_squares_at_every_magnitude(magnitude):
         (dict(value=1.0, scale=1e-40), r"underflows float32.*scale=1e-40"),
         (dict(value=1.0, scale="big"), r"scale='big'"),
         (dict(value=1.0, parameterization="log"), r"parameterization='log'"),
+        # These read back as 0.0, a positive one too.
+        (dict(value=1e-40), r"underflows float32.*value=1e-40"),
+        (dict(value=1e-30, constraint="positive", scale=1e30), r"maps back to 0.0.*value=1e-30"),
+        (dict(value=1.0, trainable="False"), r"`trainable` must be a bool. Received: trainable='False'"),
     ],
 )
 def test_values_float32_cannot_hold_are_rejected(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         PhysicalConstant("k", **kwargs)
+
+
+@pytest.mark.parametrize("lo, hi, value", [(0.0, 1.0, 1e-4), (0.0, 1e-9, 1e-13), (0.0, 1.0, 0.9999),
+                                           (2.0, 3.0, 2.0001), (-1.0, 1.0, 0.3)])
+def test_bounded_constants_read_back_to_float32_precision_near_a_bound(lo, hi, value):
+    # TFP's float32 Sigmoid(low, high) read 1e-4 in (0, 1) back as 1.0001e-4.
+    c = PhysicalConstant("k", value, constraint=(lo, hi))
+    back = float(np.asarray(c.to_physical(c.raw_initial_value())))
+    distance = min(value - lo, hi - value)
+    assert abs(back - value) <= 4 * np.finfo(np.float32).eps * max(distance, 1e-30) + abs(value) * 6e-8
+    # Monotone across the switch from one bound to the other.
+    raw = np.float32([-1e-3, -np.float32(1e-7), 0.0, 1e-7, 1e-3])
+    assert np.all(np.diff(np.asarray(c.to_physical(raw), "float64")) >= 0)
 
 
 def test_largest_float32_values_are_accepted_and_finite():
@@ -317,6 +334,8 @@ def _decay_law(x, c):
     ("0.5", TypeError, r"`value` must be a real number. Received: value='0.5' of type str"),
     (np.array([0.5, 0.6]), TypeError, r"must be a real number"),
     (3e38, ValueError, r"cannot be stored in float32 under its scale 1e-06"),
+    (1e-46, ValueError, r"`value` underflows float32.*value=1e-46"),
+    (1e-44, ValueError, r"underflows float32"),
 ])
 def test_set_constant_refuses_values_float32_cannot_hold(value, error, match):
     # 1e40 used to be stored as inf: every prediction after it was inf.
