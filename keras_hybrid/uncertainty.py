@@ -590,8 +590,10 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
             where = repr(bound[0] if near_lo else bound[1])
         if margin:
             warnings.append(
-                f"{name} = {est:.4g} is at or next to its bound {where}: the interval is "
-                "distorted by the constraint and the approximation may be poor."
+                f"{name} = {est:.4g} is at or next to its bound {where}: the interval, "
+                "computed in the constraint's unbounded (log or logit) space, never reaches "
+                "the bound, and where the data allow the bound itself the approximation is "
+                f"poor; `profile_likelihood` over values down to the bound tells."
             )
     if p > 1:
         d = np.sqrt(np.clip(np.diag(s), 1e-300, None))
