@@ -5,6 +5,7 @@ import weakref
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_hybrid import ode
 from keras_hybrid._shape_checks import (
@@ -112,7 +113,9 @@ def _shapes(tensors):
 # Errors raised by an equation that cannot be traced into a graph (NumPy on
 # symbolic tensors, Python control flow on tensor values) or that does not
 # fit the shapes it receives.
-_EQUATION_ERRORS = (TypeError, ValueError, NotImplementedError, IndexError, AttributeError)
+_EQUATION_ERRORS = (TypeError, ValueError, NotImplementedError, IndexError, AttributeError,
+                    # Run eagerly, shapes that do not fit fail in the op itself.
+                    tf.errors.InvalidArgumentError)
 
 
 def call_equation(layer, equation, args, constants, what="inputs"):
@@ -123,16 +126,21 @@ def call_equation(layer, equation, args, constants, what="inputs"):
     except _EQUATION_ERRORS as error:
         if getattr(error, "_keras_hybrid_wrapped", False):
             raise
+        given = {name: tuple(getattr(value, "shape", ())) for name, value in sorted(constants.items())}
+        detail = error.message if isinstance(error, tf.errors.OpError) else error
         message = (
             f"The equation `{_function_name(equation)}` of layer '{layer.name}' failed on "
-            f"{what} with shapes {_shapes(args)} and constants {sorted(constants)}: "
-            f"{type(error).__name__}: {error}\nEquations are traced into a TensorFlow graph: "
+            f"{what} with shapes {_shapes(args)} and constants of shapes {given} (a "
+            "constant given per sample is `(batch,)`, or `(batch, 1)` for an equation "
+            "written on whole arrays): "
+            f"{type(error).__name__}: {detail}\nEquations are traced into a TensorFlow graph: "
             "write them with `keras.ops` on tensors (e.g. `keras.ops.sin`, not `np.sin`), "
             "without Python `if`/`while`/`bool()` on tensor values (use `keras.ops.where` "
             "or `keras.ops.cond`), and check that the input shapes are the ones the "
             "equation indexes."
         )
-        new = (ValueError if isinstance(error, (ValueError, IndexError)) else TypeError)(message)
+        new = (ValueError if isinstance(error, (ValueError, IndexError, tf.errors.OpError))
+               else TypeError)(message)
         new._keras_hybrid_wrapped = True
         raise new from error
 

@@ -32,7 +32,10 @@ Attributes:
 
 def _checked_trajectory(i, t, v):
     check_not_calendar_times(t, f"times[{i}]")
-    t = np.asarray(t, "float64")
+    try:
+        t = np.asarray(t, "float64")
+    except (TypeError, ValueError):
+        raise TypeError(f"`times[{i}]` must hold numbers. Received: times[{i}]={t!r}") from None
     v = np.asarray(v)
     if t.ndim != 1 or t.size == 0:
         raise ValueError(
@@ -41,6 +44,11 @@ def _checked_trajectory(i, t, v):
     if not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
         raise ValueError(
             f"`times[{i}]` must be finite and strictly increasing. Received: times[{i}]={t.tolist()!r}"
+        )
+    if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+        raise TypeError(
+            f"`values[{i}]` must hold numbers. Received: values[{i}] of dtype {v.dtype} "
+            f"({np.ravel(v)[:3].tolist()!r}...)"
         )
     if v.ndim == 0 or v.shape[0] != t.size:
         raise ValueError(
@@ -55,6 +63,33 @@ def _checked_trajectory(i, t, v):
     # An `ODELayer` returns `(batch, times, state)`: a series of numbers is
     # one state component.
     return t, v[:, None] if v.ndim == 1 else v
+
+
+# Times closer than this, relative to the largest time, are one grid time:
+# `3 * 0.1` and `0.3` would otherwise be two columns, and a solver step of
+# 5.6e-17 between them.
+SAME_TIME_RTOL = 1e-9
+
+
+def _union(times):
+    """The sorted distinct times, each within `SAME_TIME_RTOL` (relative
+    to the largest time) of the last kept one merged into it."""
+    times = np.unique(times)
+    tolerance = SAME_TIME_RTOL * max(1.0, float(np.max(np.abs(times))))
+    kept = [times[0]]
+    for t in times[1:]:
+        if t - kept[-1] > tolerance:
+            kept.append(t)
+    return np.asarray(kept)
+
+
+def _columns(grid, times):
+    """The grid column of each time: the nearest grid time."""
+    if grid.size == 1:
+        return np.zeros(len(times), int)
+    index = np.clip(np.searchsorted(grid, times), 1, grid.size - 1)
+    nearer_left = np.abs(times - grid[index - 1]) <= np.abs(grid[index] - times)
+    return np.where(nearer_left, index - 1, index)
 
 
 def common_time_grid(times, values, *, start=None, dtype="float32"):
@@ -85,8 +120,30 @@ def common_time_grid(times, values, *, start=None, dtype="float32"):
     kh.constant_uncertainty(model, y0, grid.targets, sample_weight=grid.weights)
     ```
 
-    Give `max_step` to the `ODELayer`: the union grid is uneven.
+    Give `max_step` to the `ODELayer`: the union grid is uneven. Times
+    closer than `SAME_TIME_RTOL` (1e-9) times the largest time, such as
+    `3 * 0.1` and `0.3`, are one grid time.
+
+    What `fit` reports: Keras divides the weighted loss by the number of
+    slots, `N * len(times)`, not by the observations, and plain `metrics`
+    count the zero-weight slots; `weighted_metrics=["mse"]` gives the mean
+    over the observations. A state component missing where another was
+    observed: Keras's losses take one weight per time point, so give each
+    component its own model output and `sample_weight` a list of
+    `(N, len(times))` weights, one per output.
     """
+    for arg, given in (("times", times), ("values", values)):
+        if isinstance(given, dict) or hasattr(given, "keys"):
+            raise TypeError(
+                f"`{arg}` must be a sequence with one array per trajectory; a mapping would be "
+                f"read as its keys. Pass `list({arg}.values())` (in the same order for `times` "
+                f"and `values`). Received: {arg} of type {type(given).__name__}"
+            )
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise ValueError(
+            f"`dtype` must be a floating-point dtype (an integer one would truncate the "
+            f"observations). Received: dtype={dtype!r}"
+        )
     times, values = list(times), list(values)
     if len(times) != len(values) or not times:
         raise ValueError(
@@ -101,9 +158,12 @@ def common_time_grid(times, values, *, start=None, dtype="float32"):
                 f"`values[{i}]` must have the state shape of `values[0]`, {state}. Received: "
                 f"{v.shape[1:]}"
             )
-    grid = np.unique(np.concatenate([t for t, _ in pairs]))
+    grid = _union(np.concatenate([t for t, _ in pairs]))
     if start is not None:
-        start = float(start)
+        try:
+            start = float(start)
+        except (TypeError, ValueError):
+            raise TypeError(f"`start` must be a number. Received: start={start!r}") from None
         if not np.isfinite(start) or start > grid[0]:
             raise ValueError(
                 f"`start` must be a finite time at or before the first observation ({grid[0]!r}). "
@@ -114,7 +174,14 @@ def common_time_grid(times, values, *, start=None, dtype="float32"):
     targets = np.zeros((len(pairs), grid.size) + state, dtype)
     weights = np.zeros((len(pairs), grid.size), dtype)
     for i, (t, v) in enumerate(pairs):
-        index = np.searchsorted(grid, t)
+        index = _columns(grid, t)
+        if np.any(np.diff(index) == 0):
+            j = int(np.flatnonzero(np.diff(index) == 0)[0])
+            raise ValueError(
+                f"`times[{i}]` holds two times closer than {SAME_TIME_RTOL:g} times the "
+                f"largest time, which are one grid time: times[{i}][{j}]={t[j]!r} and "
+                f"times[{i}][{j + 1}]={t[j + 1]!r}. Merge or drop one of the observations."
+            )
         targets[i, index] = v
         weights[i, index] = 1
     return ObservationGrid(grid, targets, weights)

@@ -55,6 +55,27 @@ def test_errors_name_the_trajectory():
         kh.common_time_grid([[0, 1], [0, 1]], [np.ones((2, 1)), np.ones((2, 2))])
 
 
+def test_inputs_that_were_misread_are_refused_and_rounding_twins_share_a_time():
+    # A dict was read as its keys; an integer dtype truncated the values;
+    # a bad `start` or value failed in NumPy without the argument's name.
+    with pytest.raises(TypeError, match=r"`times` must be a sequence.*list\(times.values\(\)\)"):
+        kh.common_time_grid({"A": [0.5, 1.0]}, {"A": [1.0, 2.0]})
+    with pytest.raises(ValueError, match=r"`dtype` must be a floating-point dtype.*'int32'"):
+        kh.common_time_grid([[0.5, 1.5]], [[1.7, 2.2]], dtype="int32")
+    with pytest.raises(TypeError, match=r"`start` must be a number. Received: start='zero'"):
+        kh.common_time_grid([[0.5, 1.0]], [[1.0, 2.0]], start="zero")
+    with pytest.raises(TypeError, match=r"`values\[0\]` must hold numbers.*object"):
+        kh.common_time_grid([[0.5, 1.0]], [[1.0, None]])
+    # 3 * 0.1 and 0.3 are one time of the grid (they were two columns, and
+    # a solver step of 5.6e-17 between them).
+    grid = kh.common_time_grid([[3 * 0.1, 1.0], [0.3, 0.5]], [[1.0, 2.0], [3.0, 4.0]], start=0.0)
+    np.testing.assert_array_equal(grid.times, [0.0, 0.3, 0.5, 1.0])
+    np.testing.assert_array_equal(grid.targets[..., 0], [[0, 1, 0, 2], [0, 3, 4, 0]])
+    np.testing.assert_array_equal(grid.weights, [[0, 1, 0, 1], [0, 1, 1, 0]])
+    with pytest.raises(ValueError, match=r"`times\[0\]` holds two times closer than 1e-09"):
+        kh.common_time_grid([[0.3, 0.3 + 1e-12, 1.0]], [[1.0, 2.0, 3.0]])
+
+
 def test_fit_on_the_grid_is_least_squares_on_the_observations():
     times, values, y0 = _subjects()
     grid = kh.common_time_grid(times, values, start=0.0)

@@ -130,6 +130,22 @@ def test_per_sample_constants_and_context_of_another_batch_are_named():
         with_context(y0, context=np.ones((5, 2), "float32"))
 
 
+def per_component_pair(t, y, c):
+    return keras.ops.stack([-c["k"] * y[..., 0], c["k"] * y[..., 0]], -1)
+
+
+def test_a_per_sample_constant_of_the_wrong_rank_is_named_when_run_eagerly():
+    # A (batch, 1) constant in an equation that indexes components: the op
+    # itself failed, with TensorFlow's message alone.
+    layer = kh.ODELayer(per_component_pair, [kh.PhysicalConstant("k", 1.0)], times=[0.0, 0.1],
+                        name="pair")
+    with pytest.raises(ValueError, match=r"`per_component_pair` of layer 'pair'.*constants of "
+                                         r"shapes \{'k': \(3, 1\)\}.*Shapes of all inputs must match"):
+        layer(np.ones((3, 2), "float32"), constants={"k": np.ones((3, 1), "float32")})
+    out = layer(np.ones((3, 2), "float32"), constants={"k": np.ones(3, "float32")})
+    assert tuple(out.shape) == (3, 2, 2)
+
+
 def test_correction_of_width_1_on_a_2_dimensional_state():
     layer = _ode(decay, correction=keras.layers.Dense(1, name="net"))
     with pytest.raises(ValueError, match=re.escape(
