@@ -554,6 +554,19 @@ class HybridModel(SAMTrainStep, keras.Model):
         config["on_non_finite"] = self.on_non_finite
         return config
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Set after the functional graph is rebuilt: Keras 3.4 builds the
+        # model from its graph alone and dropped them (a loaded model then
+        # trained with the default SAM).
+        config = dict(config)
+        sam = config.pop("sam", "default")
+        on_non_finite = config.pop("on_non_finite", "warn")
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.sam = SAM() if isinstance(sam, str) and sam == "default" else sam
+        model.on_non_finite = on_non_finite
+        return model
+
 
 @keras.saving.register_keras_serializable(package="keras_hybrid")
 class SAMModel(SAMTrainStep, keras.Model):

@@ -209,7 +209,7 @@ class MultipleShooting(SAMTrainStep, keras.Model):
     ```python
     layer = kh.ODELayer(pendulum, [kh.PhysicalConstant("w0", 0.5)],
                         times=np.arange(401) * 0.1, correction=net)
-    shooting = kh.MultipleShooting(layer, segment_length=20, sam=kh.SAM())
+    shooting = kh.MultipleShooting(layer, segment_length=20, sam=kh.SAM(), state_size=2)
     shooting.compile(optimizer="adam", loss="mse")
     shooting.fit(observed, observed, epochs=300)   # observed: (N, 401, 2)
     shooting.predict(observed)                     # whole horizon from observed[:, 0]

@@ -543,8 +543,9 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
             stays_put = bool(path_stable and path_stable.get(name))
             if stays_put and path_probed:
                 notes[name].append(
-                    f"{name} stays put over the eligible radii {path_eligible}: identified "
-                    "despite the confounding (the interval includes its range over them)"
+                    f"{name} stays put over the eligible radii {path_eligible}: the confounding "
+                    "does not lower its verdict, which the interval's width decides (the "
+                    "interval includes its range over them)"
                 )
             else:
                 verdict = max(verdict, "weakly identified", key=rank.get)
