@@ -174,7 +174,7 @@ def test_equation_indexing_a_missing_feature_names_the_equation():
     inputs = keras.Input((1,))
     layer = kh.ScientificLayer(two_features, [kh.PhysicalConstant("a", 1.0)], name="sci")
     with pytest.raises(ValueError, match=r"The equation `two_features` of layer 'sci' failed on inputs "
-                       r"with shapes \[\(None, 1\)\] and constants \['a'\]"):
+                       r"with shapes \[\(None, 1\)\] and constants of shapes \{'a': \(\)\}"):
         layer(inputs)
 
 
