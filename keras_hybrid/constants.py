@@ -158,8 +158,8 @@ class PhysicalConstant:
         self.constraint = self._normalize_constraint(constraint, value)
         self.scale = self._normalize_scale(scale, value)
         raw = self.raw_initial_value()
-        back = np.asarray(keras.ops.convert_to_numpy(self.to_physical(raw)))
-        if not (np.isfinite(raw) and np.isfinite(back)) or (value != 0 and back == 0):
+        if not self._representable(value, raw):
+            back = np.asarray(keras.ops.convert_to_numpy(self.to_physical(raw)))
             raise ValueError(
                 f"Constant '{name}' cannot be represented in float32 under "
                 f"constraint={self.constraint!r} and scale={self.scale!r}: its raw value is "
@@ -228,6 +228,20 @@ class PhysicalConstant:
         )
 
     @property
+    def _legacy_map(self):
+        """keras_hybrid 0.1's maps, through TFP (softplus or identity);
+        bounded constants have their own sigmoid in both
+        parameterizations."""
+        return self.parameterization == "legacy" and not isinstance(self.constraint, tuple)
+
+    def _representable(self, value, raw):
+        """Whether `raw`, stored for the physical `value`, holds it in
+        float32: finite, with a finite image that is not 0 for a nonzero
+        `value` (an image below float32's range reads back as 0)."""
+        back = np.asarray(keras.ops.convert_to_numpy(self.to_physical(keras.ops.convert_to_tensor(raw))))
+        return bool(np.isfinite(raw) and np.isfinite(back) and (value == 0 or back != 0))
+
+    @property
     def _uses_bijector(self):
         return self.parameterization == "legacy" or isinstance(self.constraint, tuple)
 
@@ -248,7 +262,7 @@ class PhysicalConstant:
         Differentiable; the result is a tensor of the dtype of `raw`
         (float32 for Python numbers).
         """
-        if self.parameterization == "legacy" and not isinstance(self.constraint, tuple):
+        if self._legacy_map:
             return self.bijector.forward(raw)
         raw = keras.ops.convert_to_tensor(raw)
         if not keras.backend.is_float_dtype(raw.dtype):
@@ -336,7 +350,7 @@ class PhysicalConstant:
 
     def raw_initial_value(self):
         """Unconstrained value whose physical image is `value` (float32)."""
-        if self.parameterization == "legacy" and not isinstance(self.constraint, tuple):
+        if self._legacy_map:
             # The float32 TFP inverse, as keras_hybrid 0.1 initialized them.
             raw = self.bijector.inverse(np.float32(self.value))
             return np.float32(keras.ops.convert_to_numpy(raw))

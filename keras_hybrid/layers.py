@@ -288,9 +288,8 @@ class ScientificLayer(keras.layers.Layer):
             )
         raw = constant_to_raw(spec, value)
         # Near float32's limits the raw value, or its image read back,
-        # can overflow: refused rather than stored as inf.
-        image = keras.ops.convert_to_numpy(spec.to_physical(keras.ops.convert_to_tensor(raw)))
-        if not (np.isfinite(raw) and np.isfinite(image)) or (value != 0 and image == 0):
+        # can overflow or vanish: refused rather than stored as inf or 0.
+        if not spec._representable(value, raw):
             raise ValueError(
                 f"`value` of constant '{name}' cannot be stored in float32 under its scale "
                 f"{spec.scale!r} (its stored or read-back value overflows, or reads back as "
@@ -651,6 +650,7 @@ class ODELayer(ScientificLayer):
         """
         config = self.get_config()
         config.pop("name", None)  # a fresh name: both may live in one model
+        # Checked here: `from_config` would wrap the error in a TypeError.
         config.update(times=ode._check_times(times, "times"), equation=self.equation, **kwargs)
         copy = self.__class__.from_config(config)
         if self.built:

@@ -135,6 +135,13 @@ def _weights_like(sample_weight, y):
 
 
 
+def _channel_names(label, values):
+    """A label per channel (last axis) of an output's `values`: `label`
+    alone for one channel, else `label[j]`."""
+    width = values.shape[-1] if values.ndim > 1 else 1
+    return [label] if width == 1 else [f"{label}[{j}]" for j in range(width)]
+
+
 class _Residuals:
     """Weighted residuals `sqrt(w) (f(x) - y)` as a function of parameter
     tensors (fed through a `keras.StatelessScope`), and their Jacobian
@@ -173,17 +180,10 @@ class _Residuals:
             `channel label -> number of values dropped` (see
             `output_noise_std` for the labels), empty if none.
         """
-        params = self.params()
-        predictions = [[] for _ in tf.nest.flatten(self.y)]
-        for x, _, _ in self.chunks():
-            with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
-                pred = self.model(x, training=False)
-            for parts, p in zip(predictions, tf.nest.flatten(pred)):
-                parts.append(np.asarray(p))
         targets, weights = tf.nest.flatten(self.y), tf.nest.flatten(self.w)
         exact, any_error = [], False
-        for parts, target, w in zip(predictions, targets, weights):
-            p = np.concatenate(parts, 0).reshape(np.shape(target))
+        for p, target, w in zip(self.predictions(), targets, weights):
+            p = p.reshape(np.shape(target))
             equal = p == np.asarray(target, p.dtype)
             weighted = w != 0
             any_error = any_error or bool(np.any(weighted & ~equal))
@@ -193,9 +193,8 @@ class _Residuals:
         dropped = {}
         for label, w, positions in zip(self._output_labels(), weights, exact):
             mask = np.broadcast_to(positions, w.shape) & (w != 0)
-            width = w.shape[-1] if w.ndim > 1 else 1
-            per_channel = mask.reshape(-1, width).sum(0)
-            names = [label] if width == 1 else [f"{label}[{j}]" for j in range(width)]
+            names = _channel_names(label, w)
+            per_channel = mask.reshape(-1, len(names)).sum(0)
             dropped.update({name: int(c) for name, c in zip(names, per_channel) if c})
             w[mask] = 0.0
         return dropped
@@ -223,26 +222,34 @@ class _Residuals:
     def params(self):
         return [tf.convert_to_tensor(v.value) for v in self.variables]
 
+    def predictions(self):
+        """The model's outputs at the current parameters over all samples:
+        one NumPy array per leaf of `y`, in `tf.nest`'s order."""
+        params = self.params()
+        parts = [[] for _ in tf.nest.flatten(self.y)]
+        for x, _, _ in self.chunks():
+            with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
+                pred = self.model(x, training=False)
+            for leaf, p in zip(parts, tf.nest.flatten(pred)):
+                leaf.append(np.asarray(p))
+        return [np.concatenate(leaf, 0) for leaf in parts]
+
     def output_noise_std(self):
         """`label -> RMS of the weighted residuals` per output channel (the
         last axis of each output: `"y"`, `"y[1]"`, `"conc"`, `"conc[1]"`,
         `"y[0][1]"`), over the values of nonzero weight."""
         totals = {}  # label -> [sum of squares, count]
-        params = self.params()
-        for x, y, w in self.chunks():
-            with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
-                pred = self.model(x, training=False)
-            leaves = zip(self._output_labels(), tf.nest.flatten(pred), tf.nest.flatten(y), tf.nest.flatten(w))
-            for label, p, yi, wi in leaves:
-                wi = np.asarray(wi, "float64")
-                r2 = wi * (np.asarray(p, "float64") - np.asarray(yi, "float64")) ** 2
-                width = r2.shape[-1] if r2.ndim > 1 else 1
-                r2, wi = r2.reshape(-1, width), wi.reshape(-1, width)
-                names = [label] if width == 1 else [f"{label}[{j}]" for j in range(width)]
-                for j, name in enumerate(names):
-                    entry = totals.setdefault(name, [0.0, 0])
-                    entry[0] += float(r2[:, j].sum())
-                    entry[1] += int(np.count_nonzero(wi[:, j]))
+        leaves = zip(self._output_labels(), self.predictions(), tf.nest.flatten(self.y),
+                     tf.nest.flatten(self.w))
+        for label, p, yi, wi in leaves:
+            wi = np.asarray(wi, "float64")
+            r2 = wi * (np.asarray(p, "float64") - np.asarray(yi, "float64")) ** 2
+            names = _channel_names(label, r2)
+            r2, wi = r2.reshape(-1, len(names)), wi.reshape(-1, len(names))
+            for j, name in enumerate(names):
+                entry = totals.setdefault(name, [0.0, 0])
+                entry[0] += float(r2[:, j].sum())
+                entry[1] += int(np.count_nonzero(wi[:, j]))
         return {k: math.sqrt(ss / count) if count else math.nan for k, (ss, count) in totals.items()}
 
     def _output_labels(self):

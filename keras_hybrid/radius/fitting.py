@@ -15,7 +15,7 @@ from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays, c
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
-from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test
+from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test, check_radii
 from keras_hybrid.sam import SAM
 
 
@@ -344,10 +344,10 @@ def radius_path(
         raise TypeError(f"`build_model` must be callable. Received: build_model={build_model!r}")
     rhos = _pkg.DEFAULT_RHOS if rhos is None else rhos
     try:
-        rhos = [_check_number("rhos[i]", r, minimum=0.0) for r in rhos]
-    except (TypeError, ValueError) as error:
+        rhos = check_radii(rhos)
+    except TypeError as error:
         raise ValueError(f"`rhos` must be radii >= 0. Received: rhos={rhos!r}") from error
-    if not rhos or len(set(rhos)) != len(rhos):
+    if not rhos:
         raise ValueError(f"`rhos` must be a non-empty list of distinct radii. Received: rhos={rhos!r}")
     rhos = sorted(rhos)
     epochs = _check_number("epochs", epochs, minimum=1, integer=True)

@@ -466,13 +466,17 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     return max(result["eligible"]) if result["eligible"] else None
 
 
-def _check_lengths(rhos, val_losses, **per_radius):
-    # Radii as `radius_path` takes them: numbers >= 0, each once (a
-    # negative radius is no SAM setting; a repeated one is ambiguous).
-    for i, rho in enumerate(rhos):
-        _check_number(f"rhos[{i}]", rho, minimum=0.0)
-    if len(set(float(r) for r in rhos)) != len(rhos):
+def check_radii(rhos):
+    """`rhos` as floats: numbers >= 0, each once (a negative radius is no
+    SAM setting; a repeated one is ambiguous)."""
+    values = [_check_number(f"rhos[{i}]", rho, minimum=0.0) for i, rho in enumerate(rhos)]
+    if len(set(values)) != len(values):
         raise ValueError(f"`rhos` must be distinct radii. Received: rhos={list(rhos)!r}")
+    return values
+
+
+def _check_lengths(rhos, val_losses, **per_radius):
+    check_radii(rhos)
     if len(rhos) != len(val_losses):
         raise ValueError(
             "`rhos` and `val_losses` must have the same length. Received: "
