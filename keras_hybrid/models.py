@@ -52,6 +52,19 @@ def _rescale(gradients, factor, divide):
     return [None if g is None else op(g, ops.cast(factor, g.dtype)) for g in gradients]
 
 
+def _on_every_replica(flag):
+    """A scalar bool that holds on every replica of a strategy (itself
+    without one): a SAM step falls back on all replicas or on none, so
+    that it is single-device SAM's step on the global batch, or the plain
+    one, never a mix of the two."""
+    context = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or context is None or context.num_replicas_in_sync == 1:
+        return flag
+    # The count of replicas where it fails (ReduceOp has no MIN).
+    failing = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.cast(ops.logical_not(flag), "float32"))
+    return ops.equal(failing, 0.0)
+
+
 def _select(condition, if_true, if_false):
     """`if_true` where `condition` holds, else `if_false` (lists with the
     same `None` entries)."""
@@ -489,7 +502,7 @@ class SAMTrainStep:
             # With loss scaling, overflowing gradients are the
             # LossScaleOptimizer's to handle (it lowers its scale).
             finite = ops.logical_and(finite, all_finite(perturbed_gradients))
-        return perturbed_gradients, ops.logical_not(finite)
+        return perturbed_gradients, ops.logical_not(_on_every_replica(finite))
 
     def _maybe_synchronize(self, gradients, sam):
         if not tf.distribute.has_strategy() or not sam.synchronized:
