@@ -3,6 +3,7 @@ squares (published R `nls` fits and NumPy), the network treatments, the
 verdicts, the profile likelihood, and freezing/setting constants."""
 
 import math
+import types
 
 import keras
 import numpy as np
@@ -221,6 +222,61 @@ def test_marginal_tends_to_fixed_and_cg_matches_dense():
     g = weak.gram
     expected = un.schur_information(g[:2, :2], g[:2, 2:], g[2:, 2:], cg.shift)
     np.testing.assert_allclose(cg.information_marginal, expected, rtol=2e-3)
+
+
+@pytest.mark.parametrize("prior", ["given", "l2"])
+def test_cg_counts_the_weights_the_data_determine_as_dense_does(prior):
+    # The noise estimate counts the network's well-determined weights: the
+    # dense trace against the matrix-free quadrature (counting only the
+    # constants would leave sigma 4 % low here).
+    model, _, t, y = _hybrid_decay(40, hidden=16)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.fit(t, y, epochs=500, batch_size=40, verbose=0)
+    kwargs = {"prior_precision": 0.01}
+    if prior == "l2":
+        kwargs = {}
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if isinstance(layer, keras.layers.Dense):
+                layer.kernel_regularizer = keras.regularizers.L2(1e-6)
+    dense = kh.constant_uncertainty(model, t, y, method="dense", **kwargs)
+    cg = kh.constant_uncertainty(model, t, y, method="cg", **kwargs)
+    assert dense.effective_parameters > 4.5
+    assert cg.effective_parameters == pytest.approx(dense.effective_parameters, abs=1.0)
+    assert cg.noise_std == pytest.approx(dense.noise_std, rel=0.02)
+    assert "weights well determined" in cg.prior_source
+
+
+@pytest.mark.parametrize("source", ["given", "from the L2 weight decay"])
+def test_well_determined_weights_fixed_point_by_hand(monkeypatch, source):
+    # The algebra of the matrix-free count, with an exact spectrum: the
+    # weights' Gram taken off the constants' columns, and the fixed point
+    # sigma^2 = RSS / (n - p_c - gamma(sigma^2)), where a given prior's
+    # shift alpha sigma^2 moves with sigma^2 and an L2 prior's does not.
+    from keras_hybrid.diagnostics import prior as prior_module
+
+    def exact_spectrum(matvec, dim, steps, probes, seed=0):
+        m = np.stack([matvec(e) for e in np.eye(dim)], 1)
+        return np.linalg.eigvalsh(0.5 * (m + m.T)), np.ones(dim)
+
+    monkeypatch.setattr(un, "lanczos_spectrum", exact_spectrum)
+    rng = np.random.default_rng(3)
+    p_c, p_w, n, rss = 2, 6, 20, 0.5
+    j = rng.standard_normal((n, p_c + p_w)) * np.geomspace(3.0, 0.3, p_c + p_w)
+    gram = j.T @ j
+    res = types.SimpleNamespace(ggn_vector=lambda v: gram @ v)
+    first = rss / (n - p_c)
+    alpha = np.full(p_w, 0.5 / first if source.startswith("from") else 0.5)
+    noise_var, gamma = prior_module._count_well_determined_weights(
+        res, gram[:p_c, :p_c], alpha, source, first, rss, n, p_c, p_w, p_c)
+    jw = j[:, p_c:] - j[:, :p_c] @ np.linalg.lstsq(j[:, :p_c], j[:, p_c:], rcond=None)[0]
+    lam = np.linalg.eigvalsh(jw.T @ jw)
+    s2 = first
+    for _ in range(200):
+        shift = 0.5 if source.startswith("from") else 0.5 * s2
+        s2 = rss / (n - p_c - np.sum(lam / (lam + shift)))
+    assert gamma == pytest.approx(np.sum(lam / (lam + shift)), rel=1e-6)
+    assert noise_var == pytest.approx(s2, rel=1e-6)
+    assert gamma > 2  # the network determines several weights: the count matters here
 
 
 def test_schur_information_against_numpy_inverse():

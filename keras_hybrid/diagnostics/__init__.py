@@ -72,10 +72,15 @@ MAX_DENSE_WEIGHTS = 2_000
 #: nor an L2 regularizer gives one: a standard-normal prior.
 DEFAULT_PRIOR_PRECISION = 1.0
 #: Lanczos iterations and random probes of the stochastic quadrature that
-#: estimates the spectrum of `J_w^T J_w` for `prior_precision="evidence"`
-#: with `method="cg"` (the dense method takes the exact eigenvalues).
+#: estimates the spectrum of `J_w^T J_w` with `method="cg"` (the dense
+#: method takes the exact eigenvalues): for `prior_precision="evidence"`,
+#: and for the network's well-determined weights in the noise estimate.
 LANCZOS_STEPS = 30
 LANCZOS_PROBES = 4
+#: With `method="cg"`, the quadrature above also counts the network's
+#: well-determined weights in the noise estimate; it stops adding probes
+#: once they change the noise variance by less than this fraction.
+NEGLIGIBLE_NOISE_SHIFT = 0.01
 
 #: With `method="cg"` and the data in one chunk (`batch_size=None`), take
 #: every product of the solve (Jacobian columns, residuals, CG products)

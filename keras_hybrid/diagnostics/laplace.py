@@ -346,12 +346,14 @@ def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network
     the data in one chunk (`batch_size=None`) every product comes from one
     compiled function (`keras_hybrid._data_space`); `.solver["cg"]` holds
     the iterations and both bounds (`lower`, `upper`) per constant.
-    `"auto"` picks dense when it fits. In `"cg"` mode the
-    noise variance counts only the constants as parameters
-    (`p_eff = p_c`; `p_c + gamma` with the evidence prior), which
-    underestimates `sigma^2` by at most a factor
-    `(n - p_c - p_w) / (n - p_c)`; the dense method uses the effective
-    number of parameters `p_eff = tr(A (A + sigma^2 P)^-1)`.
+    `"auto"` picks dense when it fits. The noise variance
+    counts the effective number of parameters
+    `p_eff = tr(A (A + sigma^2 P)^-1)`: exactly with the dense method;
+    in `"cg"` mode as `p_c` plus the network's well-determined weights
+    `gamma = tr(A_ww (A_ww + sigma^2 D)^-1)` from a stochastic Lanczos
+    quadrature (at most `LANCZOS_PROBES` probes of `LANCZOS_STEPS`
+    products, fewer when `gamma` barely moves `sigma^2`; `A_ww` taken
+    off the constants' columns).
 
     Verdicts (see `keras_hybrid.uncertainty.verdicts`): relative interval
     width `(hi - lo)/|estimate|` at most 1 (a standard error of about

@@ -79,6 +79,66 @@ def _evidence_notes(evidence_info, p_w, prior_source):
     return prior_source, evidence_warning
 
 
+# One probe's estimate of `gamma` can be far below the truth when a few
+# weights dominate (its spread is about `sqrt(2 gamma)`); against 1,000
+# values or more that spread moves the noise estimate by well under 1 %.
+_FEW_PROBES_MIN_VALUES = 1000
+
+
+def _count_well_determined_weights(res, a_cc, alpha, prior_source, noise_var, rss, n, p_c, p_w,
+                                   p_fitted):
+    """`(noise_var, gamma)` for the matrix-free path: the noise variance
+    with the network's well-determined weights counted as parameters,
+    `gamma = tr(A_ww (A_ww + sigma^2 D)^-1)` (`D` the prior precisions),
+    from a stochastic Lanczos quadrature of `D^-1/2 A_ww D^-1/2 / sigma^2`.
+
+    Taken at the first noise estimate; a prior that does not depend on
+    the noise (given, or the default) scales with it, so the fixed point
+    `sigma^2 = RSS / (n - p_fitted - gamma(sigma^2))` needs no new
+    spectrum. An L2 prior's shift `alpha sigma^2 = n l2` does not move.
+    With many values (`n >= _FEW_PROBES_MIN_VALUES`), probes are added
+    until `gamma` moves the noise estimate by less than
+    `NEGLIGIBLE_NOISE_SHIFT` (then its error does not matter either),
+    else all `LANCZOS_PROBES` are spent.
+
+    `A_ww` is taken off the constants' columns,
+    `A_ww - A_wc A_cc^+ A_cw`: what the weights fit beyond the constants
+    (the constants, without prior, are counted by `p_fitted`), so that
+    `p_fitted + gamma` is the dense method's trace."""
+    scale = 1.0 / np.sqrt(np.broadcast_to(alpha * noise_var, (p_w,)))
+    unit = np.eye(p_c + p_w, p_c)
+    a_wc = np.stack([res.ggn_vector(unit[:, i])[p_c:] for i in range(p_c)], 1)
+    project = np.linalg.pinv(a_cc)
+
+    def matvec(v):
+        product = res.ggn_vector(np.concatenate([np.zeros(p_c), scale * v]))
+        return scale * (product[p_c:] - a_wc @ (project @ product[:p_c]))
+
+    moves_with_noise = not prior_source.startswith("from the L2")
+    first_noise_var = noise_var
+    nodes, node_weights = [], []
+    gamma = 0.0
+    for probe in range(_pkg.LANCZOS_PROBES):
+        probe_nodes, probe_weights = un.lanczos_spectrum(matvec, p_w, _pkg.LANCZOS_STEPS, 1, seed=probe)
+        nodes.append(probe_nodes)
+        node_weights.append(probe_weights)
+        spectrum = np.concatenate(nodes), np.concatenate(node_weights) / (probe + 1)
+        noise_var = first_noise_var
+        for _ in range(100):
+            relative_shift = noise_var / first_noise_var if moves_with_noise else 1.0
+            gamma = un.well_determined(*spectrum, relative_shift)
+            new_noise_var = un.noise_variance(rss, n, p_fitted + gamma)
+            if not (math.isfinite(new_noise_var) and new_noise_var > 0):
+                return float("nan"), gamma
+            converged = abs(new_noise_var - noise_var) <= 1e-10 * noise_var
+            noise_var = new_noise_var
+            if converged:
+                break
+        if n >= _FEW_PROBES_MIN_VALUES and noise_var <= first_noise_var * (1 + _pkg.NEGLIGIBLE_NOISE_SHIFT):
+            break
+    return noise_var, gamma
+
+
 def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_precision, evidence):
     """`(noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning)` of the fit."""
     rss = blocks.rss
@@ -98,6 +158,12 @@ def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_pre
             p_eff = p_fitted + evidence_info["gamma"]
     alpha, prior_source = (np.zeros(0), "none") if not p_w else _prior_precisions(
         model, weights, n, noise_var, prior_precision)
+    if method != "dense" and p_w and evidence_info is None:
+        noise_var, gamma = _count_well_determined_weights(
+            res, blocks.a_cc, alpha, prior_source, noise_var, rss, n, p_c, p_w, p_fitted)
+        p_eff = p_fitted + gamma
+        alpha, prior_source = _prior_precisions(model, weights, n, noise_var, prior_precision)
+        prior_source = f"{prior_source}; {gamma:.1f} of {p_w} weights well determined"
     if method == "dense" and p_w:
         for _ in range(5):
             alpha, prior_source = _prior_precisions(model, weights, n, noise_var, prior_precision)
