@@ -53,13 +53,46 @@ def is_physical_variable(variable):
     return _constant_spec(variable) is not None
 
 
+def _enclosing_layer_names(root):
+    """`id(variable) -> [names]`: the layers between `root` (excluded) and
+    the layer owning the variable (excluded), outermost first."""
+    found = {}
+
+    def walk(layer, enclosing):
+        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+            found.setdefault(id(variable), enclosing)
+        inner = enclosing if layer is root else enclosing + [layer.name]
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            walk(child, inner)
+
+    walk(root, [])
+    return found
+
+
 def _keyed_constant_variables(layer):
+    """`(key, variable, spec)` per constant: the key is its name, or where
+    several share it its variable path (`"layer_name/k"`), prefixed by the
+    enclosing sub-models' names where those paths clash too
+    (`"submodel/layer_name/k"`)."""
     found = [(v, _constant_spec(v)) for v in layer.weights if is_physical_variable(v)]
     names = [spec.name for _, spec in found]
-    return [
-        (spec.name if names.count(spec.name) == 1 else variable.path, variable, spec)
-        for variable, spec in found
-    ]
+    keys = [spec.name if names.count(spec.name) == 1 else variable.path for variable, spec in found]
+    if len(set(keys)) < len(keys):
+        enclosing = _enclosing_layer_names(layer)
+        keys = [
+            "/".join(enclosing.get(id(variable), []) + [key]) if keys.count(key) > 1 else key
+            for key, (variable, _) in zip(keys, found)
+        ]
+    if len(set(keys)) < len(keys):
+        # Same names all the way up (e.g. layers outside any model):
+        # number them in the order of `layer.weights`.
+        seen = {}
+        numbered = []
+        for key in keys:
+            seen[key] = seen.get(key, 0) + 1
+            numbered.append(key if keys.count(key) == 1 else f"{key}#{seen[key]}")
+        keys = numbered
+    return [(key, variable, spec) for key, (variable, spec) in zip(keys, found)]
 
 
 def physical_constants(layer):
@@ -67,7 +100,9 @@ def physical_constants(layer):
 
     Works for any Keras model or layer (not only `HybridModel`). A name
     shared by several layers is qualified by its variable path
-    (`"layer_name/w0"`).
+    (`"layer_name/w0"`), and by the enclosing sub-models' names where
+    layers of the same name in different sub-models hold it
+    (`"submodel/layer_name/w0"`).
 
     Returns:
         Dict `name -> float` of physical values.

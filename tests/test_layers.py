@@ -19,8 +19,8 @@ def decay(t, y, constants):
     return -constants["k"] * y
 
 
-def _resistor(value=10.0):
-    return ScientificLayer(ohm, [PhysicalConstant("R", value, unit="ohm", constraint="positive")])
+def _resistor(value=10.0, **kwargs):
+    return ScientificLayer(ohm, [PhysicalConstant("R", value, unit="ohm", constraint="positive")], **kwargs)
 
 
 def test_algebraic_layer_computes_equation_with_physical_value():
@@ -329,6 +329,23 @@ def test_constants_are_known_by_a_registry_not_an_attribute_on_the_variable():
     clone = keras.models.clone_model(model)
     clone_raw = [v for v in clone.weights if kh.is_physical_variable(v)]
     assert len(clone_raw) == 1 and clone_raw[0] is not raw
+
+
+def test_constants_of_same_named_layers_in_two_sub_models_keep_their_own_keys():
+    # Both layers are "law" (their variables' paths are both "law/R"): each
+    # constant keeps its own entry, named by the sub-model holding it.
+    def sub_model(value, name):
+        inputs = keras.Input((1,))
+        return keras.Model(inputs, _resistor(value, name="law")(inputs), name=name)
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, sub_model(1.0, "a")(inputs) + sub_model(2.0, "b")(inputs))
+    assert kh.physical_constants(model) == {"a/law/R": 1.0, "b/law/R": 2.0}
+    assert [row["name"] for row in kh.constants_table(model)] == ["a/law/R", "b/law/R"]
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.ones((4, 1), "float32")
+    history = model.fit(x, x, epochs=1, verbose=0, callbacks=[kh.ConstantsHistory()])
+    assert {"constant/a/law/R", "constant/b/law/R"} <= set(history.history)
 
 
 def test_summary_prints_name_value_unit_constraint_trainable():
