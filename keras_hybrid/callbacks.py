@@ -119,7 +119,8 @@ class NonFiniteGuard(keras.callbacks.Callback):
     naming the epoch and batch of the first event. A non-finite validation
     loss is reported too. `HybridModel.fit` and `SAMModel.fit` add one
     automatically (mode from the model's `on_non_finite`); add it yourself
-    to any other model (it then watches the batch loss only).
+    to any other model: it then watches the batch loss only (no counts in
+    the logs), and says that such a model's step applied the update.
 
     The callback is safe for Keras's asynchronous callback dispatch: it
     reads the model's step counters once per epoch, and its per-batch check
@@ -209,7 +210,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
                     epoch, counts["first_fallback"], counts["fallbacks"])))
         elif self._first_bad_batch is not None:
             batch, loss = self._first_bad_batch
-            events.append(("skip", self._skip_message(epoch, batch, loss, None)))
+            events.append(("skip", self._unguarded_message(epoch, batch, loss)))
         val_loss = (logs or {}).get("val_loss")
         if val_loss is not None and not math.isfinite(float(val_loss)):
             events.append(("validation", (
@@ -235,13 +236,30 @@ class NonFiniteGuard(keras.callbacks.Callback):
             )
         else:
             head = f"Non-finite training loss ({loss}) at epoch {epoch}, batch {batch}."
-        counted = "" if count is None else f" {count} step(s) skipped in this epoch."
+        counted = f" {count} step(s) skipped in this epoch."
         return (
             f"{head}{counted} Either the data contain NaN/Inf (`x`, `y` or `sample_weight`) "
             "or the model diverged, e.g. its ODE blew up for the current constants. Skipped "
             "steps leave the weights and the optimizer state at their last finite values. "
             f"{_describe_constants(self.model)} Consider a smaller learning rate, bounds on "
             "the constants (`constraint=(lo, hi)`), or more solver substeps."
+        )
+
+    def _unguarded_message(self, epoch, batch, loss):
+        # A model without the hybrid training step: nothing was skipped, and
+        # Keras reports a batch once per `steps_per_execution` steps.
+        per_execution = getattr(self.model, "steps_per_execution", 1)
+        if isinstance(per_execution, int) and per_execution > 1:
+            where = (f"in the {per_execution} steps up to batch {batch} (Keras reports the loss "
+                     f"once per `steps_per_execution`={per_execution} steps)")
+        else:
+            where = f"batch {batch}"
+        return (
+            f"Non-finite training loss ({loss}) at epoch {epoch}, {where}. Either the data "
+            "contain NaN/Inf (`x`, `y` or `sample_weight`) or the model diverged. This "
+            "model's training step does not skip such steps: the update was applied, and its "
+            "weights may now be NaN. `kh.HybridModel` (or the `kh.SAMTrainStep` mixin) skips "
+            f"them and keeps the last finite weights. {_describe_constants(self.model)}"
         )
 
     def _fallback_message(self, epoch, batch, count):

@@ -33,13 +33,23 @@ def _as_array(name, value):
 
 
 def _as_arrays(name, value):
-    """Arrays in place of the leaves; lists become tuples, since `tf.data`
-    would stack a list into one tensor."""
+    """Arrays in place of the leaves; lists of arrays become tuples, since
+    `tf.data` would stack a list into one tensor. A list of plain numbers
+    is one array (one value per sample)."""
     if isinstance(value, dict):
         return {key: _as_arrays(name, v) for key, v in value.items()}
     if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, numbers.Number) for v in value):
+            return _as_array(name, value)
         return tuple(_as_arrays(name, v) for v in value)
     return _as_array(name, value)
+
+
+def _check_seed(seed):
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**63:
+        raise ValueError(f"`seed` must be None or a 64-bit integer. Received: seed={seed!r}")
 
 
 def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=None, seed=None):
@@ -64,10 +74,11 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
         y: the targets, same structure rules as `x`. Defaults to `None`.
         batch_size: samples per step, a positive integer. Defaults to `32`.
         shuffle: reshuffle the samples every epoch. Defaults to `True`.
-        sample_weight: per-sample weights, an array of one weight per
-            sample. Defaults to `None`.
-        seed: seed of the shuffling (`None`: TensorFlow's global seed, as
-            set by `keras.utils.set_random_seed`). Defaults to `None`.
+        sample_weight: per-sample weights, an array (or list) of one
+            weight per sample. Defaults to `None`.
+        seed: seed of the shuffling, an integer (`None`: TensorFlow's
+            global seed, as set by `keras.utils.set_random_seed`).
+            Defaults to `None`.
 
     Returns:
         `(dataset, steps_per_epoch)`.
@@ -89,13 +100,17 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
     if not isinstance(shuffle, bool):
         raise ValueError(f"`shuffle` must be True or False. Received: shuffle={shuffle!r}")
+    if x is None:
+        raise ValueError("`x` must be given: the inputs, with the samples along the first axis. Received: x=None.")
+    _check_seed(seed)
     if sample_weight is not None and y is None:
         raise ValueError("`sample_weight` needs targets `y`. Received: y=None.")
     parts = {"x": x}
     if y is not None:
         parts["y"] = y
     if sample_weight is not None:
-        parts["sample_weight"] = sample_weight
+        # One weight per sample, whatever the container.
+        parts["sample_weight"] = np.asarray(sample_weight)
     arrays = {name: _as_arrays(name, value) for name, value in parts.items()}
     lengths = {name: {int(a.shape[0]) for a in tf.nest.flatten(value)} for name, value in arrays.items()}
     samples = set().union(*lengths.values())
@@ -113,7 +128,11 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
         # for a dataset.
         report = non_finite_report(name, value)
         if report is not None:
-            warnings.warn(f"{report} Steps on batches with these samples are skipped.", stacklevel=2)
+            warnings.warn(
+                f"{report} `kh.HybridModel` and `kh.SAMModel` skip the steps on batches with "
+                "these samples; another Keras model takes them, and its weights turn NaN.",
+                stacklevel=2,
+            )
     # Always a tuple, `(x,)`, `(x, y)` or `(x, y, sample_weight)`, which
     # `fit` unpacks as such whatever the structure of `x`.
     elements = tuple(arrays[name] for name in ("x", "y", "sample_weight") if name in arrays)

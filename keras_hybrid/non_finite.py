@@ -25,12 +25,24 @@ import keras
 from keras_hybrid.sam import all_finite
 
 
+def _labelled_leaves(label, data):
+    """`(label, leaf)` pairs, labelled as the user would index them
+    (`x['b']`, `x[1]`, `x['a'][0]`)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _labelled_leaves(f"{label}[{key!r}]", value)
+    elif isinstance(data, (list, tuple)):
+        for index, value in enumerate(data):
+            yield from _labelled_leaves(f"{label}[{index}]", value)
+    else:
+        yield label, data
+
+
 def non_finite_report(name, data):
     """`None`, or a sentence locating the non-finite entries of `data`
     (NumPy arrays and eager tensors only; datasets are not scanned)."""
     found = []
-    leaves = tf.nest.flatten(data)
-    for index, leaf in enumerate(leaves):
+    for label, leaf in _labelled_leaves(name, data):
         if isinstance(leaf, (tf.Tensor, tf.Variable)) and not tf.executing_eagerly():
             continue
         if not isinstance(leaf, (np.ndarray, tf.Tensor, tf.Variable)):
@@ -40,7 +52,6 @@ def non_finite_report(name, data):
             continue
         bad = ~np.isfinite(array)
         if bad.any():
-            label = name if len(leaves) == 1 else f"{name}[{index}]"
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             found.append(
                 f"`{label}` contains {int(bad.sum())} non-finite value(s) (NaN or Inf), "

@@ -326,3 +326,25 @@ def test_guard_and_policy_serialize():
     model = _ohm_model(on_non_finite="raise")
     assert model.get_config()["on_non_finite"] == "raise"
     assert kh.HybridModel.from_config(model.get_config()).on_non_finite == "raise"
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_guard_on_a_plain_keras_model_says_the_step_was_taken(steps_per_execution):
+    # A plain model has no skipping step: the message must not claim the
+    # weights were kept, and with several steps per execution Keras reports
+    # only the last batch of each.
+    x, y = _ohm_data()
+    y[1, 0] = np.nan
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=steps_per_execution)
+    with pytest.warns(UserWarning) as caught:
+        model.fit(x, y, batch_size=1, epochs=1, verbose=0, shuffle=False,
+                  callbacks=[kh.NonFiniteGuard(mode="warn")])
+    (message,) = [str(w.message) for w in caught if "Non-finite training loss" in str(w.message)]
+    assert "does not skip such steps: the update was applied" in message
+    assert "last finite values" not in message
+    if steps_per_execution == 1:
+        assert "at epoch 0, batch 1." in message
+    else:
+        assert "in the 4 steps up to batch 3" in message

@@ -86,6 +86,11 @@ def test_structured_inputs():
         (dict(shuffle="yes"), "shuffle='yes'"),
         (dict(y=np.zeros(4)), "y: [4]"),
         (dict(y=None, sample_weight=np.ones(5)), "y=None"),
+        (dict(x=None), "x=None"),
+        (dict(seed="abc"), "seed='abc'"),
+        (dict(seed=1.5), "seed=1.5"),
+        (dict(seed=True), "seed=True"),
+        (dict(seed=2**70), "seed=1180591620717411303424"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -99,4 +104,20 @@ def test_non_finite_samples_are_reported():
     x = np.zeros((5, 2))
     x[3, 1] = np.nan
     with pytest.warns(UserWarning, match=r"`x` contains 1 non-finite value.*\[3, 1\]"):
+        kh.repeated_dataset(x, np.zeros(5))
+
+
+def test_lists_of_numbers_are_one_array():
+    # One target and one weight per sample, given as plain lists.
+    dataset, _ = kh.repeated_dataset(np.zeros((4, 1)), [0.0, 1.0, 2.0, 3.0], batch_size=4,
+                                     shuffle=False, sample_weight=[1.0, 1.0, 0.5, 0.5])
+    _, batch_y, batch_w = next(iter(dataset))
+    np.testing.assert_array_equal(batch_y.numpy(), [0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(batch_w.numpy(), [1.0, 1.0, 0.5, 0.5])
+
+
+def test_non_finite_entries_of_a_dict_are_named_by_key():
+    x = {"a": np.zeros((5, 1)), "b": np.zeros((5, 1))}
+    x["b"][4, 0] = np.nan
+    with pytest.warns(UserWarning, match=r"`x\['b'\]` contains 1 non-finite .*x\['b'\]\[4, 0\]=nan"):
         kh.repeated_dataset(x, np.zeros(5))
