@@ -604,6 +604,36 @@ def test_profile_warns_when_the_model_is_not_at_the_minimum():
     assert "Refit it on these data first" in str(prof)
 
 
+@pytest.mark.parametrize("offset", [0.0, 5e-8])
+def test_profile_with_a_grid_value_at_the_estimate(offset):
+    # A grid value at the estimate (exactly, or to float32 precision as the
+    # automatic grid's centre comes out) has two fits: the refit, which
+    # here ends far above the model's own RSS (a fresh Adam under SAM for 5
+    # epochs), and the model. The interval takes the model's fit (it was
+    # [nan, nan], or an end exactly at the estimate) and the profile warns
+    # that the refits do not get back to their start.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 3, 30)[:, None].astype("float32")
+    y = (2.0 * np.exp(-0.8 * t) + 0.1 * np.sin(2 * t) + 0.02 * rng.standard_normal(t.shape)).astype("float32")
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(decay, [kh.PhysicalConstant("A", 2.0, constraint="positive"),
+                                     kh.PhysicalConstant("k", 0.8, constraint=(0.01, 5.0))])
+    net = keras.Sequential([keras.layers.Dense(8, "tanh"), keras.layers.Dense(1)])
+    model = kh.HybridModel(inputs, law(inputs) + net(inputs), sam=kh.SAM(rho=0.05))
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    model.fit(t, y, epochs=100, batch_size=30, verbose=0)
+    k_hat = model.physical_constants()["k"]
+    grid = k_hat * (1 + offset) * np.array([0.8, 1.0, 1.2])
+    with pytest.warns(UserWarning, match=r"held at its estimate .* do not get back to the fit"):
+        prof = kh.profile_likelihood(model, "k", grid, t, y, epochs=5)
+    lo, hi = prof.interval
+    assert np.isfinite(lo) and np.isfinite(hi)
+    assert lo < k_hat < hi and not np.isclose([lo, hi], k_hat, rtol=1e-4).any()
+    # The row at the estimate shows its own refit, above the threshold.
+    assert prof.statistic[1] > prof.threshold
+
+
 @keras.saving.register_keras_serializable(package="test_diagnostics")
 def ode_decay(t, y, k):
     return -k["k"] * y

@@ -94,6 +94,11 @@ def _automatic_grid(model, name, count, x, y, sample_weight, level):
     return np.array([float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r)))) for r in grid])
 
 
+# A grid value this close to the estimate is the estimate: the constant
+# is stored in float32 (about 6e-8 apart), the grid in float64.
+_SAME_VALUE_RTOL = 1e-6
+
+
 def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None, level=0.95,
                        verbose=0, **fit_kwargs):
     """Profile likelihood of one constant: refit everything else with
@@ -112,7 +117,10 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
     ```
 
     (`RSS_min` is the smallest of the grid's and the free fit's). The
-    interval is interpolated linearly; an end the profile never crosses is
+    free fit is the profile's point at the estimate (at a grid value equal
+    to it, the better of the refit and the model's own fit; a refit there
+    that ends well above the model's fit is warned about: the refits have
+    not converged). The interval is interpolated linearly; an end the profile never crosses is
     the end of the constant's domain (`-inf` / `inf`, `0` for a positive
     constant, a bound of a `(lo, hi)` constraint). A profile entirely
     below the threshold is "flat".
@@ -211,12 +219,25 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
                     losses[i] = hist.history["loss"][-1]
                 rss[i], _ = rss_of(clone)
     # The free fit is the profile's point at the estimate: with it, an
-    # interval narrower than the grid's spacing is still bracketed.
+    # interval narrower than the grid's spacing is still bracketed. A grid
+    # value equal to the estimate (to float32 precision, where the
+    # constant is stored) has two fits there, the refit and the model's
+    # own: the profile takes the better one.
     points, point_rss = values, rss
-    if not np.any(np.isclose(values, estimate, rtol=1e-9, atol=0.0)):
+    at_estimate = np.isclose(values, estimate, rtol=_SAME_VALUE_RTOL, atol=0.0)
+    unreturned = None
+    if np.any(at_estimate):
+        i = int(np.flatnonzero(at_estimate)[0])
+        if rss[i] > 0 and rss_free > 0 and n * np.log(rss[i] / rss_free) > threshold:
+            unreturned = (float(values[i]), float(rss[i]))
+        point_rss = np.where(at_estimate, np.fmin(rss, rss_free), rss)
+    else:
         points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
     lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
-    stat = point_stat[:values.size]
+    # Each row's statistic is its own refit's (the interval may have taken
+    # the model's fit in place of a worse refit at the estimate).
+    stat = np.where(at_estimate, n * np.log(rss / min(rss_free, float(np.nanmin(point_rss)))),
+                    point_stat[:values.size])
     # An end the profile never crosses is the end of the constant's domain.
     domain_lo, domain_hi = _domain(model, name)
     lo, hi = max(lo, domain_lo), min(hi, domain_hi)
@@ -232,6 +253,17 @@ def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None,
             f"(n log ratio {estimate_statistic:.3g} > {threshold:.3g}), so the interval need "
             f"not contain the estimate {estimate:.5g}. Was the model fitted on other data (a "
             "training split) or stopped early? Refit it on these data first."
+        )
+        _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
+    if unreturned is not None:
+        value, refit_rss = unreturned
+        warnings.append(
+            f"the refit with {name} held at its estimate {value:.5g} ended at RSS "
+            f"{refit_rss:.5g}, above the model's own {rss_free:.5g} (n log ratio "
+            f"{n * np.log(refit_rss / rss_free):.3g} > {threshold:.3g}): the refits do not get "
+            "back to the fit they start from, so the other values' RSS are too high and the "
+            "interval too narrow. Give more `epochs`, or a smaller learning rate (a fresh "
+            "optimizer's first steps can throw a fitted model off)."
         )
         _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
     gaps = un.profile_gaps(points, point_stat, threshold)
