@@ -56,8 +56,12 @@ def with_times(model, times, **layer_kwargs):
             "layer from the first states instead: "
             "`model.layer.with_times(times)(trajectories[:, 0])`."
         )
-    if not _ode_layers(model):
+    layers = _ode_layers(model)
+    if not layers:
         raise ValueError(f"`model` holds no ODELayer. Received: model={model.name!r}")
+    # The arguments are checked on one layer first, so that their errors
+    # are not taken for a model that cannot be copied (below).
+    layers[0].with_times(times, **layer_kwargs)
 
     def clone(layer):
         if isinstance(layer, ODELayer):

@@ -685,9 +685,23 @@ class ODELayer(ScientificLayer):
         """
         config = self.get_config()
         config.pop("name", None)  # a fresh name: both may live in one model
+        unknown = sorted(set(kwargs) - set(config) - {"name"})
+        if unknown:
+            raise TypeError(
+                f"`with_times` got arguments that `{self.__class__.__name__}` does not take: "
+                f"{unknown}. Its arguments: {sorted(set(config) - {'times'})}."
+            )
         # Checked here: `from_config` would wrap the error in a TypeError.
         config.update(times=ode._check_times(times, "times"), equation=self.equation, **kwargs)
-        copy = self.__class__.from_config(config)
+        try:
+            copy = self.__class__.from_config(config)
+        except TypeError as error:
+            # Keras's `from_config` rewraps the constructor's own error
+            # (`max_step=-1.0`) with the whole config: raise that error.
+            cause = error.__context__
+            if isinstance(cause, (TypeError, ValueError)) and "Error when deserializing" in str(error):
+                raise cause.with_traceback(None) from None
+            raise
         if self.built:
             copy.build((None, self.state_size))
             copy.set_weights(self.get_weights())

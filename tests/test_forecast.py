@@ -97,3 +97,26 @@ def test_times_cannot_be_assigned_and_other_models_get_clear_errors():
         layer.with_times([1.0, 0.0])
     with pytest.raises(TypeError, match="`model` must be a Keras model"):
         kh.with_times(layer, LONG_TIMES)
+
+
+@pytest.mark.parametrize("apply", ["layer", "model"])
+@pytest.mark.parametrize(
+    "times, kwargs, error, match",
+    [
+        ([0.0, 0.5, 0.2], {}, ValueError, r"^`times` must be finite and strictly increasing"),
+        (LONG_TIMES, {"max_step": -1.0}, ValueError, r"^`max_step` must be None or a number > 0"),
+        (LONG_TIMES, {"max_stp": 0.1}, TypeError, r"^`with_times` got arguments .* \['max_stp'\]"),
+    ],
+)
+def test_with_times_names_a_bad_argument(apply, times, kwargs, error, match):
+    # The argument's own error, short: not "could not be copied" (with
+    # advice that fails the same way), nor Keras's dump of the whole config.
+    layer = _pendulum_layer()
+    inputs = keras.Input((2,))
+    model = kh.HybridModel(inputs, layer(inputs))
+    with pytest.raises(error, match=match) as caught:
+        if apply == "layer":
+            layer.with_times(times, **kwargs)
+        else:
+            kh.with_times(model, times, **kwargs)
+    assert len(str(caught.value)) < 400
