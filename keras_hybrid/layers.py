@@ -186,6 +186,26 @@ def _serialize_function(fn, arg):
     return keras.saving.serialize_keras_object(fn)
 
 
+def _warn_if_not_reloadable(fn, serialized, arg, stacklevel):
+    """Warns when Keras cannot find `fn` again from its config: the model
+    then saves without complaint, but the file does not load."""
+    if getattr(fn, "__name__", "") == "<lambda>":
+        return  # Keras warns about lambdas itself (they load with safe_mode=False)
+    try:
+        found = keras.saving.deserialize_keras_object(serialized)
+    except Exception:  # whatever Keras raises for a function it cannot locate
+        found = None
+    if found is not fn:
+        name = _function_name(fn)
+        warnings.warn(
+            f"`{arg}` {name!r} is not registered with Keras: the model trains, predicts and "
+            "exports, but its `.keras` file will not load, and `kh.profile_likelihood` (which "
+            "copies the model) cannot run. Decorate it with "
+            "`@keras.saving.register_keras_serializable()`.",
+            stacklevel=stacklevel,
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_hybrid")
 class ScientificLayer(keras.layers.Layer):
     """A mechanistic (algebraic) equation with trainable physical constants.
@@ -229,7 +249,12 @@ class ScientificLayer(keras.layers.Layer):
         super().__init__(**kwargs)
         if isinstance(equation, dict):
             equation = keras.saving.deserialize_keras_object(equation)
-        _serialize_function(equation, "equation")
+            _serialize_function(equation, "equation")
+        else:
+            # Pointing at the user's line, past the subclasses' __init__s.
+            inits = sum(1 for c in type(self).__mro__ if issubclass(c, ScientificLayer) and "__init__" in vars(c))
+            _warn_if_not_reloadable(equation, _serialize_function(equation, "equation"), "equation",
+                                    stacklevel=2 + inits)
         self.equation = equation
         if isinstance(constants, (PhysicalConstant, dict)):
             constants = [constants]

@@ -1,5 +1,7 @@
 """ScientificLayer and ODELayer: constants, per-sample constants, models."""
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -367,3 +369,25 @@ def test_summary_prints_name_value_unit_constraint_trainable():
     lines.clear()
     kh.summary(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="plain"), print_fn=lines.append)
     assert lines == ["Model 'plain' has no physical constants."]
+
+
+def test_an_unregistered_equation_is_warned_about_and_named_when_copying_fails():
+    # It trains and saves silently, but the file does not load and
+    # profile_likelihood cannot copy the model: say so when it is built.
+    def unregistered_decay(t, c):
+        return c["k"] * t
+
+    with pytest.warns(UserWarning, match=r"'.*unregistered_decay' is not registered with Keras"):
+        layer = ScientificLayer(unregistered_decay, [PhysicalConstant("k", 1.0)])
+    with pytest.warns(UserWarning, match=r"unregistered_decay' is not registered") as caught:
+        ODELayer(unregistered_decay, [PhysicalConstant("k", 1.0)], times=[0.0, 1.0])
+    assert caught[0].filename == __file__  # the user's line, not the library's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ScientificLayer(ohm, [PhysicalConstant("R", 1.0)])  # registered: no warning
+    inputs = keras.Input((1,))
+    model = HybridModel(inputs, layer(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.linspace(0, 1, 8)[:, None].astype("float32")
+    with pytest.raises(TypeError, match=r"cannot be copied .* equations \['unregistered_decay'\]"):
+        kh.profile_likelihood(model, "k", [0.5, 1.0, 1.5], x, x, epochs=1)

@@ -51,7 +51,20 @@ def clone_for_refit(model):
     """A copy of `model` (architecture, weights and compile settings, with
     a fresh optimizer of the same configuration), for refits that must not
     touch the original. The equations must be registered serializable."""
-    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    try:
+        clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    except (TypeError, ValueError) as error:
+        equations = sorted({
+            getattr(layer.equation, "__name__", repr(layer.equation))
+            for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, ScientificLayer)
+        })
+        raise TypeError(
+            f"Model {model.name!r} cannot be copied for the refits: Keras could not rebuild it "
+            f"from its config. Are its equations {equations} (and any custom layer) registered "
+            "with `@keras.saving.register_keras_serializable()`? (Keras said: "
+            f"{str(error).splitlines()[0][:300]})"
+        ) from error
     clone.build_from_config(model.get_build_config()) if not clone.built else None
     clone.set_weights(model.get_weights())
     if getattr(model, "compiled", False) or getattr(model, "optimizer", None) is not None:
