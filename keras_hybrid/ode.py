@@ -140,7 +140,18 @@ def _step_counts(t, substeps, max_step):
     if max_step is not None:
         # The small slack keeps 0.1 / 0.05 at 2 steps despite rounding.
         counts = np.maximum(counts, np.ceil(dt / max_step - 1e-9).astype(np.int64))
+    if counts.size and counts.max() > _MAX_STEPS_PER_INTERVAL:
+        i = int(np.argmax(counts))
+        raise ValueError(
+            f"`max_step`={max_step!r} needs {int(counts[i])} solver steps for the interval "
+            f"from t={float(t[i])!r} to t={float(t[i + 1])!r}; at most {_MAX_STEPS_PER_INTERVAL} are "
+            "allowed per interval. Give a larger `max_step`, or more observation times there."
+        )
     return counts
+
+
+# Step counts are int32 in the loops.
+_MAX_STEPS_PER_INTERVAL = 2**31 - 1
 
 
 class _Schedule:

@@ -75,7 +75,10 @@ def stitch(segments):
 
 
 def _repeat_per_segment(value, n_segments):
-    """`(batch, ...) -> (batch * n_segments, ...)`, each row repeated."""
+    """`(batch, ...) -> (batch * n_segments, ...)`, each row repeated; a
+    scalar (one value for every sample) stays as it is."""
+    if len(getattr(value, "shape", ())) == 0:
+        return value
     return keras.ops.repeat(value, n_segments, axis=0)
 
 
@@ -245,9 +248,12 @@ class MultipleShooting(SAMTrainStep, keras.Model):
                 "see the time. Received: layer with "
                 f"correction_inputs={layer.correction_inputs!r}"
             )
-        times = np.asarray(layer.times)
+        times = np.asarray(layer.times, "float64")
         steps = np.diff(times)
-        if not np.allclose(steps, steps[0], rtol=1e-4, atol=0.0):
+        # Uniform up to float32 rounding of the times themselves (a grid
+        # of step 0.01 up to 200 in float32 has steps off by 1.5e-5).
+        rounding = 4 * np.finfo(np.float32).eps * np.max(np.abs(times))
+        if not np.allclose(steps, steps[0], rtol=1e-4, atol=rounding):
             raise ValueError(
                 "MultipleShooting needs a uniform time grid. Received: layer with times "
                 f"spaced from {steps.min()} to {steps.max()}"

@@ -144,6 +144,10 @@ def test_max_step_bad_arguments():
             odeint(_decay, np.ones(1), [0.0, 1.0], max_step=bad)
     with pytest.raises(ValueError, match="adaptive methods choose their own steps"):
         odeint(_decay, np.ones(1), [0.0, 1.0], method="dopri5", max_step=0.1)
+    # More steps than an int32 count holds: it wrapped around to 499,997
+    # and integrated 0.0005 of the interval, silently.
+    with pytest.raises(ValueError, match=r"needs 4295499997 solver steps .* t=3e-09 to t=4.2955"):
+        odeint(_decay, np.ones(1), [0.0, 3e-9, 4.2955], max_step=1e-9)
 
 
 def _oscillator_law(t, y, c):

@@ -91,6 +91,28 @@ def test_per_episode_constants_are_repeated_per_segment():
     np.testing.assert_allclose(with_encoder(observed, training=True), observed, atol=2e-6)
 
 
+def test_a_scalar_constant_serves_every_sample_and_segment():
+    # A 0-d per-call constant was repeated into shape (segments,) and
+    # failed against the batch x segments states.
+    observed = _observed(2, w0=1.3)
+    model = kh.MultipleShooting(_layer(w0=1.0), segment_length=10, sam=None)
+    model({"trajectories": observed, "constants": {"w0": tf.constant(1.3)}}, training=True)
+    assert float(model.losses[0]) < 1e-11
+    model({"trajectories": observed, "constants": {"w0": tf.constant(0.9)}}, training=True)
+    assert float(model.losses[0]) > 1e-3
+
+
+def test_a_uniform_grid_rounded_to_float32_is_uniform():
+    # 0.01 steps up to 200 in float32 are 0.0099945 to 0.0100098 apart.
+    times = (np.arange(20001) * 0.01).astype("float32")
+    layer = kh.ODELayer(pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 1.0)], times=times)
+    assert kh.MultipleShooting(layer, segment_length=100, sam=None).n_segments == 200
+    uneven = np.concatenate([np.arange(50) * 0.01, 0.5 + np.arange(50) * 0.012])
+    layer = kh.ODELayer(pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 1.0)], times=uneven)
+    with pytest.raises(ValueError, match="uniform time grid"):
+        kh.MultipleShooting(layer, segment_length=10, sam=None)
+
+
 def test_fitted_initial_values_start_the_first_segment_and_train():
     # `ODELayer(initial_state=[...])`: prediction starts from the fitted
     # value, so training must too (it used to start from the data, and the
