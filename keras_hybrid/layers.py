@@ -854,6 +854,8 @@ class ODELayer(ScientificLayer):
         if explicit_context:
             values = dict(values, **{CONTEXT_KEY: context})
 
+        self._check_no_random_layers_in_adaptive_training(training)
+
         # Constants go through `odeint(constants=...)` so that the adaptive
         # (TFP adjoint) solvers differentiate them exactly.
         def vector_field(t, y, **constant_values):
@@ -875,6 +877,20 @@ class ODELayer(ScientificLayer):
             checkpoint=self.checkpoint,
             variables=self.solver_variables(),
         )
+
+    def _check_no_random_layers_in_adaptive_training(self, training):
+        if training is not True or self.method not in ode.ADAPTIVE_METHODS or self.correction is None:
+            return
+        random = sorted(layer.name for layer in self.correction._flatten_layers(include_self=True)
+                        if getattr(layer, "_seed_generators", None))
+        if random:
+            raise ValueError(
+                f"ODELayer '{self.name}' with method={self.method!r} cannot train a correction "
+                f"with random layers ({random}): they draw new values at every evaluation of "
+                "the vector field, which the adaptive step control and the adjoint solve take "
+                "for one fixed function. Use a fixed-step method ('rk4', with `checkpoint` for "
+                "long trajectories), or remove the random layers."
+            )
 
     def _fitted_initial_state(self, y0, values):
         columns = []

@@ -237,8 +237,11 @@ def odeint(
     not apply to the adaptive methods, whose gradients come from TFP's
     adjoint solve (memory constant in the trajectory length, but one
     backward ODE solve per step and gradients exact only to the solver's
-    tolerance). Random ops in `func` (dropout) draw again in the
-    recomputation, and state updates made by `func` (BatchNorm statistics)
+    tolerance). Random layers whose seed states are among `variables`
+    (Keras's Dropout, GaussianNoise...) draw from seeds fixed per interval:
+    new masks at every interval and call, the same ones when a segment is
+    integrated again; other random ops in `func` draw again in the
+    recomputation. State updates made by `func` (BatchNorm statistics)
     inside a segment are dropped.
 
     Example:
@@ -349,10 +352,20 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
     dtype = y0.dtype
     names = sorted(constants)
     constant_values = [tf.convert_to_tensor(constants[name]) for name in names]
+    seed_states = [v for v in variables if is_seed_state(v)]
+    variables = [v for v in variables if not is_seed_state(v)]
     variable_values = [tf.cast(tf.convert_to_tensor(v.value), v.dtype) for v in variables]
+    seed_values = [tf.convert_to_tensor(v.value) for v in seed_states]
     schedule = _Schedule(t, substeps, max_step, dtype)
     intervals = len(t) - 1
     k = min(k, intervals)
+
+    def seeds_of(interval):
+        # Random layers (dropout) draw from a seed fixed by the interval:
+        # new masks at every interval and call, the same ones when the
+        # backward pass integrates the segment again.
+        offset = tf.stack([tf.constant(0, tf.int64), tf.cast(interval, tf.int64) * SEED_STRIDE])
+        return [(v, value + tf.cast(offset, value.dtype)) for v, value in zip(seed_states, seed_values)]
 
     def integrate(first, length, y, const_vals, var_vals):
         """States after each of `length` intervals from interval `first`:
@@ -363,22 +376,18 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
                 return func(time, state, **dict(zip(names, const_vals)))
             return func(time, state)
 
-        def run():
-            out = tf.TensorArray(dtype, size=length, element_shape=y.shape)
+        out = tf.TensorArray(dtype, size=length, element_shape=y.shape)
 
-            def step(j, y_j, out):
+        def step(j, y_j, out):
+            mapping = list(zip(variables, var_vals)) + seeds_of(first + j)
+            with keras.StatelessScope(state_mapping=mapping) if mapping else contextlib.nullcontext():
                 y_next = schedule.interval(vector_field, first + j, y_j, tableau)
-                return j + 1, y_next, out.write(j, y_next)
+            return j + 1, y_next, out.write(j, y_next)
 
-            _, _, out = tf.while_loop(
-                lambda j, *_: j < length, step, (0, y, out), maximum_iterations=length
-            )
-            return out.stack()
-
-        if not variables:
-            return run()
-        with keras.StatelessScope(state_mapping=list(zip(variables, var_vals))):
-            return run()
+        _, _, out = tf.while_loop(
+            lambda j, *_: j < length, step, (0, y, out), maximum_iterations=length
+        )
+        return out.stack()
 
     n_const = len(constant_values)
 
@@ -421,7 +430,21 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
     pieces = [y0[None], tf.ensure_shape(merged, (n_segments * k,) + tuple(y0.shape))]
     if remainder:
         pieces.append(segment(n_segments * k, remainder, y_last))
+    # The next call draws past every interval's seeds.
+    for v, value in seeds_of(intervals):
+        v.assign(value)
     return _time_axis_second_to_last(tf.concat(pieces, axis=0))
+
+
+#: Seed-counter values reserved per interval for the random layers of a
+#: checkpointed solve (each draw takes one: substeps x stages x layers).
+SEED_STRIDE = 4096
+
+
+def is_seed_state(variable):
+    """Whether `variable` is the state of a Keras `SeedGenerator` (the
+    random draws of Dropout, GaussianNoise, ...)."""
+    return str(variable.path).split("/")[-1] == "seed_generator_state"
 
 
 def _time_axis_second_to_last(ys):
@@ -440,6 +463,9 @@ def _odeint_tfp(func, y0, t, method, rtol, atol, constants, variables=()):
 
     solver_cls = tfm.ode.DormandPrince if method == "dopri5" else tfm.ode.BDF
     solver = solver_cls(rtol=rtol, atol=atol)
+    # Seed states are not differentiable (TFP's adjoint would try); random
+    # layers are refused in training with these methods (`ODELayer`).
+    variables = [v for v in variables if not is_seed_state(v)]
     if variables:
         constants = dict(constants)
         constants[_VARIABLE_VALUES] = [

@@ -175,3 +175,68 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="method='bdf'"):
         kh.ODELayer(pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 1.0)],
                     times=[0.0, 1.0], method="bdf", checkpoint=3)
+
+
+@keras.saving.register_keras_serializable(package="test_checkpoint")
+def _growth(t, y, c):
+    return c["k"] * y
+
+
+def _dropout_layer(checkpoint, **kwargs):
+    correction = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1, name="drop"),
+                                   keras.layers.Dense(3, kernel_initializer="identity", use_bias=False)])
+    return kh.ODELayer(_growth, [kh.PhysicalConstant("k", 0.1)], times=np.arange(13) * 0.1,
+                       correction=correction, checkpoint=checkpoint, **kwargs)
+
+
+def test_dropout_in_a_checkpointed_correction_draws_new_masks_and_replays_them():
+    # Every call and every interval draws new masks (the seed state used to
+    # be restored at each segment: the same masks at every step), and the
+    # backward pass integrates a segment again with the same masks: the
+    # gradient is the forward pass's (checked by central differences).
+    y0 = tf.ones((2, 3))
+    layer = _dropout_layer(checkpoint=4)
+    layer(y0)
+    state = layer.correction.get_layer("drop").seed_generator.state
+    kernel = layer.correction.layers[-1].kernel
+    first, second = layer(y0, training=True), layer(y0, training=True)
+    assert float(tf.reduce_max(tf.abs(first - second))) > 0.1
+    growth = (first[0, 1:] / first[0, :-1]).numpy().round(4)
+    assert len({tuple(row) for row in growth}) > 6  # masks differ between intervals
+    start = state.numpy()
+
+    def loss():
+        state.assign(start)
+        return tf.reduce_sum(layer(y0, training=True) ** 2)
+
+    with tf.GradientTape() as tape:
+        value = loss()
+    gradient = tape.gradient(value, kernel).numpy()
+    h = 1e-3
+    for i, j in [(0, 0), (1, 2), (2, 1)]:
+        kernel.assign(tf.tensor_scatter_nd_add(kernel, [[i, j]], [h]))
+        up = float(loss())
+        kernel.assign(tf.tensor_scatter_nd_add(kernel, [[i, j]], [-2 * h]))
+        down = float(loss())
+        kernel.assign(tf.tensor_scatter_nd_add(kernel, [[i, j]], [h]))
+        assert gradient[i, j] == pytest.approx((up - down) / (2 * h), rel=2e-2)
+    # Segments of any length see the same masks.
+    others = []
+    for checkpoint in (1, 12):
+        other = _dropout_layer(checkpoint)
+        other(y0)
+        other.set_weights(layer.get_weights())
+        other.correction.get_layer("drop").seed_generator.state.assign(start)
+        others.append(other(y0, training=True))
+    state.assign(start)
+    reference = layer(y0, training=True)
+    for other in others:
+        np.testing.assert_allclose(other, reference, rtol=1e-6)
+
+
+def test_random_layers_are_refused_in_adaptive_training():
+    layer = _dropout_layer(None, method="dopri5")
+    y0 = tf.ones((2, 3))
+    layer(y0, training=False)  # no draws: fine
+    with pytest.raises(ValueError, match=r"method='dopri5' cannot train a correction with random layers \(\['drop'\]\)"):
+        layer(y0, training=True)
