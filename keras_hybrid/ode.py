@@ -90,10 +90,16 @@ def _check_times(t, arg="t"):
             f"Received: {arg} with shape {t.shape}"
         )
     if not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
-        raise ValueError(
-            f"`{arg}` must be finite and strictly increasing. "
-            f"Received: {arg}={t.tolist()[:6]}{'...' if t.size > 6 else ''}"
-        )
+        head = f"`{arg}` must be finite and strictly increasing. Received: "
+        if t.size <= 6:
+            raise ValueError(f"{head}{arg}={t.tolist()}")
+        # Name the first offending place, which may be deep in a long grid.
+        bad = np.flatnonzero(~np.isfinite(t))
+        i = int(bad[0]) if bad.size else int(np.flatnonzero(~(np.diff(t) > 0))[0]) + 1
+        where = f"{arg}[{i}]={float(t[i])!r}"
+        if not bad.size:
+            where += f" after {arg}[{i - 1}]={float(t[i - 1])!r}"
+        raise ValueError(f"{head}{arg} with {where} ({t.size} points: {t[:3].tolist()}...)")
     return t
 
 

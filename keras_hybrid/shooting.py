@@ -10,6 +10,8 @@ penalizes the gaps between each segment's end and the next segment's start.
 Prediction still integrates the whole horizon from the first state.
 """
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -278,8 +280,8 @@ class MultipleShooting(SAMTrainStep, keras.Model):
         if isinstance(continuity_weight, dict):
             continuity_weight = keras.optimizers.schedules.deserialize(continuity_weight)
         if not callable(continuity_weight):
-            if isinstance(continuity_weight, bool) or not np.isscalar(continuity_weight) or not (
-                float(continuity_weight) >= 0
+            if isinstance(continuity_weight, (bool, str)) or not np.isscalar(continuity_weight) or not (
+                math.isfinite(float(continuity_weight)) and float(continuity_weight) >= 0
             ):
                 raise ValueError(
                     "`continuity_weight` must be a float >= 0 or a "

@@ -138,6 +138,16 @@ def test_max_step_under_xla_and_with_checkpoints():
     np.testing.assert_allclose(checkpointed.numpy(), exact, rtol=1e-5)
 
 
+def test_a_repeated_time_deep_in_a_long_grid_is_named_where_it_is():
+    t = np.arange(5000) * 0.01
+    t[2500] = t[2499]
+    with pytest.raises(ValueError, match=r"t\[2500\]=24.99\d* after t\[2499\]=24.99\d* .*5000 points"):
+        odeint(_decay, np.ones(1), t)
+    t[2500] = np.nan
+    with pytest.raises(ValueError, match=r"t\[2500\]=nan \(5000 points"):
+        odeint(_decay, np.ones(1), t)
+
+
 def test_max_step_bad_arguments():
     for bad in (0, -0.1, float("nan"), "0.1", True):
         with pytest.raises(ValueError, match=f"max_step={bad!r}"):
@@ -176,6 +186,7 @@ def test_adaptive_solve_gives_the_equation_the_true_time():
     np.testing.assert_allclose(y.numpy()[:, 0], (t**2 - 100.0**2) / 2, rtol=1e-5)
 
 
+@keras.saving.register_keras_serializable(package="test_ode")
 def _rate_law(t, y, c):
     return -c["k"] * y
 

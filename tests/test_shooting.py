@@ -239,8 +239,9 @@ def test_bad_arguments():
         kh.MultipleShooting(_layer(), segment_length=10, initial_states="free")
     with pytest.raises(ValueError, match="n_trajectories=None"):
         kh.MultipleShooting(_layer(), segment_length=10, initial_states="trainable")
-    with pytest.raises(ValueError, match="continuity_weight=-1"):
-        kh.MultipleShooting(_layer(), segment_length=10, continuity_weight=-1)
+    for bad in (-1, float("inf"), float("nan"), "1"):
+        with pytest.raises(ValueError, match=f"continuity_weight={bad!r}"):
+            kh.MultipleShooting(_layer(), segment_length=10, continuity_weight=bad)
     with pytest.raises(ValueError, match="method='dopri5'"):
         kh.MultipleShooting(_layer(method="dopri5"), segment_length=10)
     with pytest.raises(ValueError, match="correction_inputs='state_and_time'"):
