@@ -2,6 +2,7 @@
 
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
