@@ -75,6 +75,11 @@ def arrays_from_dataset(x, y, sample_weight, arg="x"):
         `(x, y, sample_weight)` (the weights `None` if the dataset has none).
     """
     if not isinstance(x, tf.data.Dataset):
+        if y is None:
+            raise ValueError(
+                f"`y` must be given: the targets, unless `{arg}` is a dataset of `(x, y)` "
+                f"batches. Received: y=None with {arg} of type {type(x).__name__}"
+            )
         return x, y, sample_weight
     for name, value in (("y", y), ("sample_weight", sample_weight)):
         if value is not None:

@@ -195,13 +195,21 @@ def _warn_if_not_reloadable(fn, serialized, arg, stacklevel):
         found = keras.saving.deserialize_keras_object(serialized)
     except Exception:  # whatever Keras raises for a function it cannot locate
         found = None
-    if found is not fn:
-        name = _function_name(fn)
+    if found is None:
         warnings.warn(
-            f"`{arg}` {name!r} is not registered with Keras: the model trains, predicts and "
-            "exports, but its `.keras` file will not load, and `kh.profile_likelihood` (which "
-            "copies the model) cannot run. Decorate it with "
+            f"`{arg}` {_function_name(fn)!r} is not registered with Keras: the model trains, "
+            "predicts and exports, but its `.keras` file will not load, and "
+            "`kh.profile_likelihood` (which copies the model) cannot run. Decorate it with "
             "`@keras.saving.register_keras_serializable()`.",
+            stacklevel=stacklevel,
+        )
+    elif found is not fn:
+        warnings.warn(
+            f"`{arg}` {_function_name(fn)!r} is registered with Keras under a name that another "
+            f"function holds ({serialized.get('config')!r}, from {_function_name(found)!r} in "
+            f"{getattr(found, '__module__', '?')}): a `.keras` file of this model, and the copies "
+            "`kh.profile_likelihood` makes, would use that other function. Register it under a "
+            "name of its own (`register_keras_serializable(package=..., name=...)`).",
             stacklevel=stacklevel,
         )
 

@@ -114,11 +114,18 @@ def time_resolution_note(t, substeps, max_step, dtype):
     resolution = float(np.spacing(dtype.type(latest)))
     if resolution <= 1e-2 * shortest:
         return None
+    # Shifting helps only when the grid is far from 0 relative to its span.
+    shifted_resolution = float(np.spacing(dtype.type(float(np.max(t) - np.min(t)))))
+    remedy_shift = ("Shift the times to start near 0 (e.g. `times - times[0]`, and the same origin "
+                    "in the equation).")
+    remedy_precision = ("The times already span that range from near 0: compute in float64 "
+                        "(`dtype=\"float64\"` on the layer, or `keras.config.set_floatx(\"float64\")`), "
+                        "or sample less finely.")
     return (
         f"In {dtype.name} a time near {latest:.6g} is resolved only to {resolution:.3g}, "
         f"against solver steps of {shortest:.3g}: an equation or a correction that reads `t` "
-        "sees it rounded by that much (autonomous equations are unaffected). Shift the times "
-        "to start near 0 (e.g. `times - times[0]`, and the same origin in the equation)."
+        "sees it rounded by that much (autonomous equations are unaffected). "
+        + (remedy_shift if shifted_resolution <= 1e-2 * shortest else remedy_precision)
     )
 
 

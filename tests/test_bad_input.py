@@ -12,7 +12,7 @@ import keras
 import keras_hybrid as kh
 
 
-@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+@keras.saving.register_keras_serializable(package="test_bad_input")
 def ohm(current, constants):
     return constants["R"] * current
 

@@ -48,8 +48,9 @@ def test_constant_uncertainty_reads_a_dataset_as_its_arrays():
     assert from_dataset.n == arrays.n == 40
     assert from_dataset.stderr == pytest.approx(arrays.stderr, rel=1e-5)
     assert from_dataset.noise_std == pytest.approx(arrays.noise_std, rel=1e-5)
-    # Without the weights the result differs: the third part was used.
-    unweighted = kh.constant_uncertainty(model, tf.data.Dataset.from_tensor_slices((t, y)).batch(7), None)
+    # Without the weights the result differs: the third part was used
+    # (`y` may be left out with a dataset, as in `fit`).
+    unweighted = kh.constant_uncertainty(model, tf.data.Dataset.from_tensor_slices((t, y)).batch(7))
     assert unweighted.noise_std != pytest.approx(arrays.noise_std, rel=1e-3)
 
 
@@ -68,6 +69,8 @@ def test_dataset_errors_name_the_argument():
         kh.constant_uncertainty(model, scalars, None)
     with pytest.raises(ValueError, match=r"`x` must be arrays with a first axis of samples.*generator"):
         kh.constant_uncertainty(model, (row for row in t), y)
+    with pytest.raises(ValueError, match=r"`y` must be given.*Received: y=None with x of type ndarray"):
+        kh.constant_uncertainty(model, t)
 
 
 def test_profile_likelihood_reads_a_dataset_as_its_arrays():

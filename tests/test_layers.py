@@ -391,3 +391,21 @@ def test_an_unregistered_equation_is_warned_about_and_named_when_copying_fails()
     x = np.linspace(0, 1, 8)[:, None].astype("float32")
     with pytest.raises(TypeError, match=r"cannot be copied .* equations \['unregistered_decay'\]"):
         kh.profile_likelihood(model, "k", [0.5, 1.0, 1.5], x, x, epochs=1)
+
+
+def test_an_equation_whose_registered_name_another_function_took_is_warned_about():
+    @keras.saving.register_keras_serializable(package="test_layers_clash")
+    def clashing_law(t, c):
+        return c["k"] * t
+
+    first = clashing_law
+
+    @keras.saving.register_keras_serializable(package="test_layers_clash")
+    def clashing_law(t, c):  # noqa: F811 (the same registered name on purpose)
+        return 2.0 * c["k"] * t
+
+    with pytest.warns(UserWarning, match=r"another function holds \('(test_layers_clash>)?clashing_law', from .*would use that other function"):
+        ScientificLayer(first, [PhysicalConstant("k", 1.0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ScientificLayer(clashing_law, [PhysicalConstant("k", 1.0)])  # the one Keras finds

@@ -206,6 +206,10 @@ def test_layer_warns_when_its_dtype_cannot_resolve_the_times():
         layer(1e6 + np.arange(10) * 0.05)
     with pytest.warns(UserWarning, match="resolved only to"):
         layer(1e4 + np.arange(10), substeps=100)  # steps of 0.01
+    # From 0 already: shifting cannot help (it used to be the advice).
+    with pytest.warns(UserWarning, match=r"already span that range from near 0: compute in float64") as caught:
+        layer(np.arange(200001) * 0.01, substeps=100)
+    assert "times - times[0]" not in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(np.arange(10) * 0.05)

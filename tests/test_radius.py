@@ -13,7 +13,7 @@ import keras_hybrid as kh
 from keras_hybrid.radius import RadiusPath, choose_radius, fitting
 
 
-@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+@keras.saving.register_keras_serializable(package="test_radius")
 def ohm(current, constants):
     return constants["R"] * current
 

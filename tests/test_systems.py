@@ -278,7 +278,7 @@ def test_algebraic_simulate_design_noise_and_determinism(name):
 
 # -- pendulum seen through rendered frames ------------------------------------
 
-from keras_hybrid.systems import pendulum_images  # noqa: E402
+from keras_hybrid.systems import pendulum, pendulum_images  # noqa: E402
 
 
 def test_rendered_pendulum_puts_the_bob_at_the_known_pixel():
@@ -328,3 +328,10 @@ def test_pendulum_images_rejects_bad_arguments():
         pendulum_images.render(0.0, length=1.2)
     with pytest.raises(ValueError, match="n_steps=1"):
         pendulum_images.simulate(2, n_steps=1)
+    # dt=0 rendered one frame over and over, noise=nan frames of NaN, and
+    # n_steps=2.5 three frames; the trajectories' simulator shares the checks.
+    for simulate in (pendulum_images.simulate, pendulum.simulate):
+        for kwargs, named in ((dict(dt=0.0), "dt=0.0"), (dict(dt=-0.1), "dt=-0.1"),
+                              (dict(noise=float("nan")), "noise=nan"), (dict(n_steps=2.5), "n_steps=2.5")):
+            with pytest.raises(ValueError, match=named):
+                simulate(2, **kwargs)

@@ -32,8 +32,8 @@ ERM) and with SAM perturbing only the network's weights
 (`SAM(rho=0.3, perturb="neural")`), and watch `w0` and the share of the
 dynamics the network carries.
 
-Run with `python tutorials/02_why_sam.py` (about two minutes on two CPU
-cores); `KERAS_HYBRID_FAST=1` runs a short version.
+Run with `python tutorials/02_why_sam.py` (3 min 50 s on two busy CPU
+cores, `tutorials/README.md`); `KERAS_HYBRID_FAST=1` runs a short version.
 """
 
 """

@@ -250,7 +250,7 @@ def _output_scale_warning(output_noise, noise_std):
     )
 
 
-def constant_uncertainty(model, x, y, *, sample_weight=None, level=0.95, network="marginal",
+def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, network="marginal",
                          prior_precision=None, method="auto", batch_size=None, profiles=None,
                          path=None, cg_tol=3e-3, cg_max_iter=500):
     """Standard errors, intervals and identifiability verdicts of the

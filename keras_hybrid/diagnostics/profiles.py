@@ -112,7 +112,7 @@ def _automatic_grid(model, name, count, x, y, sample_weight, level):
 _SAME_VALUE_RTOL = 1e-6
 
 
-def profile_likelihood(model, name, values, x, y, *, epochs, sample_weight=None, level=0.95,
+def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=None, level=0.95,
                        verbose=0, **fit_kwargs):
     """Profile likelihood of one constant: refit everything else with
     `name` held fixed at each of `values`.

@@ -7,7 +7,7 @@ from keras_hybrid.diagnostics.laplace import constant_uncertainty
 from keras_hybrid.diagnostics.residuals import _network_variables
 
 
-def report(model, x, y, *, profiles=None, truth=None, plot=None, **kwargs):
+def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
     """Prints the whole picture: the marginal intervals and verdicts, the
     network-fixed intervals for comparison, and any profiles; optionally
     saves a figure (interval bars and profile curves) to `plot`.

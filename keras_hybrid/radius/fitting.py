@@ -210,7 +210,7 @@ def _scores(model, train, val, batch_size):
 def radius_path(
     build_model,
     x,
-    y,
+    y=None,
     *,
     rhos=None,
     validation_split=0.2,

@@ -10,6 +10,9 @@ The hybrid model knows only the frictionless part `-w0^2 sin(theta)` with
 `w0` unknown; a small network of `(theta, theta')` supplies the rest.
 """
 
+import math
+import numbers
+
 import keras
 import numpy as np
 
@@ -50,8 +53,20 @@ def _initial_states(rng, n):
     return np.stack([rng.uniform(-1.57, 1.57, n), rng.uniform(-1.0, 1.0, n)], -1)
 
 
+def check_sampling(n_steps, dt, noise):
+    """Validates the sampling arguments of the simulators."""
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 2:
+        raise ValueError(f"`n_steps` must be an integer >= 2. Received: n_steps={n_steps!r}")
+    for arg, value, low in (("dt", dt, "> 0"), ("noise", noise, ">= 0")):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
+            value > 0 if arg == "dt" else value >= 0)
+        if not ok:
+            raise ValueError(f"`{arg}` must be a finite number {low}. Received: {arg}={value!r}")
+
+
 def _observe(field, y0, n_steps, dt, noise, rng):
     """Times and noisy float32 observations of `field` integrated from `y0`."""
+    check_sampling(n_steps, dt, noise)
     times = np.arange(n_steps) * dt
     clean = rk4_numpy(field, y0, times)
     observed = clean + noise * rng.standard_normal(clean.shape)

@@ -14,7 +14,7 @@ so `theta = 0` puts the bob straight below the pivot and
 
 import numpy as np
 
-from keras_hybrid.systems.pendulum import _initial_states, damped_vector_field, rk4_numpy
+from keras_hybrid.systems.pendulum import _initial_states, check_sampling, damped_vector_field, rk4_numpy
 
 TRUE_CONSTANTS = {"w0": 1.0, "gamma": 0.2}
 SIZE = 16
@@ -94,10 +94,7 @@ def simulate(n_trajectories=200, n_steps=25, dt=0.1, noise=0.05, size=SIZE, widt
         `(n, n_steps, size, size)` and the noise-free states
         `(theta, theta')` `(n, n_steps, 2)`, all float32.
     """
-    if n_steps < 2:
-        raise ValueError(f"`n_steps` must be >= 2. Received: n_steps={n_steps!r}")
-    if noise < 0:
-        raise ValueError(f"`noise` must be >= 0. Received: noise={noise!r}")
+    check_sampling(n_steps, dt, noise)
     rng = np.random.default_rng(seed)
     y0 = _initial_states(rng, n_trajectories)
     times = np.arange(n_steps) * dt
