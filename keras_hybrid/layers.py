@@ -260,7 +260,8 @@ class ScientificLayer(keras.layers.Layer):
             _serialize_function(equation, "equation")
         else:
             # Pointing at the user's line, past the subclasses' __init__s.
-            inits = sum(1 for c in type(self).__mro__ if issubclass(c, ScientificLayer) and "__init__" in vars(c))
+            inits = sum(1 for c in type(self).__mro__
+                        if issubclass(c, ScientificLayer) and "__init__" in vars(c))
             _warn_if_not_reloadable(equation, _serialize_function(equation, "equation"), "equation",
                                     stacklevel=2 + inits)
         self.equation = equation

@@ -14,6 +14,7 @@ from keras_hybrid._shape_checks import check_loss_shapes
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import _constant_spec, constant_units, is_physical_variable, physical_constants
 from keras_hybrid.looksam import LookSAMState
+from keras_hybrid.ode import is_seed_state
 from keras_hybrid.non_finite import StepRecord, guarded_apply, non_finite_report
 from keras_hybrid.sam import EXCLUDED, NEURAL, PHYSICAL, SAM, all_finite
 
@@ -78,10 +79,6 @@ def _select(condition, if_true, if_false):
     for i, g in zip(present, chosen):
         out[i] = g
     return out
-
-
-def _is_seed_state(variable):
-    return str(variable.path).split("/")[-1] == "seed_generator_state"
 
 
 def _strategy_replicas(model):
@@ -474,7 +471,7 @@ class SAMTrainStep:
                 for v, value, group in zip(variables, values, groups)
             ]
         perturbation = self.sam.perturbation(gradients, values, groups, scales=scales)
-        seed_states = [v for v in self.non_trainable_variables if _is_seed_state(v)]
+        seed_states = [v for v in self.non_trainable_variables if is_seed_state(v)]
         # The perturbed weights are fed through a StatelessScope: the
         # variables are never modified, so there is nothing to restore.
         with tf.GradientTape() as tape:

@@ -389,7 +389,7 @@ def test_an_unregistered_equation_is_warned_about_and_named_when_copying_fails()
     model = HybridModel(inputs, layer(inputs))
     model.compile(optimizer="sgd", loss="mse")
     x = np.linspace(0, 1, 8)[:, None].astype("float32")
-    with pytest.raises(TypeError, match=r"cannot be copied .* equations \['unregistered_decay'\]"):
+    with pytest.raises(TypeError, match=r"cannot be copied .* equations \['[^']*unregistered_decay'\]"):
         kh.profile_likelihood(model, "k", [0.5, 1.0, 1.5], x, x, epochs=1)
 
 

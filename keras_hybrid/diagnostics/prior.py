@@ -115,26 +115,35 @@ def _count_well_determined_weights(res, a_cc, alpha, prior_source, noise_var, rs
         return scale * (product[p_c:] - a_wc @ (project @ product[:p_c]))
 
     moves_with_noise = not prior_source.startswith("from the L2")
-    first_noise_var = noise_var
     nodes, node_weights = [], []
-    gamma = 0.0
     for probe in range(_pkg.LANCZOS_PROBES):
         probe_nodes, probe_weights = un.lanczos_spectrum(matvec, p_w, _pkg.LANCZOS_STEPS, 1, seed=probe)
         nodes.append(probe_nodes)
         node_weights.append(probe_weights)
         spectrum = np.concatenate(nodes), np.concatenate(node_weights) / (probe + 1)
-        noise_var = first_noise_var
-        for _ in range(100):
-            relative_shift = noise_var / first_noise_var if moves_with_noise else 1.0
-            gamma = un.well_determined(*spectrum, relative_shift)
-            new_noise_var = un.noise_variance(rss, n, p_fitted + gamma)
-            if not (math.isfinite(new_noise_var) and new_noise_var > 0):
-                return float("nan"), gamma
-            converged = abs(new_noise_var - noise_var) <= 1e-10 * noise_var
-            noise_var = new_noise_var
-            if converged:
-                break
-        if n >= _FEW_PROBES_MIN_VALUES and noise_var <= first_noise_var * (1 + _pkg.NEGLIGIBLE_NOISE_SHIFT):
+        new_noise_var, gamma = _noise_counting_weights(spectrum, noise_var, moves_with_noise, rss, n,
+                                                       p_fitted)
+        if not math.isfinite(new_noise_var):
+            break
+        if n >= _FEW_PROBES_MIN_VALUES and new_noise_var <= noise_var * (1 + _pkg.NEGLIGIBLE_NOISE_SHIFT):
+            break
+    return new_noise_var, gamma
+
+
+def _noise_counting_weights(spectrum, first_noise_var, moves_with_noise, rss, n, p_fitted):
+    """`(noise_var, gamma)` at the fixed point
+    `sigma^2 = RSS / (n - p_fitted - gamma(sigma^2))`, the spectrum taken at
+    `first_noise_var` (`nan` when no degree of freedom is left)."""
+    noise_var, gamma = first_noise_var, 0.0
+    for _ in range(100):
+        relative_shift = noise_var / first_noise_var if moves_with_noise else 1.0
+        gamma = un.well_determined(*spectrum, relative_shift)
+        new_noise_var = un.noise_variance(rss, n, p_fitted + gamma)
+        if not (math.isfinite(new_noise_var) and new_noise_var > 0):
+            return float("nan"), gamma
+        converged = abs(new_noise_var - noise_var) <= 1e-10 * noise_var
+        noise_var = new_noise_var
+        if converged:
             break
     return noise_var, gamma
 

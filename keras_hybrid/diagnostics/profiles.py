@@ -15,7 +15,7 @@ from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid.diagnostics.residuals import _check_is_model, _checked_data, _Residuals
 from keras_hybrid.diagnostics.results import ProfileLikelihood
-from keras_hybrid.layers import ScientificLayer, _constant_spec, _keyed_constant_variables
+from keras_hybrid.layers import ScientificLayer, _constant_spec, _function_name, _keyed_constant_variables
 
 
 def _owner_layer(model, name):
@@ -55,7 +55,7 @@ def clone_for_refit(model):
         clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     except (TypeError, ValueError) as error:
         equations = sorted({
-            getattr(layer.equation, "__name__", repr(layer.equation))
+            _function_name(layer.equation)
             for layer in model._flatten_layers(include_self=False, recursive=True)
             if isinstance(layer, ScientificLayer)
         })
@@ -133,8 +133,8 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     free fit is the profile's point at the estimate (at a grid value equal
     to it, the better of the refit and the model's own fit; a refit there
     that ends well above the model's fit is warned about: the refits have
-    not converged). The interval is interpolated linearly; an end the profile never crosses is
-    the end of the constant's domain (`-inf` / `inf`, `0` for a positive
+    not converged). The interval is interpolated linearly; an end the
+    profile never crosses is the end of the constant's domain (`-inf` / `inf`, `0` for a positive
     constant, a bound of a `(lo, hi)` constraint). A profile entirely
     below the threshold is "flat".
 
