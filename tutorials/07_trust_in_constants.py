@@ -202,7 +202,7 @@ In the full run (600 epochs, the demo's data) plain training ends at
 network-fixed intervals are a few thousandths wide and exclude the truth
 for both: conditional on the network, and overconfident (the network can
 mimic 99.99 % of `w0`'s effect, so they are about 100 times too narrow).
-With the network integrated out, plain training's `w0` gets [0.08, 3.6]
+With the network integrated out, plain training's `w0` gets [0.078, 3.74]
 ("not identified") and SAM's [0.98, 1.05] (covering 1.0, but "weakly
 identified": the network can imitate 99.99 % of `w0`'s effect, and a
 local interval cannot tell whether the estimate depends on the
