@@ -372,12 +372,15 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
     schedule = _Schedule(t, substeps, max_step, dtype)
     intervals = len(t) - 1
     k = min(k, intervals)
+    # Each random layer draws once per evaluation of `func`: room for all
+    # of an interval's draws before the next interval's seeds.
+    stride = max(SEED_STRIDE, schedule.most * len(tableau.b))
 
     def seeds_of(interval):
         # Random layers (dropout) draw from a seed fixed by the interval:
         # new masks at every interval and call, the same ones when the
         # backward pass integrates the segment again.
-        offset = tf.stack([tf.constant(0, tf.int64), tf.cast(interval, tf.int64) * SEED_STRIDE])
+        offset = tf.stack([tf.constant(0, tf.int64), tf.cast(interval, tf.int64) * stride])
         return [(v, value + tf.cast(offset, value.dtype)) for v, value in zip(seed_states, seed_values)]
 
     def integrate(first, length, y, const_vals, var_vals):
@@ -450,7 +453,8 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
 
 
 #: Seed-counter values reserved per interval for the random layers of a
-#: checkpointed solve (each draw takes one: substeps x stages x layers).
+#: checkpointed solve, at least (a random layer draws once per stage of
+#: every step: more when an interval takes more than that).
 SEED_STRIDE = 4096
 
 
