@@ -109,8 +109,7 @@ def repeated_dataset(x, y=None, *, batch_size=32, shuffle=True, sample_weight=No
     if y is not None:
         parts["y"] = y
     if sample_weight is not None:
-        # One weight per sample, whatever the container.
-        parts["sample_weight"] = np.asarray(sample_weight)
+        parts["sample_weight"] = sample_weight
     arrays = {name: _as_arrays(name, value) for name, value in parts.items()}
     lengths = {name: {int(a.shape[0]) for a in tf.nest.flatten(value)} for name, value in arrays.items()}
     samples = set().union(*lengths.values())

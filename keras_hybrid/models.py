@@ -53,13 +53,21 @@ def _rescale(gradients, factor, divide):
     return [None if g is None else op(g, ops.cast(factor, g.dtype)) for g in gradients]
 
 
+def _multi_replica_context():
+    """The replica context of a strategy with several replicas, or `None`."""
+    context = tf.distribute.get_replica_context()
+    if not tf.distribute.has_strategy() or context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
 def _on_every_replica(flag):
     """A scalar bool that holds on every replica of a strategy (itself
     without one): a SAM step falls back on all replicas or on none, so
     that it is single-device SAM's step on the global batch, or the plain
     one, never a mix of the two."""
-    context = tf.distribute.get_replica_context()
-    if not tf.distribute.has_strategy() or context is None or context.num_replicas_in_sync == 1:
+    context = _multi_replica_context()
+    if context is None:
         return flag
     # The count of replicas where it fails (ReduceOp has no MIN).
     failing = context.all_reduce(tf.distribute.ReduceOp.SUM, ops.cast(ops.logical_not(flag), "float32"))
@@ -377,8 +385,8 @@ class SAMTrainStep:
         record = getattr(self, "_step_record", None)
         if record is None:  # `train_step` called directly
             return
-        context = tf.distribute.get_replica_context()
-        if tf.distribute.has_strategy() and context is not None and context.num_replicas_in_sync > 1:
+        context = _multi_replica_context()
+        if context is not None:
             # The global loss (Keras divided each replica's by their number),
             # so that a NaN on any replica is recorded as such.
             loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
@@ -502,10 +510,8 @@ class SAMTrainStep:
         return perturbed_gradients, ops.logical_not(_on_every_replica(finite))
 
     def _maybe_synchronize(self, gradients, sam):
-        if not tf.distribute.has_strategy() or not sam.synchronized:
-            return gradients
-        context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
+        context = _multi_replica_context()
+        if context is None or not sam.synchronized:
             return gradients
         present = [i for i, g in enumerate(gradients) if g is not None]
         reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])

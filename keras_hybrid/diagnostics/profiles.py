@@ -247,15 +247,14 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     else:
         points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
     lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
+    rss_min = min(rss_free, float(np.nanmin(rss)))
     # Each row's statistic is its own refit's (the interval may have taken
     # the model's fit in place of a worse refit at the estimate).
-    stat = np.where(at_estimate, n * np.log(rss / min(rss_free, float(np.nanmin(point_rss)))),
-                    point_stat[:values.size])
+    stat = n * np.log(rss / rss_min)
     # An end the profile never crosses is the end of the constant's domain.
     domain_lo, domain_hi = _domain(model, name)
     lo, hi = max(lo, domain_lo), min(hi, domain_hi)
     order = np.argsort(values)
-    rss_min = min(rss_free, float(np.nanmin(rss)))
     estimate_statistic = float(n * np.log(rss_free / rss_min)) if rss_min > 0 else 0.0
     warnings = []
     if estimate_statistic > threshold:

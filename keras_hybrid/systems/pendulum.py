@@ -57,11 +57,11 @@ def check_sampling(n_steps, dt, noise):
     """Validates the sampling arguments of the simulators."""
     if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 2:
         raise ValueError(f"`n_steps` must be an integer >= 2. Received: n_steps={n_steps!r}")
-    for arg, value, low in (("dt", dt, "> 0"), ("noise", noise, ">= 0")):
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and (
-            value > 0 if arg == "dt" else value >= 0)
-        if not ok:
-            raise ValueError(f"`{arg}` must be a finite number {low}. Received: {arg}={value!r}")
+    for arg, value, zero_allowed in (("dt", dt, False), ("noise", noise, True)):
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (value == 0 and not zero_allowed):
+            bound = ">= 0" if zero_allowed else "> 0"
+            raise ValueError(f"`{arg}` must be a finite number {bound}. Received: {arg}={value!r}")
 
 
 def _observe(field, y0, n_steps, dt, noise, rng):
