@@ -182,10 +182,10 @@ def _growth(t, y, c):
     return c["k"] * y
 
 
-def _dropout_layer(checkpoint, **kwargs):
+def _dropout_layer(checkpoint, times=np.arange(13) * 0.1, **kwargs):
     correction = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5, seed=1, name="drop"),
                                    keras.layers.Dense(3, kernel_initializer="identity", use_bias=False)])
-    return kh.ODELayer(_growth, [kh.PhysicalConstant("k", 0.1)], times=np.arange(13) * 0.1,
+    return kh.ODELayer(_growth, [kh.PhysicalConstant("k", 0.1)], times=times,
                        correction=correction, checkpoint=checkpoint, **kwargs)
 
 
@@ -240,3 +240,21 @@ def test_random_layers_are_refused_in_adaptive_training():
     layer(y0, training=False)  # no draws: fine
     with pytest.raises(ValueError, match=r"method='dopri5' cannot train a correction with random layers \(\['drop'\]\)"):
         layer(y0, training=True)
+
+
+def test_seed_room_per_interval_grows_with_the_draws_an_interval_takes(monkeypatch):
+    # An interval of 3 rk4 steps draws 12 times, more than the room of
+    # SEED_STRIDE (made 8 here to keep the test small): the next interval
+    # must start past them (or its masks repeat the previous interval's last
+    # ones), and the next call past every interval.
+    from keras_hybrid import ode
+
+    monkeypatch.setattr(ode, "SEED_STRIDE", 8)
+    substeps, stages, intervals = 3, 4, 12
+    layer = _dropout_layer(checkpoint=4, substeps=substeps)
+    y0 = tf.ones((2, 3))
+    layer(y0)
+    state = layer.correction.get_layer("drop").seed_generator.state
+    start = state.numpy().copy()
+    layer(y0, training=True)
+    assert state.numpy()[1] - start[1] >= intervals * substeps * stages
