@@ -1,5 +1,8 @@
 """Benchmark simulators against known physics."""
 
+import inspect
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -335,3 +338,55 @@ def test_pendulum_images_rejects_bad_arguments():
                               (dict(noise=float("nan")), "noise=nan"), (dict(n_steps=2.5), "n_steps=2.5")):
             with pytest.raises(ValueError, match=named):
                 simulate(2, **kwargs)
+
+
+_SIMULATORS = {
+    "pendulum": (pendulum.simulate, "n_trajectories"),
+    "pendulum_episodes": (pendulum.simulate_episodes, "n_episodes"),
+    "pendulum_images": (pendulum_images.simulate, "n_trajectories"),
+    "duffing": (duffing.simulate, "n_trajectories"),
+    "forced_pendulum": (forced_pendulum.simulate, "n_episodes"),
+    "reaction_diffusion": (reaction_diffusion.simulate, "n_trajectories"),
+}
+
+
+@pytest.mark.parametrize("system", sorted(_SIMULATORS))
+def test_every_simulator_refuses_bad_counts_steps_noise_and_seeds(system):
+    # These came back as empty arrays (n_steps=0 with times of shape (0,)
+    # beside observations of n samples), constant trajectories (dt=0,
+    # substeps=0), negative times, NaN data (noise=nan) or NumPy errors
+    # naming no argument (seed=-1, a count of 2.5).
+    simulate, count = _SIMULATORS[system]
+    bad = [({count: 0}, f"{count}=0"), ({count: 2.5}, f"{count}=2.5"), ({count: True}, f"{count}=True"),
+           ({"n_steps": 0}, "n_steps=0"), ({"n_steps": 2.5}, "n_steps=2.5"),
+           ({"dt": 0.0}, "dt=0.0"), ({"dt": -0.1}, "dt=-0.1"), ({"dt": float("inf")}, "dt=inf"),
+           ({"noise": -0.1}, "noise=-0.1"), ({"noise": float("nan")}, "noise=nan"),
+           ({"noise": "0.1"}, "noise='0.1'"), ({"seed": -1}, "seed=-1"), ({"seed": 1.5}, "seed=1.5")]
+    if "substeps" in inspect.signature(simulate).parameters:
+        bad += [({"substeps": 0}, "substeps=0"), ({"substeps": -1}, "substeps=-1")]
+    if "w0" in inspect.signature(simulate).parameters:
+        bad += [({"w0": float("nan")}, "w0=nan"), ({"gamma": float("inf")}, "gamma=inf")]
+    if system in ("duffing", "reaction_diffusion"):
+        name = "alpha" if system == "duffing" else "a"
+        bad += [({name: float("nan")}, f"{name}=nan")]
+    arguments = {count: 2}
+    for kwargs, named in bad:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            simulate(**{**arguments, **kwargs})
+    # The smallest valid sampling still simulates.
+    out = simulate(**arguments, n_steps=2, seed=0)
+    assert out[0].shape == (2,) and np.all(np.isfinite(out[1]))
+
+
+def test_algebraic_simulator_refuses_bad_arguments():
+    name = sorted(algebraic.TASKS)[0]
+    for call, named in ((lambda: algebraic.simulate(name, noise=-0.1), "noise=-0.1"),
+                        (lambda: algebraic.simulate(name, noise=float("nan")), "noise=nan"),
+                        (lambda: algebraic.simulate(name, n=0), "n=0"),
+                        (lambda: algebraic.simulate(name, n=True), "n=True"),
+                        (lambda: algebraic.simulate(name, seed=-1), "seed=-1"),
+                        (lambda: algebraic.design("nope"), "name='nope'"),
+                        (lambda: algebraic.uniform_inputs("nope", 3, 0), "name='nope'"),
+                        (lambda: algebraic.uniform_inputs(name, 0, 0), "n=0")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            call()

@@ -31,6 +31,8 @@ constants they estimate are in `TASKS[name]["true"]`.
 import keras
 import numpy as np
 
+from keras_hybrid.systems._checks import check_count, check_number, check_seed
+
 GAS_CONSTANT = 8.314462618e-3  # kJ / (mol K)
 
 
@@ -88,11 +90,17 @@ TASKS = {
 }
 
 
+def _spec(name):
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"`name` must be one of {sorted(TASKS)}. Received: name={name!r}")
+    return TASKS[name]
+
+
 def design(name, n=None):
     """The task's observed `x` values `(n, 1)`, float32 (fixed design)."""
-    spec = TASKS[name]
+    spec = _spec(name)
     lo, hi = spec["range"]
-    n = spec["n"] if n is None else n
+    n = spec["n"] if n is None else check_count("n", n, minimum=2)
     grid = np.geomspace(lo, hi, n) if spec["spacing"] == "log" else np.linspace(lo, hi, n)
     return grid[:, None].astype("float32")
 
@@ -112,11 +120,10 @@ def simulate(name, n=None, seed=0, x=None, noise=None):
     Returns:
         `(x, y)`, both `(m, 1)` float32.
     """
-    if name not in TASKS:
-        raise ValueError(f"`name` must be one of {sorted(TASKS)}. Received: name={name!r}")
-    spec = TASKS[name]
+    spec = _spec(name)
     x = design(name, n) if x is None else np.asarray(x, "float32").reshape(-1, 1)
-    noise = spec["noise"] if noise is None else noise
+    noise = spec["noise"] if noise is None else check_number("noise", noise, minimum=0)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     y = spec["truth"](x.astype("float64")) + noise * rng.standard_normal(x.shape)
     return x, y.astype("float32")
@@ -125,8 +132,10 @@ def simulate(name, n=None, seed=0, x=None, noise=None):
 def uniform_inputs(name, n, seed):
     """`n` values of `x` drawn uniformly (log-uniformly for a log design)
     over the task's range, `(n, 1)` float32."""
-    spec = TASKS[name]
+    spec = _spec(name)
     lo, hi = spec["range"]
+    check_count("n", n)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     if spec["spacing"] == "log":
         x = np.exp(rng.uniform(np.log(lo), np.log(hi), n))

@@ -27,6 +27,7 @@ Two physics parts are defined for the same simulator:
 import keras
 import numpy as np
 
+from keras_hybrid.systems._checks import check_constants, check_count, check_sampling, check_seed
 from keras_hybrid.systems.pendulum import rk4_numpy
 
 TRUE_CONSTANTS = {"alpha": 1.0, "delta": 0.2, "beta": 1.0, "gamma": 0.5, "Omega": 1.2}
@@ -66,6 +67,11 @@ def simulate(n_trajectories=200, n_steps=50, dt=0.1, noise=0.01, seed=0, substep
     if unknown:
         raise ValueError(f"Unknown Duffing constants {unknown}. Valid: {sorted(TRUE_CONSTANTS)}")
     values = {**TRUE_CONSTANTS, **constants}
+    check_count("n_trajectories", n_trajectories)
+    check_sampling(n_steps, dt, noise)
+    check_count("substeps", substeps)
+    check_constants(values)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     times = np.arange(n_steps) * dt
     y0 = rng.uniform(-1.0, 1.0, (n_trajectories, 2))

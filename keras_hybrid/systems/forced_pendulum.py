@@ -21,6 +21,7 @@ Reference:
 import keras
 import numpy as np
 
+from keras_hybrid.systems._checks import check_count, check_sampling, check_seed
 from keras_hybrid.systems.pendulum import rk4_numpy
 
 RANGES = {
@@ -67,6 +68,10 @@ def simulate(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, seed=0, substeps=4
         episodes `(n, n_steps, 2)` (float32) and a dict of per-episode
         constants (`theta0`, `w0`, `gamma`, `f`, `A`), each `(n,)`.
     """
+    check_count("n_episodes", n_episodes)
+    check_sampling(n_steps, dt, noise)
+    check_count("substeps", substeps)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     constants = sample_constants(n_episodes, rng)
     times = np.arange(n_steps) * dt

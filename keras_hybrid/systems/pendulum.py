@@ -10,15 +10,18 @@ The hybrid model knows only the frictionless part `-w0^2 sin(theta)` with
 `w0` unknown; a small network of `(theta, theta')` supplies the rest.
 """
 
-import math
-import numbers
-
 import keras
 import numpy as np
 
 from keras_hybrid.constants import PhysicalConstant
 from keras_hybrid.layers import ODELayer
 from keras_hybrid.models import HybridModel
+from keras_hybrid.systems._checks import (
+    check_constants,
+    check_count,
+    check_sampling,
+    check_seed,
+)
 
 TRUE_CONSTANTS = {"w0": 1.0, "gamma": 0.2}
 
@@ -53,17 +56,6 @@ def _initial_states(rng, n):
     return np.stack([rng.uniform(-1.57, 1.57, n), rng.uniform(-1.0, 1.0, n)], -1)
 
 
-def check_sampling(n_steps, dt, noise):
-    """Validates the sampling arguments of the simulators."""
-    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 2:
-        raise ValueError(f"`n_steps` must be an integer >= 2. Received: n_steps={n_steps!r}")
-    for arg, value, zero_allowed in (("dt", dt, False), ("noise", noise, True)):
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-        if not number or value < 0 or (value == 0 and not zero_allowed):
-            bound = ">= 0" if zero_allowed else "> 0"
-            raise ValueError(f"`{arg}` must be a finite number {bound}. Received: {arg}={value!r}")
-
-
 def _observe(field, y0, n_steps, dt, noise, rng):
     """Times and noisy float32 observations of `field` integrated from `y0`."""
     check_sampling(n_steps, dt, noise)
@@ -93,6 +85,9 @@ def simulate(n_trajectories=200, n_steps=50, dt=0.05, noise=0.01, w0=1.0, gamma=
         `(times, y0, observations)`: times `(n_steps,)`, noisy initial
         states `(n, 2)` and noisy trajectories `(n, n_steps, 2)`, float32.
     """
+    check_count("n_trajectories", n_trajectories)
+    check_constants({"w0": w0, "gamma": gamma})
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     y0 = _initial_states(rng, n_trajectories)
     times, observed = _observe(damped_vector_field(w0, gamma), y0, n_steps, dt, noise, rng)
@@ -124,8 +119,11 @@ def simulate_episodes(n_episodes=200, n_steps=50, dt=0.05, noise=0.01, w0_range=
         `(times, observations, w0)`: times `(n_steps,)`, noisy episodes
         `(n, n_steps, 2)` (float32) and the true `w0` of each episode `(n,)`.
     """
+    check_count("n_episodes", n_episodes)
+    check_constants({"gamma": gamma})
+    check_seed(seed)
     lo, hi = w0_range
-    if not 0 < lo < hi:
+    if not 0 < lo < hi or not np.isfinite(hi):
         raise ValueError(f"`w0_range` must be (lo, hi) with 0 < lo < hi. Received: w0_range={w0_range!r}")
     rng = np.random.default_rng(seed)
     w0 = rng.uniform(lo, hi, n_episodes)

@@ -14,7 +14,8 @@ so `theta = 0` puts the bob straight below the pivot and
 
 import numpy as np
 
-from keras_hybrid.systems.pendulum import _initial_states, check_sampling, damped_vector_field, rk4_numpy
+from keras_hybrid.systems._checks import check_constants, check_count, check_sampling, check_seed
+from keras_hybrid.systems.pendulum import _initial_states, damped_vector_field, rk4_numpy
 
 TRUE_CONSTANTS = {"w0": 1.0, "gamma": 0.2}
 SIZE = 16
@@ -94,7 +95,10 @@ def simulate(n_trajectories=200, n_steps=25, dt=0.1, noise=0.05, size=SIZE, widt
         `(n, n_steps, size, size)` and the noise-free states
         `(theta, theta')` `(n, n_steps, 2)`, all float32.
     """
+    check_count("n_trajectories", n_trajectories)
     check_sampling(n_steps, dt, noise)
+    check_constants({"w0": w0, "gamma": gamma})
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     y0 = _initial_states(rng, n_trajectories)
     times = np.arange(n_steps) * dt

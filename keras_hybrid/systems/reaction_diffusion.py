@@ -26,6 +26,7 @@ Reference:
 import keras
 import numpy as np
 
+from keras_hybrid.systems._checks import check_constants, check_count, check_sampling, check_seed
 from keras_hybrid.systems.pendulum import rk4_numpy
 
 GRID = 32
@@ -92,6 +93,11 @@ def simulate(n_trajectories=16, n_steps=16, dt=0.1, noise=0.0, seed=0, substeps=
     if unknown:
         raise ValueError(f"Unknown constants {unknown}. Valid: {sorted(TRUE_CONSTANTS)}")
     values = {**TRUE_CONSTANTS, **constants}
+    check_count("n_trajectories", n_trajectories)
+    check_sampling(n_steps, dt, noise)
+    check_count("substeps", substeps)
+    check_constants(values)
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     times = np.arange(n_steps) * dt
     y0 = rng.uniform(0.0, 1.0, (n_trajectories, GRID * GRID * 2))
