@@ -124,6 +124,18 @@ def _output_names(model):
     return list(getattr(inner, "output_names", None) or []), inner
 
 
+def outputs_keyed_like(model, y, y_pred):
+    """`y_pred` in the structure of `y` where Keras pairs them by name: for
+    targets given as a dict and outputs as a list, the outputs keyed by
+    `model.output_names` (flattening both would pair them in sorted-key
+    order against list order). Otherwise `y_pred` as it is."""
+    if isinstance(y, dict) and isinstance(y_pred, (list, tuple)):
+        names, _ = _output_names(model)
+        if len(names) == len(y_pred) and set(names) == set(y):
+            return dict(zip(names, y_pred))
+    return y_pred
+
+
 def _describe_output(model, index):
     names, inner = _output_names(model)
     if index >= len(names):
@@ -149,6 +161,9 @@ def check_loss_shapes(model, y, y_pred):
     if y is None:
         return
     losses = getattr(model, "loss", None)
+    keyed = outputs_keyed_like(model, y, y_pred)
+    if keyed is not y_pred:  # targets keyed by output name: in the outputs' order
+        y = [y[name] for name in keyed]
     targets, predictions = keras.tree.flatten(y), keras.tree.flatten(y_pred)
     if len(targets) != len(predictions):
         return

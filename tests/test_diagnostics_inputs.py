@@ -151,6 +151,25 @@ def test_profile_interval_spans_a_set_that_is_not_one_interval():
     assert lo_nan == pytest.approx(0.2 - 0.15 * cut / math.sqrt(10.0))
 
 
+def test_profile_likelihood_warns_of_refits_still_improving():
+    # Refits stopped while their loss still fell clearly put the profile
+    # too high and the interval too narrow, silently (a refit at the
+    # estimate that starts converged does not reveal it).
+    t, y = _data()
+    model = _model()
+    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
+    lo, hi = kh.constant_uncertainty(model, t, y).intervals["k"]
+    k = model.physical_constants()["k"]
+    grid = [k - 1.3 * (k - lo), k, k + 1.3 * (hi - k)]
+    converged = kh.profile_likelihood(model, "k", grid, t, y, epochs=20, batch_size=40)
+    assert not converged.warnings
+    model.compile(optimizer=keras.optimizers.SGD(0.005), loss="mse")
+    with pytest.warns(UserWarning, match=r"still improving at their last epoch: at k = 0.678"):
+        slow = kh.profile_likelihood(model, "k", grid, t, y, epochs=20, batch_size=40)
+    assert slow.statistic[0] > converged.statistic[0] + 3.0
+    assert slow.interval[1] - slow.interval[0] < converged.interval[1] - converged.interval[0]
+
+
 @keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
 def wave(t, k):
     return k["A"] * keras.ops.cos(k["k"] * t)
@@ -268,6 +287,36 @@ def test_weights_per_output_of_a_dict_model():
     assert set(as_dict.output_noise_std) == {"conc", "temp"}
     with pytest.raises(ValueError, match=r"`sample_weight` given per output must have the structure of `y`"):
         kh.constant_uncertainty(split, t, {"conc": y[:, :1], "temp": y[:, 1:]}, sample_weight=[w["conc"]])
+
+
+def test_dict_targets_of_a_list_output_model_pair_by_output_name():
+    # Keras pairs dict targets with a list of outputs by name; flattening
+    # both paired them in sorted-key order (conc, temp) against the list's
+    # order (temp, conc): each prediction met the other output's targets.
+    t, y, model = _two_outputs()
+    inputs = keras.Input((1,))
+    both = model(inputs)
+    temp = keras.layers.Identity(name="temp")(both[:, 1:])
+    conc = keras.layers.Identity(name="conc")(both[:, :1])
+    listed = kh.HybridModel(inputs, [temp, conc], sam=None)
+    w = [np.full(len(t), 0.25, "float32"), np.full(len(t), 1e4, "float32")]
+    by_list = kh.constant_uncertainty(listed, t, [y[:, 1:], y[:, :1]], sample_weight=w)
+    by_name = kh.constant_uncertainty(listed, t, {"conc": y[:, :1], "temp": y[:, 1:]},
+                                      sample_weight={"conc": w[1], "temp": w[0]})
+    assert by_name.stderr == pytest.approx(by_list.stderr, rel=1e-4)
+    assert by_name.output_noise_std["conc"] == pytest.approx(by_list.output_noise_std["y[1]"], rel=1e-4)
+    with pytest.raises(ValueError, match=r"keyed by the model's output names.*\['temp', 'conc'\]"
+                                         r".*keys \['a', 'b'\]"):
+        kh.constant_uncertainty(listed, t, {"a": y[:, :1], "b": y[:, 1:]})
+    with pytest.raises(ValueError, match=r"one target array per output .* 2 output\(s\).* 1 array"):
+        kh.constant_uncertainty(listed, t, y[:, :1])
+    with pytest.raises(ValueError, match=r"one target array per output .* 3 array"):
+        kh.constant_uncertainty(listed, t, [y[:, :1]] * 3)
+    # Outputs of different shapes: `fit`'s shape check compared the
+    # sorted targets with the listed outputs and refused a valid fit.
+    shaped = kh.HybridModel(inputs, [keras.layers.Identity(name="state")(both), conc], sam=None)
+    shaped.compile(optimizer="adam", loss="mse")
+    shaped.fit(t, {"conc": y[:, :1], "state": y}, epochs=1, verbose=0)
 
 
 def test_a_loss_other_than_the_squared_error_is_named():

@@ -18,6 +18,12 @@ def ohm(current, constants):
     return constants["R"] * current
 
 
+@keras.saving.register_keras_serializable(package="test_radius")
+def ohm_any_name(current, constants):
+    (resistance,) = constants.values()
+    return resistance * current
+
+
 # -- the pure rule ------------------------------------------------------------
 
 
@@ -640,6 +646,43 @@ def test_radius_path_rejects_bad_input():
         kh.radius_path(ignores_sam, x, y[:8], epochs=1)
     with pytest.raises(ValueError, match=r"`validation_data\[0\]` and `validation_data\[1\]`.*: 4, .*: 3"):
         kh.radius_path(ignores_sam, x, y, validation_data=(x[:4], y[:3]), epochs=1)
+    # A NaN target made every fit's loss NaN: the path chose no radius and
+    # blamed diverged fits.
+    bad = y.copy()
+    bad[4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`y` contains 1 non-finite .* y\[4, 0\]=nan"):
+        kh.radius_path(ignores_sam, x, bad, epochs=1)
+    with pytest.raises(ValueError, match=r"`validation_data\[1\]` contains 1 non-finite"):
+        kh.radius_path(ignores_sam, x, y, validation_data=(x[:5], bad[:5]), epochs=1)
+    with pytest.raises(ValueError, match=r"`x` contains 1 non-finite"):
+        kh.radius_path(ignores_sam, np.where(bad > 0, x, np.inf), y, epochs=1)
+
+
+def test_radius_path_compares_one_model_across_radii():
+    # A builder whose constants change with the radius failed with a
+    # KeyError after every fit had run; it is refused at the first model
+    # that differs. A network that changes size is warned about.
+    x, y = _data(n=12)
+    calls = []
+
+    def build(sam, name="R", hidden=8):
+        calls.append(sam)
+        current = keras.Input((1,))
+        physics = kh.ScientificLayer(ohm_any_name, [kh.PhysicalConstant(name, 2.0, constraint="positive")],
+                                     name="law")(current)
+        net = keras.layers.Dense(1)(keras.layers.Dense(hidden, activation="tanh")(current))
+        model = kh.HybridModel(current, keras.layers.Add()([physics, net]), sam=sam)
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    renamed = lambda sam: build(sam, name="R" if sam is None else "R2")  # noqa: E731
+    with pytest.raises(ValueError, match=r"same physical constants .* \['R'\] at rho=0.0 and "
+                                         r"\['R2'\] at rho=0.1"):
+        kh.radius_path(renamed, x, y, rhos=[0.0, 0.1, 0.3], validation_split=0.5, epochs=1)
+    assert len(calls) == 2
+    wider = lambda sam: build(sam, hidden=8 if sam is None else 16)  # noqa: E731
+    with pytest.warns(UserWarning, match=r"network of 49 weights at rho=0.1 but 25 at rho=0.0"):
+        kh.radius_path(wider, x, y, rhos=[0.0, 0.1], validation_split=0.5, epochs=1)
 
 
 def test_path_warns_of_an_eligible_radius_worse_on_most_points():
@@ -731,6 +774,15 @@ def test_per_sample_losses_of_a_model_with_several_outputs():
     assert 0.0 < _net_share(model, x, 12) < 1.0
     path = kh.radius_path(build, x, targets, rhos=[0.0, 0.1], epochs=2, batch_size=12, physics_only=False)
     assert all(len(row["val_losses"]) == 2 for row in path.rows)
+
+    # Dict targets for a list of outputs pair by output name, as in Keras.
+    inputs = keras.Input((1,))
+    listed = kh.HybridModel(inputs, [keras.layers.Dense(1, name="b")(inputs),
+                                     keras.layers.Dense(1, name="a")(inputs)], sam=None)
+    listed.compile(optimizer="adam", loss=["mae", "mse"])
+    per_sample = _per_sample_losses(listed, x, targets, 12)
+    loss = listed.evaluate(x, targets, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(per_sample.mean(), loss, rtol=1e-5)
 
 
 def test_a_path_whose_fits_all_diverge_says_so():

@@ -107,9 +107,32 @@ def _automatic_grid(model, name, count, x, y, sample_weight, level):
     return np.array([float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r)))) for r in grid])
 
 
+# A refit above the threshold whose statistic would still fall by more
+# than this fraction of the threshold is warned about.
+_UNCONVERGED_FALL = 0.25
+
 # A grid value this close to the estimate is the estimate: the constant
 # is stored in float32 (about 6e-8 apart), the grid in float64.
 _SAME_VALUE_RTOL = 1e-6
+
+
+def _projected_fall(epoch_losses, n):
+    """How much `n log loss` would still fall over as many epochs again,
+    at the rate of the last half of a refit's epochs: the least-squares
+    slope of `log loss` there, counted only where it is clearly negative
+    (more than 3 standard errors, so that minibatch noise around a
+    converged loss counts as flat). 0 with fewer than 4 epochs to tell."""
+    losses = np.asarray(epoch_losses, "float64")
+    half = losses[len(losses) // 2:]
+    if len(losses) < 4 or not np.all(np.isfinite(half)) or np.any(half <= 0):
+        return 0.0
+    steps, logs = np.arange(half.size, dtype="float64"), np.log(half)
+    slope, intercept = np.polyfit(steps, logs, 1)
+    spread = logs - (slope * steps + intercept)
+    stderr = math.sqrt(float(spread @ spread) / max(half.size - 2, 1) / float(np.sum((steps - steps.mean()) ** 2)))
+    if slope >= -3.0 * stderr:
+        return 0.0
+    return float(-slope * losses.size * n)
 
 
 def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=None, level=0.95,
@@ -133,7 +156,9 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     free fit is the profile's point at the estimate (at a grid value equal
     to it, the better of the refit and the model's own fit; a refit there
     that ends well above the model's fit is warned about: the refits have
-    not converged). The interval is interpolated linearly; an end the
+    not converged; so is a refit whose loss was still falling clearly at
+    its last epoch, at a value where the profile is above the threshold:
+    `_projected_fall`). The interval is interpolated linearly; an end the
     profile never crosses is the end of the constant's domain (`-inf` / `inf`, `0` for a positive
     constant, a bound of a `(lo, hi)` constraint). A profile entirely
     below the threshold is "flat".
@@ -217,6 +242,7 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     first = int(order[0])
     rss = np.full(values.size, np.nan)
     losses = np.full(values.size, np.nan)
+    still_falling = np.zeros(values.size)
     sorted_idx = np.argsort(values)
     pos = int(np.where(sorted_idx == first)[0][0])
     walks = [sorted_idx[pos:], sorted_idx[:pos][::-1]]
@@ -230,30 +256,36 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
                     hist = clone.fit(x, y, sample_weight=sample_weight, epochs=epochs,
                                      verbose=verbose, **fit_kwargs)
                     losses[i] = hist.history["loss"][-1]
+                    still_falling[i] = _projected_fall(hist.history["loss"], n)
                 rss[i], _ = rss_of(clone)
     # The free fit is the profile's point at the estimate: with it, an
     # interval narrower than the grid's spacing is still bracketed. A grid
     # value equal to the estimate (to float32 precision, where the
     # constant is stored) has two fits there, the refit and the model's
     # own: the profile takes the better one.
-    points, point_rss = values, rss
     at_estimate = np.isclose(values, estimate, rtol=_SAME_VALUE_RTOL, atol=0.0)
+    domain_lo, domain_hi = _domain(model, name)
+
+    def interval_of(rss):
+        """`(lo, hi, points, their statistics)` of a profile of grid RSS `rss`."""
+        if np.any(at_estimate):
+            points, point_rss = values, np.where(at_estimate, np.fmin(rss, rss_free), rss)
+        else:
+            points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
+        lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
+        # An end the profile never crosses is the end of the constant's domain.
+        return max(lo, domain_lo), min(hi, domain_hi), points, point_stat
+
     unreturned = None
     if np.any(at_estimate):
         i = int(np.flatnonzero(at_estimate)[0])
         if rss[i] > 0 and rss_free > 0 and n * np.log(rss[i] / rss_free) > threshold:
             unreturned = (float(values[i]), float(rss[i]))
-        point_rss = np.where(at_estimate, np.fmin(rss, rss_free), rss)
-    else:
-        points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
-    lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
+    lo, hi, points, point_stat = interval_of(rss)
     rss_min = min(rss_free, float(np.nanmin(rss)))
     # Each row's statistic is its own refit's (the interval may have taken
     # the model's fit in place of a worse refit at the estimate).
     stat = n * np.log(rss / rss_min)
-    # An end the profile never crosses is the end of the constant's domain.
-    domain_lo, domain_hi = _domain(model, name)
-    lo, hi = max(lo, domain_lo), min(hi, domain_hi)
     order = np.argsort(values)
     estimate_statistic = float(n * np.log(rss_free / rss_min)) if rss_min > 0 else 0.0
     warnings = []
@@ -276,6 +308,18 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
             "back to the fit they start from, so the other values' RSS are too high and the "
             "interval too narrow. Give more `epochs`, or a smaller learning rate (a fresh "
             "optimizer's first steps can throw a fitted model off)."
+        )
+        _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
+    # Refits still improving where the profile is above the threshold: their
+    # statistic is too high, the interval too narrow.
+    unconverged = np.flatnonzero((stat > threshold) & (still_falling > _UNCONVERGED_FALL * threshold))
+    if unconverged.size:
+        shown = ", ".join(f"{values[i]:.5g} (statistic {stat[i]:.3g}, falling by about "
+                          f"{still_falling[i]:.2g})" for i in unconverged[:3])
+        warnings.append(
+            f"the refits were still improving at their last epoch: at {name} = {shown} over "
+            "as many epochs again, at the rate of their second half. These statistics are "
+            "too high and the interval may be too narrow. Give more `epochs`."
         )
         _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
     gaps = un.profile_gaps(points, point_stat, threshold)

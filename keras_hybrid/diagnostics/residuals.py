@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_hybrid._dataset_input import as_sample_arrays
+from keras_hybrid._shape_checks import _output_names, outputs_keyed_like
 from keras_hybrid.layers import _keyed_constant_variables, is_physical_variable
 
 
@@ -63,9 +64,8 @@ def _checked_data(model, x, y):
                 "`kh.common_time_grid` does so for trajectories observed at their own times)."
             )
     first = model(_slice(x, 0, 1), training=False)
-    outputs, targets = tf.nest.flatten(first), tf.nest.flatten(y)
-    if len(outputs) != len(targets):
-        return x, y
+    _check_targets_match_outputs(model, y, first)
+    outputs, targets = tf.nest.flatten(outputs_keyed_like(model, y, first)), tf.nest.flatten(y)
     aligned = []
     for i, (out, target) in enumerate(zip(outputs, targets)):
         want = tuple(out.shape[1:])
@@ -83,6 +83,25 @@ def _checked_data(model, x, y):
                 f"Received: {label} of shape {np.shape(target)}"
             )
     return x, tf.nest.pack_sequence_as(y, aligned)
+
+
+def _check_targets_match_outputs(model, y, outputs):
+    """Raises unless `y` holds a target per output: as many arrays, and for
+    a dict the outputs' names (Keras pairs dict targets by name)."""
+    names = sorted(outputs) if isinstance(outputs, dict) else _output_names(model)[0]
+    count = len(tf.nest.flatten(outputs))
+    described = f"{count} output(s)" + (f" {names}" if len(names) == count else "")
+    if isinstance(y, dict) and count > 1 and set(y) != set(names):
+        raise ValueError(
+            f"`y` given as a dict must be keyed by the model's output names: the model has "
+            f"{described}. Received: y with keys {sorted(map(str, y))}"
+        )
+    if len(tf.nest.flatten(y)) != count:
+        raise ValueError(
+            f"`y` must hold one target array per output of the model, which has {described}. "
+            f"Received: y with {len(tf.nest.flatten(y))} array(s) of shapes "
+            f"{[tuple(np.shape(a)) for a in tf.nest.flatten(y)]}"
+        )
 
 
 def _first_dim(data):
@@ -211,7 +230,7 @@ class _Residuals:
     def residual(self, params, x, y, w):
         mapping = list(zip(self.variables, params))
         with keras.StatelessScope(state_mapping=mapping):
-            pred = self.model(x, training=False)
+            pred = outputs_keyed_like(self.model, y, self.model(x, training=False))
         parts = [
             tf.reshape(tf.sqrt(tf.cast(wi, self.dtype)) * (tf.cast(p, self.dtype) - tf.cast(yi, self.dtype)),
                        [-1])
@@ -229,7 +248,7 @@ class _Residuals:
         parts = [[] for _ in tf.nest.flatten(self.y)]
         for x, _, _ in self.chunks():
             with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
-                pred = self.model(x, training=False)
+                pred = outputs_keyed_like(self.model, self.y, self.model(x, training=False))
             for leaf, p in zip(parts, tf.nest.flatten(pred)):
                 leaf.append(np.asarray(p))
         return [np.concatenate(leaf, 0) for leaf in parts]

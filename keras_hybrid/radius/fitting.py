@@ -5,6 +5,7 @@ validation losses that the selection rules test.
 
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ import tensorflow as tf
 from keras_hybrid import radius as _pkg
 from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays, check_same_samples
 from keras_hybrid._logging import quiet_retracing
+from keras_hybrid._shape_checks import outputs_keyed_like
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.radius.result import RadiusPath
 from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test, check_radii
@@ -53,6 +55,20 @@ def _split(x, y, sample_weight, validation_split, split_seed):
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return tuple(_take(a, train) for a in (x, y, sample_weight)), tuple(
         _take(a, val) for a in (x, y, sample_weight))
+
+
+def _check_finite(named_data):
+    """Raises for NaN or infinite inputs or targets, which every fit would
+    otherwise report as a diverged loss (and the path choose no radius)."""
+    from keras_hybrid.non_finite import non_finite_report
+
+    for name, data in named_data.items():
+        report = non_finite_report(name, tf.nest.map_structure(np.asarray, data))
+        if report is not None:
+            raise ValueError(
+                f"{report} Every fit's loss would be NaN: drop those samples, or replace "
+                "those values by any finite value and give their samples weight 0."
+            )
 
 
 def _neural_variables(model):
@@ -101,7 +117,7 @@ def _per_sample_losses(model, x, y, batch_size, sample_weight=None):
         w = None if sample_weight is None else np.asarray(sample_weight, "float64")
         y_pred = model.predict(x, batch_size=batch_size, verbose=0)
         total = None
-        for index, (key, target, pred) in enumerate(_output_pairs(y, y_pred)):
+        for index, (key, target, pred) in enumerate(_output_pairs(y, outputs_keyed_like(model, y, y_pred))):
             loss = keras.losses.get(_by_output(model.loss, key, index, None))
             if loss is None:
                 return None
@@ -151,7 +167,10 @@ def _net_share(model, x, batch_size):
     return float(np.linalg.norm(full - physics) / max(np.linalg.norm(full), 1e-30))
 
 
-def _build(build_model, sam):
+def _build(build_model, sam, first_build):
+    """`build_model(sam)`, checked; `first_build` (a dict, filled by the
+    first call) holds the first model's constants and network size, which
+    every later model must share: the path compares radii, not models."""
     model = build_model(sam)
     if not isinstance(model, keras.Model):
         raise TypeError(
@@ -170,12 +189,35 @@ def _build(build_model, sam):
             f"Received a model whose sam is {getattr(model, 'sam', 'missing')!r} "
             f"for sam={sam!r}"
         )
+    _check_same_model(model, sam, first_build)
     return model
 
 
-def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs):
+def _check_same_model(model, sam, first_build):
+    rho = 0.0 if sam is None else sam.rho
+    names = sorted(physical_constants(model))
+    size = int(sum(np.prod(v.shape) for v in _neural_variables(model)))
+    if not first_build:
+        first_build.update(names=names, size=size, rho=rho)
+        return
+    if names != first_build["names"]:
+        raise ValueError(
+            "`build_model(sam)` must build models with the same physical constants at every "
+            f"radius (the path compares each constant across radii). Received: "
+            f"{first_build['names']} at rho={first_build['rho']} and {names} at rho={rho}"
+        )
+    if size != first_build["size"]:
+        warnings.warn(
+            f"`build_model(sam)` built a network of {size} weights at rho={rho} but "
+            f"{first_build['size']} at rho={first_build['rho']}: the path then compares "
+            "architectures as well as radii.",
+            stacklevel=5,
+        )
+
+
+def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs, first_build):
     keras.utils.set_random_seed(seed)
-    model = _build(build_model, sam)
+    model = _build(build_model, sam, first_build)
     model.fit(train[0], train[1], sample_weight=train[2], epochs=epochs, batch_size=batch_size,
               **fit_kwargs)
     row = {"rho": rho, "seed": seed, **_scores(model, train, val, batch_size),
@@ -186,9 +228,9 @@ def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kw
     return model, row
 
 
-def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwargs):
+def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwargs, first_build):
     keras.utils.set_random_seed(seed)
-    model = _build(build_model, None)
+    model = _build(build_model, None, first_build)
     for v in _neural_variables(model):
         v.assign(keras.ops.zeros(v.shape, v.dtype))
         v.trainable = False
@@ -374,6 +416,7 @@ def radius_path(
     _check_paired_test(paired_test)
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
     check_same_samples({"x": x, "y": y})
+    _check_finite({"x": x, "y": y})
     if isinstance(validation_data, tf.data.Dataset):
         validation_data = arrays_from_dataset(validation_data, None, None, "validation_data")
     if sample_weight is not None:
@@ -392,6 +435,7 @@ def radius_path(
             )
         train, val = (x, y, sample_weight), (tuple(validation_data) + (None,))[:3]
         check_same_samples({"validation_data[0]": val[0], "validation_data[1]": val[1]})
+        _check_finite({"validation_data[0]": val[0], "validation_data[1]": val[1]})
         n_val = _num_samples(val[0], "validation_data")
         if n_val < MIN_VALIDATION_SAMPLES:
             raise ValueError(
@@ -404,7 +448,7 @@ def radius_path(
     fit_kwargs.setdefault("verbose", 0)
 
     config = template.get_config()
-    rows, best_models, units = [], {}, {}
+    rows, best_models, units, first_build = [], {}, {}, {}
     # One model per radius: TensorFlow's retracing count adds them up.
     with quiet_retracing():
         for rho in rhos:
@@ -412,7 +456,7 @@ def radius_path(
             best_val = math.inf
             for seed in seeds:
                 model, row = _fit_row(build_model, sam_at, rho, seed, train, val, epochs,
-                                      batch_size, fit_kwargs)
+                                      batch_size, fit_kwargs, first_build)
                 rows.append(row)
                 if not units:
                     units = constant_units(model)
@@ -422,6 +466,6 @@ def radius_path(
         reference = None
         if physics_only:
             reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
-                                          fit_kwargs)
+                                          fit_kwargs, first_build)
     return RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
                       noise_level, rule=rule, level=level, margin=margin, paired_test=paired_test)
