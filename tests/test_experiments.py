@@ -84,11 +84,28 @@ def test_cli_rejects_options_and_outputs_it_could_not_honour_before_running(tmp_
         (["arrhenius", "--json", str(tmp_path)], "`--json` must name a file"),
         (["arrhenius", "--json", out, "--export", str(kept)], "holds no SavedModel"),
         (["arrhenius", "--json", out, "--export", ""], "`--export` must not be empty"),
+        # A traceback after the runs: a folder named like a file, a path
+        # under a file, a report the export would delete, and a number of
+        # steps the algebraic tasks cannot pack into epochs.
+        (["arrhenius", "--json", out + "/"], "`--json` must name a file"),
+        (["arrhenius", "--json", str(kept / "notes.txt" / "x.json")], "a folder where files can be created"),
+        (["arrhenius", "--json", str(tmp_path / "served" / "r.json"), "--export", str(tmp_path / "served")],
+         "must not be inside the `--export` folder"),
+        (["arrhenius", "--json", out, "--export", out], "must not be inside the `--export` folder"),
+        (["arrhenius", "--json", out, "--epochs", "50"], "a multiple of 100. Received: epochs=50"),
+        # Validation seeds are the training seed + 1000: seed 9000's would
+        # be the test set's.
+        (["pendulum", "--json", out, "--first-seed", "1000"], "`first_seed + seeds` must be at most 1000"),
     ):
         with pytest.raises(SystemExit):
             experiments.main(argv + ["--methods", "erm", "--quick", "--seeds", "1"])
         assert message in capsys.readouterr().err, argv
     assert not os.path.exists(out) and os.listdir(kept) == ["notes.txt"]
+    assert not (tmp_path / "served").exists()
+    # A method named twice ran twice and was averaged as two seeds.
+    with pytest.raises(SystemExit):
+        experiments.main(["arrhenius", "--methods", "erm, erm,l2 ", "--json", out])
+    assert "name each method once" in capsys.readouterr().err
 
 
 def test_run_experiment_rejects_numbers_out_of_range():
@@ -237,6 +254,8 @@ def test_algebraic_cli_reports_constants_error_and_mse(tmp_path):
         expected = np.mean([(est["Vmax"] - 1.0) ** 2, (est["Km"] - 0.3) ** 2])
         np.testing.assert_allclose(row["param_mse"], expected, rtol=1e-5)
     assert physics["net_share"] == 0.0 and minnorm["net_share"] > 0.0
+    # Each run says how many of its steps were taken as labelled.
+    assert minnorm["steps"] == 100 and minnorm["skipped_steps"] == 0 and "sam_fallbacks" not in minnorm
     with pytest.raises(ValueError, match="standardize"):
         experiments.run_experiment("pendulum", ["erm"], 1, quick=True, standardize=True)
 
@@ -489,3 +508,45 @@ def test_the_json_report_is_written_whole_or_not_at_all(tmp_path):
         write_json(str(path), {"sweep": [1, 2], "model": object()})
     assert json.loads(path.read_text()) == {"sweep": [], "complete": False}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    # The report gets a new file's usual permissions (the temporary file's
+    # were private to the user, and replaced those of an earlier report).
+    mask = os.umask(0o022)
+    try:
+        path.chmod(0o644)
+        write_json(str(path), {"sweep": []})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_table_notes_runs_that_skipped_steps_or_fell_back_from_sam():
+    from keras_hybrid.experiments.tables import format_table
+
+    row = dict(param_error=0.1, param_rel_error=0.1, param_mse=0.01, test_mse=0.2, val_mse=0.2,
+               net_share=0.5, seconds=1.0, hyperparameter={"rho": 1e30}, steps=400)
+    report = {"results": [dict(row, method="sam", seed=0, sam_fallbacks=400, skipped_steps=0),
+                          dict(row, method="erm", seed=0, hyperparameter={}, skipped_steps=0)],
+              "not_applicable": ["minnorm"], "config": {}}
+    table = format_table(report)
+    assert "note: sam: 400 of 400 steps took the plain gradient" in table
+    assert "note: erm" not in table and "minnorm       n/a (not defined for this system)" in table
+
+
+def test_report_cli_names_bad_files_and_methods(tmp_path, capsys):
+    from keras_hybrid.experiments import report as report_cli
+
+    row = dict(param_error=0.1, param_rel_error=0.1, param_mse=0.01, test_mse=0.2, val_mse=0.2,
+               net_share=0.5, seconds=1.0, hyperparameter={}, seed=0)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"system": "pendulum", "config": {"architecture": "nonadditive"},
+                                "results": [dict(row, method="erm"), dict(row, method="l2")],
+                                "not_applicable": ["minnorm"]}))
+    report_cli.main(["--methods", "erm, l2,minnorm", str(path)])
+    out = capsys.readouterr().out
+    assert "| erm | l2 | minnorm |" in out and "| n/a |" in out and "| - |" not in out
+    for argv, message in ((["--methods", "erm,bogus", str(path)], "`--methods` must name methods"),
+                          ([str(tmp_path)], "cannot read the report"),
+                          ([str(tmp_path / "missing.json")], "cannot read the report")):
+        with pytest.raises(SystemExit):
+            report_cli.main(argv)
+        assert message in capsys.readouterr().err

@@ -59,7 +59,7 @@ from keras_hybrid.experiments.algebraic import (  # noqa: E402
     MichaelisMentenTask,
 )
 from keras_hybrid.experiments.cli import main  # noqa: E402
-from keras_hybrid.experiments.report import format_sweep, format_table, markdown_tables  # noqa: E402
+from keras_hybrid.experiments.tables import format_sweep, format_table, markdown_tables  # noqa: E402
 from keras_hybrid.experiments.runner import SYSTEMS, run_experiment, run_one  # noqa: E402
 from keras_hybrid.experiments.tasks import (  # noqa: E402
     ArchitectureTask,

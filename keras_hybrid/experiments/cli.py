@@ -8,7 +8,7 @@ import tempfile
 import time
 
 from keras_hybrid.experiments import methods as methods_lib
-from keras_hybrid.experiments.report import format_sweep, format_table
+from keras_hybrid.experiments.tables import format_sweep, format_table
 from keras_hybrid.experiments.runner import (
     SYSTEMS,
     check_run_numbers,
@@ -21,28 +21,58 @@ from keras_hybrid.experiments.tasks import ARCHITECTURES
 def write_json(path, data):
     """Writes `data` as JSON to `path` whole or not at all: into a temporary
     file next to it, moved over `path` once complete, so that an interrupted
-    run (or a value JSON cannot hold) never leaves a half-written report."""
+    run (or a value JSON cannot hold) never leaves a half-written report.
+    The file gets the permissions a newly created file would (the
+    temporary file's are private to the user)."""
     handle, partial = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
                                        dir=os.path.dirname(os.path.abspath(path)))
     try:
         with os.fdopen(handle, "w") as f:
             json.dump(data, f, indent=1)
+        os.chmod(partial, 0o666 & ~_umask())
         os.replace(partial, path)
     except BaseException:
         os.unlink(partial)
         raise
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_output_paths(json_path, export_path=None):
     """Raises before a run when its results could not be written at the
-    end: `--json` naming a directory, or `--export` naming something an
-    export may not replace (see `export_saved_model`)."""
+    end: `--json` naming a directory, a path under a file, or a folder
+    where no file can be created; `--export` naming something an export
+    may not replace (see `export_saved_model`), or the folder holding
+    `--json` (the export replaces it). Creates the folder of `--json`."""
     from keras_hybrid.export import _check_path, _check_target
 
-    if not json_path or os.path.isdir(json_path):
+    if not json_path or os.path.isdir(json_path) or json_path.endswith(("/", os.sep)):
         raise ValueError(f"`--json` must name a file. Received: --json {json_path!r}")
     if export_path is not None:
         _check_target(_check_path(export_path, "--export"), overwrite=True)
+        export = os.path.abspath(export_path)
+        report = os.path.abspath(json_path)
+        if report == export or report.startswith(export.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                "`--json` must not be inside the `--export` folder, which the export replaces. "
+                f"Received: --json {json_path!r}, --export {export_path!r}"
+            )
+    directory = os.path.dirname(os.path.abspath(json_path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # The report is written as a temporary file moved into place: try one.
+        handle, probe = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(
+            f"`--json` must name a file in a folder where files can be created. Received: "
+            f"--json {json_path!r} ({error.strerror or error}: {directory!r})"
+        ) from None
 
 
 def main(argv=None):
@@ -55,7 +85,8 @@ def main(argv=None):
                         help="comma-separated subset of " + ",".join(methods_lib.METHODS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small configuration (minutes), no sweep")
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (on the algebraic tasks: full-batch steps, a multiple of 100)")
     parser.add_argument("--sweep", dest="sweep", action="store_true", default=None,
                         help="sweep hyperparameters (default unless --quick)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false")
@@ -80,7 +111,7 @@ def main(argv=None):
         check_run_numbers(seeds=args.seeds, epochs=args.epochs, tolerance=args.tolerance,
                           first_seed=args.first_seed, value=args.value)
         check_run_options(args.system, standardize=args.standardize,
-                          architecture=args.architecture)
+                          architecture=args.architecture, epochs=args.epochs)
         if args.threads < 0:
             # TensorFlow aborts the process on a negative thread count.
             raise ValueError(f"`threads` must be >= 0. Received: threads={args.threads}")
@@ -92,9 +123,6 @@ def main(argv=None):
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-
-    directory = os.path.dirname(os.path.abspath(args.json))
-    os.makedirs(directory, exist_ok=True)
 
     def write(report, complete):
         report = {k: v for k, v in report.items()}

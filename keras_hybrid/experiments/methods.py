@@ -40,6 +40,11 @@ def check_methods(names):
             f"`--methods` must be a comma-separated subset of {list(METHODS)}. "
             f"Received: {','.join(names)!r}"
         )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        # A method run twice would be averaged as if over more seeds.
+        raise ValueError(f"`--methods` must name each method once. Received: {','.join(names)!r}, "
+                         f"with {repeated} repeated")
     return names
 
 

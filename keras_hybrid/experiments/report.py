@@ -1,133 +1,44 @@
-"""Text and Markdown tables of an experiments report."""
+"""Command line of the cross-task table: one row per experiments report
+(task), one column per method.
 
-import numpy as np
+```
+python -m keras_hybrid.experiments.report [--metric M] [--methods A,B] REPORT.json ...
+```
+"""
 
-from keras_hybrid.experiments import methods as methods_lib
+import argparse
+import json
 
-METRICS = ("param_error", "param_rel_error", "param_mse", "test_mse", "val_mse", "net_share", "seconds")
-
-
-def _method_summaries(report):
-    """`(method, hyperparameter text, {metric: (mean, std)})` per method,
-    in the order the methods ran (`sam-auto`: the radii it chose)."""
-    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
-    for method in methods:
-        rows = [r for r in report["results"] if r["method"] == method]
-        stats = {k: methods_lib.mean_std([r.get(k, np.nan) for r in rows]) for k in METRICS}
-        if method == "sam-auto":
-            hyper = "rho=" + "/".join(f"{r['hyperparameter'].get('rho', 0):g}" for r in rows)
-        else:
-            hyper = ", ".join(f"{k}={v:g}" for k, v in rows[0]["hyperparameter"].items()) or "-"
-        yield method, hyper, stats
-
-
-def format_table(report):
-    """Mean ± std over seeds, one row per method."""
-    lines = [
-        f"{'method':<13} {'hyper':<15} {'param_error':>21} {'rel_error':>17} {'param_mse':>21} "
-        f"{'test_mse':>21} {'net_share':>15} {'time[s]':>8}"
-    ]
-    for method, hyper, stats in _method_summaries(report):
-        lines.append(
-            f"{method:<13} {hyper:<15} "
-            f"{stats['param_error'][0]:>10.3e}±{stats['param_error'][1]:<10.2e} "
-            f"{stats['param_rel_error'][0]:>8.4f}±{stats['param_rel_error'][1]:<8.4f} "
-            f"{stats['param_mse'][0]:>10.3e}±{stats['param_mse'][1]:<10.2e} "
-            f"{stats['test_mse'][0]:>10.3e}±{stats['test_mse'][1]:<10.2e} "
-            f"{stats['net_share'][0]:>7.3f}±{stats['net_share'][1]:<7.3f} "
-            f"{stats['seconds'][0]:>8.1f}"
-        )
-    for method in report.get("not_applicable", []):
-        lines.append(f"{method:<13} n/a (not defined for this architecture)")
-    return "\n".join(lines)
-
-
-def format_sweep(report):
-    lines = [f"{'method':<13} {'value':>8} {'val_mse':>10} {'test_mse':>10} {'param_err':>10} "
-             f"{'rel_err':>8} {'net_share':>9}  chosen"]
-    for row in report["sweep"]:
-        mark = ("tolerance" if row["selected"] else "") + (" argmin" if row["argmin"] else "")
-        lines.append(
-            f"{row['method']:<13} {row['value']:>8g} {row['val_mse']:>10.3e} {row['test_mse']:>10.3e} "
-            f"{row['param_error']:>10.3e} {row['param_rel_error']:>8.4f} {row['net_share']:>9.3f}  {mark.strip()}"
-        )
-    return "\n".join(lines)
-
-
-def markdown_tables(report):
-    """Markdown tables (sweep and mean ± std per method) of a report."""
-    out = []
-    if report.get("sweep"):
-        out.append("| method | value | val MSE | test MSE | param. error | rel. error | net share | chosen |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        for row in report["sweep"]:
-            mark = ", ".join(m for m, flag in (("rule", row.get("selected")), ("argmin", row.get("argmin"))) if flag)
-            out.append(
-                f"| {row['method']} | {row['value']:g} | {row['val_mse']:.3e} | {row['test_mse']:.3e} | "
-                f"{row['param_error']:.3e} | {row['param_rel_error']:.4f} | {row['net_share']:.3f} | {mark} |"
-            )
-        out.append("")
-    out.append("| method | hyperparameter | param. error | rel. error | param. MSE | val MSE | test MSE | "
-               "net share | s/run |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
-    for method, hyper, s in _method_summaries(report):
-        out.append(
-            f"| {method} | {hyper} | {s['param_error'][0]:.3e} ± {s['param_error'][1]:.1e} | "
-            f"{s['param_rel_error'][0]:.4f} ± {s['param_rel_error'][1]:.4f} | "
-            f"{s['param_mse'][0]:.3e} ± {s['param_mse'][1]:.1e} | "
-            f"{s['val_mse'][0]:.3e} ± {s['val_mse'][1]:.1e} | "
-            f"{s['test_mse'][0]:.3e} ± {s['test_mse'][1]:.1e} | "
-            f"{s['net_share'][0]:.3f} ± {s['net_share'][1]:.3f} | {s['seconds'][0]:.0f} |"
-        )
-    for method in report.get("not_applicable", []):
-        out.append(f"| {method} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | - |")
-    return "\n".join(out)
-
-
-def cross_task_table(reports, metric="param_rel_error", methods=None):
-    """Markdown table, one row per report (task), one column per method:
-    mean ± std over seeds of `metric`; the best mean of a row in bold,
-    and `=` marking methods within one standard deviation of it."""
-    methods = methods or list(dict.fromkeys(r["method"] for rep in reports for r in rep["results"]))
-    out = ["| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for rep in reports:
-        stats = {m: s[metric] for m, _, s in _method_summaries(rep)}
-        label = rep["system"] + (f" ({rep['config']['architecture']})" if rep["config"].get("architecture") else "")
-        finite = {m: v for m, v in stats.items() if np.isfinite(v[0])}
-        best = min(finite, key=lambda m: finite[m][0]) if finite else None
-        cells = []
-        for m in methods:
-            if m in rep.get("not_applicable", []):
-                cells.append("n/a")
-            elif m not in stats:
-                cells.append("-")
-            else:
-                mean, std = stats[m]
-                text = f"{mean:.3g} ± {std:.2g}"
-                if m == best:
-                    text = f"**{text}**"
-                elif best is not None and mean - std <= finite[best][0] + finite[best][1]:
-                    text += " ="
-                cells.append(text)
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
+from keras_hybrid.experiments.tables import METRICS, cross_task_table
 
 
 def main(argv=None):
-    """`python -m keras_hybrid.experiments.report [--metric M] REPORT.json ...`"""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description="Cross-task table of experiments reports.")
+    parser = argparse.ArgumentParser(prog="python -m keras_hybrid.experiments.report",
+                                     description="Cross-task table of experiments reports.")
     parser.add_argument("--metric", default="param_rel_error", choices=METRICS)
     parser.add_argument("--methods", default=None, help="comma-separated column order")
-    parser.add_argument("files", nargs="+")
+    parser.add_argument("files", nargs="+", help="JSON reports of `python -m keras_hybrid.experiments`")
     args = parser.parse_args(argv)
     reports = []
     for name in args.files:
-        with open(name) as f:
-            reports.append(json.load(f))
-    methods = args.methods.split(",") if args.methods else None
+        try:
+            with open(name) as f:
+                report = json.load(f)
+        except (OSError, ValueError) as error:
+            parser.error(f"cannot read the report {name!r}: {error}")
+        if not isinstance(report, dict) or not isinstance(report.get("results"), list):
+            parser.error(f"{name!r} is not a report of `python -m keras_hybrid.experiments` "
+                         "(no list of results)")
+        reports.append(report)
+    methods = None
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        present = {r["method"] for rep in reports for r in rep["results"]}
+        present |= {m for rep in reports for m in rep.get("not_applicable", [])}
+        missing = [m for m in methods if m not in present]
+        if not methods or missing:
+            parser.error(f"`--methods` must name methods of these reports, {sorted(present)}. "
+                         f"Received: --methods {args.methods!r}")
     print(cross_task_table(reports, args.metric, methods))
 
 

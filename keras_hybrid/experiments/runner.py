@@ -1,5 +1,6 @@
 """Training runs, hyperparameter selection, and the sweep protocol."""
 
+import math
 import time
 
 import keras
@@ -16,6 +17,8 @@ from keras_hybrid.experiments.tasks import (
     PendulumImagesTask,
     PendulumTask,
     ReactionDiffusionTask,
+    TEST_SEED,
+    VAL_SEED_OFFSET,
 )
 
 SYSTEMS = {
@@ -83,9 +86,17 @@ def run_one(task, cfg, data, method, value, seed, epochs=None):
     _compile(model, cfg)
     x, y, n_epochs, shuffle = _fit_arrays(cfg, data, epochs or cfg["epochs"])
     start = time.perf_counter()
-    model.fit(x, y, batch_size=cfg["batch_size"], epochs=n_epochs, shuffle=shuffle, verbose=0)
+    history = model.fit(x, y, batch_size=cfg["batch_size"], epochs=n_epochs, shuffle=shuffle,
+                        verbose=0).history
     seconds = time.perf_counter() - start
-    return _finish_result(task, cfg, data, method, value, seed, model, part, seconds), model
+    result = _finish_result(task, cfg, data, method, value, seed, model, part, seconds)
+    # Steps the non-finite policy skipped, or where SAM fell back to the
+    # plain gradient: a run made mostly of them did not train as labelled.
+    for key in ("skipped_steps", "sam_fallbacks"):
+        if key in history:
+            result[key] = int(sum(history[key]))
+    result["steps"] = int(n_epochs * math.ceil(len(x) / cfg["batch_size"]))
+    return result, model
 
 
 def run_auto(task, cfg, data, seed, epochs=None):
@@ -144,11 +155,18 @@ def _is_integer(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def check_run_options(system, standardize=False, architecture=None):
+def check_run_options(system, standardize=False, architecture=None, epochs=None):
     """Raises a `ValueError` when `standardize` or `architecture` is given
-    for a system that does not have it (before anything runs)."""
+    for a system that does not have it, or `epochs` is not a multiple of
+    the steps a system packs into one epoch (before anything runs)."""
     if system not in SYSTEMS:
         raise ValueError(f"`system` must be one of {sorted(SYSTEMS)}. Received: system={system!r}")
+    repeat = int(SYSTEMS[system]().config(True).get("repeat", 1))
+    if epochs is not None and _is_integer(epochs) and epochs % repeat:
+        raise ValueError(
+            f"`epochs` on {system} counts full-batch steps, run {repeat} per epoch: it must be a "
+            f"multiple of {repeat}. Received: epochs={epochs}"
+        )
     if standardize and system not in ALGEBRAIC_SYSTEMS:
         raise ValueError(
             f"`standardize` is available on the algebraic tasks {sorted(ALGEBRAIC_SYSTEMS)} only. "
@@ -172,6 +190,15 @@ def check_run_numbers(seeds=1, epochs=None, tolerance=0.25, first_seed=0, value=
         raise ValueError(f"`epochs` must be None or an integer >= 1. Received: epochs={epochs!r}")
     if not _is_integer(first_seed) or first_seed < 0:
         raise ValueError(f"`first_seed` must be an integer >= 0. Received: first_seed={first_seed!r}")
+    if first_seed + seeds > VAL_SEED_OFFSET:
+        # The validation data of seed s are drawn with seed s + VAL_SEED_OFFSET
+        # (and 2 * VAL_SEED_OFFSET), the test data with TEST_SEED.
+        raise ValueError(
+            f"`first_seed + seeds` must be at most {VAL_SEED_OFFSET}: a run's validation data "
+            f"are drawn with seeds from {VAL_SEED_OFFSET} up and its test data with seed "
+            f"{TEST_SEED}, which a training seed must not repeat. Received: "
+            f"first_seed={first_seed}, seeds={seeds}"
+        )
     numbers = {"tolerance": tolerance} if value is None else {"tolerance": tolerance, "value": value}
     for name, number in numbers.items():
         if isinstance(number, bool) or not isinstance(number, (int, float, np.number)) or not (
@@ -230,7 +257,7 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
         if not isinstance(jit_compile, bool):
             raise ValueError(f"`jit_compile` must be True, False or None. Received: jit_compile={jit_compile!r}")
         cfg["jit"] = jit_compile
-    check_run_options(system, standardize=standardize, architecture=architecture)
+    check_run_options(system, standardize=standardize, architecture=architecture, epochs=epochs)
     if standardize:
         cfg["standardize"] = True
     if architecture is not None:
@@ -269,6 +296,8 @@ def run_experiment(system, methods, seeds, quick=False, epochs=None, sweep=None,
             continue
         if method == "sam-auto":
             # Chosen per seed by `radius_path` from that seed's data.
+            if value_fixed is not None:
+                log(f"  sam-auto: value={value_fixed:g} not used (the radius is chosen per seed)")
             hyper, value = None, None
             selection[method] = "radius_path per seed"
         elif hyper is not None and value_fixed is not None:
