@@ -280,13 +280,19 @@ class ScientificLayer(keras.layers.Layer):
             self._add_constant(spec)
 
     def _add_constant(self, spec):
+        # Created trainable and frozen afterwards: a constant keeps its place
+        # in `weights` whether it was frozen at construction or later
+        # (Keras lists the variables created non-trainable last, so a copy
+        # rebuilt from the config would receive `get_weights()` in another
+        # order), and it can be freed again.
         variable = self.add_weight(
             name=spec.name,
             shape=(),
             initializer=keras.initializers.Constant(spec.raw_initial_value()),
-            trainable=spec.trainable,
+            trainable=True,
             dtype="float32",
         )
+        variable.trainable = spec.trainable
         _register(variable, spec)
         self._raw[spec.name] = variable
 
@@ -370,15 +376,14 @@ class ScientificLayer(keras.layers.Layer):
         """Freezes (`trainable=False`) or frees constant `name`.
 
         The flag is part of the layer's config, so a frozen constant stays
-        frozen after saving and loading. Only a constant created trainable
-        can be freed again (TensorFlow does not differentiate a variable
-        created non-trainable): freeze, refit, free. The next `fit` of a
-        `HybridModel`, `SAMModel` or `MultipleShooting` trains the new set
-        of variables (a plain `keras.Model` needs `compile` again). The
-        optimizer stays the one built before: recompile (a fresh optimizer)
-        after freeing a constant that was frozen when it was built, and
-        before saving a model whose optimizer state should resume (a loaded
-        optimizer is built for the trainable variables at load time).
+        frozen after saving and loading, and can be freed there too:
+        freeze, refit, free. The next `fit` of a `HybridModel`, `SAMModel`
+        or `MultipleShooting` trains the new set of variables (a plain
+        `keras.Model` needs `compile` again). The optimizer stays the one
+        built before: recompile (a fresh optimizer) after freeing a
+        constant that was frozen when it was built, and before saving a
+        model whose optimizer state should resume (a loaded optimizer is
+        built for the trainable variables at load time).
 
         Args:
             name: the constant's name.
@@ -387,13 +392,6 @@ class ScientificLayer(keras.layers.Layer):
         variable = self._constant_variable(name)
         if not isinstance(trainable, bool):
             raise TypeError(f"`trainable` must be a bool. Received: trainable={trainable!r}")
-        if trainable and not getattr(variable.value, "trainable", True):
-            raise ValueError(
-                f"Constant '{name}' of layer '{self.name}' was created frozen, and TensorFlow "
-                "does not compute gradients for a variable created non-trainable. Rebuild the "
-                "layer with the constant trainable (e.g. from its config) and load the weights. "
-                f"Received: trainable={trainable!r}"
-            )
         old = _constant_spec(variable)
         spec = PhysicalConstant.from_config({**old.get_config(), "trainable": trainable})
         self.constant_specs = [spec if c is old else c for c in self.constant_specs]
