@@ -63,12 +63,16 @@ def _global_seed_is_set():
     return None if getter is None else getter() is not None
 
 
-def one_iterator_fit_arguments(given):
+def one_iterator_fit_arguments(given, steps_per_execution=1):
     """The arguments of `fit` with arrays replaced by a repeated pipeline.
 
     Args:
         given: all of `keras.Model.fit`'s arguments by name, defaults
             included (a bound signature with `apply_defaults()`).
+        steps_per_execution: the model's compiled `steps_per_execution`.
+            On a repeated pipeline Keras runs whole executions, so an epoch
+            whose batches it does not divide would take extra steps (from
+            the next epoch's batches); such a `fit` gets the arrays.
 
     Returns:
         A new dict of keyword arguments for `fit`, or `None` where `fit`
@@ -100,6 +104,8 @@ def one_iterator_fit_arguments(given):
     adapter = array_data_adapter.ArrayDataAdapter(
         x, y, sample_weight=sample_weight, shuffle=given["shuffle"], batch_size=given["batch_size"]
     )
+    if adapter.num_batches % max(int(steps_per_execution or 1), 1):
+        return None
     dataset = adapter.get_tf_dataset()
     if seeded or not given["shuffle"]:
         # Every epoch is the first one again (see the module docstring).

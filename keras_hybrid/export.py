@@ -67,10 +67,13 @@ def _input_structure(model):
         structure = _functional_core(model).input
     except (AttributeError, ValueError):
         return None
-    if isinstance(structure, dict) or (
-            isinstance(structure, (list, tuple)) and any(isinstance(s, (list, tuple, dict)) for s in structure)):
-        return structure
-    return None
+    return structure if _is_nested(structure) else None
+
+
+def _is_nested(structure):
+    """A dict, or a list holding a dict or list (not a flat list of specs)."""
+    return isinstance(structure, dict) or (
+        isinstance(structure, (list, tuple)) and any(isinstance(s, (list, tuple, dict)) for s in structure))
 
 
 def _input_signature(model, input_signature):
@@ -300,6 +303,26 @@ def _remove_created(created):
             return
 
 
+_PATTERN_CHARACTERS = "*?["
+
+
+def _check_no_bdf(model):
+    """Raises for `ODELayer`s with `method="bdf"`: TFP's BDF solver cannot
+    be traced for a batch of unknown size, which a SavedModel's
+    signatures need."""
+    from keras_hybrid.layers import ODELayer
+
+    stiff = [layer.name for layer in model._flatten_layers(include_self=False)
+             if isinstance(layer, ODELayer) and layer.method == "bdf"]
+    if stiff:
+        raise ValueError(
+            f"`model` has ODE layers solved with method='bdf' ({stiff}), which cannot be "
+            "exported: TFP's BDF solver cannot be traced for a batch of unknown size. Export "
+            "a copy solved with another method, e.g. `kh.with_times(model, layer.times, "
+            "method='dopri5')` (checking that its trajectories match)."
+        )
+
+
 def export_saved_model(model, path, overwrite=False, *, input_signature=None):
     """Writes `model` as a TensorFlow SavedModel for serving.
 
@@ -339,9 +362,13 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
         path: target directory.
         overwrite: bool, replace an existing SavedModel (or empty
             directory) at `path`. Defaults to `False`.
-        input_signature: list of `tf.TensorSpec` for the `serve`
-            signature; needed only when the model has no `inputs` (a
-            subclassed model). Defaults to `None` (the model's inputs).
+        input_signature: `tf.TensorSpec`s for the `serve` signature: a
+            list of them (the model's inputs), or a dict or nested
+            structure of them for a model called on one (e.g. a
+            `MultipleShooting` with per-call constants), as a dict or as
+            Keras's `[dict]`. Needed only when the model has no `inputs`
+            (a subclassed model) or for a fixed batch size. Defaults to
+            `None` (the model's inputs).
 
     Returns:
         The absolute path of the SavedModel directory.
@@ -360,6 +387,13 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras model. Received: model={model!r}")
     path = _check_path(path)
+    if any(c in path for c in _PATTERN_CHARACTERS):
+        # TensorFlow finds the variables of a SavedModel by file pattern.
+        raise ValueError(
+            "`path` must not contain the characters '*', '?' or '[': TensorFlow reads a "
+            "SavedModel's variables by file pattern, so it could not load this export back. "
+            f"Received: path={path!r}"
+        )
     if not isinstance(overwrite, (bool, np.bool_)):
         raise TypeError(f"`overwrite` must be a bool. Received: overwrite={overwrite!r}")
     if not model.built:
@@ -367,6 +401,7 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
             f"`model` must be built before export (call it on data, or `model.build`). "
             f"Received: model={model.name!r}, which is not built"
         )
+    _check_no_bdf(model)
     _recover(path)
     _check_target(path, overwrite)
     specs = _input_signature(model, input_signature)
@@ -377,12 +412,20 @@ def export_saved_model(model, path, overwrite=False, *, input_signature=None):
 
     # The signature's inputs are the model's flat `inputs`, in Keras's
     # flattening order; a model built on a dict (or nested) structure of
-    # inputs is called with that structure again.
-    structure = None if input_signature is not None else _input_structure(model)
+    # inputs is called with that structure again, and so is one given a
+    # nested `input_signature` (a dict, or Keras's list of the call's one
+    # argument, `[{...}]`).
+    if input_signature is None:
+        structure = _input_structure(model)
+    else:
+        structure = input_signature if _is_nested(input_signature) else None
 
     def serve(*inputs):
         if structure is not None:
-            return model(keras.tree.pack_sequence_as(structure, list(inputs)), training=False)
+            packed = tf.nest.pack_sequence_as(structure, list(inputs))
+            if isinstance(packed, (list, tuple)) and len(packed) == 1:
+                packed = packed[0]
+            return model(packed, training=False)
         return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
 
     def constants():

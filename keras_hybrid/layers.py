@@ -395,8 +395,25 @@ class ScientificLayer(keras.layers.Layer):
         old = _constant_spec(variable)
         spec = PhysicalConstant.from_config({**old.get_config(), "trainable": trainable})
         self.constant_specs = [spec if c is old else c for c in self.constant_specs]
+        # A fitted initial state's specs (`ODELayer`), which its config lists.
+        for specs in (self._initial_state_specs, getattr(self, "initial_state", None) or []):
+            specs[:] = [spec if c is old else c for c in specs]
         _register(variable, spec)
         variable.trainable = trainable
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        # Keras sets every variable created trainable to `value`: a
+        # constant frozen by its own flag stays frozen when its layer (or
+        # a model around it) is frozen and thawed.
+        keras.layers.Layer.trainable.fset(self, value)
+        for spec in self._all_specs() if hasattr(self, "_raw") else ():
+            if not spec.trainable:
+                self._raw[spec.name].trainable = False
 
     def physical_constants(self):
         """Current physical values as a dict `name -> float`."""

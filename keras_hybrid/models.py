@@ -142,8 +142,9 @@ class SAMTrainStep:
         """The `SAM` settings of the training step (`None`: plain steps).
 
         `SAM` objects are read-only; assign new settings to change them
-        (`model.sam = SAM(rho=0.1)`): they are validated, and the next `fit`
-        traces a new training step.
+        (`model.sam = SAM(rho=0.1)`): they are validated, and the next step
+        is traced anew, also when a callback assigns them during `fit`
+        (e.g. a radius schedule at `on_epoch_begin`).
         """
         return getattr(self, "_sam", None)
 
@@ -153,7 +154,10 @@ class SAMTrainStep:
         changed = value != getattr(self, "_sam", None)
         self._sam = value
         if changed and getattr(self, "train_function", None) is not None:
-            self.train_function = None
+            # A callback may change the settings during `fit`, which calls
+            # the model's train function again at every step: make the new
+            # one now (traced at its first call).
+            self.make_train_function(force=True)
         if changed:
             object.__setattr__(self, "_looksam", None)
 
@@ -252,7 +256,8 @@ class SAMTrainStep:
         if policy != "skip":
             self._check_fit_arrays(policy, arguments)
         self._forget_steps_traced_for_other_ranks(arguments)
-        arguments = one_iterator_fit_arguments(arguments) or arguments
+        arguments = one_iterator_fit_arguments(
+            arguments, getattr(self, "steps_per_execution", 1)) or arguments
         callbacks = arguments["callbacks"]
         # A ready-made CallbackList is left as it is.
         if not isinstance(callbacks, keras.callbacks.CallbackList):
@@ -421,6 +426,8 @@ class SAMTrainStep:
             return self._plain_train_step(data)
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        seed_states = [v for v in self.non_trainable_variables if is_seed_state(v)]
+        seeds_before = [tf.identity(v.value) for v in seed_states]
 
         # Pass 1, at w: the step's loss, metrics and state updates.
         with tf.GradientTape() as tape:
@@ -439,7 +446,7 @@ class SAMTrainStep:
 
         def full_sam_step():
             perturbed, fallback = self._perturbed_gradients(
-                x, y, sample_weight, variables, gradients, loss_scale
+                x, y, sample_weight, variables, gradients, loss_scale, seed_states, seeds_before
             )
             # Fallback: this replica's own plain gradient (the optimizer
             # all-reduces what is applied).
@@ -466,9 +473,12 @@ class SAMTrainStep:
             for v in variables
         ]
 
-    def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale):
+    def _perturbed_gradients(self, x, y, sample_weight, variables, gradients, loss_scale,
+                             seed_states, seeds_before):
         """Gradient of the loss at `w + e` (pass 2), unscaled, and a scalar
-        bool: the pass was not finite (the caller then falls back)."""
+        bool: the pass was not finite (the caller then falls back).
+        `seed_states` are the random generators' states, `seeds_before`
+        their values before pass 1."""
         groups = self._sam_groups(variables)
         values = [v.value for v in variables]
         scales = None
@@ -479,7 +489,6 @@ class SAMTrainStep:
                 for v, value, group in zip(variables, values, groups)
             ]
         perturbation = self.sam.perturbation(gradients, values, groups, scales=scales)
-        seed_states = [v for v in self.non_trainable_variables if is_seed_state(v)]
         # The perturbed weights are fed through a StatelessScope: the
         # variables are never modified, so there is nothing to restore.
         with tf.GradientTape() as tape:
@@ -492,15 +501,17 @@ class SAMTrainStep:
                     tape.watch(perturbed)
                     mapping.append((variable, perturbed))
                     sources.append(perturbed)
-            with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
                 _, perturbed_loss = self._forward_loss(x, y, sample_weight)
-                advanced_seeds = [scope.get_current_value(v) for v in seed_states]
             scaled_loss = self.optimizer.scale_loss(perturbed_loss)
         # The random generators advance past this pass, so that the next
-        # step's first pass does not reuse its dropout/noise masks.
-        for variable, value in zip(seed_states, advanced_seeds):
-            if value is not None:
-                variable.assign(value)
+        # step's first pass does not reuse its dropout/noise masks. The
+        # pass drew as often as pass 1 (the same computation), from where
+        # pass 1 ended; its own record of the seeds cannot be read when they
+        # advanced inside a loop (a random layer in an ODE correction).
+        for variable, before in zip(seed_states, seeds_before):
+            after_first = variable.value
+            variable.assign(after_first + (after_first - before))
         perturbed_gradients = _rescale(tape.gradient(scaled_loss, sources), loss_scale, divide=True)
         finite = ops.all(ops.isfinite(perturbed_loss))
         if loss_scale is None:
@@ -584,6 +595,20 @@ class HybridModel(SAMTrainStep, keras.Model):
         return model
 
 
+def _input_shapes(model):
+    """The input shape (or structure of shapes) of a built functional or
+    Sequential model, `None` when it has no symbolic inputs."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):
+        # A Sequential model names its inputs only through `inputs`.
+        structure = getattr(model, "inputs", None)
+        if not structure:
+            return None
+        structure = structure[0] if len(structure) == 1 else structure
+    return keras.tree.map_structure(lambda t: tuple(t.shape), structure)
+
+
 @keras.saving.register_keras_serializable(package="keras_hybrid")
 class SAMModel(SAMTrainStep, keras.Model):
     """Wraps any existing Keras model (sequential, functional, subclassed)
@@ -621,6 +646,10 @@ class SAMModel(SAMTrainStep, keras.Model):
         self.on_non_finite = on_non_finite
         if model.built:
             self.built = True
+            # Keras's own `export` reads the input shapes a build records.
+            shapes = _input_shapes(model)
+            if shapes is not None:
+                self._build_shapes_dict = {"input_shape": shapes}
 
     def build(self, input_shape):
         if not self.model.built:

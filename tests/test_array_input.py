@@ -59,7 +59,7 @@ def test_seeded_fit_gives_the_weights_of_keras_own_array_path(monkeypatch, sam):
     kwargs = dict(x=x, y=y, sample_weight=weights, batch_size=4, epochs=6, validation_split=0.2)
     fast = _model(1, sam)
     fast_history = _fit(fast, 2, **kwargs)
-    monkeypatch.setattr(models, "one_iterator_fit_arguments", lambda arguments: None)
+    monkeypatch.setattr(models, "one_iterator_fit_arguments", lambda arguments, *_: None)
     keras_path = _model(1, sam)
     keras_history = _fit(keras_path, 2, **kwargs)
     for a, b in zip(fast.get_weights(), keras_path.get_weights()):
@@ -79,6 +79,24 @@ def test_arrays_become_one_repeated_dataset_with_the_epoch_steps():
     val_x, val_y = arguments["validation_data"][:2]
     np.testing.assert_array_equal(val_x, x[8:])  # Keras's split: the last 20 %
     assert arguments["validation_batch_size"] == 4
+
+
+@pytest.mark.parametrize("sam", ["default", None], ids=["sam", "plain"])
+def test_steps_per_execution_that_does_not_divide_an_epoch_keeps_its_steps(sam):
+    # On a repeated pipeline Keras runs whole executions: 6 batches an
+    # epoch with steps_per_execution=4 took 8 steps an epoch, from the next
+    # epoch's batches. Such a fit gets the arrays; one that divides them
+    # the repeated pipeline.
+    x, y = _data(12)
+    model = _model(1, sam)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", steps_per_execution=4)
+    model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations) == 12
+    fit = keras.Model.fit.__get__(model)
+    bound = inspect.signature(fit).bind(x=x, y=y, batch_size=2, epochs=2)
+    bound.apply_defaults()
+    assert _array_input.one_iterator_fit_arguments(dict(bound.arguments), 4) is None
+    assert _array_input.one_iterator_fit_arguments(dict(bound.arguments), 3)["steps_per_epoch"] == 6
 
 
 def test_seeded_epochs_repeat_the_first_order_as_keras_does():

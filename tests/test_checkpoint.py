@@ -258,3 +258,20 @@ def test_seed_room_per_interval_grows_with_the_draws_an_interval_takes(monkeypat
     start = state.numpy().copy()
     layer(y0, training=True)
     assert state.numpy()[1] - start[1] >= intervals * substeps * stages
+
+
+def test_sam_trains_a_correction_with_dropout_inside_the_solver_loop():
+    # Without checkpointing, the dropout seeds advance inside the solver's
+    # loop: SAM's perturbed pass read their advanced value out of the loop
+    # (an InaccessibleTensorError). Each pass draws once per stage of
+    # every step, 12 intervals x 4 stages, and the seeds advance past both.
+    layer = _dropout_layer(checkpoint=None)
+    inputs = keras.Input((3,))
+    model = kh.HybridModel(inputs, layer(inputs), sam=kh.SAM(rho=0.1))
+    model.compile(optimizer="sgd", loss="mse")
+    y0 = np.ones((4, 3), "float32")
+    state = layer.correction.get_layer("drop").seed_generator.state
+    start = state.numpy().copy()
+    model.fit(y0, np.ones((4, 13, 3), "float32"), batch_size=4, epochs=2, verbose=0)
+    assert state.numpy()[1] - start[1] == 2 * (2 * 12 * 4)
+    assert np.all(np.isfinite(model.physical_constants()["k"]))

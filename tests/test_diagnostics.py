@@ -477,6 +477,30 @@ def test_copies_of_a_model_keep_each_frozen_constant_its_value():
     assert copy.get_layer("law").physical_constants() == pytest.approx({"A": 3.0, "k": 0.2})
 
 
+def test_a_frozen_constant_stays_frozen_when_its_layer_is_frozen_and_thawed(tmp_path):
+    # Keras's `trainable` setter sets every variable created trainable:
+    # thawing a layer (or a model) after pretraining trained its frozen
+    # constants again.
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0, trainable=False),
+                                           kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    for owner in (layer, model):
+        owner.trainable = False
+        assert model.trainable_variables == []
+        owner.trainable = True
+        assert [v.path for v in model.trainable_variables] == ["law/k"]
+    # A fitted initial state frozen after construction stays frozen in the
+    # config, after loading and in forecasts (its spec was not updated).
+    ode = kh.ODELayer(ode_decay, [kh.PhysicalConstant("k", 0.7, constraint="positive")],
+                      times=[0.0, 1.0, 2.0], initial_state=[kh.PhysicalConstant("y0", 3.0)], name="ode")
+    inputs = keras.Input((1,))
+    ode_model = kh.HybridModel(inputs, ode(inputs))
+    ode.set_constant_trainable("y0", False)
+    assert ode.get_config()["initial_state"][0]["trainable"] is False
+    ode_model.save(tmp_path / "ode.keras")
+    for copy in (keras.saving.load_model(tmp_path / "ode.keras"), kh.with_times(ode_model, [0.0, 3.0])):
+        assert [v.path.split("/")[-1] for v in copy.trainable_variables] == ["k"]
+
+
 @pytest.mark.parametrize("sam", [None, kh.SAM(rho=0.1, perturb="all")], ids=["plain", "sam"])
 def test_a_constant_frozen_after_a_fit_stays_put_in_the_next(sam):
     # The step traced by the first fit updated `k`; the next fit must not.

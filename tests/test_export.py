@@ -359,3 +359,59 @@ def test_multiple_shooting_serves_whole_trajectories_from_their_first_state(tmp_
         segment_length=10)
     with pytest.raises(ValueError, match="input shape of model .* is not known yet.*state_size"):
         kh.export_saved_model(unsized, tmp_path / "unsized")
+
+
+def test_a_nested_input_signature_keeps_its_structure(tmp_path):
+    # Per-episode constants given in a dict input: the signature was
+    # flattened and the model called on a list (a shape error), as a dict
+    # and as Keras's `[dict]` alike.
+    times, _, observed = pendulum.simulate(n_trajectories=6, n_steps=11, dt=0.1, seed=1)
+    layer = kh.ODELayer(pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 0.8)], times=times)
+    model = kh.MultipleShooting(layer, segment_length=5, state_size=2)
+    w0 = np.linspace(0.5, 1.5, 6).astype("float32")
+    inputs = {"trajectories": observed, "constants": {"w0": w0}}
+    expected = model.predict(inputs, verbose=0)
+    signature = {"trajectories": tf.TensorSpec((None, 11, 2), tf.float32, name="trajectories"),
+                 "constants": {"w0": tf.TensorSpec((None,), tf.float32, name="w0")}}
+    for name, given in (("dict", signature), ("listed", [signature])):
+        path = kh.export_saved_model(model, tmp_path / name, input_signature=given)
+        serve = tf.saved_model.load(path).signatures["serve"]
+        out = serve(trajectories=tf.constant(observed), w0=tf.constant(w0))["output_0"].numpy()
+        np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_a_path_tensorflow_would_read_as_a_pattern_is_refused(tmp_path):
+    # TensorFlow finds the variables by file pattern: `exp[1]` exported,
+    # then failed to load ("Failed to find any matching files").
+    with pytest.raises(ValueError, match=r"must not contain the characters.*Received: path=.*exp\[1\]"):
+        kh.export_saved_model(_small_model(), tmp_path / "exp[1]" / "model")
+    assert not (tmp_path / "exp[1]").exists()
+
+
+def test_keras_export_of_a_sam_model_around_a_built_model(tmp_path):
+    # Keras's own `export` read no input shape from a SAMModel wrapping a
+    # built model ("The model provided has never called").
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    wrapped = kh.SAMModel(keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]))
+    wrapped(x)
+    wrapped.export(str(tmp_path / "keras_export"), verbose=False)
+    loaded = tf.saved_model.load(str(tmp_path / "keras_export"))
+    np.testing.assert_allclose(loaded.serve(tf.constant(x)).numpy(), wrapped.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_model_solved_with_bdf_is_refused_with_the_way_out(tmp_path):
+    # TFP's BDF solver failed inside TensorFlow ("enters the loop with
+    # shape (), but has shape <unknown>") when traced for any batch size.
+    times = np.linspace(0.0, 1.0, 6)
+    layer = kh.ODELayer(pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 0.8)], times=times,
+                        method="bdf", name="stiff")
+    inputs = keras.Input((2,), name="y0")
+    model = kh.HybridModel(inputs, layer(inputs))
+    with pytest.raises(ValueError, match=r"method='bdf' \(\['stiff'\]\).*method='dopri5'"):
+        kh.export_saved_model(model, tmp_path / "bdf")
+    assert not (tmp_path / "bdf").exists()
+    y0 = np.array([[0.5, 0.0], [0.1, 0.2]], "float32")
+    copy = kh.with_times(model, times, method="dopri5")
+    path = kh.export_saved_model(copy, tmp_path / "dopri5")
+    served = tf.saved_model.load(path).signatures["serve"](y0=tf.constant(y0))["output_0"].numpy()
+    np.testing.assert_allclose(served, model.predict(y0, verbose=0), atol=1e-4)

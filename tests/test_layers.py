@@ -363,8 +363,8 @@ def test_summary_prints_name_value_unit_constraint_trainable():
         "Physical constants of 'm'",
         "name  value  unit  constraint  trainable  variable",
         "k     0.25   1/s   positive    True       cooling/k",
-        "T0    -3     K     none        True       cooling/T0",
         "b     1.5    -     (0, 2)      False      cooling/b",
+        "T0    -3     K     none        True       cooling/T0",
     ]
     lines.clear()
     kh.summary(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)], name="plain"), print_fn=lines.append)

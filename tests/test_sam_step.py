@@ -51,6 +51,24 @@ def test_sam_settings_are_read_only_and_point_to_assignment():
     assert sam.rho == 0.3
 
 
+def test_a_radius_schedule_from_a_callback_takes_effect_at_the_next_step():
+    # Assigning `model.sam` in a callback left `fit` without a train
+    # function ("'NoneType' object is not callable" at the next epoch).
+    class Warmup(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.sam = kh.SAM(rho=0.1 * epoch, perturb="all")
+
+    x, y = _data()
+    x64, y64 = x.astype("float64"), y.astype("float64")
+    model = _linear(None)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False, callbacks=[Warmup()])
+    w, b = W, B
+    for rho in (0.0, 0.1, 0.2):
+        w, b = _hand_step(w, b, x64, y64, rho=rho)
+    np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5)
+    np.testing.assert_allclose(model.get_weights()[1], b, rtol=1e-5)
+
+
 def test_new_sam_settings_after_a_fit_take_effect_and_are_validated():
     x, y = _data()
     x64, y64 = x.astype("float64"), y.astype("float64")
