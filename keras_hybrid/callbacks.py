@@ -53,6 +53,14 @@ class ConstantsHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         values = physical_constants(self.model)
         if logs is not None:
+            clashes = sorted(self.prefix + name for name in values if self.prefix + name in logs)
+            if clashes:
+                # Written over, the epoch's loss or metric would be lost.
+                raise ValueError(
+                    f"`ConstantsHistory(prefix={self.prefix!r})` would log constants under the "
+                    f"keys {clashes}, which the epoch's logs already hold (a loss or metric). "
+                    "Use a prefix, e.g. the default 'constant/'."
+                )
             for name, value in values.items():
                 logs[self.prefix + name] = value
         if self._writer is not None:

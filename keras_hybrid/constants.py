@@ -180,6 +180,10 @@ class PhysicalConstant:
         return scale
 
     def _normalize_constraint(self, constraint, value):
+        if isinstance(constraint, np.ndarray):
+            # An array of two bounds reads as the tuple (`== "none"` would
+            # compare it elementwise).
+            constraint = tuple(constraint.tolist()) if constraint.shape == (2,) else repr(constraint)
         if constraint is None or constraint == "none":
             return None
         if constraint == "positive":

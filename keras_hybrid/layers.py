@@ -370,6 +370,15 @@ class ScientificLayer(keras.layers.Layer):
                 f"{spec.scale!r} (its stored or read-back value overflows, or reads back as "
                 f"0). Express the constant in another unit. Received: value={value!r}"
             )
+        if isinstance(constraint, tuple):
+            # Next to a bound the float32 value reads back as the bound itself.
+            back = float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(raw))))
+            if not constraint[0] < back < constraint[1]:
+                raise ValueError(
+                    f"`value` of constant '{name}' is too close to a bound of its constraint "
+                    f"{constraint!r} to be held in float32: it reads back as {back!r}. "
+                    f"Received: value={value!r}"
+                )
         variable.assign(raw)
 
     def set_constant_trainable(self, name, trainable):

@@ -15,7 +15,7 @@ import collections
 
 import numpy as np
 
-from keras_hybrid.ode import check_not_calendar_times
+from keras_hybrid.ode import check_time_dtype
 
 ObservationGrid = collections.namedtuple("ObservationGrid", ["times", "targets", "weights"])
 ObservationGrid.__doc__ = """The union time grid of `common_time_grid`.
@@ -31,7 +31,7 @@ Attributes:
 
 
 def _checked_trajectory(i, t, v):
-    check_not_calendar_times(t, f"times[{i}]")
+    check_time_dtype(t, f"times[{i}]")
     try:
         t = np.asarray(t, "float64")
     except (TypeError, ValueError):
@@ -71,11 +71,15 @@ def _checked_trajectory(i, t, v):
 SAME_TIME_RTOL = 1e-9
 
 
+def _same_time_tolerance(times):
+    return SAME_TIME_RTOL * max(1.0, float(np.max(np.abs(times))))
+
+
 def _union(times):
     """The sorted distinct times, each within `SAME_TIME_RTOL` (relative
     to the largest time) of the last kept one merged into it."""
     times = np.unique(times)
-    tolerance = SAME_TIME_RTOL * max(1.0, float(np.max(np.abs(times))))
+    tolerance = _same_time_tolerance(times)
     kept = [times[0]]
     for t in times[1:]:
         if t - kept[-1] > tolerance:
@@ -160,17 +164,19 @@ def common_time_grid(times, values, *, start=None, dtype="float32"):
             )
     grid = _union(np.concatenate([t for t, _ in pairs]))
     if start is not None:
+        if isinstance(start, (bool, np.bool_, str, bytes)):
+            raise TypeError(f"`start` must be a number. Received: start={start!r}")
         try:
             start = float(start)
         except (TypeError, ValueError):
             raise TypeError(f"`start` must be a number. Received: start={start!r}") from None
-        if not np.isfinite(start) or start > grid[0]:
+        if not np.isfinite(start) or start - grid[0] > _same_time_tolerance(np.append(grid, start)):
             raise ValueError(
                 f"`start` must be a finite time at or before the first observation ({grid[0]!r}). "
                 f"Received: start={start!r}"
             )
-        if start < grid[0]:
-            grid = np.concatenate([[start], grid])
+        # A first observation at the start time (to SAME_TIME_RTOL) is merged into it.
+        grid = _union(np.concatenate([[start], grid]))
     targets = np.zeros((len(pairs), grid.size) + state, dtype)
     weights = np.zeros((len(pairs), grid.size), dtype)
     for i, (t, v) in enumerate(pairs):

@@ -67,11 +67,12 @@ def rk_step(func, t, y, dt, tableau):
     return y + dt * increment
 
 
-def check_not_calendar_times(t, arg):
+def check_time_dtype(t, arg):
     """Raises if `t` holds dates or durations (`datetime64`,
     `timedelta64`, pandas' too): as numbers they count nanoseconds or
     days, whatever the constants' time unit, and silently give a
-    meaningless (often overflowing) solve."""
+    meaningless (often overflowing) solve; or strings or booleans, which
+    NumPy would silently read as numbers."""
     dtype = np.asarray(t).dtype
     if dtype.kind in "mM":
         raise ValueError(
@@ -79,10 +80,15 @@ def check_not_calendar_times(t, arg):
             f"(dtype {dtype}). Convert them, e.g. `({arg} - {arg}[0]) / np.timedelta64(1, 'h')` "
             f"for hours. Received: {arg} of dtype {dtype}"
         )
+    if dtype.kind in "USb":
+        raise TypeError(
+            f"`{arg}` must hold numbers (times in the unit of the constants). Received: {arg} of "
+            f"dtype {dtype} ({np.ravel(np.asarray(t))[:3].tolist()!r}...)"
+        )
 
 
 def _check_times(t, arg="t"):
-    check_not_calendar_times(t, arg)
+    check_time_dtype(t, arg)
     t = np.asarray(t, dtype="float64")
     if t.ndim != 1 or t.size < 2:
         raise ValueError(
@@ -121,6 +127,10 @@ def time_resolution_note(t, substeps, max_step, dtype):
     remedy_precision = ("The times already span that range from near 0: compute in float64 "
                         "(`dtype=\"float64\"` on the layer, or `keras.config.set_floatx(\"float64\")`), "
                         "or sample less finely.")
+    if dtype == np.float64:
+        # Nothing finer to compute in: two times this close are one time.
+        remedy_precision = ("Times this close are the same time recorded twice (e.g. `3 * 0.1` and "
+                            "`0.3`): merge them (`kh.common_time_grid` does), or sample less finely.")
     return (
         f"In {dtype.name} a time near {latest:.6g} is resolved only to {resolution:.3g}, "
         f"against solver steps of {shortest:.3g}: an equation or a correction that reads `t` "

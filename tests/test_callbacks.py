@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras
@@ -34,3 +35,20 @@ def test_constants_history_records_each_epoch_and_tensorboard(tmp_path):
         if v.tag == "constant/a"
     ]
     np.testing.assert_allclose(scalars, expected, rtol=1e-5)
+
+
+def test_constants_history_refuses_keys_the_logs_already_hold():
+    # With prefix="" a constant named like a metric wrote over it: the
+    # history's "loss" held the constant's values.
+    x = np.linspace(-1, 1, 8, dtype="float32")[:, None]
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, ScientificLayer(_scale_loss, [PhysicalConstant("loss", 1.0)])(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    with pytest.raises(ValueError, match=r"prefix=''.*\['loss'\].*already hold"):
+        model.fit(x, 3 * x, epochs=1, verbose=0, callbacks=[ConstantsHistory(prefix="")])
+    history = model.fit(x, 3 * x, epochs=1, verbose=0, callbacks=[ConstantsHistory()])
+    assert history.history["loss"] != history.history["constant/loss"]
+
+
+def _scale_loss(x, c):
+    return c["loss"] * x

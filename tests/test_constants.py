@@ -349,3 +349,26 @@ def test_set_constant_refuses_values_float32_cannot_hold(value, error, match):
     assert layer.physical_constants()["k"] == pytest.approx(1e-6)
     layer.set_constant("k", np.float32(2e-6))  # NumPy scalars are numbers
     assert layer.physical_constants()["k"] == pytest.approx(2e-6)
+
+
+def test_set_constant_refuses_a_value_that_reads_back_as_its_bound():
+    # 1 - 1e-10 is inside (0, 1) but reads back as 1.0 in float32, which the
+    # constructor refuses and `set_constant` stored.
+    layer = kh.ScientificLayer(_linear_law, [PhysicalConstant("b", 0.5, constraint=(0.0, 1.0))])
+    with pytest.raises(ValueError, match=r"too close to a bound .*reads back as 1.0"):
+        layer.set_constant("b", 1 - 1e-10)
+    layer.set_constant("b", 0.999)
+    assert layer.physical_constants()["b"] == pytest.approx(0.999, rel=1e-6)
+
+
+def test_bounds_given_as_an_array_are_the_tuple():
+    # `constraint == "none"` compared an array elementwise ("truth value of
+    # an array ... is ambiguous").
+    spec = PhysicalConstant("k", 0.5, constraint=np.array([0.0, 1.0]))
+    assert spec.constraint == (0.0, 1.0)
+    with pytest.raises(ValueError, match=r"`constraint` must be None, 'positive' or a \(lo, hi\) tuple"):
+        PhysicalConstant("k", 0.5, constraint=np.array([0.0, 1.0, 2.0]))
+
+
+def _linear_law(x, c):
+    return c["b"] * x

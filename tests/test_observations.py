@@ -74,6 +74,18 @@ def test_inputs_that_were_misread_are_refused_and_rounding_twins_share_a_time():
     np.testing.assert_array_equal(grid.weights, [[0, 1, 0, 1], [0, 1, 1, 0]])
     with pytest.raises(ValueError, match=r"`times\[0\]` holds two times closer than 1e-09"):
         kh.common_time_grid([[0.3, 0.3 + 1e-12, 1.0]], [[1.0, 2.0, 3.0]])
+    # So is a first observation at the start time (it was a column of its own).
+    for first, start in ((3 * 0.1, 0.3), (0.3, 3 * 0.1)):
+        grid = kh.common_time_grid([[first, 1.0], [0.5, 1.0]], [[1.0, 2.0], [3.0, 4.0]], start=start)
+        np.testing.assert_allclose(grid.times, [0.3, 0.5, 1.0], rtol=1e-15)
+        np.testing.assert_array_equal(grid.weights, [[1, 0, 1], [0, 1, 1]])
+    # Times as strings or booleans were read as numbers.
+    with pytest.raises(TypeError, match=r"`times\[0\]` must hold numbers.*\['0', '1'\]"):
+        kh.common_time_grid([["0", "1"]], [[1.0, 2.0]])
+    with pytest.raises(TypeError, match=r"`times\[0\]` must hold numbers.*bool"):
+        kh.common_time_grid([[False, True]], [[1.0, 2.0]])
+    with pytest.raises(TypeError, match=r"`start` must be a number. Received: start=True"):
+        kh.common_time_grid([[0.5, 1.0]], [[1.0, 2.0]], start=True)
 
 
 def test_fit_on_the_grid_is_least_squares_on_the_observations():

@@ -210,11 +210,25 @@ def test_layer_warns_when_its_dtype_cannot_resolve_the_times():
     with pytest.warns(UserWarning, match=r"already span that range from near 0: compute in float64") as caught:
         layer(np.arange(200001) * 0.01, substeps=100)
     assert "times - times[0]" not in str(caught[0].message)
+    # In float64 there is nothing finer to compute in: such times are one
+    # time recorded twice.
+    with pytest.warns(UserWarning, match=r"same time recorded twice") as caught:
+        layer([0.3, 3 * 0.1, 1.0], dtype="float64")
+    assert "compute in float64" not in str(caught[0].message)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(np.arange(10) * 0.05)
         layer(1e6 + np.arange(10) * 0.05, dtype="float64")
         layer(1e3 + np.arange(10) * 0.05)
+
+
+def test_strings_and_booleans_as_times_are_refused():
+    # NumPy read them as numbers: ["0", "0.5", "1"] solved on [0, 0.5, 1].
+    import keras_hybrid as kh
+
+    for times, shown in ((["0", "0.5", "1"], r"\['0', '0.5', '1'\]"), ([False, True], r"\[False, True\]")):
+        with pytest.raises(TypeError, match=rf"`times` must hold numbers.*{shown}"):
+            kh.ODELayer(_rate_law, [kh.PhysicalConstant("k", 1.0)], times=times)
 
 
 def test_dates_and_durations_as_times_are_refused():
