@@ -300,8 +300,12 @@ class SAM:
             The stored direction is not a model weight: it is not saved,
             and the first step after a restart (a resumed `fit`, a loaded
             model, weights loaded or set into the model) is a full SAM
-            step. Not available under a
-            multi-replica `tf.distribute` strategy. Defaults to `1`.
+            step. Steps are counted by the optimizer's `iterations`, which
+            with `gradient_accumulation_steps=k` advance once per applied
+            update, not once per batch (the k batches of one update are all
+            full SAM, or all reuse the stored direction). Not available
+            under a multi-replica `tf.distribute` strategy. Defaults to
+            `1`.
         alpha: LookSAM's weight of the stored direction. Defaults to `0.7`.
         exclude: names of layers whose weights are never perturbed, e.g.
             an encoder that infers per-episode physical constants: its
