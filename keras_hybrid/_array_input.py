@@ -104,7 +104,9 @@ def one_iterator_fit_arguments(given, steps_per_execution=1):
     adapter = array_data_adapter.ArrayDataAdapter(
         x, y, sample_weight=sample_weight, shuffle=given["shuffle"], batch_size=given["batch_size"]
     )
-    if adapter.num_batches % max(int(steps_per_execution or 1), 1):
+    # (A variable in Keras 3.4, an int later.)
+    executions = 1 if steps_per_execution is None else max(int(np.asarray(steps_per_execution)), 1)
+    if adapter.num_batches % executions:
         return None
     dataset = adapter.get_tf_dataset()
     if seeded or not given["shuffle"]:

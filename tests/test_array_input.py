@@ -89,9 +89,12 @@ def test_steps_per_execution_that_does_not_divide_an_epoch_keeps_its_steps(sam):
     # the repeated pipeline.
     x, y = _data(12)
     model = _model(1, sam)
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", steps_per_execution=4)
-    model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
-    assert int(model.optimizer.iterations) == 12
+    plain = keras.Model(model.inputs, model.outputs)  # Keras's own fit on the arrays
+    for m in (model, plain):
+        m.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", steps_per_execution=4)
+        m.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
+    # 12 in recent Keras (14 in Keras 3.4, which also runs a whole last execution).
+    assert int(model.optimizer.iterations.numpy()) == int(plain.optimizer.iterations.numpy()) <= 14
     fit = keras.Model.fit.__get__(model)
     bound = inspect.signature(fit).bind(x=x, y=y, batch_size=2, epochs=2)
     bound.apply_defaults()
