@@ -170,6 +170,25 @@ def test_profile_likelihood_warns_of_refits_still_improving():
     assert slow.interval[1] - slow.interval[0] < converged.interval[1] - converged.interval[0]
 
 
+def test_profile_takes_the_model_fit_where_a_refit_ends_above_it():
+    # A fresh Adam of a large rate throws the fitted amplitude off in two
+    # epochs: every refit ends far above the model's own fit with k moved
+    # there, which bounds the profile from above. The interval excluded
+    # the grid value next to the estimate, silently.
+    t, y = _data()
+    model = _model()
+    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
+    lo, hi = kh.constant_uncertainty(model, t, y).intervals["k"]
+    k = model.physical_constants()["k"]
+    model.compile(optimizer=keras.optimizers.Adam(0.3), loss="mse")
+    with pytest.warns(UserWarning, match=r"refits at k = 0.656.* ended above the model's own fit"):
+        prof = kh.profile_likelihood(model, "k", [k - 0.05, k + 0.002, k + 0.05], t, y, epochs=2,
+                                     batch_size=40)
+    assert prof.interval[0] < k + 0.002 < prof.interval[1]
+    # Within the grid's resolution of the Laplace interval.
+    assert prof.interval == pytest.approx((lo, hi), abs=0.01)
+
+
 @keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
 def wave(t, k):
     return k["A"] * keras.ops.cos(k["k"] * t)

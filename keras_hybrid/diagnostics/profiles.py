@@ -153,15 +153,16 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     ```
 
     (`RSS_min` is the smallest of the grid's and the free fit's). The
-    free fit is the profile's point at the estimate (at a grid value equal
-    to it, the better of the refit and the model's own fit; a refit there
-    that ends well above the model's fit is warned about: the refits have
-    not converged; so is a refit whose loss was still falling clearly at
-    its last epoch, at a value where the profile is above the threshold:
-    `_projected_fall`). The interval is interpolated linearly; an end the
-    profile never crosses is the end of the constant's domain (`-inf` / `inf`, `0` for a positive
-    constant, a bound of a `(lo, hi)` constraint). A profile entirely
-    below the threshold is "flat".
+    free fit is the profile's point at the estimate. At each grid value
+    the profile takes the better of the refit and the model's own fit with
+    the constant moved there (the rest kept), which bounds the profile
+    from above. A refit that ends well above it is warned about (the
+    refits have not converged), and so is a refit whose loss was still
+    falling clearly at its last epoch where the profile is above the
+    threshold (`_projected_fall`). The interval is interpolated linearly;
+    an end the profile never crosses is the end of the constant's domain
+    (`-inf` / `inf`, `0` for a positive constant, a bound of a `(lo, hi)`
+    constraint). A profile entirely below the threshold is "flat".
 
     Args:
         model: a fitted, compiled Keras model with `ScientificLayer`s.
@@ -246,6 +247,13 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     sorted_idx = np.argsort(values)
     pos = int(np.where(sorted_idx == first)[0][0])
     walks = [sorted_idx[pos:], sorted_idx[:pos][::-1]]
+    # The model's fit with the constant moved to each value, the rest
+    # kept: the profile (a minimum over the rest) is at or below it.
+    plugged = np.full(values.size, np.nan)
+    for i in range(values.size):
+        clone.set_weights(base)
+        layer.set_constant(local, float(values[i]))
+        plugged[i], _ = rss_of(clone)
     with quiet_retracing():
         for walk in walks:
             clone.set_weights(base)
@@ -268,6 +276,7 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
 
     def interval_of(rss):
         """`(lo, hi, points, their statistics)` of a profile of grid RSS `rss`."""
+        rss = np.fmin(rss, plugged)
         if np.any(at_estimate):
             points, point_rss = values, np.where(at_estimate, np.fmin(rss, rss_free), rss)
         else:
@@ -276,13 +285,17 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
         # An end the profile never crosses is the end of the constant's domain.
         return max(lo, domain_lo), min(hi, domain_hi), points, point_stat
 
+    # Refits that ended well above the fit they could have kept: not converged.
+    above_start = np.flatnonzero(~at_estimate & (rss > 0) & (plugged > 0)
+                                 & (n * np.log(np.fmax(rss, 1e-300) / np.fmax(plugged, 1e-300)) > threshold))
     unreturned = None
     if np.any(at_estimate):
         i = int(np.flatnonzero(at_estimate)[0])
         if rss[i] > 0 and rss_free > 0 and n * np.log(rss[i] / rss_free) > threshold:
             unreturned = (float(values[i]), float(rss[i]))
     lo, hi, points, point_stat = interval_of(rss)
-    rss_min = min(rss_free, float(np.nanmin(rss)))
+    best_rss = np.fmin(rss, plugged)
+    rss_min = min(rss_free, float(np.nanmin(best_rss)))
     # Each row's statistic is its own refit's (the interval may have taken
     # the model's fit in place of a worse refit at the estimate).
     stat = n * np.log(rss / rss_min)
@@ -322,6 +335,17 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
             "too high and the interval may be too narrow. Give more `epochs`."
         )
         _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
+    if above_start.size:
+        shown = ", ".join(f"{values[i]:.5g} (RSS {rss[i]:.5g} against {plugged[i]:.5g})"
+                          for i in above_start[:3])
+        warnings.append(
+            f"the refits at {name} = {shown} ended above the model's own fit with {name} moved "
+            "there and the rest kept, which the profile (a minimum over the rest) cannot exceed: "
+            "they have not converged. The interval takes the better of the two at each value. "
+            "Give more `epochs`, or a smaller learning rate (a fresh optimizer's first steps "
+            "can throw a fitted model off)."
+        )
+        _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
     gaps = un.profile_gaps(points, point_stat, threshold)
     if gaps:
         warnings.append(
@@ -334,13 +358,14 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
         _warnings.warn(f"profile_likelihood({name!r}): {warnings[-1]}", stacklevel=2)
     return ProfileLikelihood(
         name=name,
+        unit=_spec(model, name).unit,
         values=values[order],
         rss=rss[order],
         loss=losses[order],
         statistic=stat[order],
         interval=(lo, hi),
         threshold=threshold,
-        flat=bool(np.nanmax(stat) <= threshold),
+        flat=bool(np.nanmax(n * np.log(best_rss / rss_min)) <= threshold),
         estimate=estimate,
         rss_min=rss_min,
         rss_estimate=rss_free,

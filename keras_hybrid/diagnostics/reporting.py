@@ -2,6 +2,7 @@
 profiles of a fitted model, printed and optionally plotted.
 """
 
+from keras_hybrid._plotting import pyplot
 from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid.diagnostics.laplace import constant_uncertainty
 from keras_hybrid.diagnostics.residuals import _network_variables
@@ -26,6 +27,8 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
     Returns:
         The marginal `ConstantUncertainty`.
     """
+    if plot:
+        pyplot()  # an optional dependency: missing, say so before computing anything
     # A dataset is read once, so that both reports see the same samples.
     x, y, sample_weight = arrays_from_dataset(x, y, kwargs.pop("sample_weight", None))
     if sample_weight is not None:
@@ -38,15 +41,16 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
         print("Network held fixed (overconfident):")
         for k in fixed.names:
             lo, hi = fixed.intervals[k]
-            print(f"  {k} = {fixed.estimates[k]:.5g}  [{lo:.5g}, {hi:.5g}]")
+            unit = f" {fixed.units[k]}" if fixed.units.get(k) else ""
+            print(f"  {k} = {fixed.estimates[k]:.5g}  [{lo:.5g}, {hi:.5g}]{unit}")
     for prof in profiles or []:
         print(prof)
     if truth:
         for k, covered in marginal.covers(truth).items():
-            print(f"  truth {k} = {truth[k]:.5g} is {'inside' if covered else 'outside'} the interval")
+            unit = f" {marginal.units[k]}" if marginal.units.get(k) else ""
+            print(f"  truth {k} = {truth[k]:.5g}{unit} is {'inside' if covered else 'outside'} the interval")
     if plot:
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         count = 1 + len(profiles or [])
         fig, axes = plt.subplots(1, count, figsize=(5 * count, 3.5), squeeze=False)
         marginal.plot(axes[0, 0], truth=truth)

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from keras_hybrid._plotting import labelled, pyplot
+
 
 def _plain(value):
     """`value` with NumPy arrays, scalars and tuples as JSON's lists and numbers."""
@@ -112,15 +114,21 @@ class ConstantUncertainty(_Serializable):
             f"Constants ({self.network} network, {self.method}; noise std {self.noise_std:.4g} "
             f"over n={self.n} values, {self.effective_parameters:.1f} effective parameters)",
             *self._reproduced_lines(),
-            f"{'constant':<12} {'estimate':>11} {'std. err.':>10} {pct + ' interval':>25}  {'unit':<8} verdict",
         ]
+        rows = []
         for name in self.names:
             lo, hi = self.intervals[name]
-            lines.append(
-                f"{name:<12} {self.estimates[name]:>11.5g} {self.stderr[name]:>10.3g} "
-                f"{'[' + format(lo, '.5g') + ', ' + format(hi, '.5g') + ']':>25}  "
-                f"{self.units.get(name, ''):<8} {self.verdicts[name]}"
-            )
+            # Enough digits to tell the interval's ends apart.
+            fmt = f".{_significant_digits(self.estimates[name], hi - lo)}g"
+            rows.append((name, format(self.estimates[name], fmt), format(self.stderr[name], ".3g"),
+                         f"[{format(lo, fmt)}, {format(hi, fmt)}]", self.units.get(name, ""),
+                         self.verdicts[name]))
+        heads = ("constant", "estimate", "std. err.", pct + " interval", "unit", "verdict")
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
+        widths[0], widths[1], widths[3] = max(widths[0], 12), max(widths[1], 11), max(widths[3], 25)
+        for row in [heads] + rows:
+            lines.append(f"{row[0]:<{widths[0]}} {row[1]:>{widths[1]}} {row[2]:>{widths[2]}} "
+                         f"{row[3]:>{widths[3]}}  {row[4]:<{max(widths[4], 8)}} {row[5]}")
         for name in self.names:
             if name in self.selection_ranges:
                 (slo, shi), (tlo, thi) = self.selection_ranges[name], self.statistical_intervals[name]
@@ -143,27 +151,57 @@ class ConstantUncertainty(_Serializable):
         return {k: self.intervals[k][0] <= v <= self.intervals[k][1] for k, v in truth.items()}
 
     def plot(self, ax=None, truth=None):
-        """Interval bars per constant (relative to the estimate); needs
-        matplotlib. Returns the axes."""
-        import matplotlib.pyplot as plt
+        """Interval bars per constant, relative to the estimate (divided by
+        its absolute value; the value itself for an estimate of 0); needs
+        matplotlib.
 
-        ax = ax or plt.gca()
+        Bar ends beyond 10 times the estimate (and infinite ones) are drawn
+        at 10 with an arrow; a constant without an interval (NaN) is
+        marked "no interval". Without `ax`, a new figure.
+
+        Returns:
+            The axes.
+        """
+        plt = pyplot()
+        created = ax is None
+        if created:
+            _, ax = plt.subplots(figsize=(6.4, 1.2 + 0.6 * len(self.names)))
         for i, name in enumerate(self.names):
             est = self.estimates[name]
             lo, hi = self.intervals[name]
             scale = abs(est) or 1.0
-            lo_r = max(lo / scale, -10.0) if math.isfinite(lo) else -10.0
-            hi_r = min(hi / scale, 10.0) if math.isfinite(hi) else 10.0
-            color = {"identified": "tab:green", "weakly identified": "tab:orange"}.get(
-                self.verdicts[name], "tab:red")
-            ax.plot([lo_r, hi_r], [i, i], color=color, lw=3)
+            if math.isnan(lo) or math.isnan(hi):
+                ax.annotate("no interval", (est / scale, i), textcoords="offset points",
+                            xytext=(6, 4), color="tab:red")
+            else:
+                ends = [min(max(v / scale, -_PLOT_CLIP), _PLOT_CLIP) for v in (lo, hi)]
+                color = {"identified": "tab:green", "weakly identified": "tab:orange"}.get(
+                    self.verdicts[name], "tab:red")
+                ax.plot(ends, [i, i], color=color, lw=3)
+                for end, marker in zip(ends, "<>"):
+                    if abs(end) == _PLOT_CLIP:  # clipped or infinite
+                        ax.plot([end], [i], marker, color=color, ms=9)
             ax.plot([est / scale], [i], "ko")
             if truth and name in truth:
                 ax.plot([truth[name] / scale], [i], "x", color="tab:blue", ms=10)
         ax.set_yticks(range(len(self.names)), [f"{n}\n{self.verdicts[n]}" for n in self.names])
-        ax.set_xlabel("value / estimate")
+        ax.set_xlabel("value / |estimate|")
         ax.set_title(f"{self.level:.0%} intervals ({self.network} network)")
+        if created:
+            ax.figure.tight_layout()  # the verdicts' labels inside the figure
         return ax
+
+
+def _significant_digits(value, width):
+    """Significant digits that show an interval of `width` around `value`
+    as more than one number: at least 5, at most 15."""
+    if not (math.isfinite(value) and math.isfinite(width)) or width <= 0 or value == 0:
+        return 5
+    return max(5, min(15, math.ceil(math.log10(abs(value) / width)) + 2))
+
+
+# Interval ends drawn at most this many times the estimate away.
+_PLOT_CLIP = 10.0
 
 
 class ProfileLikelihood(_Serializable):
@@ -171,6 +209,7 @@ class ProfileLikelihood(_Serializable):
 
     Attributes:
         name: the profiled constant.
+        unit: its unit (`""` for none).
         values: grid of fixed values (sorted).
         rss: residual sum of squares after the refit at each value.
         loss: the final training loss of each refit (`nan` where nothing
@@ -194,7 +233,7 @@ class ProfileLikelihood(_Serializable):
     (JSON-serializable).
     """
 
-    _FIELDS = ("name", "values", "rss", "loss", "statistic", "interval", "threshold", "flat",
+    _FIELDS = ("name", "unit", "values", "rss", "loss", "statistic", "interval", "threshold", "flat",
                "estimate", "rss_min", "rss_estimate", "estimate_statistic", "warnings", "n",
                "level", "seconds")
     _ARRAYS = ("values", "rss", "loss", "statistic")
@@ -207,23 +246,25 @@ class ProfileLikelihood(_Serializable):
         )
         return (
             f"Profile of {self.name} (threshold {self.threshold:.3g} at {self.level:.0%}):\n{rows}\n"
-            f"  interval [{lo:.5g}, {hi:.5g}]" + ("  (flat profile)" if self.flat else "")
+            f"  interval [{lo:.5g}, {hi:.5g}]" + (f" {self.unit}" if getattr(self, "unit", "") else "")
+            + ("  (flat profile)" if self.flat else "")
             + "".join(f"\n  warning: {w}" for w in getattr(self, "warnings", []))
         )
 
     __repr__ = __str__
 
     def plot(self, ax=None, truth=None):
-        """The profile statistic against the fixed value; needs matplotlib."""
-        import matplotlib.pyplot as plt
-
-        ax = ax or plt.gca()
+        """The profile statistic against the fixed value; needs matplotlib.
+        Without `ax`, a new figure. Returns the axes."""
+        plt = pyplot()
+        if ax is None:
+            _, ax = plt.subplots()
         ax.plot(self.values, self.statistic, "o-", label=f"profile of {self.name}")
         ax.axhline(self.threshold, color="grey", ls="--", label=f"{self.level:.0%} threshold")
         ax.axvline(self.estimate, color="k", lw=0.8, label="estimate")
         if truth is not None:
             ax.axvline(truth, color="tab:blue", ls=":", label="truth")
-        ax.set_xlabel(self.name)
+        ax.set_xlabel(labelled(self.name, getattr(self, "unit", "")))
         ax.set_ylabel("n log(RSS / RSS_min)")
         ax.legend()
         return ax

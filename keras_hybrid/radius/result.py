@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from keras_hybrid._plotting import labelled, pyplot
 from keras_hybrid.radius.selection import eligible_radii, paired_t_test
 from keras_hybrid.sam import SAM
 
@@ -130,7 +131,8 @@ class RadiusPath:
 
     def _p_value_line(self):
         return "p-values (worse than the best): " + ", ".join(
-            f"{r:g}: {'best' if p == 1.0 else f'{p:.2g}'}" for r, p in zip(self.rhos, self.p_values))
+            f"{r:g}: {'best' if r == self._best_rho else f'{p:.2g}'}"
+            for r, p in zip(self.rhos, self.p_values))
 
     def _per_sample(self, rho):
         """Per-sample validation losses at `rho`, averaged over seeds
@@ -448,17 +450,22 @@ class RadiusPath:
         Returns:
             The two axes.
         """
-        import matplotlib.pyplot as plt  # optional dependency, imported lazily
-
+        plt = pyplot()
         if axes is None:
             _, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        elif np.size(axes) != 2:
+            raise ValueError(
+                f"`axes` must be two matplotlib axes (constants, losses), or None for a new "
+                f"figure. Received: axes={axes!r}"
+            )
+        axes = list(np.ravel(axes))
         positive = [r for r in self.rhos if r > 0]
         zero_at = min(positive) / 3 if positive else 1.0
         x = [r if r > 0 else zero_at for r in self.rhos]
         for name in self.summary[0]["constants"]:
             y = [s["constants"][name] for s in self.summary]
             err = [s["constants_std"][name] for s in self.summary]
-            line = axes[0].errorbar(x, y, yerr=err, marker="o", label=name)
+            line = axes[0].errorbar(x, y, yerr=err, marker="o", label=labelled(name, self.units.get(name)))
             if self.physics_only is not None:
                 axes[0].axhline(self.physics_only["constants"][name], ls="--",
                                 color=line[0].get_color(), alpha=0.6)
@@ -472,7 +479,7 @@ class RadiusPath:
             if self.chosen is not None:
                 ax.axvline(self.chosen if self.chosen > 0 else zero_at, color="k", lw=0.8)
             ax.set_xlabel("SAM radius rho (leftmost point: plain training)")
-        axes[0].set_ylabel("constant")
+        axes[0].set_ylabel("constant (in its unit)")
         axes[1].set_yscale("log")
         axes[1].set_ylabel("loss")
         axes[0].legend()
