@@ -801,3 +801,12 @@ def test_a_path_whose_fits_all_diverge_says_so():
         kh.constant_uncertainty(path.best_model, x, y)
     with pytest.raises(TypeError, match=r"`model` must be a fitted Keras model"):
         kh.profile_likelihood(path.best_model, "R", 5, x, y, epochs=1)
+
+
+def test_a_path_whose_radii_all_diverged_beside_a_fitted_physics_part():
+    rows = [_row(rho, 0, math.nan, math.nan, train=math.nan) for rho in (0.0, 0.1)]
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.5}, "train_loss": 1.0,
+               "val_loss": 1.0, "net_share": 0.0}
+    text = str(RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}))
+    # It read "lowest training loss inf".
+    assert "lowest training loss none finite against 1" in text

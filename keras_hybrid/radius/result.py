@@ -384,9 +384,11 @@ class RadiusPath:
                 f"{self.noise_level:g} standard errors{cap}{fallback}"
             )
         if not self.converged:
+            lowest = self._lowest_train_loss()
+            lowest = f"{lowest:.4g}" if math.isfinite(lowest) else "none finite"
             lines.append(
                 f"every radius fits the training data worse than the physics part alone (lowest "
-                f"training loss {self._lowest_train_loss():.4g} against {self.physics_only['train_loss']:.4g}), "
+                f"training loss {lowest} against {self.physics_only['train_loss']:.4g}), "
                 "although the hybrid contains it (a network with zero output): the fits have not "
                 "converged. Try a smaller learning rate, more epochs, or network inputs scaled "
                 "to order 1"
