@@ -82,6 +82,10 @@ def _evidence_notes(evidence_info, p_w, prior_source):
 # One probe's estimate of `gamma` can be far below the truth when a few
 # weights dominate (its spread is about `sqrt(2 gamma)`); against 1,000
 # values or more that spread moves the noise estimate by well under 1 %.
+# (A larger error is not the probes': with wide networks the float32
+# products read rounding as information and overcount `gamma`, more so
+# in one chunk of many values than in several: the noise estimate then
+# errs on the large, conservative side.)
 _FEW_PROBES_MIN_VALUES = 1000
 
 
@@ -180,8 +184,19 @@ def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_pre
             noise_var = un.noise_variance(rss, n, p_eff)
     prior_source, evidence_warning = _evidence_notes(evidence_info, p_w, prior_source)
     if not math.isfinite(noise_var):
+        counted = ""
+        if method != "dense" and p_w and p_eff >= n:
+            # The count cannot exceed the values: an estimate of float32
+            # products summed over many values (chunks sum them in float64).
+            counted = (
+                f" The matrix-free count of the network's well-determined weights ({p_eff - p_fitted:.1f}) "
+                f"exceeds the {n} values, which is impossible: it is estimated from float32 Jacobian "
+                "products, whose rounding over many values reads as information. Pass "
+                "`batch_size=` (e.g. 1000: the products are then summed in float64), or "
+                "`prior_precision=`."
+            )
         raise ValueError(
             f"Too few observed values (n={n}) for {p_eff:.1f} effective parameters: "
-            "no noise estimate. Give more data or fewer parameters."
+            f"no noise estimate. Give more data or fewer parameters.{counted}"
         )
     return noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning

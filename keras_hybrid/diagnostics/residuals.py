@@ -244,6 +244,11 @@ class _Residuals:
     def predictions(self):
         """The model's outputs at the current parameters over all samples:
         one NumPy array per leaf of `y`, in `tf.nest`'s order."""
+        if not self.variables:
+            # Nothing substituted: the model's compiled predict (an ODE
+            # model called eagerly runs its solver loop op by op).
+            pred = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
+            return [np.asarray(p) for p in tf.nest.flatten(outputs_keyed_like(self.model, self.y, pred))]
         params = self.params()
         parts = [[] for _ in tf.nest.flatten(self.y)]
         for x, _, _ in self.chunks():
@@ -281,6 +286,11 @@ class _Residuals:
         return [f"y[{i}]" for i in range(count)]
 
     def rss(self):
+        if not self.variables:
+            return float(sum(
+                np.sum(np.asarray(w, "float64")
+                       * (p.reshape(np.shape(t)).astype("float64") - np.asarray(t, "float64")) ** 2)
+                for p, t, w in zip(self.predictions(), tf.nest.flatten(self.y), tf.nest.flatten(self.w))))
         params = self.params()
         return float(sum(float(tf.reduce_sum(tf.square(self.residual(params, *c)))) for c in self.chunks()))
 
