@@ -454,3 +454,25 @@ def test_profile_values_that_are_not_finite_are_named():
     model = _model()
     with pytest.raises(ValueError, match=r"all finite. Received: values=\[nan, 0.5, 0.6\]"):
         kh.profile_likelihood(model, "k", [np.nan, 0.5, 0.6], t, y, epochs=1)
+
+
+def test_a_profile_that_does_not_close_or_warns_caps_the_verdict():
+    # Only a flat profile entered the verdict: one open on a side, or whose
+    # refits had not converged, left "identified" standing.
+    from keras_hybrid.diagnostics.results import ProfileLikelihood
+
+    t, y = _data()
+    model = _model()
+    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
+    assert kh.constant_uncertainty(model, t, y).verdicts == {"A": "identified", "k": "identified"}
+
+    def profile(name, interval, warnings=()):
+        return ProfileLikelihood(name=name, interval=interval, flat=False, warnings=list(warnings))
+
+    result = kh.constant_uncertainty(model, t, y, profiles=[profile("k", (0.0, 0.8)),
+                                                            profile("A", (1.9, 2.1), ["refits"])])
+    assert result.verdicts == {"A": "weakly identified", "k": "weakly identified"}
+    assert any("does not close within k's domain" in note for note in result.notes["k"])
+    assert any("its profile warns" in note for note in result.notes["A"])
+    closed = kh.constant_uncertainty(model, t, y, profiles=[profile("k", (0.6, 0.8))])
+    assert closed.verdicts["k"] == "identified"

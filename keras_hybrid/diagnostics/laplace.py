@@ -169,6 +169,34 @@ def _widen_by_path(path, names, estimates, intervals):
     return intervals, selection, stable
 
 
+def _cap_by_open_profiles(verdict, notes, profiles, entries):
+    """A profile that does not close on one side within the constant's
+    domain (the data do not bound it there), or that warns (its refits
+    have not converged, the model is not at the minimum), makes its
+    constant at most "weakly identified". A flat one has already made it
+    "not identified"."""
+    domains = {}
+    for key, _, spec in entries:
+        constraint = spec.constraint
+        domains[key] = ((0.0, math.inf) if constraint == "positive" else tuple(constraint)
+                        if isinstance(constraint, tuple) else (-math.inf, math.inf))
+    for profile in profiles or []:
+        name = profile.name
+        if name not in verdict or profile.flat:
+            continue
+        lo, hi = profile.interval
+        domain = domains[name]
+        reasons = []
+        if lo <= domain[0] or hi >= domain[1]:
+            reasons.append(f"its profile does not close within {name}'s domain "
+                           f"(interval [{lo:.5g}, {hi:.5g}])")
+        if getattr(profile, "warnings", None):
+            reasons.append(f"its profile warns ({len(profile.warnings)} warning(s): see `print(profile)`)")
+        if reasons and verdict[name] == "identified":
+            verdict[name] = "weakly identified"
+            notes[name].append(f"at most weakly identified: {'; '.join(reasons)}")
+
+
 def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evidence_warning, solver):
     """`(verdicts, notes, warnings)` per constant, with the evidence's and the solver's warnings."""
     names = [k for k, _, _ in entries]
@@ -367,8 +395,9 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     radii is at most "weakly identified"; a near-null
     eigenvector (eigenvalue below 1e-3) of the constants' normalized
     marginal information names a confounded combination (a note); a flat
-    profile
-    (from `profiles`) makes the constant "not identified"; an estimate
+    profile (from `profiles`) makes the constant "not identified", and a
+    profile that does not close within its domain, or that warns, at
+    most "weakly identified"; an estimate
     within 1 % of its bound is warned about (for a positive constant:
     below 1 % of its `scale`, the typical magnitude it was declared
     with).
@@ -394,7 +423,9 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
         method: `"auto"`, `"dense"` or `"cg"`. Defaults to `"auto"`.
         batch_size: samples per Jacobian chunk. Defaults to `None` (all).
         profiles: optional list of `ProfileLikelihood` results; a flat
-            profile makes its constant "not identified".
+            profile makes its constant "not identified", and one that does
+            not close within the constant's domain, or that warns (refits
+            not converged), at most "weakly identified".
         path: optional `RadiusPath` (from `kh.radius_path` on the same
             model and data): widens the intervals by the constants' range
             over the eligible radii, and lets the path's stability enter
@@ -452,6 +483,7 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     intervals, selection, stable = _widen_by_path(path, names, estimates, intervals)
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
+    _cap_by_open_profiles(verdict, notes, profiles, entries)
     loss_warning = _loss_warning(model)
     if loss_warning:
         warnings.append(loss_warning)
