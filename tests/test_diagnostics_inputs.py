@@ -476,3 +476,21 @@ def test_a_profile_that_does_not_close_or_warns_caps_the_verdict():
     assert any("its profile warns" in note for note in result.notes["A"])
     closed = kh.constant_uncertainty(model, t, y, profiles=[profile("k", (0.6, 0.8))])
     assert closed.verdicts["k"] == "identified"
+
+
+def test_a_physics_only_fit_stopped_early_is_flagged_and_capped():
+    # A fit stopped away from the least-squares minimum came out
+    # "identified" with an interval that excluded both the truth and the
+    # optimum. A Gauss-Newton step from it measures how far it is.
+    t, y = _data()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    model.fit(t, y, epochs=3, batch_size=40, verbose=0)
+    early = kh.constant_uncertainty(model, t, y)
+    assert any("not at the least-squares minimum" in w for w in early.warnings)
+    assert set(early.verdicts.values()) == {"weakly identified"}
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
+    converged = kh.constant_uncertainty(model, t, y)
+    assert not any("least-squares minimum" in w for w in converged.warnings)
+    assert converged.verdicts == {"A": "identified", "k": "identified"}

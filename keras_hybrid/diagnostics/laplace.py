@@ -169,6 +169,55 @@ def _widen_by_path(path, names, estimates, intervals):
     return intervals, selection, stable
 
 
+# A physics-only fit whose Gauss-Newton step moves a constant by more
+# than this many standard errors is not at its least-squares minimum.
+UNCONVERGED_STEP = 1.0
+
+
+def _gauss_newton_steps(res, a_cc, noise_var, p_c):
+    """Per constant, the Gauss-Newton step from the fit, `-A_cc^+ J_c^T r`,
+    in units of its standard error (raw space): 0 at the least-squares
+    minimum."""
+
+    def gradient(params, x, y, w):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            r = res.residual(params, x, y, w)
+            half_rss = 0.5 * tf.reduce_sum(tf.square(r))
+        return tape.gradient(half_rss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    compiled = tf.function(gradient, reduce_retracing=True)
+    params = res.params()
+    total = np.zeros(p_c)
+    for chunk in res.chunks():
+        total += np.array([float(g) for g in compiled(params, *chunk)[:p_c]])
+    inverse = np.linalg.pinv(np.atleast_2d(a_cc))
+    step = -inverse @ total
+    se = np.sqrt(noise_var * np.clip(np.diag(inverse), 0.0, None))
+    return np.abs(step) / np.where(se > 0, se, np.inf)
+
+
+def _cap_unconverged(verdict, notes, warnings, names, steps):
+    """Caps at "weakly identified" the constants of a physics-only fit that
+    a Gauss-Newton step would move by more than `UNCONVERGED_STEP`
+    standard errors, and says so: the interval is centred on an estimate
+    the data do not support (an optimizer stopped early, or slowed down
+    next to a bound)."""
+    moved = [(name, z) for name, z in zip(names, steps) if z > UNCONVERGED_STEP]
+    if not moved:
+        return
+    shown = ", ".join(f"{name} by {z:.2g}" for name, z in moved)
+    warnings.append(
+        f"the fit is not at the least-squares minimum: a Gauss-Newton step from it moves {shown} "
+        "standard errors, so the intervals are centred on estimates the data do not support. "
+        "Train longer (or with another learning rate) and ask again."
+    )
+    for name, z in moved:
+        notes[name].append(f"not converged: a Gauss-Newton step moves it by {z:.2g} standard errors")
+        if verdict[name] == "identified":
+            verdict[name] = "weakly identified"
+
+
 def _cap_by_open_profiles(verdict, notes, profiles, entries):
     """A profile that does not close on one side within the constant's
     domain (the data do not bound it there), or that warns (its refits
@@ -484,6 +533,9 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
     _cap_by_open_profiles(verdict, notes, profiles, entries)
+    if not _network_variables(model):
+        _cap_unconverged(verdict, notes, warnings, names,
+                         _gauss_newton_steps(res, blocks.a_cc, noise_var, p_c))
     loss_warning = _loss_warning(model)
     if loss_warning:
         warnings.append(loss_warning)
