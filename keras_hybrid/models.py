@@ -153,13 +153,14 @@ class SAMTrainStep:
         value = _as_sam(value)
         changed = value != getattr(self, "_sam", None)
         self._sam = value
+        if changed:
+            # LookSAM's stored direction belongs to the former settings.
+            object.__setattr__(self, "_looksam", None)
         if changed and getattr(self, "train_function", None) is not None:
             # A callback may change the settings during `fit`, which calls
             # the model's train function again at every step: make the new
-            # one now (traced at its first call).
+            # one now (traced at its first call; it builds LookSAM's state).
             self.make_train_function(force=True)
-        if changed:
-            object.__setattr__(self, "_looksam", None)
 
     @property
     def on_non_finite(self):

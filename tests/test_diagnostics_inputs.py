@@ -151,15 +151,21 @@ def test_profile_interval_spans_a_set_that_is_not_one_interval():
     assert lo_nan == pytest.approx(0.2 - 0.15 * cut / math.sqrt(10.0))
 
 
+def _fitted_decay():
+    """`(t, y, model, Laplace interval of k, k)` of the decay law fitted to
+    its least-squares minimum."""
+    t, y = _data()
+    model = _model()
+    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
+    interval = kh.constant_uncertainty(model, t, y).intervals["k"]
+    return t, y, model, interval, model.physical_constants()["k"]
+
+
 def test_profile_likelihood_warns_of_refits_still_improving():
     # Refits stopped while their loss still fell clearly put the profile
     # too high and the interval too narrow, silently (a refit at the
     # estimate that starts converged does not reveal it).
-    t, y = _data()
-    model = _model()
-    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
-    lo, hi = kh.constant_uncertainty(model, t, y).intervals["k"]
-    k = model.physical_constants()["k"]
+    t, y, model, (lo, hi), k = _fitted_decay()
     grid = [k - 1.3 * (k - lo), k, k + 1.3 * (hi - k)]
     converged = kh.profile_likelihood(model, "k", grid, t, y, epochs=20, batch_size=40)
     assert not converged.warnings
@@ -175,11 +181,7 @@ def test_profile_takes_the_model_fit_where_a_refit_ends_above_it():
     # epochs: every refit ends far above the model's own fit with k moved
     # there, which bounds the profile from above. The interval excluded
     # the grid value next to the estimate, silently.
-    t, y = _data()
-    model = _model()
-    model.fit(t, y, epochs=300, batch_size=40, verbose=0)
-    lo, hi = kh.constant_uncertainty(model, t, y).intervals["k"]
-    k = model.physical_constants()["k"]
+    t, y, model, (lo, hi), k = _fitted_decay()
     model.compile(optimizer=keras.optimizers.Adam(0.3), loss="mse")
     with pytest.warns(UserWarning, match=r"refits at k = 0.656.* ended above the model's own fit"):
         prof = kh.profile_likelihood(model, "k", [k - 0.05, k + 0.002, k + 0.05], t, y, epochs=2,

@@ -68,6 +68,15 @@ def test_a_radius_schedule_from_a_callback_takes_effect_at_the_next_step():
     np.testing.assert_allclose(model.get_weights()[0], w, rtol=1e-5)
     np.testing.assert_allclose(model.get_weights()[1], b, rtol=1e-5)
 
+    # Switching to LookSAM mid-fit builds its state for the new step.
+    class ToLookSAM(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.sam = kh.SAM(rho=0.1, perturb="all", every=2)
+
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[ToLookSAM()])
+    assert np.all(np.isfinite(model.get_weights()[0]))
+
 
 def test_new_sam_settings_after_a_fit_take_effect_and_are_validated():
     x, y = _data()
