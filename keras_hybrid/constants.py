@@ -232,6 +232,15 @@ class PhysicalConstant:
         )
 
     @property
+    def domain(self):
+        """`(lo, hi)`: the values the constraint allows (open ends)."""
+        if self.constraint == "positive":
+            return 0.0, math.inf
+        if isinstance(self.constraint, tuple):
+            return float(self.constraint[0]), float(self.constraint[1])
+        return -math.inf, math.inf
+
+    @property
     def _legacy_map(self):
         """keras_hybrid 0.1's maps, through TFP (softplus or identity);
         bounded constants have their own sigmoid in both

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -372,3 +374,9 @@ def test_bounds_given_as_an_array_are_the_tuple():
 
 def _linear_law(x, c):
     return c["b"] * x
+
+
+def test_domain_is_what_the_constraint_allows():
+    assert PhysicalConstant("a", 1.0).domain == (-math.inf, math.inf)
+    assert PhysicalConstant("k", 1.0, constraint="positive").domain == (0.0, math.inf)
+    assert PhysicalConstant("f", 0.5, constraint=(0.1, 2.0)).domain == (0.1, 2.0)

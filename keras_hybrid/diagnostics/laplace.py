@@ -224,11 +224,7 @@ def _cap_by_open_profiles(verdict, notes, profiles, entries):
     have not converged, the model is not at the minimum), makes its
     constant at most "weakly identified". A flat one has already made it
     "not identified"."""
-    domains = {}
-    for key, _, spec in entries:
-        constraint = spec.constraint
-        domains[key] = ((0.0, math.inf) if constraint == "positive" else tuple(constraint)
-                        if isinstance(constraint, tuple) else (-math.inf, math.inf))
+    domains = {key: spec.domain for key, _, spec in entries}
     for profile in profiles or []:
         name = profile.name
         if name not in verdict or profile.flat:

@@ -37,16 +37,6 @@ def _spec(model, name):
     return {k: s for k, _, s in _keyed_constant_variables(model)}[name]
 
 
-def _domain(model, name):
-    """`(lo, hi)`: the values constant `name`'s constraint allows."""
-    constraint = _spec(model, name).constraint
-    if constraint == "positive":
-        return 0.0, math.inf
-    if isinstance(constraint, tuple):
-        return float(constraint[0]), float(constraint[1])
-    return -math.inf, math.inf
-
-
 def clone_for_refit(model):
     """A copy of `model` (architecture, weights and compile settings, with
     a fresh optimizer of the same configuration), for refits that must not
@@ -272,18 +262,16 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     # constant is stored) has two fits there, the refit and the model's
     # own: the profile takes the better one.
     at_estimate = np.isclose(values, estimate, rtol=_SAME_VALUE_RTOL, atol=0.0)
-    domain_lo, domain_hi = _domain(model, name)
-
-    def interval_of(rss):
-        """`(lo, hi, points, their statistics)` of a profile of grid RSS `rss`."""
-        rss = np.fmin(rss, plugged)
-        if np.any(at_estimate):
-            points, point_rss = values, np.where(at_estimate, np.fmin(rss, rss_free), rss)
-        else:
-            points, point_rss = np.append(values, estimate), np.append(rss, rss_free)
-        lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
-        # An end the profile never crosses is the end of the constant's domain.
-        return max(lo, domain_lo), min(hi, domain_hi), points, point_stat
+    # The model's fit with the constant moved there bounds the profile from above.
+    best_rss = np.fmin(rss, plugged)
+    if np.any(at_estimate):
+        points, point_rss = values, np.where(at_estimate, np.fmin(best_rss, rss_free), best_rss)
+    else:
+        points, point_rss = np.append(values, estimate), np.append(best_rss, rss_free)
+    lo, hi, point_stat = un.profile_interval(points, point_rss, n, rss_min=rss_free, level=level)
+    # An end the profile never crosses is the end of the constant's domain.
+    domain_lo, domain_hi = _spec(model, name).domain
+    lo, hi = max(lo, domain_lo), min(hi, domain_hi)
 
     # Refits that ended well above the fit they could have kept: not converged.
     above_start = np.flatnonzero(~at_estimate & (rss > 0) & (plugged > 0)
@@ -293,8 +281,6 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
         i = int(np.flatnonzero(at_estimate)[0])
         if rss[i] > 0 and rss_free > 0 and n * np.log(rss[i] / rss_free) > threshold:
             unreturned = (float(values[i]), float(rss[i]))
-    lo, hi, points, point_stat = interval_of(rss)
-    best_rss = np.fmin(rss, plugged)
     rss_min = min(rss_free, float(np.nanmin(best_rss)))
     # Each row's statistic is its own refit's (the interval may have taken
     # the model's fit in place of a worse refit at the estimate).

@@ -95,7 +95,8 @@ def run_one(task, cfg, data, method, value, seed, epochs=None):
     for key in ("skipped_steps", "sam_fallbacks"):
         if key in history:
             result[key] = int(sum(history[key]))
-    result["steps"] = int(n_epochs * math.ceil(len(x) / cfg["batch_size"]))
+    samples = len(keras.tree.flatten(x)[0])  # inputs may be a list or dict of arrays
+    result["steps"] = int(n_epochs * math.ceil(samples / cfg["batch_size"]))
     return result, model
 
 
