@@ -109,19 +109,23 @@ def path_samples(cache):
 def path_evidence(cache):
     """Laplace log evidence of each cached path fit on its training split:
     could the evidence, rather than the validation loss, tell the radii
-    apart? Prior `N(0, alpha^-1 I)` on the network weights and Gaussian
-    noise, both at the evidence fixed point of `constant_uncertainty`;
-    flat prior on the constants (a common constant, left out):
+    apart? Prior `N(0, RMS^2 / alpha)` on each layer's weights (`RMS` its
+    fitted RMS weight) and Gaussian noise, both at the evidence fixed point
+    of `constant_uncertainty`; flat prior on the constants (a common
+    constant, left out). In the scaled weights `u = w / RMS` (`R = diag(RMS)`;
+    the change of variables cancels between the prior and the volume):
 
         log Z = -RSS / (2 s^2) - n/2 log(2 pi s^2)              (fit)
-                - alpha/2 ||w||^2 + P/2 log alpha                (prior)
-                - 1/2 log det(J_w^T J_w / s^2 + alpha I)          (weights' volume)
+                - alpha/2 ||u||^2 + P/2 log alpha                (prior)
+                - 1/2 log det(R J_w^T J_w R / s^2 + alpha I)      (weights' volume)
                 - 1/2 log det(S / s^2)                           (constants' volume)
 
     with the weights' log-determinant from the same stochastic Lanczos
-    quadrature (30 steps, 4 probes) as the evidence fixed point."""
+    quadrature (30 steps, 4 probes) as the evidence fixed point. (Figures
+    in benchmarks/README.md before 1 Dec 2026 used one `alpha` for all
+    weights.)"""
     from keras_hybrid import diagnostics, radius
-    from keras_hybrid.diagnostics.prior import _weight_spectrum
+    from keras_hybrid.diagnostics.prior import _layer_scales, _weight_spectrum
 
     times, y0, obs = pendulum.simulate(seed=0)
     (xt, yt, _), _ = radius._split(y0, obs, None, 0.2, 0)
@@ -141,7 +145,7 @@ def path_evidence(cache):
         p_c = len(constants)
         p_w = int(sum(np.prod(v.shape) for v in weights))
         products = diagnostics._Residuals(model, constants + weights, xt, yt, None, None)
-        nodes, node_weights = _weight_spectrum(products, "cg", None, p_c, p_w)
+        nodes, node_weights = _weight_spectrum(products, "cg", None, p_c, p_w, _layer_scales(weights)[0])
         rss = s2 * (res.n - res.effective_parameters)
         _, logdet_c = np.linalg.slogdet(np.atleast_2d(res.information_marginal) / s2)
         terms = {

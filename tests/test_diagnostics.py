@@ -410,9 +410,14 @@ def test_hybrid_on_six_points_is_not_identified():
     result = kh.constant_uncertainty(model, t, y)
     assert result.verdicts["k"] == "not identified", str(result)
     assert result.verdicts["A"] == "not identified", str(result)
+    # The evidence prior takes its scale from weights still mostly at
+    # their initialization, and is tighter: `A` comes out "weakly
+    # identified", with an interval spanning a factor of more than 4 (why
+    # it is not the default).
     evidence = kh.constant_uncertainty(model, t, y, prior_precision="evidence")
     assert evidence.verdicts["k"] == "not identified", str(evidence)
-    assert evidence.verdicts["A"] == "not identified", str(evidence)
+    lo, hi = evidence.intervals["A"]
+    assert lo < 2.0 < hi and hi / lo > 4, str(evidence)
 
 
 def test_l2_weight_decay_sets_the_prior():
@@ -765,16 +770,93 @@ def test_evidence_precision_is_mackays_fixed_point_on_a_linear_model():
     for method in ("dense", "cg"):
         result = kh.constant_uncertainty(model, x, y, prior_precision="evidence", method=method)
         ev = result.evidence
-        alpha, s2, gamma = ev["alpha"], ev["noise_variance"], ev["gamma"]
+        alpha, s2, gamma = result.prior_precision, ev["noise_variance"], ev["gamma"]
         assert ev["converged"]
-        # Hand computation of the three fixed-point equations.
+        # Hand computation of the three fixed-point equations (one layer:
+        # its RMS scaling cancels out of the weights' precision).
         assert gamma == pytest.approx(np.sum(lam / (lam + alpha * s2)), rel=1e-3)
         assert alpha == pytest.approx(gamma / (w @ w), rel=1e-3)
         assert s2 == pytest.approx(rss / (n - 1 - gamma), rel=1e-3)
-        assert ev["weight_sq_norm"] == pytest.approx(w @ w, rel=1e-5)
-        assert result.prior_precision == pytest.approx(alpha, rel=1e-6)
+        # In units of the layer's RMS weight, `||w / RMS||^2` is the weight count.
+        rms = math.sqrt(w @ w / 4)
+        assert ev["layer_rms"] == {net.layers[0].kernel.path.rsplit("/", 1)[0]: pytest.approx(rms, rel=1e-6)}
+        assert ev["weight_sq_norm"] == pytest.approx(4, rel=1e-5)
+        assert ev["alpha"] == pytest.approx(alpha * rms**2, rel=1e-6)
         assert result.prior_source.startswith("evidence")
         assert 0 < gamma < 4
+
+
+def test_the_evidence_refuses_a_network_of_zero_weights():
+    """The evidence takes its scale from the fitted weights: with all of
+    them zero it has none."""
+    model, net, x, y = _linear_hybrid()
+    net.layers[0].kernel.assign(np.zeros((4, 1), "float32"))
+    with pytest.raises(ValueError, match=r"evidence.*Received: a network of 4 weights, all zero"):
+        kh.constant_uncertainty(model, x, y, prior_precision="evidence")
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics")
+def slope_and_offset(x, k):
+    return k["a"] * x + k["b"]
+
+
+@pytest.mark.parametrize("method", ["dense", "cg"])
+def test_intervals_do_not_depend_on_the_units_of_the_data(method):
+    """The same fit with `y` in units 100 times smaller or larger (the
+    constants and the output layer rescaled, so the predictions are the
+    same in the new units). The evidence prior gives the same relative
+    intervals and verdicts in every unit. A fixed standard-normal prior
+    does not: with `y` 100 times larger the output layer is rigid and the
+    interval of `a` narrows; the default prior then turns to the evidence."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 2, (100, 1)).astype("float32")
+    y = (2 * x + 1 + 0.3 * np.sin(3 * x) + 0.05 * rng.standard_normal(x.shape)).astype("float32")
+
+    def build(scale):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="tanh"),
+                                keras.layers.Dense(1)])
+        model, _ = algebraic_model(slope_and_offset, [kh.PhysicalConstant("a", scale),
+                                                      kh.PhysicalConstant("b", 0.5 * scale)],
+                                   network=net)
+        return model, net
+
+    model, net = build(1.0)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+    model.fit(x, y, epochs=300, batch_size=100, verbose=0)
+    reference = kh.constant_uncertainty(model, x, y, method=method, prior_precision="evidence")
+    assert reference.verdicts == {"a": "not identified", "b": "not identified"}, str(reference)
+    fixed_prior, default = {}, {}
+    for scale in (0.01, 100.0):
+        copy, copy_net = build(scale)
+        copy.set_weights(model.get_weights())
+        copy.get_layer("law").set_constant("a", scale * model.physical_constants()["a"])
+        copy.get_layer("law").set_constant("b", scale * model.physical_constants()["b"])
+        out_layer = copy_net.layers[-1]
+        out_layer.kernel.assign(scale * keras.ops.convert_to_numpy(out_layer.kernel))
+        out_layer.bias.assign(scale * keras.ops.convert_to_numpy(out_layer.bias))
+        np.testing.assert_allclose(copy.predict(x, verbose=0), scale * model.predict(x, verbose=0),
+                                   rtol=1e-5, atol=1e-5 * scale)
+        result = kh.constant_uncertainty(copy, x, scale * y, method=method, prior_precision="evidence")
+        for name in ("a", "b"):
+            np.testing.assert_allclose(np.array(result.intervals[name]) / scale,
+                                       reference.intervals[name], rtol=0.02)
+        assert result.verdicts == reference.verdicts
+        fixed_prior[scale] = kh.constant_uncertainty(copy, x, scale * y, method=method,
+                                                     prior_precision=1.0)
+        default[scale] = kh.constant_uncertainty(copy, x, scale * y, method=method)
+    # The fixed prior's interval of `a` changes with the units by a factor
+    # of more than 10.
+    width = {s: np.diff(r.intervals["a"])[0] / s for s, r in fixed_prior.items()}
+    assert width[0.01] > 10 * width[100.0], width
+    # The default keeps the standard normal where the weights fit it, and
+    # turns to the evidence where they are too large for it.
+    assert default[0.01].prior_source.startswith("default (standard normal)")
+    assert default[0.01].intervals == fixed_prior[0.01].intervals
+    assert "exceed" in default[100.0].prior_source, default[100.0].prior_source
+    for name in ("a", "b"):
+        np.testing.assert_allclose(np.array(default[100.0].intervals[name]) / 100.0,
+                                   reference.intervals[name], rtol=0.02)
 
 
 def test_lanczos_quadrature_against_the_eigenvalues():

@@ -71,9 +71,14 @@ MAX_DENSE_WEIGHTS = 2_000
 #: Prior precision on the network weights when neither `prior_precision`
 #: nor an L2 regularizer gives one: a standard-normal prior.
 DEFAULT_PRIOR_PRECISION = 1.0
+#: The default prior turns from the standard normal to the evidence when a
+#: layer's fitted weights have an RMS above this (the standard normal would
+#: then put them beyond 3 standard deviations, and the verdicts would
+#: depend on the units of the data).
+STANDARD_NORMAL_MAX_RMS = 3.0
 #: Lanczos iterations and random probes of the stochastic quadrature that
 #: estimates the spectrum of `J_w^T J_w` with `method="cg"` (the dense
-#: method takes the exact eigenvalues): for `prior_precision="evidence"`,
+#: method takes the exact eigenvalues): for the evidence prior,
 #: and for the network's well-determined weights in the noise estimate.
 LANCZOS_STEPS = 30
 LANCZOS_PROBES = 4

@@ -350,22 +350,38 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     Network treatment:
 
     - `"marginal"` (default): the weights are integrated out under a
-      Gaussian prior of precision `alpha` (Schur complement). `alpha` is
-      `prior_precision` if given; else, if the network has L2 weight
-      decay `l2 ||w||^2` in its loss, `alpha = n l2 / sigma^2` (the same
-      penalty as a prior); else `1` (a standard-normal prior on each
-      weight). `prior_precision="evidence"` chooses `alpha` (and
-      `sigma^2`) by the evidence (MacKay's type-II maximum likelihood,
-      `keras_hybrid.uncertainty.evidence_precision`):
-      `alpha = gamma / ||w||^2` with `gamma = tr(A_ww (A_ww + alpha sigma^2 I)^-1)`
-      the number of well-determined weights, iterated to the fixed
-      point; a network that fits with small weights gets a tight prior,
-      one with large weights a loose one. The spectrum of `A_ww` is exact
-      with the dense method and a stochastic Lanczos quadrature
+      Gaussian prior (Schur complement). Its precision `alpha` is
+      `prior_precision` if a number is given; else, if the network has
+      L2 weight decay `l2 ||w||^2` in its loss, `alpha = n l2 / sigma^2`
+      (the same penalty as a prior; weights without it get `1`); else
+      `1`, a standard-normal prior on each weight, unless the fitted
+      weights of a layer have an RMS above `STANDARD_NORMAL_MAX_RMS = 3`:
+      then the standard normal is contradicted by the fit and makes the
+      layer rigid (an output layer for `y` in large numbers: the same fit
+      with `y` in units 100 times larger could pass as "identified"), and
+      the evidence is used instead (`prior_source` says so).
+      `prior_precision="evidence"` always uses the evidence (MacKay's
+      type-II maximum likelihood,
+      `keras_hybrid.uncertainty.evidence_precision`), for the weights
+      measured in units of their layer's RMS weight: the prior on a layer
+      is `N(0, RMS^2 / alpha)`, with `alpha = gamma / ||w / RMS||^2` and
+      `gamma = tr(A' (A' + alpha sigma^2 I)^-1)` the number of
+      well-determined weights (`A' = R A_ww R`, `R` the RMS per weight),
+      iterated with `sigma^2` to the fixed point. A network that fits
+      with small weights gets a tight prior, one with large weights a
+      loose one; a change of the units of `y` or of an input rescales
+      the weights and their prior with them, so its intervals and
+      verdicts do not depend on the units. (Not the default everywhere:
+      after a short fit the weights are mostly their initialization's,
+      and a small network then gets a tight prior: six points of a decay
+      and a 49-weight network come out "weakly identified" with it,
+      "not identified" with the standard normal.) The spectrum of `A'`
+      is exact with the dense method and a stochastic Lanczos quadrature
       (`LANCZOS_PROBES = 4` probes of `LANCZOS_STEPS = 30` products)
       with conjugate gradients, where `sigma^2` then counts
-      `p_c + gamma` parameters. A constant whose effect the network can mimic gets a wide
-      interval: that is the honest answer for a flexible network.
+      `p_c + gamma` parameters. A constant whose effect the network can
+      mimic gets a wide interval: that is the honest answer for a
+      flexible network.
     - `"fixed"`: conditional on the fitted network, as if its weights were
       known. Cheaper, and overconfident: it ignores that the network could
       take over part of a constant's effect (it is the `alpha -> inf`
@@ -462,9 +478,10 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
             `0.95`.
         network: `"marginal"` or `"fixed"`. Defaults to `"marginal"`.
         prior_precision: precision `alpha` of the Gaussian prior on the
-            network weights (marginal mode): a number > 0, `"evidence"`
-            (chosen by the evidence), or `None` (see above). Defaults to
-            `None`.
+            network weights (marginal mode): a number > 0 (the same for
+            every weight), `"evidence"`, or `None` (the L2 weight decay,
+            else the standard normal, or the evidence for weights too
+            large for it; see above). Defaults to `None`.
         method: `"auto"`, `"dense"` or `"cg"`. Defaults to `"auto"`.
         batch_size: samples per Jacobian chunk. Defaults to `None` (all).
         profiles: optional list of `ProfileLikelihood` results; a flat

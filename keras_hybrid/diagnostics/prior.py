@@ -1,8 +1,11 @@
 """The noise variance and the prior precision of the network weights.
 
-The prior precision comes from `prior_precision`, an L2 weight decay or
-`DEFAULT_PRIOR_PRECISION`, or is chosen by the evidence (MacKay's fixed
-point); the noise variance counts the effective number of parameters.
+The prior precision comes from `prior_precision`, an L2 weight decay,
+`DEFAULT_PRIOR_PRECISION`, or the evidence (MacKay's fixed point) on
+weights measured in units of their layer's RMS weight, which makes it
+independent of the units of the data; the default turns to the evidence
+when the fitted weights are too large for the standard normal. The noise
+variance counts the effective number of parameters.
 """
 
 import math
@@ -14,14 +17,8 @@ from keras_hybrid import diagnostics as _pkg
 from keras_hybrid import uncertainty as un
 
 
-def _prior_precisions(model, variables, n, noise_var, prior_precision):
-    """Per-weight prior precision: `prior_precision` if given; else from an
-    L2 regularizer (`alpha = n l2 / sigma^2`, since a Keras loss is the mean
-    over `n` values plus `l2 ||w||^2`); else `DEFAULT_PRIOR_PRECISION`.
-    Returns `(vector, how)`."""
-    sizes = [int(np.prod(v.shape)) for v in variables]
-    if prior_precision is not None:
-        return np.full(sum(sizes), float(prior_precision)), "given"
+def _l2_coefficients(model):
+    """`id(variable) -> l2` for every kernel or bias with an L2 regularizer."""
     l2 = {}
     for layer in model._flatten_layers(include_self=True, recursive=True):
         for attr, reg_attr in (("kernel", "kernel_regularizer"), ("bias", "bias_regularizer")):
@@ -30,6 +27,21 @@ def _prior_precisions(model, variables, n, noise_var, prior_precision):
             coef = getattr(reg, "l2", None)
             if var is not None and coef:
                 l2[id(var)] = float(coef)
+    return l2
+
+
+def _prior_precisions(model, variables, n, noise_var, prior_precision):
+    """Per-weight prior precision: `prior_precision` if given (a number,
+    or the evidence's per-weight vector); else from an L2 regularizer
+    (`alpha = n l2 / sigma^2`, since a Keras loss is the mean over `n`
+    values plus `l2 ||w||^2`); else `DEFAULT_PRIOR_PRECISION`.
+    Returns `(vector, how)`."""
+    sizes = [int(np.prod(v.shape)) for v in variables]
+    if isinstance(prior_precision, np.ndarray):
+        return prior_precision, "evidence"
+    if prior_precision is not None:
+        return np.full(sum(sizes), float(prior_precision)), "given"
+    l2 = _l2_coefficients(model)
     if not l2:
         return np.full(sum(sizes), _pkg.DEFAULT_PRIOR_PRECISION), "default (standard normal)"
     parts = [
@@ -39,27 +51,75 @@ def _prior_precisions(model, variables, n, noise_var, prior_precision):
     return np.concatenate(parts), "from the L2 weight decay"
 
 
-def _weight_spectrum(res, method, a_ww, p_c, p_w):
-    """`(nodes, weights)` of `J_w^T J_w`: its eigenvalues (dense; weights
-    `None`) or a stochastic Lanczos quadrature of them."""
+def _layer_scales(variables):
+    """`(scale, layer_rms)`: per weight, the RMS of its layer's fitted
+    weights (kernel and bias together), and `layer -> RMS`.
+
+    The evidence's prior is `N(0, (RMS / sqrt(alpha))^2)` per layer: a
+    change of the units of `y` (or of an input) rescales a layer's
+    weights and its prior with them, so intervals and verdicts do not
+    depend on the units (one `alpha` for all weights would make the
+    output layer rigid for `y` in small units and loose in large ones).
+    A layer whose weights are all zero takes the network's RMS."""
+    values = [keras.ops.convert_to_numpy(v.value).astype("float64").ravel() for v in variables]
+    layers = [v.path.rsplit("/", 1)[0] if "/" in v.path else v.path for v in variables]
+    squares, counts = {}, {}
+    for layer, w in zip(layers, values):
+        squares[layer] = squares.get(layer, 0.0) + float(np.sum(np.square(w)))
+        counts[layer] = counts.get(layer, 0) + w.size
+    total = sum(counts.values())
+    overall = math.sqrt(sum(squares.values()) / total) if total else 0.0
+    layer_rms = {k: math.sqrt(squares[k] / counts[k]) or overall for k in squares}
+    scale = np.concatenate([np.full(w.size, layer_rms[k]) for k, w in zip(layers, values)])
+    return scale, layer_rms
+
+
+def _weight_spectrum(res, method, a_ww, p_c, p_w, scale=None):
+    """`(nodes, weights)` of `R J_w^T J_w R` (`R = diag(scale)`, default
+    the identity): its eigenvalues (dense; weights `None`) or a
+    stochastic Lanczos quadrature of them."""
+    scale = np.ones(p_w) if scale is None else scale
     if method == "dense":
-        return np.linalg.eigvalsh(a_ww), None
+        return np.linalg.eigvalsh(scale[:, None] * a_ww * scale[None, :]), None
 
     def ww_matvec(v):
-        return res.ggn_vector(np.concatenate([np.zeros(p_c), v]))[p_c:]
+        return scale * res.ggn_vector(np.concatenate([np.zeros(p_c), scale * v]))[p_c:]
 
     return un.lanczos_spectrum(ww_matvec, p_w, _pkg.LANCZOS_STEPS, _pkg.LANCZOS_PROBES)
 
 
 def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w, p_fitted):
-    """The evidence fixed point (`un.evidence_precision`'s dict, with
-    `weight_sq_norm`); `p_fitted` constants count as fitted parameters."""
-    nodes, node_weights = _weight_spectrum(res, method, a_ww, p_c, p_w)
-    w_sq = float(sum(np.sum(np.square(keras.ops.convert_to_numpy(v.value).astype("float64")))
-                     for v in weights))
+    """`(evidence_info, precisions)`: the evidence fixed point
+    (`un.evidence_precision`'s dict, with `weight_sq_norm` and
+    `layer_rms`) for the weights in units of their layer's RMS
+    (`w / RMS`; `alpha` is the precision in those units), and the
+    per-weight precisions `alpha / RMS^2`. `p_fitted` constants count as
+    fitted parameters."""
+    scale, layer_rms = _layer_scales(weights)
+    values = np.concatenate([keras.ops.convert_to_numpy(v.value).astype("float64").ravel()
+                             for v in weights])
+    if not np.all(scale > 0):
+        raise ValueError(
+            "`prior_precision=\"evidence\"` needs a network with weights that are not all zero "
+            "(the evidence takes its scale from them). Pass a number for `prior_precision`. "
+            f"Received: a network of {p_w} weights, all zero"
+        )
+    w_sq = float(np.sum(np.square(values / scale)))
+    nodes, node_weights = _weight_spectrum(res, method, a_ww, p_c, p_w, scale)
     evidence_info = un.evidence_precision(nodes, node_weights, w_sq, rss, n, p_fitted)
     evidence_info["weight_sq_norm"] = w_sq
-    return evidence_info
+    evidence_info["layer_rms"] = layer_rms
+    return evidence_info, evidence_info["alpha"] / np.square(scale)
+
+
+def _layers_too_large_for_the_standard_normal(weights):
+    """`layer -> RMS weight` of the layers whose fitted weights have an RMS
+    above `STANDARD_NORMAL_MAX_RMS`: for them a standard-normal prior is
+    contradicted by the fit itself and makes the layer rigid (typically
+    the output layer of a network whose `y` is in large numbers: the same
+    fit in units 100 times larger would otherwise pass as "identified")."""
+    _, layer_rms = _layer_scales(weights)
+    return {k: v for k, v in layer_rms.items() if v > _pkg.STANDARD_NORMAL_MAX_RMS}
 
 
 def _evidence_notes(evidence_info, p_w, prior_source):
@@ -73,8 +133,9 @@ def _evidence_notes(evidence_info, p_w, prior_source):
         evidence_warning = None
     if evidence_info is not None:
         prior_source = (
-            f"evidence ({evidence_info['gamma']:.1f} of {p_w} weights well determined, "
-            f"||w||^2 = {evidence_info['weight_sq_norm']:.4g})"
+            f"evidence ({evidence_info['gamma']:.1f} of {p_w} weights well determined; "
+            f"prior standard deviation {1 / math.sqrt(evidence_info['alpha']):.3g} times each "
+            f"layer's RMS weight)"
         )
     return prior_source, evidence_warning
 
@@ -162,10 +223,13 @@ def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_pre
     noise_var = un.noise_variance(rss, n, p_fitted)
     p_eff = float(p_fitted)
     evidence_info = None
+    too_large = None
+    if prior_precision is None and p_w and not _l2_coefficients(model):
+        too_large = _layers_too_large_for_the_standard_normal(weights)
+        evidence = bool(too_large)
     if evidence and p_w:
-        evidence_info = _evidence_fixed_point(res, weights, method, blocks.a_ww, rss, n, p_c, p_w,
-                                              p_fitted)
-        prior_precision = evidence_info["alpha"]
+        evidence_info, prior_precision = _evidence_fixed_point(
+            res, weights, method, blocks.a_ww, rss, n, p_c, p_w, p_fitted)
         if method != "dense":
             noise_var = evidence_info["noise_variance"]
             p_eff = p_fitted + evidence_info["gamma"]
@@ -183,6 +247,12 @@ def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_pre
             p_eff = un.effective_parameters(blocks.gram, np.concatenate([np.zeros(p_c), alpha]), noise_var)
             noise_var = un.noise_variance(rss, n, p_eff)
     prior_source, evidence_warning = _evidence_notes(evidence_info, p_w, prior_source)
+    if too_large:
+        shown = ", ".join(f"{layer} {rms:.3g}" for layer, rms in too_large.items())
+        prior_source += (
+            f"; instead of the standard normal, whose scale 1 the fitted weights exceed (RMS weight: "
+            f"{shown}), so that the verdicts do not depend on the units of the data"
+        )
     if not math.isfinite(noise_var):
         counted = ""
         if method != "dense" and p_w and p_eff >= n:

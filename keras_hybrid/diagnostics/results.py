@@ -65,8 +65,10 @@ class ConstantUncertainty(_Serializable):
         statistical_intervals: `name -> (lo, hi)`, the Laplace part alone.
         selection_ranges: `name -> (lo, hi)`, the range over the eligible
             radii of `path` (empty without `path`).
-        evidence: with `prior_precision="evidence"`, the fixed point
-            (`alpha`, `gamma`, `noise_variance`, `weight_sq_norm`,
+        evidence: with the evidence prior, the fixed point (`alpha`, the
+            precision of the weights in units of their layer's RMS;
+            `gamma`, `noise_variance`,
+            `weight_sq_norm` of those scaled weights, `layer_rms`,
             `iterations`, `converged`); else `None`.
         verdicts: `name -> "identified" | "weakly identified" | "not identified"`.
         notes: `name -> list of explanations` of the verdict.
