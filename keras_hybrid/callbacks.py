@@ -125,7 +125,11 @@ class NonFiniteGuard(keras.callbacks.Callback):
     every epoch it adds `skipped_steps` (and, with SAM, `sam_fallbacks`) to
     the logs, so they appear in `history.history`, and warns or raises
     naming the epoch and batch of the first event. A non-finite validation
-    loss is reported too. `HybridModel.fit` and `SAMModel.fit` add one
+    loss is reported too. With a `LossScaleOptimizer` (mixed precision)
+    the steps it skipped itself for overflowing gradients are logged as
+    `loss_scale_skips` (a few are normal); an epoch of nothing else, with
+    the scale below 1, is an event: the gradients are not finite even
+    unscaled. `HybridModel.fit` and `SAMModel.fit` add one
     automatically (mode from the model's `on_non_finite`); add it yourself
     to any other model: it then watches the batch loss only (no counts in
     the logs), and says that such a model's step applied the update.
@@ -203,13 +207,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
         record = self._record()
         if record is not None:
             counts = record.read()
-            if counts["skipped"] or counts["fallbacks"]:
+            if counts["skipped"] or counts["fallbacks"] or counts["scaler_skips"]:
                 self._record_clean = False
+            scaled = isinstance(getattr(self.model, "optimizer", None),
+                                keras.optimizers.LossScaleOptimizer)
             if logs is not None:
                 logs["skipped_steps"] = counts["skipped"]
                 sam = getattr(self.model, "sam", None)
                 if sam is not None and not sam.is_plain:
                     logs["sam_fallbacks"] = counts["fallbacks"]
+                if scaled:
+                    logs["loss_scale_skips"] = counts["scaler_skips"]
+            if scaled and counts["steps"] and counts["scaler_skips"] == counts["steps"]:
+                scale = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
+                if scale < 1.0:
+                    events.append(("stalled", self._stalled_message(epoch, counts["steps"], scale)))
             if counts["skipped"]:
                 events.append(("skip", self._skip_message(
                     epoch, counts["first_skip"], counts["first_skip_loss"], counts["skipped"])))
@@ -268,6 +280,17 @@ class NonFiniteGuard(keras.callbacks.Callback):
             "model's training step does not skip such steps: the update was applied, and its "
             "weights may now be NaN. `kh.HybridModel` (or the `kh.SAMTrainStep` mixin) skips "
             f"them and keeps the last finite weights. {_describe_constants(self.model)}"
+        )
+
+    def _stalled_message(self, epoch, steps, scale):
+        # Below a scale of 1 the scaled gradients are smaller than the true
+        # ones: an overflow of float16 is no longer the likely cause.
+        return (
+            f"The loss scaler skipped every step of epoch {epoch} ({steps} step(s)) and its scale "
+            f"fell to {scale:.3g}: the gradients are not finite even unscaled, so the weights do "
+            "not move. A NaN gradient (an equation evaluated outside its domain, or NaN in the "
+            "data) stops mixed-precision training this way; train in float32 to see it "
+            f"reported, or scale the targets down. {_describe_constants(self.model)}"
         )
 
     def _fallback_message(self, epoch, batch, count):

@@ -15,7 +15,13 @@ from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import _constant_spec, constant_units, is_physical_variable, physical_constants
 from keras_hybrid.looksam import LookSAMState
 from keras_hybrid.ode import is_seed_state
-from keras_hybrid.non_finite import StepRecord, guarded_apply, non_finite_report
+from keras_hybrid.non_finite import (
+    StepRecord,
+    guarded_apply,
+    iterations_of,
+    loss_scale_skipped,
+    non_finite_report,
+)
 from keras_hybrid.sam import EXCLUDED, NEURAL, PHYSICAL, SAM, all_finite
 
 def _as_sam(sam):
@@ -118,9 +124,12 @@ class SAMTrainStep:
     optimizer state and `optimizer.iterations` keep their values (see
     `keras_hybrid.non_finite`). If only the perturbed pass is non-finite
     (e.g. `w + e` leaves an equation's domain), the step falls back to the
-    plain gradient `g`. Skipped steps and fallbacks are counted per epoch
-    in the logs (`skipped_steps`, `sam_fallbacks`) and reported according
-    to `on_non_finite`.
+    plain gradient `g` (with loss scaling too: a `LossScaleOptimizer`
+    would take a NaN gradient for an overflow and skip every step).
+    Skipped steps and fallbacks are counted per epoch in the logs
+    (`skipped_steps`, `sam_fallbacks`; with loss scaling also
+    `loss_scale_skips`, the steps the scaler skipped itself) and reported
+    according to `on_non_finite`.
 
     Mix it into your own subclassed model, before `keras.Model`, and set
     `self.sam`:
@@ -387,7 +396,7 @@ class SAMTrainStep:
         if looksam is not None:
             looksam.invalidate()
 
-    def _record(self, applied, loss, fallback=None):
+    def _record(self, applied, loss, fallback=None, scaler_skip=None):
         record = getattr(self, "_step_record", None)
         if record is None:  # `train_step` called directly
             return
@@ -396,7 +405,7 @@ class SAMTrainStep:
             # The global loss (Keras divided each replica's by their number),
             # so that a NaN on any replica is recorded as such.
             loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-        record.update(applied, loss, fallback)
+        record.update(applied, loss, fallback, scaler_skip)
 
     def _plain_train_step(self, data):
         # Keras's own TensorFlow train step, with the non-finite guard (same
@@ -412,8 +421,10 @@ class SAMTrainStep:
                 )
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
+        iterations_before = iterations_of(self.optimizer)
         applied = guarded_apply(self.optimizer, gradients, variables, [loss])
-        self._record(applied, loss)
+        self._record(applied, loss,
+                     scaler_skip=loss_scale_skipped(self.optimizer, iterations_before, applied))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, data):
@@ -460,11 +471,13 @@ class SAMTrainStep:
                 sam, self.optimizer.iterations, gradients, full_sam_step
             )
         # A LossScaleOptimizer expects gradients of the scaled loss.
+        iterations_before = iterations_of(self.optimizer)
         applied = guarded_apply(
             self.optimizer, _rescale(final, loss_scale, divide=False), variables, [loss]
         )
         # A step skipped for its own loss is not counted as a fallback too.
-        self._record(applied, loss, ops.logical_and(fallback, ops.all(ops.isfinite(loss))))
+        self._record(applied, loss, ops.logical_and(fallback, ops.all(ops.isfinite(loss))),
+                     scaler_skip=loss_scale_skipped(self.optimizer, iterations_before, applied))
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _sam_groups(self, variables):
@@ -514,11 +527,13 @@ class SAMTrainStep:
             after_first = variable.value
             variable.assign(after_first + (after_first - before))
         perturbed_gradients = _rescale(tape.gradient(scaled_loss, sources), loss_scale, divide=True)
-        finite = ops.all(ops.isfinite(perturbed_loss))
-        if loss_scale is None:
-            # With loss scaling, overflowing gradients are the
-            # LossScaleOptimizer's to handle (it lowers its scale).
-            finite = ops.logical_and(finite, all_finite(perturbed_gradients))
+        # Checked with loss scaling too: a NaN gradient at the perturbed
+        # point (the perturbation left an equation's domain) would reach the
+        # LossScaleOptimizer, which cannot tell it from an overflow and would
+        # skip every step, halving its scale each time. The plain gradient
+        # is used instead (an overflow of the plain pass stays the scaler's).
+        finite = ops.logical_and(ops.all(ops.isfinite(perturbed_loss)),
+                                 all_finite(perturbed_gradients))
         return perturbed_gradients, ops.logical_not(_on_every_replica(finite))
 
     def _maybe_synchronize(self, gradients, sam):

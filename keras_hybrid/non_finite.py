@@ -96,6 +96,25 @@ def _apply_and_keep_if_finite(optimizer, gradients, variables, finite):
     return ops.cond(kept, lambda: ops.convert_to_tensor(True), restore)
 
 
+def iterations_of(optimizer):
+    """`optimizer.iterations` read before a step, for `loss_scale_skipped`
+    (`None` for an optimizer without loss scaling)."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return None
+    return tf.identity(optimizer.iterations)
+
+
+def loss_scale_skipped(optimizer, iterations_before, applied):
+    """Whether a `LossScaleOptimizer` skipped a step that the policy let
+    through: its gradients were not finite (an overflow in float16, or a
+    NaN it cannot tell from one), so it lowered its scale and left the
+    weights, and `optimizer.iterations` did not advance. `None` without
+    loss scaling."""
+    if iterations_before is None:
+        return None
+    return ops.logical_and(applied, ops.equal(optimizer.iterations, iterations_before))
+
+
 def guarded_apply(optimizer, gradients, variables, losses):
     """Applies `gradients` with `optimizer` only if the step keeps the model
     finite (see the module docstring).
@@ -170,18 +189,20 @@ class StepRecord:
     """What the training steps of one epoch did, as variables written by the
     step and read once per epoch by `NonFiniteGuard`.
 
-    `steps`, `skipped` and `fallbacks` count steps; `first_skip` and
+    `steps`, `skipped`, `fallbacks` and `scaler_skips` (steps a
+    `LossScaleOptimizer` skipped itself) count steps; `first_skip` and
     `first_fallback` are the batch indices (within the epoch) of the first
     skipped step and the first SAM fallback (-1: none); `first_skip_loss` is
     the loss of that skipped step.
     """
 
-    _INT = ("steps", "skipped", "fallbacks", "first_skip", "first_fallback")
+    _COUNTS = ("steps", "skipped", "fallbacks", "scaler_skips")
+    _INT = _COUNTS + ("first_skip", "first_fallback")
 
     def __init__(self):
         for name in self._INT:
             setattr(self, name, keras.Variable(
-                0 if name in ("steps", "skipped", "fallbacks") else -1, dtype="int32",
+                0 if name in self._COUNTS else -1, dtype="int32",
                 trainable=False, aggregation="only_first_replica", name=f"record_{name}",
             ))
         self.first_skip_loss = keras.Variable(
@@ -197,13 +218,13 @@ class StepRecord:
         self.steps.assign(0)
         if steps_only:
             return
-        for name in ("skipped", "fallbacks"):
+        for name in ("skipped", "fallbacks", "scaler_skips"):
             getattr(self, name).assign(0)
         self.first_skip.assign(-1)
         self.first_fallback.assign(-1)
         self.first_skip_loss.assign(0.0)
 
-    def update(self, applied, loss, fallback=None):
+    def update(self, applied, loss, fallback=None, scaler_skip=None):
         """Records one step (in the traced step function)."""
         batch = self.steps.value
         skipped = ops.logical_not(applied)
@@ -217,6 +238,8 @@ class StepRecord:
             new_fallback = ops.logical_and(fallback, ops.less(self.first_fallback.value, 0))
             self.first_fallback.assign(ops.where(new_fallback, batch, self.first_fallback.value))
             self.fallbacks.assign_add(ops.cast(fallback, "int32"))
+        if scaler_skip is not None:
+            self.scaler_skips.assign_add(ops.cast(scaler_skip, "int32"))
         self.steps.assign_add(1)
 
     def read(self):
@@ -224,6 +247,7 @@ class StepRecord:
         epoch). The first events are read only when the epoch had events;
         otherwise they are at their reset values, -1 and 0.0."""
         values = {"skipped": int(self.skipped.numpy()), "fallbacks": int(self.fallbacks.numpy()),
+                  "scaler_skips": int(self.scaler_skips.numpy()), "steps": int(self.steps.numpy()),
                   "first_skip": -1, "first_fallback": -1, "first_skip_loss": 0.0}
         if values["skipped"] or values["fallbacks"]:
             values["first_skip"] = int(self.first_skip.numpy())

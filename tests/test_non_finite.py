@@ -268,3 +268,92 @@ def test_several_steps_per_execution_train_and_record_like_one():
     model = _offset_sam_model("warn", 4)
     with pytest.warns(UserWarning, match="Non-finite training loss \\(inf\\) at epoch 0, batch 1"):
         model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)
+
+
+# -- mixed precision: the loss scaler's own skips --------------------------
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+def ohm(x, constants):
+    return constants["R"] * x
+
+
+@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+class SqrtOfRoom(keras.layers.Layer):
+    """`w x + 0.01 sqrt(relu(0.02 - |w|))`: finite everywhere, with a NaN
+    gradient once `|w| >= 0.02` (as at SAM's perturbed point)."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(1, 1), initializer="zeros", name="w")
+
+    def call(self, x):
+        w = keras.ops.cast(self.w, x.dtype)
+        room = keras.ops.relu(keras.ops.cast(0.02, x.dtype) - keras.ops.abs(w))
+        return keras.ops.matmul(x, w) + keras.ops.cast(0.01, x.dtype) * keras.ops.sqrt(room)
+
+
+def _ohm_model(sam, extra=None, on_non_finite="warn"):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(ohm, [kh.PhysicalConstant("R", 1.0, constraint="positive")])
+    out = law(inputs) + keras.layers.Dense(1)(keras.layers.Dense(4, "tanh")(inputs))
+    if extra is not None:
+        out = out + extra(inputs)
+    return kh.HybridModel(inputs, out, sam=sam, on_non_finite=on_non_finite)
+
+
+@pytest.fixture
+def mixed_precision():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_nan_gradient_of_the_perturbed_pass_falls_back_under_mixed_precision(mixed_precision):
+    """The loss scaler cannot tell a NaN gradient from an overflow: given
+    the perturbed pass's NaN gradient it skipped every step and halved
+    its scale each time. SAM falls back to the plain gradient instead, as
+    in float32, and counts it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1)).astype("float32")
+    y = (2.0 * x + 0.3 * np.sin(3 * x)).astype("float32")
+    model = _ohm_model(kh.SAM(rho=0.3), extra=SqrtOfRoom())
+    model.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 8
+    assert history.history["sam_fallbacks"] == [4, 4]
+    assert history.history["loss_scale_skips"] == [0, 0]
+    assert float(model.optimizer.dynamic_scale.numpy()) == 32768.0
+    assert any("perturbed weights was not finite" in str(w.message) for w in caught)
+
+
+def test_steps_the_loss_scaler_skips_are_counted_and_a_stall_is_reported(mixed_precision):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1)).astype("float32")
+    # Targets in the thousands: the scaled gradients overflow float16 until
+    # the scale has come down.
+    y = 1000.0 * (2.0 * x + 0.3 * np.sin(3 * x)).astype("float32")
+    for sam in (None, kh.SAM(rho=0.3)):
+        model = _ohm_model(sam)
+        model.compile(optimizer=keras.optimizers.SGD(1e-6), loss="mse")
+        history = model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        skips = history.history["loss_scale_skips"]
+        assert sum(skips) == 8 - int(model.optimizer.iterations.numpy()) > 0, skips
+        assert history.history["skipped_steps"] == [0, 0]
+    # A NaN gradient that no scale can cure: every step skipped, the scale
+    # below 1, and the guard says so (raises under "raise").
+    model = _ohm_model(None, extra=SqrtOfRoom(), on_non_finite="raise")
+    model.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(1e-6),
+                                                                initial_scale=8.0), loss="mse")
+    for layer in model.layers:
+        if isinstance(layer, SqrtOfRoom):
+            layer.w.assign([[0.05]])
+    with pytest.raises(FloatingPointError, match=r"loss scaler skipped every step of epoch 0 \(4 step"):
+        model.fit(x, y / 1000.0, epochs=3, batch_size=16, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert float(model.optimizer.dynamic_scale.numpy()) == 0.5
