@@ -968,3 +968,35 @@ def test_radius_path_round_trips_through_a_dict():
     again = kh.RadiusPath.from_dict(path.to_dict())
     assert again.eligible == path.eligible and again.stable == path.stable
     assert again.selection_ranges() == path.selection_ranges() == {"k": (1.0, 1.02)}
+
+
+def test_a_constant_moving_within_its_own_interval_over_the_path_stays_put():
+    """The path's fixed 5 % tolerance alone downgraded a constant that
+    moves over the eligible radii by more than that but well within its
+    own interval: the data cannot tell those values apart."""
+    rng = np.random.default_rng(3)
+    t = np.linspace(0, 3, 40)[:, None].astype("float32")
+    y = (2.0 * np.exp(-0.8 * t) + 0.25 * rng.standard_normal(t.shape)).astype("float32")
+    model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 1.5),
+                                       kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.fit(t, y, epochs=600, batch_size=40, verbose=0)
+    base = kh.constant_uncertainty(model, t, y)
+    assert base.verdicts["k"] == "identified", str(base)
+    est = base.estimates
+    lo, hi = base.intervals["k"]
+    inside = {"A": est["A"], "k": est["k"] - 0.7 * (est["k"] - lo)}   # within the interval
+    outside = {"A": est["A"], "k": lo - 0.5 * (est["k"] - lo)}         # beyond it
+    for values, stays in ((inside, True), (outside, False)):
+        path = _path([dict(est), values, dict(est)], [1.0, 1.0, 1.0])
+        assert path.spread["k"] > 0.05 and not path.stable["k"]
+        result = kh.constant_uncertainty(model, t, y, path=path)
+        moves = any("moves over the eligible radii" in n and "within its own" not in n
+                    for n in result.notes["k"])
+        if stays:
+            assert result.verdicts["k"] == "identified", str(result)
+            assert any("within its own statistical interval" in n for n in result.notes["k"])
+            assert result.intervals["k"] == base.intervals["k"]
+        else:
+            assert result.verdicts["k"] == "weakly identified", str(result)
+            assert moves

@@ -149,10 +149,13 @@ def _physical_intervals(entries, info, noise_var, level, n, p_eff):
 
 
 def _widen_by_path(path, names, estimates, intervals):
-    """`(intervals, selection, stable)`: the intervals widened by `path`'s selection ranges, and those."""
+    """`(intervals, selection, stable, within_noise)`: the intervals widened
+    by `path`'s selection ranges, those ranges, which constants stay put
+    (`path.stable`, or a range inside the statistical interval), and which
+    of them only by the latter."""
     selection, stable = {}, None
     if path is None:
-        return intervals, selection, stable
+        return intervals, selection, stable, []
     intervals = list(intervals)
     ranges = path.selection_ranges()
     missing = [k for k in names if k not in ranges]
@@ -162,11 +165,21 @@ def _widen_by_path(path, names, estimates, intervals):
             f"model. Received: path with constants {sorted(ranges)}"
         )
     stable = {k: bool(path.stable.get(k, False)) for k in names}
+    within_noise = []
     for i, k in enumerate(names):
+        # A constant whose range over the eligible radii lies inside its
+        # own statistical interval moves by less than the noise lets the
+        # data tell: as far as they can say, it stays put (the path's
+        # fixed relative tolerance alone would downgrade a constant that
+        # moves 9 % within a +-15 % interval).
+        if (not stable[k] and len(path.eligible) >= 2
+                and intervals[i][0] <= ranges[k][0] and ranges[k][1] <= intervals[i][1]):
+            stable[k] = True
+            within_noise.append(k)
         s_lo, s_hi = min(ranges[k][0], estimates[i]), max(ranges[k][1], estimates[i])
         selection[k] = (s_lo, s_hi)
         intervals[i] = (min(intervals[i][0], s_lo), max(intervals[i][1], s_hi))
-    return intervals, selection, stable
+    return intervals, selection, stable, within_noise
 
 
 # A physics-only fit whose Gauss-Newton step moves a constant by more
@@ -404,10 +417,12 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
 
     The statistical part stays in `.statistical_intervals`, the selection
     part in `.selection_ranges`. A constant confounded with the network
-    that stays put over two or more eligible radii (`path.stable`) is not
-    downgraded for the confounding: every radius the data accept agrees
-    on it. One that moves over them is at most "weakly identified": the
-    regularization, not the data, decides it.
+    that stays put over two or more eligible radii (`path.stable`, or a
+    range over them that lies inside its own statistical interval: it
+    moves by less than the noise) is not downgraded for the confounding:
+    every radius the data accept agrees on it. One that moves over them
+    is at most "weakly identified": the regularization, not the data,
+    decides it.
 
     Computation: `method="dense"` forms the full Jacobian (at most
     `MAX_DENSE_ENTRIES = 2e7` entries `n * (p_c + p_w)` and
@@ -542,9 +557,15 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     names = [k for k, _, _ in entries]
     flat = {p.name: p.flat for p in (profiles or [])}
     statistical = list(intervals)
-    intervals, selection, stable = _widen_by_path(path, names, estimates, intervals)
+    intervals, selection, stable, within_noise = _widen_by_path(path, names, estimates, intervals)
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
+    for name in within_noise:
+        notes[name].append(
+            f"{name} moves over the eligible radii by {path.spread[name]:.1%}, within its own "
+            "statistical interval: the data cannot tell those values apart, so it counts as "
+            "staying put"
+        )
     _cap_by_open_profiles(verdict, notes, profiles, entries)
     if not _network_variables(model):
         _cap_unconverged(verdict, notes, warnings, names,
