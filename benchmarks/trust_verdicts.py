@@ -165,9 +165,12 @@ def path_evidence(cache):
         json.dump(out, f, indent=1)
 
 
+PAIR_SAMS = {"sam": kh.SAM(rho=0.3, perturb="neural"), "erm": None}
+
+
 def fit_pair(cache, epochs):
     data = pendulum.simulate(seed=0)
-    for label, sam in (("sam", kh.SAM(rho=0.3, perturb="neural")), ("erm", None)):
+    for label, sam in PAIR_SAMS.items():
         model, _, seconds = fit_pendulum(sam, epochs=epochs, seed=0, data=data)
         print(f"{label}: w0 = {model.physical_constants()['w0']:.5f} ({seconds:.0f} s)")
         model.save_weights(os.path.join(cache, f"pair_{label}.weights.h5"))
@@ -243,7 +246,9 @@ def report(cache, which, cg_tol=None):
             file = os.path.join(cache, f"pair_{label}.weights.h5")
             if not os.path.exists(file) or ("pair" not in which and label == "erm"):
                 continue
-            model = pendulum.build_model(times, seed=0)
+            # Built with the training step it was fitted with: the report
+            # checks a least-squares fit (no SAM) for convergence.
+            model = pendulum.build_model(times, sam=PAIR_SAMS[label], seed=0)
             model.load_weights(file)
             add(f"pendulum {label} 600 ep: default prior", model, y0, obs, truth)
             add(f"pendulum {label} 600 ep: evidence", model, y0, obs, truth,

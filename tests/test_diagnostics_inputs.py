@@ -498,3 +498,44 @@ def test_a_physics_only_fit_stopped_early_is_flagged_and_capped():
     converged = kh.constant_uncertainty(model, t, y)
     assert not any("least-squares minimum" in w for w in converged.warnings)
     assert converged.verdicts == {"A": "identified", "k": "identified"}
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def decay_of_first_column(x, k):
+    return k["A"] * keras.ops.exp(-k["k"] * x[:, :1])
+
+
+def test_a_hybrid_fit_stopped_early_is_flagged_and_capped():
+    """The same check with a network: the step refits the weights too
+    (damped by their prior). A network of a second input supplies an
+    unmodelled term, so the data pin the constants; after 40 epochs `A`
+    came out "identified" with an interval excluding the truth (2.0)."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 3.0, 40)
+    z = rng.uniform(-1.0, 1.0, 40)
+    y = (2.0 * np.exp(-0.8 * t) + 0.5 * np.tanh(2.0 * z) + 0.05 * rng.standard_normal(40))[:, None]
+    x = np.stack([t, z], 1).astype("float32")
+    y = y.astype("float32")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((2,))
+    law = kh.ScientificLayer(decay_of_first_column, [
+        kh.PhysicalConstant("A", 1.0, constraint="positive"),
+        kh.PhysicalConstant("k", 0.4, constraint="positive")])
+    net = keras.Sequential([keras.layers.Dense(16, "tanh"), keras.layers.Dense(1)])
+    model = kh.HybridModel(inputs, law(inputs) + net(inputs[:, 1:]), sam=None)
+    model.compile(optimizer=keras.optimizers.Adam(0.03), loss="mse")
+    model.fit(x, y, epochs=40, batch_size=40, verbose=0)
+    early = kh.constant_uncertainty(model, x, y)
+    assert any("not at the least-squares minimum" in w and "network's weights moving" in w
+               for w in early.warnings), early.warnings
+    assert early.verdicts["A"] == "weakly identified", str(early)
+    # The same from conjugate gradients' solves (their solutions give `M^-1 J_c`).
+    early_cg = kh.constant_uncertainty(model, x, y, method="cg", cg_tol=1e-6)
+    assert early_cg.verdicts["A"] == "weakly identified", str(early_cg)
+    model.fit(x, y, epochs=400, batch_size=40, verbose=0)
+    converged = kh.constant_uncertainty(model, x, y)
+    assert not any("least-squares minimum" in w for w in converged.warnings)
+    converged_cg = kh.constant_uncertainty(model, x, y, method="cg", cg_tol=1e-6)
+    assert not any("least-squares minimum" in w for w in converged_cg.warnings)
+    assert converged.verdicts == {"A": "identified", "k": "identified"}
+    assert converged.covers({"A": 2.0, "k": 0.8}) == {"A": True, "k": True}

@@ -182,15 +182,14 @@ def _widen_by_path(path, names, estimates, intervals):
     return intervals, selection, stable, within_noise
 
 
-# A physics-only fit whose Gauss-Newton step moves a constant by more
-# than this many standard errors is not at its least-squares minimum.
+# A least-squares fit whose Gauss-Newton step moves a constant by more
+# than this many standard errors is not at its minimum.
 UNCONVERGED_STEP = 1.0
 
 
-def _gauss_newton_steps(res, a_cc, noise_var, p_c):
-    """Per constant, the Gauss-Newton step from the fit, `-A_cc^+ J_c^T r`,
-    in units of its standard error (raw space): 0 at the least-squares
-    minimum."""
+def _half_rss_gradient(res):
+    """`J^T r`, the gradient of `RSS / 2` in every variable of `res`
+    (flat, float64)."""
 
     def gradient(params, x, y, w):
         with tf.GradientTape() as tape:
@@ -201,18 +200,63 @@ def _gauss_newton_steps(res, a_cc, noise_var, p_c):
 
     compiled = tf.function(gradient, reduce_retracing=True)
     params = res.params()
-    total = np.zeros(p_c)
+    total = None
     for chunk in res.chunks():
-        total += np.array([float(g) for g in compiled(params, *chunk)[:p_c]])
-    inverse = np.linalg.pinv(np.atleast_2d(a_cc))
-    step = -inverse @ total
+        flat = np.concatenate([np.reshape(g.numpy(), [-1]).astype("float64")
+                               for g in compiled(params, *chunk)])
+        total = flat if total is None else total + flat
+    return total
+
+
+def _steps_in_standard_errors(information, reduced_gradient, noise_var):
+    """`|I^+ g| / sqrt(sigma^2 diag(I^+))`: a Gauss-Newton step in units of
+    the standard errors of the information `I` it is taken with."""
+    inverse = np.linalg.pinv(np.atleast_2d(information))
+    step = inverse @ reduced_gradient
     se = np.sqrt(noise_var * np.clip(np.diag(inverse), 0.0, None))
     return np.abs(step) / np.where(se > 0, se, np.inf)
 
 
-def _cap_unconverged(verdict, notes, warnings, names, steps):
-    """Caps at "weakly identified" the constants of a physics-only fit that
-    a Gauss-Newton step would move by more than `UNCONVERGED_STEP`
+def _gauss_newton_steps(res, a_cc, noise_var, p_c):
+    """Per constant, the Gauss-Newton step from the fit, `-A_cc^+ J_c^T r`,
+    in units of its standard error (raw space): 0 at the least-squares
+    minimum."""
+    return _steps_in_standard_errors(a_cc, _half_rss_gradient(res)[:p_c], noise_var)
+
+
+def _marginal_gauss_newton_steps(res, blocks, info, shift, noise_var, p_c, solves):
+    """Per constant, the Gauss-Newton step of the least-squares fit with
+    the network's weights moving too, damped by their prior (`D`), in
+    units of the marginal standard error: `S^+ J_c^T M^-1 r` with
+    `M = I + J_w D^-1 J_w^T` (what is left of the constants' gradient once
+    the weights have taken their share). 0 at a least-squares minimum,
+    whatever the prior. With conjugate gradients `M^-1 J_c` are the solves
+    behind `S`; dense, `J_c^T M^-1 r = g_c - A_cw (A_ww + D)^-1 g_w`."""
+    if solves is None:
+        gradient = _half_rss_gradient(res)
+        damped = blocks.a_ww + np.diag(np.broadcast_to(shift, blocks.a_ww.shape[:1]))
+        reduced = gradient[:p_c] - blocks.a_cw @ np.linalg.lstsq(damped, gradient[p_c:], rcond=None)[0]
+    else:
+        r = blocks.residuals
+        if r is None:
+            params = res.params()
+            r = np.concatenate([res.residual(params, *chunk).numpy().astype("float64")
+                                for chunk in res.chunks()])
+        reduced = np.array([u @ r for u in solves])
+    return _steps_in_standard_errors(info, reduced, noise_var)
+
+
+def _fit_by_least_squares(model, prior_source):
+    """Whether the fit minimized the squared error alone (no SAM, no L2
+    weight decay), so that its constants should sit where a Gauss-Newton
+    step leaves them: SAM's and a penalty's fixed points are elsewhere."""
+    sam = getattr(model, "sam", None)
+    return (sam is None or sam.is_plain) and not prior_source.startswith("from the L2")
+
+
+def _cap_unconverged(verdict, notes, warnings, names, steps, with_network=False):
+    """Caps at "weakly identified" the constants of a least-squares fit
+    that a Gauss-Newton step would move by more than `UNCONVERGED_STEP`
     standard errors, and says so: the interval is centred on an estimate
     the data do not support (an optimizer stopped early, or slowed down
     next to a bound)."""
@@ -220,10 +264,11 @@ def _cap_unconverged(verdict, notes, warnings, names, steps):
     if not moved:
         return
     shown = ", ".join(f"{name} by {z:.2g}" for name, z in moved)
+    weights = " (the network's weights moving too, damped by their prior)" if with_network else ""
     warnings.append(
-        f"the fit is not at the least-squares minimum: a Gauss-Newton step from it moves {shown} "
-        "standard errors, so the intervals are centred on estimates the data do not support. "
-        "Train longer (or with another learning rate) and ask again."
+        f"the fit is not at the least-squares minimum: a Gauss-Newton step from it{weights} moves "
+        f"{shown} standard errors, so the intervals are centred on estimates the data do not "
+        "support. Train longer (or with another learning rate) and ask again."
     )
     for name, z in moved:
         notes[name].append(f"not converged: a Gauss-Newton step moves it by {z:.2g} standard errors")
@@ -473,8 +518,14 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     marginal information names a confounded combination (a note); a flat
     profile (from `profiles`) makes the constant "not identified", and a
     profile that does not close within its domain, or that warns, at
-    most "weakly identified"; an estimate
-    within 1 % of its bound is warned about (for a positive constant:
+    most "weakly identified"; a least-squares fit (no SAM, no L2 weight
+    decay) that a Gauss-Newton step would move by more than one standard
+    error is not at its minimum: said so, and its constants at most
+    "weakly identified" (with a network the step refits the weights too,
+    damped by their prior: `S^+ J_c^T (I + J_w D^-1 J_w^T)^-1 r`; the
+    training is read from `model.sam`, so weights fitted with SAM and
+    loaded into a model without it are checked as least squares); an
+    estimate within 1 % of its bound is warned about (for a positive constant:
     below 1 % of its `scale`, the typical magnitude it was declared
     with).
 
@@ -551,8 +602,9 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning = _noise_and_prior(
         model, res, weights, method, blocks, n, p_c, p_w, prior_precision, evidence)
     shift = alpha * noise_var
-    info, solver = _marginal_information(res, blocks, shift, method, p_c, p_w, cg_tol, cg_max_iter,
-                                         model, weights, x, y, sample_weight, batch_size)
+    info, solver, solves = _marginal_information(res, blocks, shift, method, p_c, p_w, cg_tol,
+                                                 cg_max_iter, model, weights, x, y, sample_weight,
+                                                 batch_size)
     cov, estimates, stderr, intervals, z = _physical_intervals(entries, info, noise_var, level, n, p_eff)
     names = [k for k, _, _ in entries]
     flat = {p.name: p.flat for p in (profiles or [])}
@@ -570,6 +622,10 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     if not _network_variables(model):
         _cap_unconverged(verdict, notes, warnings, names,
                          _gauss_newton_steps(res, blocks.a_cc, noise_var, p_c))
+    elif p_w and _fit_by_least_squares(model, prior_source):
+        _cap_unconverged(verdict, notes, warnings, names,
+                         _marginal_gauss_newton_steps(res, blocks, info, shift, noise_var, p_c, solves),
+                         with_network=True)
     loss_warning = _loss_warning(model)
     if loss_warning:
         warnings.append(loss_warning)
