@@ -71,7 +71,7 @@ def _rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(length, checkpoint, steps):
+def worker(length, checkpoint, steps, batch=BATCH):
     """One configuration; prints a JSON line with its figures."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import resource
@@ -82,7 +82,7 @@ def worker(length, checkpoint, steps):
     import keras_hybrid as kh
     from keras_hybrid.systems import pendulum
 
-    times, y0, observed = pendulum.simulate(n_trajectories=BATCH, n_steps=length + 1)
+    times, y0, observed = pendulum.simulate(n_trajectories=batch, n_steps=length + 1)
     sam = kh.SAM(rho=0.3, perturb="neural")
     model = pendulum.build_model(times, sam=sam)
     if checkpoint:
@@ -102,11 +102,11 @@ def worker(length, checkpoint, steps):
                       "wall": float(np.median(walls[1:])), "cpu": float(np.median(cpus[1:]))}))
 
 
-def _run_worker(length, checkpoint, steps):
+def _run_worker(length, checkpoint, steps, batch=BATCH):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", str(length), str(checkpoint), str(steps)],
+        [sys.executable, __file__, "--worker", str(length), str(checkpoint), str(steps), str(batch)],
         capture_output=True, text=True, env=env, check=False,
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -115,8 +115,8 @@ def _run_worker(length, checkpoint, steps):
     return json.loads(lines[-1])
 
 
-def memory_and_time(lengths, steps):
-    print(f"\nPart 1: pendulum hybrid under SAM, batch {BATCH}, graph mode; checkpointed = "
+def memory_and_time(lengths, steps, batch=BATCH):
+    print(f"\nPart 1: pendulum hybrid under SAM, batch {batch}, graph mode; checkpointed = "
           f"checkpoint={CHECKPOINT}; {steps} timed steps after 1 warm-up step, one "
           f"subprocess per configuration")
     print(f"{'RK4 steps':>9} {'mode':>13} {'RSS peak MiB':>13} "
@@ -124,7 +124,7 @@ def memory_and_time(lengths, steps):
     results = {}
     for length in lengths:
         for checkpoint in (0, CHECKPOINT):
-            r = _run_worker(length, checkpoint, steps)
+            r = _run_worker(length, checkpoint, steps, batch)
             results[(length, checkpoint)] = r
             mode = "checkpointed" if checkpoint else "plain"
             print(f"{length:>9} {mode:>13} {r['rss_mib']:>13.1f} "
@@ -152,7 +152,11 @@ def main(argv=None):
                              "trainable segment states left out of SAM's perturbation or not")
     parser.add_argument("--seed", type=int, default=0,
                         help="part 2: network seed; the data's simulator seed is 1 + SEED")
-    parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH,
+                        help=f"part 1: trajectories per step (default {BATCH})")
+    parser.add_argument("--lengths", default=None,
+                        help="part 1: comma-separated RK4 step counts (default 1000,5000,10000)")
+    parser.add_argument("--worker", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(*args.worker)
@@ -163,7 +167,8 @@ def main(argv=None):
     print(common.machine_line())
     print(f"{'quick' if args.quick else 'full'} mode")
     if args.part in ("all", "memory"):
-        memory_and_time(LENGTHS, steps=2 if args.quick else 5)
+        lengths = tuple(int(v) for v in args.lengths.split(",")) if args.lengths else LENGTHS
+        memory_and_time(lengths, steps=2 if args.quick else 5, batch=args.batch)
     if args.part in ("all", "shooting"):
         shooting(args.quick, args.seed)
     if args.part == "radius":

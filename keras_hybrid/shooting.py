@@ -184,6 +184,12 @@ class MultipleShooting(SAMTrainStep, keras.Model):
     integrated from time 0): `correction_inputs="state"` and an equation
     that ignores `t`. The time grid must be uniform.
 
+    Unobserved values (a filler with per-value `sample_weight` 0, as from
+    `kh.common_time_grid`) are fine except at a segment start with
+    `initial_states="data"`: the segment would start from the filler, so
+    `fit` refuses such weights (choose a `segment_length` whose starts are
+    observed, or `initial_states="trainable"`).
+
     Per-episode constants: pass a dict input `{"trajectories": obs,
     "constants": {name: (batch,) tensor}}` (or `"context": (batch, c)`), or
     give an `encoder` that maps the observed trajectories to such a dict of
@@ -340,6 +346,42 @@ class MultipleShooting(SAMTrainStep, keras.Model):
         if n is None:
             return None
         return [tf.TensorSpec((None, len(self.layer.times), int(n)), tf.float32, name="trajectories")]
+
+    def fit(self, *args, **kwargs):
+        self._check_observed_starts(kwargs.get("sample_weight"))
+        return super().fit(*args, **kwargs)
+
+    def _check_observed_starts(self, sample_weight):
+        """With `initial_states="data"` each segment starts from the
+        observed state at its start: a start whose per-value weight is 0
+        (an unobserved value, filled in) would start the segment from the
+        filler, silently. Refused; per-sample weights cannot say."""
+        if self.initial_states != "data" or sample_weight is None:
+            return
+        leaves = tf.nest.flatten(sample_weight)
+        if len(leaves) != 1 or not hasattr(leaves[0], "shape"):
+            return
+        w = np.asarray(leaves[0])
+        n_times = int(self.starts[-1]) + self.segment_length + 1
+        if w.ndim < 2 or w.shape[1] != n_times:
+            return
+        # The first segment starts from fitted initial values, if any.
+        checked = self.starts if self.layer.initial_state is None else self.starts[1:]
+        at_starts = w[:, checked].reshape(w.shape[0], len(checked), -1)
+        unobserved = np.any(at_starts == 0, axis=-1)
+        if not unobserved.any():
+            return
+        trajectory, segment = (int(i) for i in np.argwhere(unobserved)[0])
+        indices = sorted({int(checked[j]) for j in np.nonzero(unobserved.any(axis=0))[0]})
+        raise ValueError(
+            f"`sample_weight` is 0 at {int(unobserved.sum())} segment start(s) (first: trajectory "
+            f"{trajectory}, time index {int(checked[segment])}). With initial_states='data' "
+            "each segment starts from the observed state at its start, so an unobserved value "
+            "would start it from its filler. Choose a `segment_length` whose starts are "
+            "observed, or initial_states='trainable' (fitted starts). Received: sample_weight "
+            f"with zeros at the segment starts {indices[:10]}"
+            + (" ..." if len(indices) > 10 else "")
+        )
 
     def compile_from_config(self, config):
         # Keras skips models that override `compile` when loading; this

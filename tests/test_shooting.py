@@ -287,3 +287,37 @@ def test_compiled_settings_survive_saving_and_profiles_refit(tmp_path):
     # The data are exact at w0 = 0.9: the profile's minimum is there.
     assert prof.values[np.argmin(prof.statistic)] == pytest.approx(0.9)
     assert prof.statistic[0] > prof.threshold and prof.statistic[2] > prof.threshold
+
+
+def test_unobserved_segment_starts_are_refused_with_data_starts():
+    """With initial_states='data' a segment starts from the observed state
+    at its start: one whose weight is 0 (unobserved, filled in with 0)
+    started the segment from the filler, silently (w0 1.10 and the damping
+    0.72 instead of 1.0 and 0.2 on a long masked series)."""
+    observed = _observed(n=4, n_times=41)
+    weights = np.ones(observed.shape[:2], "float32")
+    weights[:, 5] = 0.0    # not a segment start: fine
+    model = kh.MultipleShooting(_layer(), segment_length=10, sam=None)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    model.fit(observed, observed, sample_weight=weights, epochs=1, batch_size=4, verbose=0)
+    weights[1, 20] = 0.0   # the start of the third segment of trajectory 1
+    filled = observed.copy()
+    filled[1, 20] = 0.0
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=r"0 at 1 segment start\(s\) \(first: trajectory 1, time "
+                                         r"index 20\).*Received: sample_weight with zeros at the "
+                                         r"segment starts \[20\]"):
+        model.fit(filled, filled, sample_weight=weights, epochs=1, batch_size=4, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Per-value weights of the targets' full shape count a component too.
+    per_value = np.ones(observed.shape, "float32")
+    per_value[2, 30, 1] = 0.0
+    with pytest.raises(ValueError, match=r"first: trajectory 2, time index 30"):
+        model.fit(observed, observed, sample_weight=per_value, epochs=1, batch_size=4, verbose=0)
+    # Fitted starts take no value from the data's filler: allowed.
+    trainable = kh.MultipleShooting(_layer(), segment_length=10, sam=None, state_size=2,
+                                    initial_states="trainable", n_trajectories=4)
+    trainable.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    trainable.fit({"trajectories": filled, "index": np.arange(4)}, filled, sample_weight=weights,
+                  epochs=1, batch_size=4, verbose=0)
