@@ -507,7 +507,8 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
         path_stable: optional dict `name -> bool` (`RadiusPath.stable`).
         path_eligible: the eligible radii of that path (for the notes).
         path_probed: whether the eligible radii change the fit
-            (`RadiusPath.probed`). Defaults to `True`.
+            (`RadiusPath.probed`): a bool, or `name -> bool` per constant
+            (one the fits did not move is not probed). Defaults to `True`.
 
     Returns:
         `(verdicts, notes, warnings)`: `name -> verdict`, `name -> list of
@@ -541,7 +542,8 @@ def verdicts(names, estimates, intervals, information_fixed, information_margina
                 f"would be {1 / math.sqrt(max(kept, 1e-300)):.3g} times too narrow)"
             )
             stays_put = bool(path_stable and path_stable.get(name))
-            if stays_put and path_probed:
+            probed = path_probed.get(name, True) if isinstance(path_probed, dict) else path_probed
+            if stays_put and probed:
                 notes[name].append(
                     f"{name} stays put over the eligible radii {path_eligible}: the confounding "
                     "does not lower its verdict, which the interval's width decides (the "

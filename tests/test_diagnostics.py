@@ -935,7 +935,7 @@ def test_an_unconverged_path_is_flagged_and_not_taken_as_evidence(monkeypatch):
     monkeypatch.setattr(un, "verdicts", spy)
     kh.constant_uncertainty(model, t, y, path=converged)
     kh.constant_uncertainty(model, t, y, path=failed)
-    assert seen == [True, False]
+    assert seen == [{"A": True, "k": True}, {"A": False, "k": False}]
 
 
 def test_path_stability_enters_the_verdict():
@@ -1000,3 +1000,36 @@ def test_a_constant_moving_within_its_own_interval_over_the_path_stays_put():
         else:
             assert result.verdicts["k"] == "weakly identified", str(result)
             assert moves
+
+
+def test_a_constant_the_path_fits_did_not_move_is_no_evidence(monkeypatch):
+    """Fits too short to move a constant agree on it at every radius: that
+    agreement must not count as stability (a confounded constant was
+    lifted to "identified" that way)."""
+    model, _, t, y = _hybrid_decay(40)
+    est = dict(kh.constant_uncertainty(model, t, y).estimates)
+    rows = _path([est] * 3, [1.0, 1.0, 1.0]).rows
+    for row, train, share in zip(rows, (1.0, 1.3, 1.6), (0.1, 0.2, 0.3)):
+        row.update(train_loss=train, net_share=share)   # the radii change the fit
+    moved = kh.RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {})
+    assert moved.probed and moved.stable["k"] and moved.unmoved == {}
+    # The same fits, each still at the constants it started from.
+    started = [dict(row, initial_constants=dict(est, A=est["A"] * 1.005)) for row in rows]
+    unmoved = kh.RadiusPath(started, None, kh.SAM(), 0.25, 0.05, {}, {})
+    assert unmoved.unmoved == {"A": True, "k": True}
+    assert "did not move it" in str(unmoved)
+    assert kh.RadiusPath.from_dict(unmoved.to_dict()).unmoved == unmoved.unmoved
+    far = [dict(row, initial_constants=dict(est, k=est["k"] * 1.5)) for row in rows]
+    assert kh.RadiusPath(far, None, kh.SAM(), 0.25, 0.05, {}, {}).unmoved == {"A": True, "k": False}
+    seen = []
+    original = un.verdicts
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["path_probed"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(un, "verdicts", spy)
+    kh.constant_uncertainty(model, t, y, path=moved)
+    kept = kh.constant_uncertainty(model, t, y, path=unmoved)
+    assert seen == [{"A": True, "k": True}, {"A": False, "k": False}]
+    assert any("stayed at its initial value" in n for n in kept.notes["k"])

@@ -525,6 +525,8 @@ def test_radius_path_fits_each_radius_and_the_physics_alone():
     # The choice is the paired rule applied to the recorded per-sample losses.
     assert all(np.isfinite(s["val_se"]) and s["val_se"] > 0 for s in path.summary)
     assert all(len(row["val_losses"]) == 12 for row in path.rows)   # 20 % of 60
+    # Each fit records where its constants started (the builder's 2.0).
+    assert all(row["initial_constants"] == {"R": pytest.approx(2.0)} for row in path.rows)
     for row in path.rows:
         np.testing.assert_allclose(np.mean(row["val_losses"]), row["val_loss"], rtol=1e-4)
     assert path.test == "signed rank"   # 12 samples resolve Holm's 0.05

@@ -309,7 +309,9 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
     verdict, notes, warnings = un.verdicts(
         names, estimates, intervals, a_cc, info, [s.constraint for _, _, s in entries], profile_flat=flat,
         path_stable=stable, path_eligible=None if path is None else list(path.eligible),
-        path_probed=True if path is None else (path.probed and converged),
+        path_probed=True if path is None else {
+            name: path.probed and converged and not getattr(path, "unmoved", {}).get(name, False)
+            for name in names},
         scales=[s.scale for _, _, s in entries],
     )
     if not converged:
@@ -612,6 +614,12 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     intervals, selection, stable, within_noise = _widen_by_path(path, names, estimates, intervals)
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
+    for name in names:
+        if path is not None and path.unmoved.get(name):
+            notes[name].append(
+                f"{name} stayed at its initial value in every eligible fit of the path: its "
+                "agreement over the radii shows only that the fits did not move it"
+            )
     for name in within_noise:
         notes[name].append(
             f"{name} moves over the eligible radii by {path.spread[name]:.1%}, within its own "

@@ -218,10 +218,11 @@ def _check_same_model(model, sam, first_build):
 def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs, first_build):
     keras.utils.set_random_seed(seed)
     model = _build(build_model, sam, first_build)
+    initial = physical_constants(model)
     model.fit(train[0], train[1], sample_weight=train[2], epochs=epochs, batch_size=batch_size,
               **fit_kwargs)
     row = {"rho": rho, "seed": seed, **_scores(model, train, val, batch_size),
-           "net_share": _net_share(model, train[0], batch_size)}
+           "net_share": _net_share(model, train[0], batch_size), "initial_constants": initial}
     per_sample = _per_sample_losses(model, val[0], val[1], batch_size, val[2])
     row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
     row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]

@@ -16,6 +16,9 @@ from keras_hybrid.sam import SAM
 # beyond which the fits are reported as not converged (mini-batch noise and
 # SAM's own bias stay well below it on converged fits).
 CONVERGENCE_SLACK = 0.1
+#: A constant within this fraction of its initial value in every eligible
+#: fit was not moved by the fits (`RadiusPath.unmoved`).
+UNMOVED_TOLERANCE = 0.01
 
 
 class RadiusPath:
@@ -64,6 +67,10 @@ class RadiusPath:
             that stay put over them are not shown to be decided by the
             data, and `kh.constant_uncertainty(..., path=path)` does not
             count their stability as evidence.
+        unmoved: `name -> bool`: the constant stayed within 1 % of its
+            initial value in every eligible fit (`UNMOVED_TOLERANCE`;
+            rows that recorded it): the fits did not move it, and its
+            stability is not counted as evidence either.
         network_needed: `False` when the physics part alone fits the
             validation data at least as well as every radius.
         converged: `False` when every radius fits the *training* data
@@ -116,6 +123,7 @@ class RadiusPath:
         )
         self.converged = self._converged()
         self.spread, self.stable = self._stability()
+        self.unmoved = self._unmoved()
         self.fit_change, self.probed = self._probing()
         self.best_model = models.get(self.chosen)
 
@@ -171,6 +179,21 @@ class RadiusPath:
             spread[name] = _relative_spread([s["constants"][name] for s in chosen])
             stable[name] = len(chosen) >= 2 and spread[name] <= self.stable_tolerance
         return spread, stable
+
+    def _unmoved(self):
+        """`name -> bool`: the constant is within `UNMOVED_TOLERANCE` of its
+        initial value in every eligible fit (rows that recorded it). Its
+        agreement over the radii then shows only that the fits were too
+        short, or too timid, to move it."""
+        rows = [r for r in self.rows if r["rho"] in self.eligible and r.get("initial_constants")]
+        if len(self.eligible) < 2 or not rows:
+            return {}
+        return {
+            name: all(abs(r["constants"][name] - r["initial_constants"][name])
+                      <= UNMOVED_TOLERANCE * max(abs(r["initial_constants"][name]), 1e-12)
+                      for r in rows)
+            for name in rows[0]["constants"]
+        }
 
     def _probing(self):
         """`(fit_change, probed)`: the relative range of the training loss
@@ -309,6 +332,7 @@ class RadiusPath:
             "spread": self.spread,
             "network_needed": self.network_needed,
             "converged": self.converged,
+            "unmoved": self.unmoved,
             "units": self.units,
         }
 
@@ -438,6 +462,12 @@ class RadiusPath:
                     f"(relative spread {self.spread[name]:.2%}, threshold "
                     f"{self.stable_tolerance:.0%})"
                 )
+                if self.unmoved.get(name):
+                    lines.append(
+                        f"{name}: within {UNMOVED_TOLERANCE:.0%} of its initial value in every "
+                        "eligible fit: the fits did not move it, so its agreement over the radii "
+                        "shows nothing (train longer)"
+                    )
         return "\n".join(lines)
 
     def plot(self, axes=None):
