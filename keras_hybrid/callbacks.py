@@ -218,8 +218,9 @@ class NonFiniteGuard(keras.callbacks.Callback):
                     logs["sam_fallbacks"] = counts["fallbacks"]
                 if scaled:
                     logs["loss_scale_skips"] = counts["scaler_skips"]
-            if scaled and counts["steps"] and counts["scaler_skips"] == counts["steps"]:
-                scale = float(keras.ops.convert_to_numpy(self.model.optimizer.dynamic_scale))
+            dynamic_scale = getattr(self.model.optimizer, "dynamic_scale", None) if scaled else None
+            if dynamic_scale is not None and counts["steps"] and counts["scaler_skips"] == counts["steps"]:
+                scale = float(keras.ops.convert_to_numpy(dynamic_scale))
                 if scale < 1.0:
                     events.append(("stalled", self._stalled_message(epoch, counts["steps"], scale)))
             if counts["skipped"]:

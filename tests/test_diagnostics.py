@@ -906,6 +906,19 @@ def test_path_widens_the_interval_to_the_eligible_estimates():
         kh.constant_uncertainty(model, t, y, prior_precision="bayes")
 
 
+def _record_path_probed(monkeypatch):
+    """A list that receives the `path_probed` argument of every verdict call."""
+    seen = []
+    original = un.verdicts
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["path_probed"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(un, "verdicts", spy)
+    return seen
+
+
 def test_an_unconverged_path_is_flagged_and_not_taken_as_evidence(monkeypatch):
     model, _, t, y = _hybrid_decay(40)
     base = kh.constant_uncertainty(model, t, y)
@@ -925,14 +938,7 @@ def test_an_unconverged_path_is_flagged_and_not_taken_as_evidence(monkeypatch):
     # The agreement of fits that did not converge is no evidence: the
     # verdict rule sees that path as one that does not probe the fit (it
     # then caps a confounded constant, test_path_stability_enters_the_verdict).
-    seen = []
-    original = un.verdicts
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["path_probed"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(un, "verdicts", spy)
+    seen = _record_path_probed(monkeypatch)
     kh.constant_uncertainty(model, t, y, path=converged)
     kh.constant_uncertainty(model, t, y, path=failed)
     assert seen == [{"A": True, "k": True}, {"A": False, "k": False}]
@@ -1021,14 +1027,7 @@ def test_a_constant_the_path_fits_did_not_move_is_no_evidence(monkeypatch):
     assert kh.RadiusPath.from_dict(unmoved.to_dict()).unmoved == unmoved.unmoved
     far = [dict(row, initial_constants=dict(est, k=est["k"] * 1.5)) for row in rows]
     assert kh.RadiusPath(far, None, kh.SAM(), 0.25, 0.05, {}, {}).unmoved == {"A": True, "k": False}
-    seen = []
-    original = un.verdicts
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["path_probed"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(un, "verdicts", spy)
+    seen = _record_path_probed(monkeypatch)
     kh.constant_uncertainty(model, t, y, path=moved)
     kept = kh.constant_uncertainty(model, t, y, path=unmoved)
     assert seen == [{"A": True, "k": True}, {"A": False, "k": False}]

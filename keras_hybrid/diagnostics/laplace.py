@@ -614,8 +614,9 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     intervals, selection, stable, within_noise = _widen_by_path(path, names, estimates, intervals)
     verdict, notes, warnings = _verdicts(entries, estimates, intervals, blocks.a_cc, info, flat, path,
                                          stable, evidence_warning, solver)
+    unmoved = getattr(path, "unmoved", {}) if path is not None else {}
     for name in names:
-        if path is not None and path.unmoved.get(name):
+        if unmoved.get(name):
             notes[name].append(
                 f"{name} stayed at its initial value in every eligible fit of the path: its "
                 "agreement over the radii shows only that the fits did not move it"

@@ -58,8 +58,9 @@ def _layer_scales(variables):
     The evidence's prior is `N(0, (RMS / sqrt(alpha))^2)` per layer: a
     change of the units of `y` (or of an input) rescales a layer's
     weights and its prior with them, so intervals and verdicts do not
-    depend on the units (one `alpha` for all weights would make the
-    output layer rigid for `y` in small units and loose in large ones).
+    depend on the units (one precision for all weights ties the layers'
+    priors together: the standard normal makes the output layer rigid
+    for `y` in large numbers and loose for `y` in small ones).
     A layer whose weights are all zero takes the network's RMS."""
     values = [keras.ops.convert_to_numpy(v.value).astype("float64").ravel() for v in variables]
     layers = [v.path.rsplit("/", 1)[0] if "/" in v.path else v.path for v in variables]
