@@ -273,12 +273,12 @@ def test_several_steps_per_execution_train_and_record_like_one():
 # -- mixed precision: the loss scaler's own skips --------------------------
 
 
-@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
-def ohm(x, constants):
+@keras.saving.register_keras_serializable(package="test_non_finite")
+def resistance_law(x, constants):
     return constants["R"] * x
 
 
-@keras.saving.register_keras_serializable(package="keras_hybrid_tests")
+@keras.saving.register_keras_serializable(package="test_non_finite")
 class SqrtOfRoom(keras.layers.Layer):
     """`w x + 0.01 sqrt(relu(0.02 - |w|))`: finite everywhere, with a NaN
     gradient once `|w| >= 0.02` (as at SAM's perturbed point)."""
@@ -295,7 +295,7 @@ class SqrtOfRoom(keras.layers.Layer):
 def _ohm_model(sam, extra=None, on_non_finite="warn"):
     keras.utils.set_random_seed(1)
     inputs = keras.Input((1,))
-    law = kh.ScientificLayer(ohm, [kh.PhysicalConstant("R", 1.0, constraint="positive")])
+    law = kh.ScientificLayer(resistance_law, [kh.PhysicalConstant("R", 1.0, constraint="positive")])
     out = law(inputs) + keras.layers.Dense(1)(keras.layers.Dense(4, "tanh")(inputs))
     if extra is not None:
         out = out + extra(inputs)
