@@ -491,6 +491,18 @@ def test_physics_method_runs_only_where_the_network_can_be_dropped():
     assert report["results"] == [] and report["not_applicable"] == ["physics"]
 
 
+def test_a_cli_run_where_every_method_is_not_applicable_fails(tmp_path, capsys):
+    # It exited 0 with no results: a script would have read it as success.
+    out = tmp_path / "none.json"
+    with pytest.raises(SystemExit) as exit_info:
+        experiments.main(["duffing", "--methods", "physics", "--seeds", "1", "--quick", "--no-sweep",
+                          "--json", str(out)])
+    assert exit_info.value.code == 2
+    assert "none of the methods ['physics'] applies to duffing" in capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["not_applicable"] == ["physics"]
+
+
 def test_jit_compile_must_be_a_bool_or_none():
     with pytest.raises(ValueError, match="jit_compile='no'"):
         experiments.run_experiment("pendulum", ["erm"], 1, quick=True, jit_compile="no")

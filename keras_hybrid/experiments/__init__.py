@@ -36,7 +36,9 @@ unperturbed), `sam-auto` (neural-only SAM, radius chosen per seed by
 chooses where the network enters: `vector_field` (inside the ODE),
 `output` (added to the trajectory) or `nonadditive` (the trajectory times
 `1 + net`; `minnorm` is n/a). All methods share data, model,
-initialization, optimizer and number of steps.
+initialization, optimizer and number of steps. A run in which every
+method is n/a writes its report and exits with status 2: nothing was
+fitted.
 
 Hyperparameters (`lambda`, `rho`) are chosen on seed 0 from the validation
 prediction error only (never from the true constants): among the swept

@@ -149,6 +149,16 @@ def main(argv=None):
     print(format_table(report))
     print(f"wall time {report['wall_seconds']:.0f} s")
     write(report, True)
+    if not report["results"]:
+        # Every method was n/a: nothing was fitted, which a script running
+        # the CLI must not read as success.
+        print(
+            f"error: none of the methods {methods} applies to {args.system} "
+            f"({', '.join(report['not_applicable'])} n/a): nothing was fitted"
+            + (" and nothing exported." if args.export is not None else "."),
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if args.export is not None:
         from keras_hybrid.export import export_saved_model
 
