@@ -15,13 +15,7 @@ from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
 from keras_hybrid.layers import _constant_spec, constant_units, is_physical_variable, physical_constants
 from keras_hybrid.looksam import LookSAMState
 from keras_hybrid.ode import is_seed_state
-from keras_hybrid.non_finite import (
-    StepRecord,
-    guarded_apply,
-    iterations_of,
-    loss_scale_skipped,
-    non_finite_report,
-)
+from keras_hybrid.non_finite import StepRecord, guarded_apply, non_finite_report
 from keras_hybrid.sam import EXCLUDED, NEURAL, PHYSICAL, SAM, all_finite
 
 def _as_sam(sam):
@@ -421,10 +415,8 @@ class SAMTrainStep:
                 )
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
-        iterations_before = iterations_of(self.optimizer)
-        applied = guarded_apply(self.optimizer, gradients, variables, [loss])
-        self._record(applied, loss,
-                     scaler_skip=loss_scale_skipped(self.optimizer, iterations_before, applied))
+        applied, scaler_skip = guarded_apply(self.optimizer, gradients, variables, [loss])
+        self._record(applied, loss, scaler_skip=scaler_skip)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, data):
@@ -471,13 +463,12 @@ class SAMTrainStep:
                 sam, self.optimizer.iterations, gradients, full_sam_step
             )
         # A LossScaleOptimizer expects gradients of the scaled loss.
-        iterations_before = iterations_of(self.optimizer)
-        applied = guarded_apply(
+        applied, scaler_skip = guarded_apply(
             self.optimizer, _rescale(final, loss_scale, divide=False), variables, [loss]
         )
         # A step skipped for its own loss is not counted as a fallback too.
         self._record(applied, loss, ops.logical_and(fallback, ops.all(ops.isfinite(loss))),
-                     scaler_skip=loss_scale_skipped(self.optimizer, iterations_before, applied))
+                     scaler_skip=scaler_skip)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _sam_groups(self, variables):

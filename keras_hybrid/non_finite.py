@@ -96,25 +96,6 @@ def _apply_and_keep_if_finite(optimizer, gradients, variables, finite):
     return ops.cond(kept, lambda: ops.convert_to_tensor(True), restore)
 
 
-def iterations_of(optimizer):
-    """`optimizer.iterations` read before a step, for `loss_scale_skipped`
-    (`None` for an optimizer without loss scaling)."""
-    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return None
-    return tf.identity(optimizer.iterations)
-
-
-def loss_scale_skipped(optimizer, iterations_before, applied):
-    """Whether a `LossScaleOptimizer` skipped a step that the policy let
-    through: its gradients were not finite (an overflow in float16, or a
-    NaN it cannot tell from one), so it lowered its scale and left the
-    weights, and `optimizer.iterations` did not advance. `None` without
-    loss scaling."""
-    if iterations_before is None:
-        return None
-    return ops.logical_and(applied, ops.equal(optimizer.iterations, iterations_before))
-
-
 def guarded_apply(optimizer, gradients, variables, losses):
     """Applies `gradients` with `optimizer` only if the step keeps the model
     finite (see the module docstring).
@@ -126,31 +107,42 @@ def guarded_apply(optimizer, gradients, variables, losses):
         losses: scalar losses of the step that must be finite.
 
     Returns:
-        A scalar bool tensor: the update was applied.
+        `(applied, scaler_skip)`: scalar bool tensors, the update was
+        applied by the policy, and (a `LossScaleOptimizer` only, else
+        `None`) the scaler then skipped it itself: its gradients were not
+        finite (an overflow in float16, or a NaN it cannot tell from one),
+        so it lowered its scale, left the weights, and did not advance
+        `optimizer.iterations`.
     """
     if not optimizer.built:
         with tf.init_scope():
             optimizer.build(variables)
     losses_finite = all_finite(losses)
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if scaled:
         # It checks the gradients itself (and lowers its scale when they
         # overflow); only the loss and the result are ours to check.
         finite = losses_finite
+        iterations_before = tf.identity(optimizer.iterations)
     else:
         # Checked even though a non-finite gradient usually shows in the
         # state after the update: clipping (`clipvalue`) can map NaN to a
         # finite bound.
         finite = ops.logical_and(losses_finite, all_finite(gradients))
     if not tf.distribute.has_strategy():
-        return _apply_and_keep_if_finite(optimizer, gradients, variables, finite)
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        applied = _apply_and_keep_if_finite(optimizer, gradients, variables, finite)
+    elif scaled:
         # Under a strategy it must be called in replica context: its own
         # skip applies, and the loss check cannot wrap it in a `cond`.
         optimizer.apply_gradients(zip(gradients, variables))
-        return finite
-    return tf.distribute.get_replica_context().merge_call(
-        _cross_replica_apply, args=(optimizer, gradients, variables, finite)
-    )
+        applied = finite
+    else:
+        applied = tf.distribute.get_replica_context().merge_call(
+            _cross_replica_apply, args=(optimizer, gradients, variables, finite)
+        )
+    if not scaled:
+        return applied, None
+    return applied, ops.logical_and(applied, ops.equal(optimizer.iterations, iterations_before))
 
 
 def _cross_replica_apply(distribution, optimizer, gradients, variables, finite):

@@ -52,8 +52,9 @@ def _prior_precisions(model, variables, n, noise_var, prior_precision):
 
 
 def _layer_scales(variables):
-    """`(scale, layer_rms)`: per weight, the RMS of its layer's fitted
-    weights (kernel and bias together), and `layer -> RMS`.
+    """`(scale, layer_rms, values)`: per weight, the RMS of its layer's
+    fitted weights (kernel and bias together), `layer -> RMS`, and the
+    weights' values (flat, float64).
 
     The evidence's prior is `N(0, (RMS / sqrt(alpha))^2)` per layer: a
     change of the units of `y` (or of an input) rescales a layer's
@@ -72,7 +73,7 @@ def _layer_scales(variables):
     overall = math.sqrt(sum(squares.values()) / total) if total else 0.0
     layer_rms = {k: math.sqrt(squares[k] / counts[k]) or overall for k in squares}
     scale = np.concatenate([np.full(w.size, layer_rms[k]) for k, w in zip(layers, values)])
-    return scale, layer_rms
+    return scale, layer_rms, np.concatenate(values)
 
 
 def _weight_spectrum(res, method, a_ww, p_c, p_w, scale=None):
@@ -89,16 +90,15 @@ def _weight_spectrum(res, method, a_ww, p_c, p_w, scale=None):
     return un.lanczos_spectrum(ww_matvec, p_w, _pkg.LANCZOS_STEPS, _pkg.LANCZOS_PROBES)
 
 
-def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w, p_fitted):
+def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w, p_fitted, scales=None):
     """`(evidence_info, precisions)`: the evidence fixed point
     (`un.evidence_precision`'s dict, with `weight_sq_norm` and
     `layer_rms`) for the weights in units of their layer's RMS
     (`w / RMS`; `alpha` is the precision in those units), and the
     per-weight precisions `alpha / RMS^2`. `p_fitted` constants count as
-    fitted parameters."""
-    scale, layer_rms = _layer_scales(weights)
-    values = np.concatenate([keras.ops.convert_to_numpy(v.value).astype("float64").ravel()
-                             for v in weights])
+    fitted parameters; `scales` is `_layer_scales(weights)` if already
+    computed."""
+    scale, layer_rms, values = scales or _layer_scales(weights)
     if not np.all(scale > 0):
         raise ValueError(
             "`prior_precision=\"evidence\"` needs a network with weights that are not all zero "
@@ -113,13 +113,12 @@ def _evidence_fixed_point(res, weights, method, a_ww, rss, n, p_c, p_w, p_fitted
     return evidence_info, evidence_info["alpha"] / np.square(scale)
 
 
-def _layers_too_large_for_the_standard_normal(weights):
+def _layers_too_large_for_the_standard_normal(layer_rms):
     """`layer -> RMS weight` of the layers whose fitted weights have an RMS
     above `STANDARD_NORMAL_MAX_RMS`: for them a standard-normal prior is
     contradicted by the fit itself and makes the layer rigid (typically
     the output layer of a network whose `y` is in large numbers: the same
     fit in units 100 times larger would otherwise pass as "identified")."""
-    _, layer_rms = _layer_scales(weights)
     return {k: v for k, v in layer_rms.items() if v > _pkg.STANDARD_NORMAL_MAX_RMS}
 
 
@@ -224,13 +223,14 @@ def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_pre
     noise_var = un.noise_variance(rss, n, p_fitted)
     p_eff = float(p_fitted)
     evidence_info = None
-    too_large = None
+    too_large = scales = None
     if prior_precision is None and p_w and not _l2_coefficients(model):
-        too_large = _layers_too_large_for_the_standard_normal(weights)
+        scales = _layer_scales(weights)
+        too_large = _layers_too_large_for_the_standard_normal(scales[1])
         evidence = bool(too_large)
     if evidence and p_w:
         evidence_info, prior_precision = _evidence_fixed_point(
-            res, weights, method, blocks.a_ww, rss, n, p_c, p_w, p_fitted)
+            res, weights, method, blocks.a_ww, rss, n, p_c, p_w, p_fitted, scales)
         if method != "dense":
             noise_var = evidence_info["noise_variance"]
             p_eff = p_fitted + evidence_info["gamma"]
