@@ -35,6 +35,11 @@ Part 3 (`--part radius`, not in the default run): the SAM radius of
 multiple shooting chosen without the true constants, by `kh.radius_path`
 at rho = 0, 0.03, 0.1, 0.3, 1 scored on 16 held-out trajectories.
 
+Part 5 (`--part segments`, not in the default run): the checkpointed
+step at 5,000 RK4 steps, batch 8 and 64, with 10 (TensorFlow's loop
+default), 1 and 2 (the library's `kh.ode.SEGMENTS_IN_FLIGHT`) segments
+re-integrated at a time by the backward pass.
+
 Part 4 (`--part offsets`, not in the default run): trainable segment
 states (`initial_states="trainable"`, continuity weight 0.1 doubling every
 100 steps) under SAM, the offsets excluded from the perturbation (the
@@ -48,6 +53,7 @@ python benchmarks/long_trajectories.py           # full run (parts 1 and 2)
 python benchmarks/long_trajectories.py --part shooting --seed 1   # part 2, other seeds
 python benchmarks/long_trajectories.py --part radius    # about 10 minutes
 python benchmarks/long_trajectories.py --part offsets   # about 4 minutes
+python benchmarks/long_trajectories.py --part segments --quick  # about 5 minutes
 ```
 """
 
@@ -71,8 +77,9 @@ def _rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def worker(length, checkpoint, steps, batch=BATCH):
-    """One configuration; prints a JSON line with its figures."""
+def worker(length, checkpoint, steps, batch=BATCH, in_flight=0):
+    """One configuration; prints a JSON line with its figures.
+    `in_flight`: `kh.ode.SEGMENTS_IN_FLIGHT` (0: the library's)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import resource
 
@@ -80,7 +87,11 @@ def worker(length, checkpoint, steps, batch=BATCH):
     import numpy as np
 
     import keras_hybrid as kh
+    from keras_hybrid import ode
     from keras_hybrid.systems import pendulum
+
+    if in_flight:
+        ode.SEGMENTS_IN_FLIGHT = in_flight
 
     times, y0, observed = pendulum.simulate(n_trajectories=batch, n_steps=length + 1)
     sam = kh.SAM(rho=0.3, perturb="neural")
@@ -102,11 +113,12 @@ def worker(length, checkpoint, steps, batch=BATCH):
                       "wall": float(np.median(walls[1:])), "cpu": float(np.median(cpus[1:]))}))
 
 
-def _run_worker(length, checkpoint, steps, batch=BATCH):
+def _run_worker(length, checkpoint, steps, batch=BATCH, in_flight=0):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(HERE)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", str(length), str(checkpoint), str(steps), str(batch)],
+        [sys.executable, __file__, "--worker", str(length), str(checkpoint), str(steps), str(batch),
+         str(in_flight)],
         capture_output=True, text=True, env=env, check=False,
     )
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -142,21 +154,41 @@ def memory_and_time(lengths, steps, batch=BATCH):
     return results
 
 
+SEGMENTS_LENGTH = 5000
+IN_FLIGHT = (10, 1, 2)  # TensorFlow's default, one at a time, the library's
+
+
+def segments_in_flight(quick):
+    """Part 5: peak memory and step time of the checkpointed step
+    (5,000 RK4 steps, `checkpoint=100`) with 10, 1 and 2 segments
+    re-integrated at a time, at batch 8 and 64, side by side."""
+    steps = 2 if quick else 4
+    print(f"\nPart 5: checkpointed pendulum hybrid under SAM, {SEGMENTS_LENGTH} RK4 steps, "
+          f"checkpoint={CHECKPOINT}; kh.ode.SEGMENTS_IN_FLIGHT = 10 (TensorFlow's default), 1, 2; "
+          f"{steps} timed steps after 1 warm-up step")
+    print(f"{'batch':>5} {'in flight':>9} {'RSS peak MiB':>13} {'step wall s':>12} {'step CPU s':>11}")
+    for batch in (8, 64):
+        for in_flight in IN_FLIGHT:
+            r = _run_worker(SEGMENTS_LENGTH, CHECKPOINT, steps, batch, in_flight)
+            print(f"{batch:>5} {in_flight:>9} {r['rss_mib']:>13.1f} {r['wall']:>12.3f} {r['cpu']:>11.3f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run (a few minutes)")
-    parser.add_argument("--part", choices=("all", "memory", "shooting", "radius", "offsets"),
+    parser.add_argument("--part", choices=("all", "memory", "shooting", "radius", "offsets", "segments"),
                         default="all",
                         help="not in 'all': 'radius', the SAM radius of multiple shooting "
                              "chosen by kh.radius_path on held-out trajectories; 'offsets', "
-                             "trainable segment states left out of SAM's perturbation or not")
+                             "trainable segment states left out of SAM's perturbation or not; "
+                             "'segments', checkpointed segments re-integrated at a time")
     parser.add_argument("--seed", type=int, default=0,
                         help="part 2: network seed; the data's simulator seed is 1 + SEED")
     parser.add_argument("--batch", type=int, default=BATCH,
                         help=f"part 1: trajectories per step (default {BATCH})")
     parser.add_argument("--lengths", default=None,
                         help="part 1: comma-separated RK4 step counts (default 1000,5000,10000)")
-    parser.add_argument("--worker", nargs=4, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=5, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(*args.worker)
@@ -175,6 +207,8 @@ def main(argv=None):
         radius(args.quick)
     if args.part == "offsets":
         offsets(args.quick)
+    if args.part == "segments":
+        segments_in_flight(args.quick)
 
 
 SHOOTING_TIMES = 201

@@ -18,6 +18,8 @@ _F32 = np.finfo(np.float32)
 
 
 def _check_finite_number(arg, value):
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()  # e.g. `np.array(2.0)`, or a value read off a tensor
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"`{arg}` must be a real number. Received: {arg}={value!r} "

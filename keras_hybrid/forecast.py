@@ -19,7 +19,15 @@ def with_times(model, times, **layer_kwargs):
     other layer is shared with `model`, so an encoder or a decoder is the
     trained one. Predict with it as with `model`; train `model`, not the
     copy (the copy's constants do not follow later training: make a new
-    copy).
+    copy). The copies keep the layers' names, so their constants keep
+    their keys in `kh.physical_constants`, and a `HybridModel`'s copy keeps
+    its `sam` and `on_non_finite` settings.
+
+    The `ODELayer`s must be layers of `model` (or of a model nested in
+    it): one held inside another layer cannot be replaced, and is refused.
+    Each is copied from its config, so a correction network of your own
+    class must be registered (`@keras.saving.register_keras_serializable()`),
+    as for saving.
 
     Args:
         model: a functional or `Sequential` model (`HybridModel`
@@ -65,16 +73,33 @@ def with_times(model, times, **layer_kwargs):
 
     def clone(layer):
         if isinstance(layer, ODELayer):
-            return layer.with_times(times, **layer_kwargs)
+            # The original's name: the copy's constants keep their keys.
+            return layer.with_times(times, **{"name": layer.name, **layer_kwargs})
         if isinstance(layer, keras.Model) and _ode_layers(layer):
             return with_times(layer, times, **layer_kwargs)  # a nested model
+        # (`clone_model` passes operations too, e.g. a slice `x[:, 0]`.)
+        held = _ode_layers(layer) if isinstance(layer, keras.layers.Layer) else []
+        if held:
+            # Shared, it would forecast at its old times, silently.
+            raise TypeError(
+                f"`with_times` replaces the ODELayers that are layers of the model (or of a "
+                f"model nested in it); layer {layer.name!r} ({type(layer).__name__}) holds "
+                f"ODELayer {held[0].name!r} inside itself, where it cannot be replaced. Make "
+                "the ODELayer a layer of the model, or give your layer a `with_times` of its "
+                "own. Received: model={model.name!r}"
+            )
         return layer  # shared: the trained encoder, decoder, ...
 
     try:
-        return keras.models.clone_model(model, clone_function=clone)
+        copy = keras.models.clone_model(model, clone_function=clone)
     except ValueError as error:
         raise TypeError(
             f"`with_times` copies functional and Sequential models; model {model.name!r} "
             f"({type(model).__name__}) could not be copied ({error}). Integrate its "
             "`ODELayer` at other times instead: `layer.with_times(times)(initial_states)`."
         ) from error
+    # `clone_model` builds a `HybridModel` with the default training step.
+    for setting in ("sam", "on_non_finite"):
+        if hasattr(model, setting):
+            setattr(copy, setting, getattr(model, setting))
+    return copy

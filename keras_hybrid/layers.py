@@ -292,7 +292,9 @@ class ScientificLayer(keras.layers.Layer):
             trainable=True,
             dtype="float32",
         )
-        variable.trainable = spec.trainable
+        # A frozen layer (`trainable=False` in its constructor or config)
+        # freezes its constants, as Keras freezes a Dense layer's kernel.
+        variable.trainable = spec.trainable and self.trainable
         _register(variable, spec)
         self._raw[spec.name] = variable
 
@@ -392,7 +394,9 @@ class ScientificLayer(keras.layers.Layer):
         built before: recompile (a fresh optimizer) after freeing a
         constant that was frozen when it was built, and before saving a
         model whose optimizer state should resume (a loaded optimizer is
-        built for the trainable variables at load time).
+        built for the trainable variables at load time). A constant freed
+        in a frozen layer (`layer.trainable = False`) is trained once the
+        layer is thawed.
 
         Args:
             name: the constant's name.
@@ -408,7 +412,7 @@ class ScientificLayer(keras.layers.Layer):
         for specs in (self._initial_state_specs, getattr(self, "initial_state", None) or []):
             specs[:] = [spec if c is old else c for c in specs]
         _register(variable, spec)
-        variable.trainable = trainable
+        variable.trainable = trainable and self.trainable
 
     @property
     def trainable(self):

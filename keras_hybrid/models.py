@@ -109,7 +109,12 @@ class SAMTrainStep:
        never modified, so "restoring" them is exact by construction, and
        state updates of that pass are discarded, except the random-number
        generators' (dropout, noise), which advance so that the pass draws
-       its own masks.
+       its own masks. That holds for the model's own generators (a
+       layer's `keras.random.SeedGenerator`, as Keras's Dropout and noise
+       layers have); a layer of yours that draws without a seed uses
+       Keras's global generator, whose advance in the perturbed pass is
+       discarded: the next step's first pass draws those numbers again.
+       Give such a layer a `SeedGenerator` of its own.
 
     `g'` is applied with the compiled optimizer. With `sam=None` or a zero
     radius, the step *is* Keras's plain step. Non-finite steps are skipped:

@@ -448,8 +448,10 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
         ys = segment(i * k, k, y)
         return i + 1, ys[-1], blocks.write(i, ys)
 
+    # The backward loop inherits `parallel_iterations` (see SEGMENTS_IN_FLIGHT).
     _, y_last, blocks = tf.while_loop(
-        lambda i, *_: i < n_segments, body, (0, y0, blocks), maximum_iterations=n_segments
+        lambda i, *_: i < n_segments, body, (0, y0, blocks), maximum_iterations=n_segments,
+        parallel_iterations=SEGMENTS_IN_FLIGHT,
     )
     stacked = blocks.stack()  # (n_segments, k, ..., n)
     merged = tf.reshape(stacked, tf.concat([[n_segments * k], tf.shape(y0)], axis=0))
@@ -461,6 +463,16 @@ def _odeint_checkpointed(func, y0, t, tableau, substeps, constants, k, variables
         v.assign(value)
     return _time_axis_second_to_last(tf.concat(pieces, axis=0))
 
+
+#: Segments of a checkpointed solve that its backward pass re-integrates
+#: at a time (the segment loop's `parallel_iterations`, which its gradient
+#: loop inherits). TensorFlow's default, 10, re-integrated up to ten
+#: segments ahead of the gradient that needs them, each holding its stage
+#: values; 1 overlaps nothing, which is slower; 2 overlaps the next
+#: segment's re-integration with this one's backward pass. Measured by
+#: `python benchmarks/long_trajectories.py --part segments` (figures in
+#: benchmarks/README.md).
+SEGMENTS_IN_FLIGHT = 2
 
 #: Seed-counter values reserved per interval for the random layers of a
 #: checkpointed solve, at least (a random layer draws once per stage of

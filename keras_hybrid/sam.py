@@ -25,6 +25,7 @@ import math
 import numbers
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 NEURAL = "neural"
@@ -81,6 +82,17 @@ def _narrow_float(x):
 def _is_kernel(variable):
     """Rank >= 2: a kernel (dense or convolution), not a bias or a scalar."""
     return variable is not None and len(getattr(variable, "shape", ())) >= 2
+
+
+def dense_gradient(gradient):
+    """`gradient` as a dense tensor. An Embedding's gradient comes as
+    `tf.IndexedSlices` with one slice per lookup: an index looked up twice
+    has two slices, whose squares summed one by one are not the square of
+    their sum, so norms and dot products are taken of the dense gradient
+    (the perturbation is dense anyway once added to the weights)."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.convert_to_tensor(gradient)
+    return gradient
 
 
 def sam_perturbation(
@@ -150,7 +162,8 @@ def sam_perturbation(
             f"`scales` must have one entry per gradient. Received {len(scales)} scales "
             f"for {len(gradients)} gradients"
         )
-    present = [(i, g, w) for i, (g, w) in enumerate(zip(gradients, variables)) if g is not None]
+    present = [(i, dense_gradient(g), w) for i, (g, w) in enumerate(zip(gradients, variables))
+               if g is not None]
     perturbation = [None] * len(gradients)
     if not present or rho == 0:
         return perturbation

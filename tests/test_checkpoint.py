@@ -49,6 +49,28 @@ def test_odeint_gradient_matches_analytic_solution():
     np.testing.assert_allclose(tape.gradient(y, k).numpy(), -1.5 * np.exp(-1.05), rtol=1e-7)
 
 
+def test_the_backward_pass_re_integrates_at_most_two_segments_at_a_time():
+    # With TensorFlow's default of 10 parallel iterations, the backward
+    # loop re-integrated up to ten segments ahead, each holding its stage
+    # values: memory grew with the trajectory length. Two overlap the next
+    # segment's re-integration with this one's backward pass (the figures
+    # are in benchmarks/README.md; a memory figure is no unit test).
+    t = np.linspace(0.0, 1.0, 41)
+
+    @tf.function
+    def gradient(k):
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            y = kh.odeint(lambda t, y, k: -k * y, tf.ones((2, 1)), t, constants={"k": k},
+                          checkpoint=4)
+        return tape.gradient(y, k)
+
+    graph = gradient.get_concrete_function(tf.constant(0.7)).graph.as_graph_def()
+    segment_loops = [node for node in graph.node if node.op in ("While", "StatelessWhile")]
+    assert segment_loops  # the forward segment loop and its gradient
+    assert {node.attr["parallel_iterations"].i for node in segment_loops} == {2}
+
+
 def _model(times, checkpoint, sam=None, context_size=0):
     """The pendulum hybrid (same initial weights whatever `checkpoint`)."""
     init = keras.initializers.GlorotUniform

@@ -380,3 +380,15 @@ def test_domain_is_what_the_constraint_allows():
     assert PhysicalConstant("a", 1.0).domain == (-math.inf, math.inf)
     assert PhysicalConstant("k", 1.0, constraint="positive").domain == (0.0, math.inf)
     assert PhysicalConstant("f", 0.5, constraint=(0.1, 2.0)).domain == (0.1, 2.0)
+
+
+def test_zero_dimensional_arrays_are_numbers():
+    # A value read off an array or a tensor (`np.array(2.0)`) was refused
+    # as "not a real number"; a 0-d bool array still is.
+    constant = PhysicalConstant("k", np.array(0.5), constraint=(np.array(0.0), np.float32(1.0)))
+    assert constant.value == 0.5 and constant.constraint == (0.0, 1.0)
+    layer = kh.ScientificLayer(lambda x, c: c["k"] * x, [constant])
+    layer.set_constant("k", np.array(0.25))
+    assert layer.physical_constants()["k"] == pytest.approx(0.25)
+    with pytest.raises(TypeError, match="`value` must be a real number"):
+        PhysicalConstant("k", np.array(True))

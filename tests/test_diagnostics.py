@@ -506,6 +506,28 @@ def test_a_frozen_constant_stays_frozen_when_its_layer_is_frozen_and_thawed(tmp_
         assert [v.path.split("/")[-1] for v in copy.trainable_variables] == ["k"]
 
 
+def test_a_layer_built_frozen_freezes_its_constants_before_and_after_loading(tmp_path):
+    # `ScientificLayer(..., trainable=False)` left its constants trainable
+    # (each constant's own flag overrode the layer's), and a layer frozen
+    # by `layer.trainable = False` came back from a .keras file thawed.
+    for layer in (kh.ScientificLayer(decay, [kh.PhysicalConstant("A", 1.0), kh.PhysicalConstant("k", 0.5)],
+                                     trainable=False, name="law"),
+                  kh.ODELayer(ode_decay, [kh.PhysicalConstant("k", 0.7)], times=[0.0, 1.0],
+                              trainable=False, name="law")):
+        inputs = keras.Input((1,))
+        model = kh.HybridModel(inputs, layer(inputs), sam=None)
+        assert model.trainable_variables == []
+        assert not any(row["trainable"] for row in kh.constants_table(model))
+    model, layer = algebraic_model(decay, [kh.PhysicalConstant("A", 1.0),
+                                           kh.PhysicalConstant("k", 0.5, constraint="positive")])
+    layer.trainable = False
+    model.save(tmp_path / "frozen.keras")
+    loaded = keras.saving.load_model(tmp_path / "frozen.keras")
+    assert loaded.trainable_variables == []
+    loaded.get_layer("law").trainable = True
+    assert [v.path for v in loaded.trainable_variables] == ["law/A", "law/k"]
+
+
 @pytest.mark.parametrize("sam", [None, kh.SAM(rho=0.1, perturb="all")], ids=["plain", "sam"])
 def test_a_constant_frozen_after_a_fit_stays_put_in_the_next(sam):
     # The step traced by the first fit updated `k`; the next fit must not.
@@ -652,6 +674,11 @@ def test_profile_warns_when_the_model_is_not_at_the_minimum():
     assert not lo <= 0.45 <= hi
     assert prof.estimate_statistic > prof.threshold
     assert "Refit it on these data first" in str(prof)
+    # The fit it names reached the RSS it quotes: here no refit did (they
+    # diverged), the model with k moved did. It was credited to a refit.
+    warning = next(w for w in prof.warnings if "not at the minimum" in w)
+    assert "the model itself (not refitted) with k = " in warning
+    assert np.all(prof.rss > prof.rss_min) and f"reaches RSS {prof.rss_min:.5g} " in warning
 
 
 @pytest.mark.parametrize("offset", [0.0, 5e-8])

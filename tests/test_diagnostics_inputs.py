@@ -539,3 +539,58 @@ def test_a_hybrid_fit_stopped_early_is_flagged_and_capped():
     assert not any("least-squares minimum" in w for w in converged_cg.warnings)
     assert converged.verdicts == {"A": "identified", "k": "identified"}
     assert converged.covers({"A": 2.0, "k": 0.8}) == {"A": True, "k": True}
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def resistance_law(i, c):
+    return c["R"] * i
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+class _TwoUnnamedLaws(keras.layers.Layer):
+    """Two `ScientificLayer`s with automatic names and a constant `R` each."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = kh.ScientificLayer(resistance_law, [kh.PhysicalConstant("R", 1.0)])
+        self.second = kh.ScientificLayer(resistance_law, [kh.PhysicalConstant("R", 2.0)])
+
+    def call(self, x):
+        return self.first(x) + self.second(x * x)
+
+
+def test_profile_of_a_constant_keyed_by_an_automatic_layer_name():
+    # The copy refitted for the profile names its layers anew
+    # (scientific_layer_2, ...): the key given must still mean the layer
+    # the user's model calls so. It was refused as unknown.
+    x = np.linspace(0, 1, 20)[:, None].astype("float32")
+    y = (1.5 * x + 2.5 * x * x).astype("float32")
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, _TwoUnnamedLaws(name="two")(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    first, second = model.get_layer("two").first, model.get_layer("two").second
+    first.set_constant("R", 1.5)
+    second.set_constant("R", 2.5)  # the least-squares fit
+    keys = list(kh.physical_constants(model))
+    assert keys == [f"{first.name}/R", f"{second.name}/R"]
+    prof = kh.profile_likelihood(model, keys[1], [2.4, 2.5, 2.6], x, y, epochs=0)
+    # Without refits the profile is the model's fit with the second R moved:
+    # RSS = 0.1^2 sum(x^4) at R = 2.5 +- 0.1, 0 at the truth.
+    expected = 0.01 * np.sum(x[:, 0].astype("float64") ** 4)
+    np.testing.assert_allclose(prof.rss, [expected, 0.0, expected], rtol=1e-4, atol=1e-10)
+
+
+def test_automatic_profile_grid_of_a_constant_next_to_its_bound():
+    # Mapped back through float32, the grid's far raw values land on the
+    # bound 1, which no constant can take: the grid stays inside.
+    x = np.linspace(0, 1, 30)[:, None].astype("float32")
+    y = (x + 0.01 * np.random.default_rng(0).standard_normal(x.shape)).astype("float32")
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(resistance_law, [kh.PhysicalConstant("R", 0.5, constraint=(0.0, 1.0))],
+                             name="bounded")
+    model = keras.Model(inputs, law(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    law.set_constant("R", 1 - 2e-7)
+    prof = kh.profile_likelihood(model, "R", 5, x, y, epochs=0)
+    # (Values that coincide in float32 there are one value.)
+    assert prof.values.size >= 3 and np.all((prof.values > 0) & (prof.values < 1))

@@ -17,10 +17,10 @@ def forecast_decay(t, y, c):
     return -c["k"] * y
 
 
-def _pendulum_layer(times=TRAIN_TIMES):
+def _pendulum_layer(times=TRAIN_TIMES, **kwargs):
     return kh.ODELayer(
         pendulum.frictionless_pendulum, [kh.PhysicalConstant("w0", 1.2, constraint="positive")],
-        times=times, correction=keras.Sequential([keras.layers.Dense(4, "tanh"), keras.layers.Dense(2)]))
+        times=times, correction=keras.Sequential([keras.layers.Dense(4, "tanh"), keras.layers.Dense(2)]), **kwargs)
 
 
 def _y0():
@@ -71,6 +71,46 @@ def test_with_times_through_wrappers_and_nested_models():
         predicted = forecast.predict(y0, verbose=0)
         assert predicted.shape == (2, 61, 2)
         np.testing.assert_allclose(predicted[:, :21], model.predict(y0, verbose=0), atol=1e-7)
+
+
+def test_the_copy_keeps_the_constants_keys_and_the_training_settings():
+    inputs = keras.Input((2,))
+    # Two constants named w0: their keys carry the layers' names.
+    left, right = _pendulum_layer(name="left"), _pendulum_layer(name="right")
+    outputs = keras.layers.Concatenate()([left(inputs), right(inputs)])
+    model = kh.HybridModel(inputs, outputs, sam=kh.SAM(rho=0.07), on_non_finite="raise")
+    forecast = kh.with_times(model, LONG_TIMES)
+    assert list(kh.physical_constants(forecast)) == ["left/w0", "right/w0"]
+    assert forecast.sam == kh.SAM(rho=0.07) and forecast.on_non_finite == "raise"
+
+
+@keras.saving.register_keras_serializable(package="test_forecast")
+class _HoldsAnODELayer(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ode = kh.ODELayer(forecast_decay, [kh.PhysicalConstant("k", 0.7)], times=TRAIN_TIMES)
+
+    def call(self, y0):
+        return self.ode(y0)
+
+
+def test_with_times_copies_a_model_with_operations_between_its_layers():
+    # Tutorial 6's model slices its input (`episode[:, 0, :]`): the copy
+    # passes such operations through (the check of layers holding an
+    # ODELayer asked them for their layers, and raised).
+    inputs = keras.Input((3, 2))
+    model = kh.HybridModel(inputs, _pendulum_layer()(inputs[:, 0, :]))
+    y0 = np.stack([_y0()] * 3, axis=1)
+    predicted = kh.with_times(model, LONG_TIMES).predict(y0, verbose=0)
+    np.testing.assert_allclose(predicted[:, :21], model.predict(y0, verbose=0), atol=1e-7)
+
+
+def test_an_ode_layer_inside_another_layer_is_refused_not_left_at_its_old_times():
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, _HoldsAnODELayer(name="block")(inputs))
+    # It used to be shared, and the "forecast" ended at the old horizon.
+    with pytest.raises(TypeError, match=r"layer 'block' \(_HoldsAnODELayer\) holds ODELayer"):
+        kh.with_times(model, LONG_TIMES)
 
 
 def test_times_cannot_be_assigned_and_other_models_get_clear_errors():

@@ -248,3 +248,48 @@ def test_a_step_that_perturbs_nothing_runs_one_pass(sam):
         assert len(_FORWARD_CALLS) == 3
         weights.append(model.get_weights())
     np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def test_a_sparse_gradient_is_perturbed_by_its_dense_norm():
+    # An Embedding's gradient has one slice per lookup: index 0 looked up
+    # twice gives two slices [1] and [1], whose dense sum is [2, 0, 0].
+    sparse = tf.IndexedSlices(tf.ones((2, 1)), tf.constant([0, 0]), tf.constant([3, 1]))
+    (e,) = kh.sam_perturbation([sparse], rho=1.0)
+    np.testing.assert_allclose(np.ravel(e), [1.0, 0.0, 0.0], atol=1e-6)  # was [1.414, 0, 0]
+
+
+def _embedding_model(sam, vocabulary=3):
+    model = kh.SAMModel(keras.Sequential([
+        keras.Input((2,), dtype="int32"),
+        keras.layers.Embedding(vocabulary, 1, embeddings_initializer="ones"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", trainable=False),
+    ]), sam=sam)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    return model
+
+
+def test_an_embedding_looked_up_twice_takes_the_textbook_sam_step():
+    model = _embedding_model(kh.SAM(rho=0.5))
+    model.fit(np.array([[0, 0]], "int32"), np.zeros((1, 1), "float32"), batch_size=1, verbose=0)
+    # loss (2 E0)^2: g = 8 E0 = 8 at E0 = 1, e = 0.5 along E0, g' = 8 * 1.5 = 12.
+    np.testing.assert_allclose(np.ravel(model.trainable_variables[0].numpy()),
+                               [1.0 - 0.01 * 12.0, 1.0, 1.0], rtol=1e-6)
+
+
+def test_looksam_trains_an_embedding_as_the_same_model_with_dense_gradients():
+    x = np.random.default_rng(0).integers(0, 5, size=(32, 2)).astype("int32")
+    y = np.random.default_rng(1).normal(size=(32, 1)).astype("float32")
+    sam = kh.SAM(rho=0.2, every=2, alpha=0.7)
+    sparse = _embedding_model(sam, vocabulary=5)
+    sparse.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)  # it raised a TypeError
+    # One-hot inputs through a Dense layer: the same model, dense gradients.
+    inputs = keras.Input((2, 5))
+    table = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")
+    hidden = keras.layers.Flatten()(table(inputs))
+    outputs = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones", trainable=False)(hidden)
+    dense = kh.SAMModel(keras.Model(inputs, outputs), sam=sam)
+    dense.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    dense.fit(np.eye(5, dtype="float32")[x], y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    np.testing.assert_allclose(sparse.trainable_variables[0].numpy(),
+                               dense.trainable_variables[0].numpy(), rtol=1e-5)

@@ -100,8 +100,8 @@ print(f"data: {observed.shape[0]} trajectories x {observed.shape[1]} time points
 same weights gives the same loss gradient: the checkpointed loop takes the
 same steps, it only stores fewer of them. How much memory it saves is
 measured in `benchmarks/README.md` (section 5): with 64 trajectories per
-step, the peak memory of a step at 10,000 steps is 1.7x that at 1,000
-steps, against 6.8x without checkpointing.
+step, the peak memory of a step at 10,000 steps is 1.26x that at 1,000
+steps, against 6.6x without checkpointing.
 """
 
 

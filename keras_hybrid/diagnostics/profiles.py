@@ -18,18 +18,32 @@ from keras_hybrid.diagnostics.results import ProfileLikelihood
 from keras_hybrid.layers import ScientificLayer, _constant_spec, _function_name, _keyed_constant_variables
 
 
+def _layer_owning(model, variable, name):
+    """`(layer, local name)`: the `ScientificLayer` of `model` holding
+    constant `variable` (the constant `name`, for the error)."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, ScientificLayer) and any(v is variable for v in layer._raw.values()):
+            return layer, _constant_spec(variable).name
+    raise ValueError(f"No ScientificLayer of the model owns constant {name!r}.")
+
+
 def _owner_layer(model, name):
     keyed = {k: v for k, v, _ in _keyed_constant_variables(model)}
     if name not in keyed:
         raise ValueError(
             f"Unknown constant `name`. The model's constants are {sorted(keyed)}. Received: name={name!r}"
         )
-    variable = keyed[name]
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, ScientificLayer) and any(v is variable for v in layer._raw.values()):
-            spec = _constant_spec(variable)
-            return layer, spec.name
-    raise ValueError(f"No ScientificLayer of the model owns constant {name!r}.")
+    return _layer_owning(model, keyed[name], name)
+
+
+def _owner_layer_in_copy(model, copy, name):
+    """`_owner_layer` of `copy` (`clone_for_refit(model)`) for constant
+    `name` of `model`, found by the variable's position: a key made of
+    automatic layer names (`scientific_layer/R`) names another layer in a
+    copy rebuilt from the config."""
+    variable = {k: v for k, v, _ in _keyed_constant_variables(model)}[name]
+    index = next(i for i, v in enumerate(model.weights) if v is variable)
+    return _layer_owning(copy, copy.weights[index], name)
 
 
 def _spec(model, name):
@@ -93,8 +107,25 @@ def _automatic_grid(model, name, count, x, y, sample_weight, level):
     half = min(half, AUTO_GRID_MAX_RAW_SPAN) if math.isfinite(half) and half > 0 else AUTO_GRID_MAX_RAW_SPAN
     spec = _spec(model, name)
     raw = float(np.asarray(spec.to_raw(result.estimates[name])))
-    grid = raw + np.linspace(-half, half, count)
-    return np.array([float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r)))) for r in grid])
+    lo, hi = spec.domain
+    values = []
+    for r in raw + np.linspace(-half, half, count):
+        # Near a bound, float32 rounds the image of a raw value onto the
+        # bound (or 0), which no constant can take: move it towards the
+        # estimate until it is inside.
+        for _ in range(60):
+            value = float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r))))
+            if lo < value < hi:
+                break
+            r = raw + (r - raw) / 2
+        values.append(value)
+    values = np.unique(values)
+    if values.size < 2:
+        raise ValueError(
+            f"Constant {name!r} = {values[0]!r} is at a bound of its constraint to float32 "
+            f"precision: no grid of {count} values fits beside it. Give `values` yourself."
+        )
+    return values
 
 
 # A refit above the threshold whose statistic would still fall by more
@@ -163,7 +194,9 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
             (unconstrained) space, 1.5 times the interval's half-width on
             each side of the estimate (at most `AUTO_GRID_MAX_RAW_SPAN`),
             so that a profile close to the Laplace approximation crosses
-            its threshold inside the grid.
+            its threshold inside the grid. Next to a bound, a value that
+            float32 would round onto the bound is moved towards the
+            estimate (values that then coincide count once).
         x: inputs, or a finite `tf.data.Dataset` of `(x, y)` or
             `(x, y, sample_weight)` batches (read once into arrays, which
             every refit then takes; `y` and `sample_weight` are `None`).
@@ -219,7 +252,7 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     model_constants = physical_constants(model)
     estimate = model_constants[name]
     clone = clone_for_refit(model)
-    layer, local = _owner_layer(clone, name)
+    layer, local = _owner_layer_in_copy(model, clone, name)
     layer.set_constant_trainable(local, False)
     fresh_compile(clone, model)
     base = clone.get_weights()
@@ -289,10 +322,11 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
     estimate_statistic = float(n * np.log(rss_free / rss_min)) if rss_min > 0 else 0.0
     warnings = []
     if estimate_statistic > threshold:
-        best = float(values[int(np.nanargmin(rss))])
+        best = int(np.nanargmin(best_rss))
+        how = "the refit" if not rss[best] > best_rss[best] else "the model itself (not refitted)"
         warnings.append(
-            f"the model is not at the minimum of these data's loss: the refit with {name} = "
-            f"{best:.5g} reaches RSS {rss_min:.5g} against the model's {rss_free:.5g} "
+            f"the model is not at the minimum of these data's loss: {how} with {name} = "
+            f"{float(values[best]):.5g} reaches RSS {rss_min:.5g} against the model's {rss_free:.5g} "
             f"(n log ratio {estimate_statistic:.3g} > {threshold:.3g}), so the interval need "
             f"not contain the estimate {estimate:.5g}. Was the model fitted on other data (a "
             "training split) or stopped early? Refit it on these data first."
