@@ -29,6 +29,8 @@ report with a few dozen products.
 import numpy as np
 import tensorflow as tf
 
+from keras_hybrid.sam import dense_gradient
+
 _ZERO = tf.UnconnectedGradients.ZERO
 #: XLA-compile the product once a solve has made `JIT_AFTER` products with
 #: plain graph execution. Measured on the pendulum hybrid (2 shared CPU
@@ -68,7 +70,8 @@ class DataSpaceSolver:
             with tf.GradientTape() as inner:
                 inner.watch(params)
                 r = self.res.residual(params, x, y, w)
-            g = inner.gradient(r, params, output_gradients=v, unconnected_gradients=_ZERO)
+            g = [dense_gradient(gi)  # an Embedding's gradient is sparse
+                 for gi in inner.gradient(r, params, output_gradients=v, unconnected_gradients=_ZERO)]
             # d/dv of g . t with t = (t_c, D^-1 g_w) held fixed: J t.
             dtype = self.res.dtype
             terms = [tf.reduce_sum(gi * tf.cast(ti, gi.dtype))

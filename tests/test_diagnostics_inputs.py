@@ -3,6 +3,7 @@ arrays, as `fit` takes them), float64 models, and profiles whose accepted
 set is not one interval."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -594,3 +595,50 @@ def test_automatic_profile_grid_of_a_constant_next_to_its_bound():
     prof = kh.profile_likelihood(model, "R", 5, x, y, epochs=0)
     # (Values that coincide in float32 there are one value.)
     assert prof.values.size >= 3 and np.all((prof.values > 0) & (prof.values < 1))
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def subject_decay(t, c):
+    return c["A"] * keras.ops.exp(-c["k"] * t)
+
+
+def _per_subject_model(subjects, one_hot):
+    """`A exp(-k t)`, `k` per subject from an Embedding of the subject id,
+    or from the same table as a Dense layer of one-hot ids."""
+    t_in = keras.Input((1,))
+    if one_hot:
+        s_in = keras.Input((subjects,))
+        k = keras.layers.Dense(1, use_bias=False, name="subject_k")(s_in)
+    else:
+        s_in = keras.Input((1,), dtype="int32")
+        k = keras.layers.Embedding(subjects, 1, name="subject_k")(s_in)[:, 0, :]
+    law = kh.ScientificLayer(subject_decay, [kh.PhysicalConstant("A", 1.0, constraint="positive"),
+                                             kh.PhysicalConstant("k", 0.4, trainable=False)], name="law")
+    model = kh.HybridModel([t_in, s_in], law(t_in, constants={"k": k}), sam=None)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    return model
+
+
+@pytest.mark.parametrize("method", ["dense", "cg"])
+def test_uncertainty_of_a_model_with_an_embedding_equals_its_dense_twin(method):
+    # An Embedding's gradients are sparse (`tf.IndexedSlices`): the report
+    # raised an AttributeError. The same model written with one-hot inputs
+    # through a Dense layer (dense gradients) must give the same interval.
+    subjects, per_subject = 5, 8
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(subjects), per_subject)
+    t = np.tile(np.linspace(0, 5, per_subject), subjects).astype("float32")[:, None]
+    k_true = rng.uniform(0.2, 0.6, subjects)
+    y = (2.0 * np.exp(-k_true[ids][:, None] * t) + 0.01 * rng.standard_normal(t.shape)).astype("float32")
+    sparse = _per_subject_model(subjects, one_hot=False)
+    sparse.get_layer("subject_k").embeddings.assign(np.full((subjects, 1), 0.4, "float32"))
+    sparse.fit([t, ids[:, None]], y, batch_size=len(t), epochs=150, verbose=0)
+    dense = _per_subject_model(subjects, one_hot=True)
+    dense.set_weights(sparse.get_weights())
+    one_hot = np.eye(subjects, dtype="float32")[ids]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = kh.constant_uncertainty(sparse, [t, ids[:, None]], y, method=method)
+        twin = kh.constant_uncertainty(dense, [t, one_hot], y, method=method)
+    assert got.estimates["A"] == pytest.approx(2.0, rel=0.02)
+    assert got.intervals["A"] == pytest.approx(twin.intervals["A"], rel=1e-3)

@@ -24,6 +24,7 @@ from keras_hybrid.diagnostics.residuals import (
     _Residuals,
 )
 from keras_hybrid.diagnostics.results import ConstantUncertainty
+from keras_hybrid.sam import dense_gradient
 
 _NETWORK_MODES = ("marginal", "fixed")
 _METHODS = ("auto", "dense", "cg")
@@ -196,7 +197,8 @@ def _half_rss_gradient(res):
             tape.watch(params)
             r = res.residual(params, x, y, w)
             half_rss = 0.5 * tf.reduce_sum(tf.square(r))
-        return tape.gradient(half_rss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return [dense_gradient(g) for g in
+                tape.gradient(half_rss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
 
     compiled = tf.function(gradient, reduce_retracing=True)
     params = res.params()
