@@ -96,6 +96,24 @@ def _strategy_replicas(model):
     return strategy.num_replicas_in_sync, strategy
 
 
+def _holding_layer_names(model):
+    """`id(variable) -> names` of the layers (and nested models) below
+    `model` that hold it, its own layer included, outermost first. A
+    variable's path is its name scope when it was built: a nested model
+    rebuilt from a `.keras` file builds its layers outside its own scope,
+    so only the layer tree still says which model holds them."""
+    found = {}
+
+    def walk(layer, names):
+        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+            found.setdefault(id(variable), names)
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            walk(child, names + [child.name])
+
+    walk(model, [])
+    return found
+
+
 class SAMTrainStep:
     """Mixin giving a `keras.Model` the sharpness-aware `train_step`.
 
@@ -347,7 +365,7 @@ class SAMTrainStep:
                 f"Received: sam={sam!r}"
             )
         if sam is not None and sam.exclude:
-            sam.check_exclude(self.trainable_variables)
+            sam.check_exclude(self.trainable_variables, _holding_layer_names(self))
         self._build_step_state(strategy)
         # A step traced for other trainable variables (a constant frozen or
         # freed since, `set_constant_trainable`) would go on updating the
@@ -478,8 +496,10 @@ class SAMTrainStep:
 
     def _sam_groups(self, variables):
         """SAM's group of each variable: excluded, physical or neural."""
+        holders = _holding_layer_names(self) if self.sam.exclude else {}
         return [
-            EXCLUDED if self.sam.is_excluded(v.path) else PHYSICAL if is_physical_variable(v) else NEURAL
+            EXCLUDED if self.sam.is_excluded(v.path, holders.get(id(v), ()))
+            else PHYSICAL if is_physical_variable(v) else NEURAL
             for v in variables
         ]
 

@@ -84,6 +84,12 @@ def _is_kernel(variable):
     return variable is not None and len(getattr(variable, "shape", ())) >= 2
 
 
+def _names_of(variable_or_path, holders=()):
+    """The parts of a variable's path and the names of the layers holding it."""
+    path = getattr(variable_or_path, "path", variable_or_path)
+    return [*str(path).split("/"), *holders]
+
+
 def dense_gradient(gradient):
     """`gradient` as a dense tensor. An Embedding's gradient comes as
     `tf.IndexedSlices` with one slice per lookup: an index looked up twice
@@ -325,8 +331,10 @@ class SAM:
             weights are "neural", but perturbing them perturbs the
             constants, and the ascent then pushes the model away from
             relying on the physics. A variable is excluded when one of the
-            `/`-separated parts of its path equals one of these names.
-            Defaults to `()`.
+            `/`-separated parts of its path, or the name of a layer or
+            model holding it (a nested `Sequential` named `"encoder"`,
+            also after loading, where its variables' paths no longer
+            carry that name), equals one of these names. Defaults to `()`.
         adaptive_scope: with `adaptive=True`, which network variables
             are scaled by `|w| + eta`: `"all"`, or `"kernels"` (rank >= 2
             only, as in the reference ASAM implementation; biases keep
@@ -401,26 +409,32 @@ class SAM:
             )
         object.__setattr__(self, name, value)
 
-    def check_exclude(self, variables):
-        """Raises if a name in `exclude` matches no variable path.
+    def check_exclude(self, variables, holders=None):
+        """Raises if a name in `exclude` matches no variable.
 
         Args:
             variables: the variables that could be excluded (e.g. a model's
                 trainable variables).
+            holders: optional dict `id(variable) -> names` of the layers
+                holding each variable (see `is_excluded`).
         """
-        parts = {part for v in variables for part in str(v.path).split("/")}
-        missing = [name for name in self.exclude if name not in parts]
+        holders = holders or {}
+        names = {name for v in variables for name in _names_of(v, holders.get(id(v), ()))}
+        missing = [name for name in self.exclude if name not in names]
         if missing:
-            layers = sorted({part for v in variables for part in str(v.path).split("/")[:-1]})
+            layers = sorted({part for v in variables for part in str(v.path).split("/")[:-1]}
+                            | {name for v in variables for name in holders.get(id(v), ())})
             raise ValueError(
-                f"`exclude` names {missing} match no part of any trainable variable's path, "
-                f"so nothing would be excluded. Layer names of the trainable variables: "
-                f"{layers}. Received: exclude={list(self.exclude)!r}"
+                f"`exclude` names {missing} match no layer holding a trainable variable, nor "
+                f"any part of a variable's path, so nothing would be excluded. Layer names of "
+                f"the trainable variables: {layers}. Received: exclude={list(self.exclude)!r}"
             )
 
-    def is_excluded(self, path):
-        """True if the variable at `path` is never perturbed (`exclude`)."""
-        return bool(self.exclude) and any(part in self.exclude for part in str(path).split("/"))
+    def is_excluded(self, path, holders=()):
+        """True if the variable at `path`, held by the layers named
+        `holders` (outermost first), is never perturbed (`exclude`)."""
+        return bool(self.exclude) and any(
+            name in self.exclude for name in _names_of(path, holders))
 
     def radii(self):
         """Dict `group -> rho` for `grouped_perturbation`, or `None` when

@@ -430,6 +430,47 @@ def test_excluded_layer_is_not_perturbed(perturb):
     np.testing.assert_allclose(float(second.kernel.numpy()[0, 0]), w2 - lr * g2p, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_a_nested_model_named_in_exclude_stays_excluded_after_loading(kind, tmp_path):
+    # The encoder is a nested model: its variables' paths carry its name
+    # when built in its own scope (a Sequential), not when loaded from a
+    # .keras file or built as a functional model, which then were either
+    # perturbed or refused ("match no part of any variable's path").
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 1)).astype("float32")
+    y = 2.0 * x
+    kernel = keras.initializers.Constant(0.5)
+    if kind == "sequential":
+        encoder = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False,
+                                                                          kernel_initializer=kernel)],
+                                   name="encoder")
+    else:
+        enc_in = keras.Input((1,))
+        encoder = keras.Model(enc_in, keras.layers.Dense(1, use_bias=False, kernel_initializer=kernel)(enc_in),
+                              name="encoder")
+    inputs = keras.Input((1,))
+    second = keras.layers.Dense(1, use_bias=False, kernel_initializer=keras.initializers.Constant(1.5),
+                                name="second")
+    rho, lr = 0.2, 0.1
+    model = HybridModel(inputs, second(encoder(inputs)), sam=SAM(rho=rho, exclude=("encoder",)))
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    xs, ys = x[:, 0].astype("float64"), y[:, 0].astype("float64")
+
+    def grads(w1, w2):
+        r = w2 * w1 * xs - ys
+        return np.mean(2 * r * w2 * xs), np.mean(2 * r * w1 * xs)
+
+    _, g2 = grads(0.5, 1.5)
+    g1p, g2p = grads(0.5, 1.5 + rho * np.sign(g2))  # only the second layer perturbed
+    for trained in (model, loaded):
+        trained.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+        first_kernel, second_kernel = [float(np.ravel(w)[0]) for w in trained.get_weights()]
+        np.testing.assert_allclose([first_kernel, second_kernel], [0.5 - lr * g1p, 1.5 - lr * g2p],
+                                   rtol=1e-5)
+
+
 def test_adaptive_sam_scales_a_constant_by_its_physical_value():
     # y = c * x0 + Dense(x), c = s * exp(raw); one adaptive SAM step over all
     # parameters (one norm), by hand: T_raw = (c + eta * s) / c for the

@@ -112,7 +112,7 @@ def test_exclude_name_matching_nothing_fails_at_the_first_fit():
     model = kh.HybridModel(inputs, keras.layers.Dense(1, name="head")(hidden),
                            sam=kh.SAM(exclude=("encodr",)))
     model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match=r"`exclude` names \['encodr'\] match no part.*"
+    with pytest.raises(ValueError, match=r"`exclude` names \['encodr'\] match no layer.*"
                        r"\['encoder', 'head'\]. Received: exclude=\['encodr'\]"):
         model.fit(x, y, verbose=0)
     model.sam = kh.SAM(exclude=("encoder",))
