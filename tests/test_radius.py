@@ -812,3 +812,35 @@ def test_a_path_whose_radii_all_diverged_beside_a_fitted_physics_part():
     text = str(RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}))
     # It read "lowest training loss inf".
     assert "lowest training loss none finite against 1" in text
+
+
+@keras.saving.register_keras_serializable(package="test_radius")
+def decay_per_sample(t, constants):
+    return constants["A"] * keras.ops.exp(-constants["k"] * t)
+
+
+def test_an_excluded_encoder_of_per_sample_constants_is_part_of_the_physics_reference():
+    # k per sample from an encoder of a covariate, no correction network:
+    # the physics-only reference zeroed the encoder (every sample's k at
+    # its initial value) and counted it in the network share.
+    rng = np.random.default_rng(0)
+    covariate = rng.uniform(0, 1, (60, 1)).astype("float32")
+    t = rng.uniform(0, 3, (60, 1)).astype("float32")
+    y = (2.0 * np.exp(-(0.3 + 0.5 * covariate) * t)).astype("float32")
+
+    def build(sam):
+        t_in, c_in = keras.Input((1,)), keras.Input((1,))
+        k = keras.layers.Dense(1, activation="softplus", name="encoder")(c_in)
+        law = kh.ScientificLayer(decay_per_sample, [kh.PhysicalConstant("A", 1.5),
+                                                    kh.PhysicalConstant("k", 0.5, trainable=False)])
+        model = kh.HybridModel([t_in, c_in], law(t_in, constants={"k": k}), sam=sam)
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+        return model
+
+    path = kh.radius_path(build, [t, covariate], y, rhos=(0.0, 0.1), epochs=20, batch_size=20,
+                          sam=kh.SAM(rho=0.1, exclude=("encoder",)))
+    assert [row["net_share"] for row in path.rows] == [0.0, 0.0]
+    plain = path.rows[0]
+    # Nothing zeroed: the reference is the plain fit itself.
+    assert path.physics_only["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)
+    assert path.physics_only["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-5)

@@ -16,6 +16,7 @@ from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays, c
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid._shape_checks import outputs_keyed_like
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
+from keras_hybrid.models import _holding_layer_names
 from keras_hybrid.radius.result import RadiusPath
 from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test, check_radii
 from keras_hybrid.sam import SAM
@@ -71,8 +72,13 @@ def _check_finite(named_data):
             )
 
 
-def _neural_variables(model):
-    return [v for v in model.trainable_variables if not is_physical_variable(v)]
+def _neural_variables(model, template=None):
+    """The network weights that the physics-only reference zeroes: not
+    the constants, nor the weights of layers that `template` excludes from
+    SAM (an encoder of per-sample constants is part of the physics)."""
+    holders = _holding_layer_names(model) if template is not None and template.exclude else {}
+    return [v for v in model.trainable_variables if not is_physical_variable(v)
+            and not (holders and template.is_excluded(v.path, holders.get(id(v), ())))]
 
 
 def _evaluate(model, x, y, batch_size, sample_weight=None):
@@ -144,9 +150,10 @@ def _standard_error(model, x, y, batch_size, per_sample=None):
     return float(np.std(per_sample, ddof=1) / math.sqrt(len(per_sample)))
 
 
-def _net_share(model, x, batch_size):
-    """`||f(x) - f_0(x)|| / ||f(x)||`, `f_0`: network weights set to zero."""
-    neural = _neural_variables(model)
+def _net_share(model, x, batch_size, template=None):
+    """`||f(x) - f_0(x)|| / ||f(x)||`, `f_0`: network weights set to zero
+    (`_neural_variables`)."""
+    neural = _neural_variables(model, template)
     if not neural:
         return 0.0
     def predict():   # every output, flattened into one vector
@@ -215,24 +222,26 @@ def _check_same_model(model, sam, first_build):
         )
 
 
-def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs, first_build):
+def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kwargs, first_build,
+             template=None):
     keras.utils.set_random_seed(seed)
     model = _build(build_model, sam, first_build)
     initial = physical_constants(model)
     model.fit(train[0], train[1], sample_weight=train[2], epochs=epochs, batch_size=batch_size,
               **fit_kwargs)
     row = {"rho": rho, "seed": seed, **_scores(model, train, val, batch_size),
-           "net_share": _net_share(model, train[0], batch_size), "initial_constants": initial}
+           "net_share": _net_share(model, train[0], batch_size, template), "initial_constants": initial}
     per_sample = _per_sample_losses(model, val[0], val[1], batch_size, val[2])
     row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
     row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]
     return model, row
 
 
-def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwargs, first_build):
+def _fit_physics_only(build_model, seed, train, val, epochs, batch_size, fit_kwargs, first_build,
+                      template=None):
     keras.utils.set_random_seed(seed)
     model = _build(build_model, None, first_build)
-    for v in _neural_variables(model):
+    for v in _neural_variables(model, template):
         v.assign(keras.ops.zeros(v.shape, v.dtype))
         v.trainable = False
     if model.trainable_variables:
@@ -282,6 +291,9 @@ def radius_path(
     part and scored on the validation part. The physics part alone (the
     same model with its network weights set to zero and frozen, constants
     refitted) is fitted too, as a reference: is the network needed at all?
+    Layers named in the template's `exclude` (an encoder of per-sample
+    constants) are part of the physics there: they are kept and refitted,
+    and they do not count in a row's network share.
     The radius is chosen by `choose_radius` from the validation losses,
     never from the constants themselves. By default (`rule="paired"`)
     every radius is compared with the radius of lowest mean validation
@@ -457,7 +469,7 @@ def radius_path(
             best_val = math.inf
             for seed in seeds:
                 model, row = _fit_row(build_model, sam_at, rho, seed, train, val, epochs,
-                                      batch_size, fit_kwargs, first_build)
+                                      batch_size, fit_kwargs, first_build, template)
                 rows.append(row)
                 if not units:
                     units = constant_units(model)
@@ -467,6 +479,6 @@ def radius_path(
         reference = None
         if physics_only:
             reference = _fit_physics_only(build_model, seeds[0], train, val, epochs, batch_size,
-                                          fit_kwargs, first_build)
+                                          fit_kwargs, first_build, template)
     return RadiusPath(rows, reference, template, tolerance, stable_tolerance, units, best_models,
                       noise_level, rule=rule, level=level, margin=margin, paired_test=paired_test)
