@@ -11,7 +11,10 @@ constant_units  ()                       -> {name: string scalar}
 ```
 
 (`serving_default` is an alias of `serve`.) `constants` reads the exported
-variables, so it always agrees with the served predictions. A JSON file
+variables, so it agrees with the served predictions, except for a constant
+supplied per sample (`layer(x, constants={...})`, e.g. from an encoder):
+its variable holds the placeholder value it was built with, which the
+predictions do not use (the JSON file marks it not trainable). A JSON file
 `assets.extra/keras_hybrid.json` repeats the constants with their units,
 constraints and descriptions, plus the signature names, for tools that do
 not run TensorFlow.

@@ -840,6 +840,10 @@ def test_an_excluded_encoder_of_per_sample_constants_is_part_of_the_physics_refe
     path = kh.radius_path(build, [t, covariate], y, rhos=(0.0, 0.1), epochs=20, batch_size=20,
                           sam=kh.SAM(rho=0.1, exclude=("encoder",)))
     assert [row["net_share"] for row in path.rows] == [0.0, 0.0]
+    # k is supplied per sample: its placeholder value is not judged.
+    assert path.untrained == ["k"] and "k" not in path.stable and "k" not in path.unmoved
+    assert "k: not trained (frozen, or supplied per sample" in str(path)
+    assert kh.RadiusPath.from_dict(path.to_dict()).untrained == ["k"]
     plain = path.rows[0]
     # Nothing zeroed: the reference is the plain fit itself.
     assert path.physics_only["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)

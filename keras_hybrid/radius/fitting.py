@@ -17,6 +17,7 @@ from keras_hybrid._logging import quiet_retracing
 from keras_hybrid._shape_checks import outputs_keyed_like
 from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
 from keras_hybrid.models import _holding_layer_names
+from keras_hybrid.summary import constants_table
 from keras_hybrid.radius.result import RadiusPath
 from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test, check_radii
 from keras_hybrid.sam import SAM
@@ -230,7 +231,8 @@ def _fit_row(build_model, sam, rho, seed, train, val, epochs, batch_size, fit_kw
     model.fit(train[0], train[1], sample_weight=train[2], epochs=epochs, batch_size=batch_size,
               **fit_kwargs)
     row = {"rho": rho, "seed": seed, **_scores(model, train, val, batch_size),
-           "net_share": _net_share(model, train[0], batch_size, template), "initial_constants": initial}
+           "net_share": _net_share(model, train[0], batch_size, template), "initial_constants": initial,
+           "untrained_constants": [c["name"] for c in constants_table(model) if not c["trainable"]]}
     per_sample = _per_sample_losses(model, val[0], val[1], batch_size, val[2])
     row["val_se"] = _standard_error(model, val[0], val[1], batch_size, per_sample)
     row["val_losses"] = None if per_sample is None else [float(v) for v in per_sample]

@@ -56,6 +56,9 @@ class RadiusPath:
         level: family-wise level of the paired rule.
         margin: the paired rule's tolerated fraction of the gap between
             the physics part alone and the best radius.
+        untrained: names of the constants that the fits did not train
+            (frozen, or supplied per sample through `constants=`); they
+            are left out of `stable`, `spread` and `unmoved`.
         stable: `name -> bool`: the constant moved by at most
             `stable_tolerance` (relative spread) over the eligible radii.
         spread: `name -> float`: that relative spread
@@ -122,6 +125,7 @@ class RadiusPath:
             reference is not None and math.isfinite(reference) and finite and reference <= best
         )
         self.converged = self._converged()
+        self.untrained = sorted({name for r in rows for name in r.get("untrained_constants", ())})
         self.spread, self.stable = self._stability()
         self.unmoved = self._unmoved()
         self.fit_change, self.probed = self._probing()
@@ -176,6 +180,8 @@ class RadiusPath:
         if not chosen:
             return spread, stable
         for name in chosen[0]["constants"]:
+            if name in self.untrained:
+                continue  # it keeps its value whatever the radius
             spread[name] = _relative_spread([s["constants"][name] for s in chosen])
             stable[name] = len(chosen) >= 2 and spread[name] <= self.stable_tolerance
         return spread, stable
@@ -192,7 +198,7 @@ class RadiusPath:
             name: all(abs(r["constants"][name] - r["initial_constants"][name])
                       <= UNMOVED_TOLERANCE * max(abs(r["initial_constants"][name]), 1e-12)
                       for r in rows)
-            for name in rows[0]["constants"]
+            for name in rows[0]["constants"] if name not in self.untrained
         }
 
     def _probing(self):
@@ -448,7 +454,12 @@ class RadiusPath:
                 "over them are not shown to be decided by the data"
             )
         for name in names:
-            if name in self.spread and len(self.eligible) < 2:
+            if name in self.untrained:
+                lines.append(
+                    f"{name}: not trained (frozen, or supplied per sample through `constants=`): "
+                    "its value is the one it was built with, and the path says nothing about it"
+                )
+            elif name in self.spread and len(self.eligible) < 2:
                 # One fit has no spread to judge: "NOT stable (0.00 %)"
                 # would read as a contradiction.
                 lines.append(
