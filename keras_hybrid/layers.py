@@ -15,6 +15,7 @@ from keras_hybrid._shape_checks import (
     check_per_sample_batch,
     per_sample_values,
     check_state_shaped,
+    shape_of,
 )
 from keras_hybrid.constants import PhysicalConstant, _check_finite_number, _check_float32
 
@@ -518,6 +519,12 @@ class ScientificLayer(keras.layers.Layer):
 
     def call(self, *inputs, constants=None):
         self._check_input_shapes(inputs)
+        if constants and inputs:
+            # Otherwise a constant with 3 rows for 4 samples broadcasts
+            # into a (4, 3) output, silently.
+            shape = shape_of(inputs[0])
+            check_per_sample_batch(self, "the first input", shape[0] if shape else None,
+                                   per_sample_values(constants))
         return call_equation(self, self.equation, inputs, self.constant_tensors(constants))
 
     def get_config(self):

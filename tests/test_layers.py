@@ -409,3 +409,15 @@ def test_an_equation_whose_registered_name_another_function_took_is_warned_about
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ScientificLayer(clashing_law, [PhysicalConstant("k", 1.0)])  # the one Keras finds
+
+
+def test_a_constant_given_per_sample_needs_one_row_per_sample():
+    # 3 rows for 4 samples broadcast into a (4, 3) output, silently.
+    layer = _resistor(name="per_sample")
+    current = np.ones((4, 1), "float32")
+    with pytest.raises(ValueError, match=r"Layer 'per_sample' got 4 samples in the first input but 3 "
+                                         r"rows in constants\['R'\].*shape \(3,\)"):
+        layer(current, constants={"R": np.ones((3,), "float32")})
+    per_sample = np.arange(1, 5, dtype="float32")[:, None]
+    np.testing.assert_allclose(layer(current, constants={"R": per_sample}), per_sample)
+    np.testing.assert_allclose(layer(current, constants={"R": np.float32(2.0)}), 2 * current)
