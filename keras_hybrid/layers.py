@@ -890,6 +890,16 @@ class ODELayer(ScientificLayer):
                 f"Received: context with shape {None if context is None else tuple(context.shape)}"
             )
         check_per_sample_batch(self, "y0", y0.shape[0], per_sample_values(constants, context))
+        if context is not None:
+            if len(context.shape) != 2:
+                raise ValueError(
+                    f"ODELayer '{self.name}' takes a context of shape (batch, {self.context_size}). "
+                    f"Received: context with shape {tuple(context.shape)}"
+                )
+            if context.shape[0] == 1:
+                # One row for every sample (the correction concatenates it
+                # with the state, which does not broadcast).
+                context = keras.ops.broadcast_to(context, (keras.ops.shape(y0)[0], self.context_size))
         values = self.constant_tensors(constants)
         if self.initial_state is not None:
             y0 = self._fitted_initial_state(y0, values)

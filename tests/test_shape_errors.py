@@ -128,6 +128,14 @@ def test_per_sample_constants_and_context_of_another_batch_are_named():
                                correction=keras.layers.Dense(1), context_size=2)
     with pytest.raises(ValueError, match=r"4 samples in y0 but 5 rows in context"):
         with_context(y0, context=np.ones((5, 2), "float32"))
+    # One row of context is every sample's (it failed in the correction's
+    # concatenation), and a context of another rank is named.
+    context = np.array([[0.3, -0.2]], "float32")
+    np.testing.assert_allclose(with_context(y0, context=context),
+                               with_context(y0, context=np.repeat(context, 4, axis=0)), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"takes a context of shape \(batch, 2\). Received: context "
+                                         r"with shape \(4, 1, 2\)"):
+        with_context(y0, context=np.ones((4, 1, 2), "float32"))
 
 
 def per_component_pair(t, y, c):
