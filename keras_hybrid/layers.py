@@ -54,15 +54,18 @@ def is_physical_variable(variable):
     return _constant_spec(variable) is not None
 
 
-def _enclosing_layer_names(root):
+def _enclosing_layer_names(root, include_owner=False):
     """`id(variable) -> [names]`: the layers between `root` (excluded) and
-    the layer owning the variable (excluded), outermost first."""
+    the layer owning the variable (included with `include_owner`),
+    outermost first. Unlike a variable's path (its name scope when it was
+    built), this is the layer tree as it is: a nested model rebuilt from a
+    `.keras` file builds its layers outside its own scope."""
     found = {}
 
     def walk(layer, enclosing):
-        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
-            found.setdefault(id(variable), enclosing)
         inner = enclosing if layer is root else enclosing + [layer.name]
+        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
+            found.setdefault(id(variable), inner if include_owner else enclosing)
         for child in layer._flatten_layers(include_self=False, recursive=False):
             walk(child, inner)
 

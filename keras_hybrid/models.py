@@ -12,7 +12,13 @@ from keras import ops
 from keras_hybrid._array_input import array_ranks, one_iterator_fit_arguments
 from keras_hybrid._shape_checks import check_loss_shapes
 from keras_hybrid.callbacks import NonFiniteGuard, check_non_finite_policy
-from keras_hybrid.layers import _constant_spec, constant_units, is_physical_variable, physical_constants
+from keras_hybrid.layers import (
+    _constant_spec,
+    _enclosing_layer_names,
+    constant_units,
+    is_physical_variable,
+    physical_constants,
+)
 from keras_hybrid.looksam import LookSAMState
 from keras_hybrid.ode import is_seed_state
 from keras_hybrid.non_finite import StepRecord, guarded_apply, non_finite_report
@@ -98,20 +104,9 @@ def _strategy_replicas(model):
 
 def _holding_layer_names(model):
     """`id(variable) -> names` of the layers (and nested models) below
-    `model` that hold it, its own layer included, outermost first. A
-    variable's path is its name scope when it was built: a nested model
-    rebuilt from a `.keras` file builds its layers outside its own scope,
-    so only the layer tree still says which model holds them."""
-    found = {}
-
-    def walk(layer, names):
-        for variable in list(layer._trainable_variables) + list(layer._non_trainable_variables):
-            found.setdefault(id(variable), names)
-        for child in layer._flatten_layers(include_self=False, recursive=False):
-            walk(child, names + [child.name])
-
-    walk(model, [])
-    return found
+    `model` that hold it, its own layer included: what SAM's `exclude`
+    matches besides the variable's path."""
+    return _enclosing_layer_names(model, include_owner=True)
 
 
 class SAMTrainStep:

@@ -116,14 +116,14 @@ def _automatic_grid(model, name, count, x, y, sample_weight, level):
         for _ in range(60):
             value = float(keras.ops.convert_to_numpy(spec.to_physical(np.float32(r))))
             if lo < value < hi:
+                values.append(value)
                 break
             r = raw + (r - raw) / 2
-        values.append(value)
     values = np.unique(values)
     if values.size < 2:
         raise ValueError(
-            f"Constant {name!r} = {values[0]!r} is at a bound of its constraint to float32 "
-            f"precision: no grid of {count} values fits beside it. Give `values` yourself."
+            f"Constant {name!r} = {result.estimates[name]!r} is at a bound of its constraint to "
+            f"float32 precision: no grid of {count} values fits beside it. Give `values` yourself."
         )
     return values
 
