@@ -956,6 +956,14 @@ class ODELayer(ScientificLayer):
             if spec is None:
                 columns.append(observed)
             else:
+                shape = shape_of(values[spec.name])
+                if len(shape) > 2 or (len(shape) == 2 and shape[1] not in (None, 1)):
+                    # Flattened, (batch, 2) would be 2 * batch values.
+                    raise ValueError(
+                        f"ODELayer '{self.name}': the fitted initial state {spec.name!r} takes one "
+                        "value per trajectory: a scalar, (batch,) or (batch, 1). Received: "
+                        f"constants[{spec.name!r}] with shape {shape}"
+                    )
                 value = keras.ops.reshape(keras.ops.cast(values[spec.name], y0.dtype), (-1,))
                 columns.append(keras.ops.zeros_like(observed) + value)
         return keras.ops.stack(columns, axis=-1)

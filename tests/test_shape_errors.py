@@ -138,6 +138,19 @@ def test_per_sample_constants_and_context_of_another_batch_are_named():
         with_context(y0, context=np.ones((4, 1, 2), "float32"))
 
 
+def test_a_fitted_initial_state_given_per_trajectory_takes_one_value_each():
+    layer = kh.ODELayer(decay, [kh.PhysicalConstant("k", 0.5)], times=np.arange(3.0),
+                        initial_state=[kh.PhysicalConstant("y0", 9.0)], name="fitted")
+    y0 = np.zeros((4, 1), "float32")
+    starts = np.array([5.0, 6.0, 7.0, 8.0], "float32")
+    for given in (starts, starts[:, None]):
+        np.testing.assert_allclose(layer(y0, constants={"y0": given})[:, 0, 0], starts)
+    # (batch, 2) was flattened into 8 values: "Incompatible shapes: [4] vs. [8]".
+    with pytest.raises(ValueError, match=r"ODELayer 'fitted': the fitted initial state 'y0' takes one "
+                                         r"value per trajectory.*shape \(4, 2\)"):
+        layer(y0, constants={"y0": np.ones((4, 2), "float32")})
+
+
 def per_component_pair(t, y, c):
     return keras.ops.stack([-c["k"] * y[..., 0], 0.0 * y[..., 1]], -1)
 
