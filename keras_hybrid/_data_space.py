@@ -29,7 +29,7 @@ report with a few dozen products.
 import numpy as np
 import tensorflow as tf
 
-from keras_hybrid.sam import dense_gradient
+from keras_hybrid.sam import dense_gradients
 
 _ZERO = tf.UnconnectedGradients.ZERO
 #: XLA-compile the product once a solve has made `JIT_AFTER` products with
@@ -70,8 +70,8 @@ class DataSpaceSolver:
             with tf.GradientTape() as inner:
                 inner.watch(params)
                 r = self.res.residual(params, x, y, w)
-            g = [dense_gradient(gi)  # an Embedding's gradient is sparse
-                 for gi in inner.gradient(r, params, output_gradients=v, unconnected_gradients=_ZERO)]
+            # (An Embedding's gradient is sparse.)
+            g = dense_gradients(inner.gradient(r, params, output_gradients=v, unconnected_gradients=_ZERO))
             # d/dv of g . t with t = (t_c, D^-1 g_w) held fixed: J t.
             dtype = self.res.dtype
             terms = [tf.reduce_sum(gi * tf.cast(ti, gi.dtype))

@@ -16,7 +16,7 @@ restored `iterations`.
 
 import tensorflow as tf
 from keras import ops
-from keras_hybrid.sam import dense_gradient
+from keras_hybrid.sam import dense_gradients
 
 
 class LookSAMState:
@@ -66,14 +66,14 @@ class LookSAMState:
         """
         directions = self.directions
         present = [i for i, g in enumerate(gradients) if g is not None]
-        gradients = [dense_gradient(g) for g in gradients]  # an Embedding's are sparse
+        gradients = dense_gradients(gradients)  # an Embedding's are sparse
 
         def dot(a, b):
             return ops.sum(ops.stack([ops.sum(a[i] * b[i]) for i in present]))
 
         def full():
             sam_gradients, fallback = full_sam_step()
-            sam_gradients = [dense_gradient(g) for g in sam_gradients]
+            sam_gradients = dense_gradients(sam_gradients)
             g = {i: ops.cast(gradients[i], "float32") for i in present}
             gs = {i: ops.cast(sam_gradients[i], "float32") for i in present}
             coeff = dot(g, gs) / (dot(g, g) + sam.eps)

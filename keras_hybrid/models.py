@@ -102,13 +102,6 @@ def _strategy_replicas(model):
     return strategy.num_replicas_in_sync, strategy
 
 
-def _holding_layer_names(model):
-    """`id(variable) -> names` of the layers (and nested models) below
-    `model` that hold it, its own layer included: what SAM's `exclude`
-    matches besides the variable's path."""
-    return _enclosing_layer_names(model, include_owner=True)
-
-
 class SAMTrainStep:
     """Mixin giving a `keras.Model` the sharpness-aware `train_step`.
 
@@ -360,7 +353,7 @@ class SAMTrainStep:
                 f"Received: sam={sam!r}"
             )
         if sam is not None and sam.exclude:
-            sam.check_exclude(self.trainable_variables, _holding_layer_names(self))
+            sam.check_exclude(self.trainable_variables, _enclosing_layer_names(self, include_owner=True))
         self._build_step_state(strategy)
         # A step traced for other trainable variables (a constant frozen or
         # freed since, `set_constant_trainable`) would go on updating the
@@ -491,7 +484,8 @@ class SAMTrainStep:
 
     def _sam_groups(self, variables):
         """SAM's group of each variable: excluded, physical or neural."""
-        holders = _holding_layer_names(self) if self.sam.exclude else {}
+        # `exclude` matches the layers holding a variable besides its path.
+        holders = _enclosing_layer_names(self, include_owner=True) if self.sam.exclude else {}
         return [
             EXCLUDED if self.sam.is_excluded(v.path, holders.get(id(v), ()))
             else PHYSICAL if is_physical_variable(v) else NEURAL

@@ -90,15 +90,14 @@ def _names_of(variable_or_path, holders=()):
     return [*str(path).split("/"), *holders]
 
 
-def dense_gradient(gradient):
-    """`gradient` as a dense tensor. An Embedding's gradient comes as
-    `tf.IndexedSlices` with one slice per lookup: an index looked up twice
-    has two slices, whose squares summed one by one are not the square of
-    their sum, so norms and dot products are taken of the dense gradient
-    (the perturbation is dense anyway once added to the weights)."""
-    if isinstance(gradient, tf.IndexedSlices):
-        return tf.convert_to_tensor(gradient)
-    return gradient
+def dense_gradients(gradients):
+    """`gradients` (a list, `None` entries kept) as dense tensors. An
+    Embedding's gradient comes as `tf.IndexedSlices` with one slice per
+    lookup: an index looked up twice has two slices, whose squares summed
+    one by one are not the square of their sum, so norms, dot products and
+    flattening take the dense gradient (SAM's perturbation is dense anyway
+    once added to the weights)."""
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
 
 
 def sam_perturbation(
@@ -168,7 +167,7 @@ def sam_perturbation(
             f"`scales` must have one entry per gradient. Received {len(scales)} scales "
             f"for {len(gradients)} gradients"
         )
-    present = [(i, dense_gradient(g), w) for i, (g, w) in enumerate(zip(gradients, variables))
+    present = [(i, g, w) for i, (g, w) in enumerate(zip(dense_gradients(gradients), variables))
                if g is not None]
     perturbation = [None] * len(gradients)
     if not present or rho == 0:

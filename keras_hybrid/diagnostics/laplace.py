@@ -24,7 +24,7 @@ from keras_hybrid.diagnostics.residuals import (
     _Residuals,
 )
 from keras_hybrid.diagnostics.results import ConstantUncertainty
-from keras_hybrid.sam import dense_gradient
+from keras_hybrid.sam import dense_gradients
 
 _NETWORK_MODES = ("marginal", "fixed")
 _METHODS = ("auto", "dense", "cg")
@@ -197,8 +197,8 @@ def _half_rss_gradient(res):
             tape.watch(params)
             r = res.residual(params, x, y, w)
             half_rss = 0.5 * tf.reduce_sum(tf.square(r))
-        return [dense_gradient(g) for g in
-                tape.gradient(half_rss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+        return dense_gradients(
+            tape.gradient(half_rss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
     compiled = tf.function(gradient, reduce_retracing=True)
     params = res.params()

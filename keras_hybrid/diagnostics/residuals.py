@@ -15,13 +15,7 @@ import tensorflow as tf
 from keras_hybrid._dataset_input import as_sample_arrays
 from keras_hybrid._shape_checks import _output_names, outputs_keyed_like
 from keras_hybrid.layers import _keyed_constant_variables, is_physical_variable
-from keras_hybrid.sam import dense_gradient
-
-
-def _dense(gradients):
-    """Gradients with an Embedding's `tf.IndexedSlices` made dense (the
-    diagnostics flatten and multiply them entry by entry)."""
-    return [dense_gradient(g) for g in gradients]
+from keras_hybrid.sam import dense_gradients
 
 
 def _check_is_model(model):
@@ -314,7 +308,7 @@ class _Residuals:
             with tf.GradientTape(persistent=True) as inner:
                 inner.watch(params)
                 r = self.residual(params, x, y, w)
-            g = _dense(inner.gradient(r, params, output_gradients=u,
+            g = dense_gradients(inner.gradient(r, params, output_gradients=u,
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO))
             gv = tf.add_n([tf.cast(tf.reduce_sum(gi * ti), self.dtype) for gi, ti in zip(g, tangents)])
         jv = outer.gradient(gv, u, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -387,7 +381,7 @@ class _Residuals:
                 with tf.GradientTape() as tape:
                     tape.watch(params)
                     r = self.residual(params, x, y, w)
-                return _dense(tape.gradient(r, params, output_gradients=vector,
+                return dense_gradients(tape.gradient(r, params, output_gradients=vector,
                                             unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
             def jvp(params, tangents, x, y, w):
@@ -410,7 +404,7 @@ class _Residuals:
     def _build_ggn(self):
         def ggn(params, tangents, x, y, w):
             _, jv, inner = self._jvp(params, tangents, x, y, w)
-            return _dense(inner.gradient(self._last_r, params, output_gradients=tf.stop_gradient(jv),
+            return dense_gradients(inner.gradient(self._last_r, params, output_gradients=tf.stop_gradient(jv),
                                          unconnected_gradients=tf.UnconnectedGradients.ZERO))
 
         self._ggn = self._compile(ggn)

@@ -15,8 +15,12 @@ from keras_hybrid import radius as _pkg
 from keras_hybrid._dataset_input import arrays_from_dataset, as_sample_arrays, check_same_samples
 from keras_hybrid._logging import quiet_retracing
 from keras_hybrid._shape_checks import outputs_keyed_like
-from keras_hybrid.layers import constant_units, is_physical_variable, physical_constants
-from keras_hybrid.models import _holding_layer_names
+from keras_hybrid.layers import (
+    _enclosing_layer_names,
+    constant_units,
+    is_physical_variable,
+    physical_constants,
+)
 from keras_hybrid.summary import constants_table
 from keras_hybrid.radius.result import RadiusPath
 from keras_hybrid.radius.selection import RULES, _check_number, _check_paired_test, check_radii
@@ -77,7 +81,8 @@ def _neural_variables(model, template=None):
     """The network weights that the physics-only reference zeroes: not
     the constants, nor the weights of layers that `template` excludes from
     SAM (an encoder of per-sample constants is part of the physics)."""
-    holders = _holding_layer_names(model) if template is not None and template.exclude else {}
+    holders = (_enclosing_layer_names(model, include_owner=True)
+               if template is not None and template.exclude else {})
     return [v for v in model.trainable_variables if not is_physical_variable(v)
             and not (holders and template.is_excluded(v.path, holders.get(id(v), ())))]
 
