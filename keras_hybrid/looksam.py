@@ -16,7 +16,7 @@ restored `iterations`.
 
 import tensorflow as tf
 from keras import ops
-from keras_hybrid.sam import dense_gradients
+from keras_hybrid.sam import accumulation_dtype, dense_gradients
 
 
 class LookSAMState:
@@ -24,8 +24,10 @@ class LookSAMState:
 
     def __init__(self, variables):
         self.shapes = [tuple(v.shape) for v in variables]
+        # float64 when the model's variables are (see `accumulation_dtype`).
+        self.dtype = accumulation_dtype(variables)
         self.directions = [
-            tf.Variable(tf.zeros(shape, "float32"), trainable=False, name="sam_direction")
+            tf.Variable(tf.zeros(shape, self.dtype), trainable=False, name="sam_direction")
             for shape in self.shapes
         ]
         # The optimizer iteration of the full step that stored the
@@ -74,8 +76,8 @@ class LookSAMState:
         def full():
             sam_gradients, fallback = full_sam_step()
             sam_gradients = dense_gradients(sam_gradients)
-            g = {i: ops.cast(gradients[i], "float32") for i in present}
-            gs = {i: ops.cast(sam_gradients[i], "float32") for i in present}
+            g = {i: ops.cast(gradients[i], self.dtype) for i in present}
+            gs = {i: ops.cast(sam_gradients[i], self.dtype) for i in present}
             coeff = dot(g, gs) / (dot(g, g) + sam.eps)
             for i in present:
                 directions[i].assign(gs[i] - coeff * g[i])
@@ -83,7 +85,7 @@ class LookSAMState:
             return [sam_gradients[i] for i in present] + [fallback]
 
         def reuse():
-            g = {i: ops.cast(gradients[i], "float32") for i in present}
+            g = {i: ops.cast(gradients[i], self.dtype) for i in present}
             v = {i: directions[i] for i in present}
             ratio = ops.sqrt(dot(g, g)) / (ops.sqrt(dot(v, v)) + sam.eps)
             reused = [ops.cast(g[i] + sam.alpha * ratio * v[i], gradients[i].dtype) for i in present]

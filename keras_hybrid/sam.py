@@ -73,10 +73,18 @@ def all_finite(tensors):
     return ops.cond(ops.isfinite(total), lambda: ops.convert_to_tensor(True), entry_by_entry)
 
 
+def accumulation_dtype(tensors):
+    """The dtype in which SAM sums over tensors: `"float64"` if any of them
+    is float64 (a float64 model keeps its precision), else `"float32"`
+    (float16 and bfloat16 gradients are summed in float32)."""
+    wide = any(keras.backend.standardize_dtype(t.dtype) == "float64" for t in tensors)
+    return "float64" if wide else "float32"
+
+
 def _narrow_float(x):
     # float16 sums overflow at 65504: sum in float32 instead. Integer and
     # wider float tensors are summed as they are.
-    return str(getattr(x, "dtype", "")).endswith(("float16", "bfloat16"))
+    return keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16")
 
 
 def _is_kernel(variable):
@@ -172,13 +180,14 @@ def sam_perturbation(
     perturbation = [None] * len(gradients)
     if not present or rho == 0:
         return perturbation
+    dtype = accumulation_dtype(g for _, g, _ in present)
     scaled = []
     for i, g, w in present:
-        g = ops.cast(g, "float32")
+        g = ops.cast(g, dtype)
         if adaptive and scales[i] is not None:
-            scale = ops.cast(scales[i], "float32")
+            scale = ops.cast(scales[i], dtype)
         elif adaptive and (adaptive_scope == "all" or _is_kernel(w)):
-            scale = ops.abs(ops.cast(w, "float32")) + eta
+            scale = ops.abs(ops.cast(w, dtype)) + eta
         else:
             scale = None
         scaled.append((g, scale))
@@ -186,7 +195,7 @@ def sam_perturbation(
     norm = ops.sqrt(ops.sum(ops.stack(squared)))
     radius = rho
     if relative:
-        weight_sq = [ops.sum(ops.square(ops.cast(w, "float32"))) for _, _, w in present]
+        weight_sq = [ops.sum(ops.square(ops.cast(w, dtype))) for _, _, w in present]
         radius = rho * ops.sqrt(ops.sum(ops.stack(weight_sq)))
     # Any NaN/Inf entry makes the norm non-finite; the scalar select then
     # returns zeros, so no NaN can leak into the perturbed weights. (A

@@ -32,7 +32,7 @@ def _linear(sam, weights=(W, B)):
     return model
 
 
-def _hand_step(w, b, x, y, rho, scale=1.0):
+def _hand_step(w, b, x, y, rho, scale=1.0, lr=LR):
     """One SGD step on `scale * mse` with SAM of radius `rho` (0: plain)."""
     def grads(w, b):
         r = x @ w + b - y
@@ -41,7 +41,7 @@ def _hand_step(w, b, x, y, rho, scale=1.0):
     gw, gb = grads(w, b)
     norm = np.sqrt(np.sum(gw**2) + np.sum(gb**2))
     gw2, gb2 = grads(w + rho * gw / norm, b + rho * gb / norm)
-    return w - LR * gw2, b - LR * gb2
+    return w - lr * gw2, b - lr * gb2
 
 
 def test_sam_settings_are_read_only_and_point_to_assignment():
@@ -293,3 +293,54 @@ def test_looksam_trains_an_embedding_as_the_same_model_with_dense_gradients():
     dense.fit(np.eye(5, dtype="float32")[x], y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     np.testing.assert_allclose(sparse.trainable_variables[0].numpy(),
                                dense.trainable_variables[0].numpy(), rtol=1e-5)
+
+
+LR32 = float(np.float32(LR))  # Keras keeps the learning rate in float32
+
+
+def _linear64(sam):
+    inputs = keras.Input((3,), dtype="float64")
+    dense = keras.layers.Dense(1, dtype="float64", kernel_initializer=keras.initializers.Constant(W),
+                               bias_initializer=keras.initializers.Constant(B))
+    model = kh.HybridModel(inputs, dense(inputs), sam=sam)
+    # Keras computes a loss in float32 unless the loss is given its dtype.
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=keras.losses.MeanSquaredError(dtype="float64"))
+    return model
+
+
+def test_a_float64_model_takes_the_sam_step_in_float64():
+    # The perturbation was computed in float32: 1e-9 off after one step
+    # (1e-12 here is the `eps` of the norm).
+    x, y = (a.astype("float64") for a in _data())
+    model = _linear64(kh.SAM(rho=0.3, perturb="all"))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    w, b = _hand_step(W, B, x, y, rho=0.3, lr=LR32)
+    np.testing.assert_allclose(model.weights[0].numpy(), w, rtol=1e-11)
+    np.testing.assert_allclose(model.weights[1].numpy(), b, rtol=1e-11)
+    e = kh.sam_perturbation([tf.constant([1.0 + 1e-9, 3.0], "float64")], rho=1.0)[0]
+    assert e.dtype == tf.float64
+    np.testing.assert_allclose(e.numpy(), np.array([1.0 + 1e-9, 3.0]) / np.hypot(1.0 + 1e-9, 3.0),
+                               rtol=1e-11)
+
+
+def test_looksam_keeps_a_float64_models_direction_in_float64():
+    x, y = (a.astype("float64") for a in _data())
+    model = _linear64(kh.SAM(rho=0.3, perturb="all", every=2, alpha=0.5))
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    # Step 0 is a full SAM step that stores v = g_sam - (g.g_sam / g.g) g;
+    # step 1 reuses it: g + alpha |g| / |v| v.
+    def grads(w, b, x, y):
+        r = x @ w + b - y
+        return np.concatenate([2 * x.T @ r / len(x), [2 * r.sum() / len(x)]], axis=None)
+
+    theta = np.concatenate([W, B], axis=None)
+    (x0, x1), (y0, y1) = np.split(x, 2), np.split(y, 2)
+    g = grads(theta[:3, None], theta[3:], x0, y0)
+    ahead = theta + 0.3 * g / np.linalg.norm(g)
+    gs = grads(ahead[:3, None], ahead[3:], x0, y0)
+    v = gs - g @ gs / (g @ g + 1e-12) * g
+    theta = theta - LR32 * gs
+    g = grads(theta[:3, None], theta[3:], x1, y1)
+    theta = theta - LR32 * (g + 0.5 * np.linalg.norm(g) / (np.linalg.norm(v) + 1e-12) * v)
+    got = np.concatenate([model.weights[0].numpy(), model.weights[1].numpy()], axis=None)
+    np.testing.assert_allclose(got, theta, rtol=1e-12)
