@@ -39,6 +39,7 @@ Reference:
 """
 
 import math
+import numbers
 from statistics import NormalDist
 
 import numpy as np
@@ -53,10 +54,9 @@ BOUND_MARGIN = 0.01  # estimate within 1 % of the bound range (or of a zero boun
 
 def normal_quantile(level):
     """Two-sided standard-normal quantile: `z` with `P(|Z| <= z) = level`."""
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
-    return NormalDist().inv_cdf(0.5 + level / 2.0)
+    if not isinstance(level, numbers.Real) or isinstance(level, bool) or not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be a number in (0, 1). Received: level={level!r}")
+    return NormalDist().inv_cdf(0.5 + float(level) / 2.0)
 
 
 def _betacf(a, b, x):
@@ -95,7 +95,7 @@ def t_quantile(level, dof):
     `dof` (real, > 0) degrees of freedom; the normal quantile for
     `dof = inf`."""
     z = normal_quantile(level)
-    if not math.isfinite(dof):
+    if dof == math.inf:
         return z
     if not dof > 0:
         raise ValueError(f"`dof` must be > 0. Received: dof={dof!r}")
@@ -221,10 +221,13 @@ def conjugate_gradient(matvec, b, shift=0.0, tol=1e-6, max_iter=200, quadratic=F
         rr_new = float(r @ r)
         if radau is not None:
             lower += step * rr
-            diff = radau - step
-            radau = diff / (eig_lower * diff + rr_new / rr)
             lows.append(lower)
-            ups.append(lower + radau * rr_new)
+            if rr_new == 0.0:  # an exact solution: the bracket closes (and 0/0 below)
+                ups.append(lower)
+            else:
+                diff = radau - step
+                radau = diff / (eig_lower * diff + rr_new / rr)
+                ups.append(lower + radau * rr_new)
         if quadratic:
             # With the bracket, the sum: b^T x_k computed directly can stall
             # in finite precision while the sum keeps track (Strakos & Tichy).
@@ -281,13 +284,38 @@ def schur_information(a_cc, a_cw=None, a_ww=None, shift=0.0):
     return 0.5 * (s + s.T)
 
 
+def _unit_diagonal_scales(m):
+    """`d` with `m / (d d^T)` of unit diagonal (1 where the diagonal is not
+    positive): solving and eigen-decomposing the rescaled matrix does not
+    depend on the units of the parameters, whose columns may differ by
+    many orders of magnitude."""
+    diagonal = np.diag(m).copy()
+    return np.sqrt(np.where(diagonal > 0, diagonal, 1.0))
+
+
 def effective_parameters(a, prior_diagonal, noise_variance):
     """Effective number of parameters `tr(A (A + sigma^2 P)^-1)` of a
     Laplace fit with prior precisions `P = diag(prior_diagonal)` (a
     parameter without prior, `P_ii = 0`, counts 1)."""
     a = np.asarray(a, "float64")
     m = a + noise_variance * np.diag(np.asarray(prior_diagonal, "float64"))
-    return float(np.trace(np.linalg.lstsq(m, a, rcond=None)[0]))
+    d = _unit_diagonal_scales(m)
+    # tr(M^-1 A) = tr((D^-1 M D^-1)^-1 D^-1 A D^-1): the same trace.
+    scaled = np.linalg.lstsq(m / np.outer(d, d), a / np.outer(d, d), rcond=None)[0]
+    return float(np.trace(scaled))
+
+
+def require_residuals(rss, n):
+    """Raises if the residual sum of squares `rss` is 0: zero
+    residuals leave nothing to estimate the noise from, and intervals of
+    width 0 would read as certainty (R's `nls` refuses such data too)."""
+    if rss <= 0:
+        raise ValueError(
+            f"The model reproduces every observed value exactly (residual sum of squares {rss!r} "
+            f"over n={n} values), so the noise cannot be estimated from the residuals and the "
+            "constants' uncertainty is undefined. Noise-free (simulated) data need measurement "
+            "noise added before an uncertainty analysis."
+        )
 
 
 def noise_variance(rss, n, parameters):
@@ -305,12 +333,27 @@ def _null_eigenvalues(eigval):
     return eigval <= 1e-12 * top
 
 
+def _scaled_eigh(information):
+    """Eigen-decomposition of the information rescaled to unit diagonal
+    (`_unit_diagonal_scales`), so that which directions are null does not
+    depend on the constants' units; the scales `d` come with it. A
+    constant with no information (a zero diagonal entry) keeps a zero row
+    and column: a null direction."""
+    s = np.atleast_2d(np.asarray(information, "float64"))
+    d = _unit_diagonal_scales(s)
+    scaled = s / np.outer(d, d)
+    scaled[np.diag(s) <= 0, :] = 0.0
+    scaled[:, np.diag(s) <= 0] = 0.0
+    eigval, eigvec = np.linalg.eigh(scaled)
+    return eigval, eigvec, d
+
+
 def information_rank(information):
     """Number of directions a (symmetric) information matrix determines
     (its eigenvalues not null, as in `covariance_from_information`). A
     constant the data carry no information on does not count as a fitted
     parameter."""
-    eigval = np.linalg.eigvalsh(np.atleast_2d(np.asarray(information, "float64")))
+    eigval, _, _ = _scaled_eigh(information)
     return int(np.sum(~_null_eigenvalues(eigval)))
 
 
@@ -327,12 +370,14 @@ def covariance_from_information(information, noise_var):
     The other constants keep the pseudo-inverse's finite entries: a
     constant that the model does not use (its value replaced per sample at
     call time, say) makes its own variance unbounded, not everyone's.
+    Null directions are those of `S` rescaled to unit diagonal, so that
+    constants whose units put their information orders of magnitude apart
+    are not taken for unbounded.
     """
-    s = np.atleast_2d(np.asarray(information, "float64"))
-    eigval, eigvec = np.linalg.eigh(s)
+    eigval, eigvec, d = _scaled_eigh(information)
     null = _null_eigenvalues(eigval)
     inv = np.where(null, 0.0, 1.0 / np.where(null, 1.0, eigval))
-    cov = (eigvec * inv) @ eigvec.T
+    cov = (eigvec * inv) @ eigvec.T / np.outer(d, d)
     unbounded = np.sum(eigvec[:, null] ** 2, axis=1) > NULL_SPACE_WEIGHT
     cov[unbounded, :] = np.inf
     cov[:, unbounded] = np.inf
@@ -420,6 +465,7 @@ def profile_interval(values, rss, n, rss_min=None, level=0.95):
     inverse[order] = np.arange(len(order))
     values, rss = values[order], rss[order]
     best = float(np.nanmin(rss)) if rss_min is None else min(float(rss_min), float(np.nanmin(rss)))
+    require_residuals(best, n)
     stat = n * np.log(rss / best)
     threshold = chi2_1_quantile(level)
     inside = np.flatnonzero(stat <= threshold)
@@ -728,6 +774,7 @@ def evidence_precision(nodes, weights, weight_sq_norm, rss, n, constants, alpha=
             "`weight_sq_norm` must be finite and > 0 (all network weights are zero: the "
             f"evidence has no scale). Received: weight_sq_norm={weight_sq_norm!r}"
         )
+    require_residuals(rss, n)
     alpha = float(alpha)
     noise_var = noise_variance(rss, n, constants)
     gamma = 0.0

@@ -397,10 +397,11 @@ def test_values_the_model_reproduces_exactly_are_not_counted_as_observations():
     assert result.exactly_reproduced == {"y[0]": 8, "y[1]": 88}
     assert result.stderr["k"] == pytest.approx(expected, rel=0.01)
     assert "88 of y[1]" in str(result)
-    # An exact fit of everything keeps every value (nothing tells the
-    # echoed values from the others).
+    # An exact fit of everything drops nothing (nothing tells the echoed
+    # values from the others), and leaves no noise to estimate.
     exact = np.asarray(model.predict(y0, verbose=0))
-    assert kh.constant_uncertainty(model, y0, exact).n == 176
+    with pytest.raises(ValueError, match=r"sum of squares 0.0 over n=176 values"):
+        kh.constant_uncertainty(model, y0, exact)
 
 
 def test_hybrid_on_six_points_is_not_identified():

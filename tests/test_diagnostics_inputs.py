@@ -642,3 +642,68 @@ def test_uncertainty_of_a_model_with_an_embedding_equals_its_dense_twin(method):
         twin = kh.constant_uncertainty(dense, [t, one_hot], y, method=method)
     assert got.estimates["A"] == pytest.approx(2.0, rel=0.02)
     assert got.intervals["A"] == pytest.approx(twin.intervals["A"], rel=1e-3)
+
+
+def test_a_model_that_reproduces_every_value_has_no_interval(monkeypatch):
+    # Zero residuals: intervals of width 0 and "identified" (physics
+    # only), a ZeroDivisionError with an L2 prior, a LinAlgError with
+    # conjugate gradients.
+    t, _ = _data()
+    model = _model()
+    exact = model.predict(t, verbose=0)
+    for kwargs in ({}, {"method": "cg"}):
+        with pytest.raises(ValueError, match=r"reproduces every observed value exactly \(residual sum"):
+            kh.constant_uncertainty(model, t, exact, **kwargs)
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("the profile refitted before checking the residuals")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "fit", no_refit)
+        with pytest.raises(ValueError, match=r"reproduces every observed value exactly"):
+            kh.profile_likelihood(model, "k", [0.6, 0.65, 0.7], t, exact, epochs=1)
+    with pytest.raises(ValueError, match=r"reproduces every observed value exactly"):
+        un.profile_interval([0.6, 0.7], [0.0, 1.0], 40)
+
+
+def test_prior_precision_and_level_are_checked_before_any_work():
+    t, y = _data()
+    model = _model(network=True)
+    with pytest.raises(ValueError, match=r'is `network="fixed"`\)\. Received: prior_precision=inf'):
+        kh.constant_uncertainty(model, t, y, prior_precision=float("inf"))
+    for level in (None, "0.9"):
+        with pytest.raises(ValueError, match=rf"`level` must be a number in \(0, 1\). Received: level={level!r}"):
+            kh.constant_uncertainty(model, t, y, level=level)
+    with pytest.raises(ValueError, match=r"Received: dof=nan"):
+        un.t_quantile(0.95, float("nan"))
+    # A NumPy scalar is a number.
+    given = kh.constant_uncertainty(model, t, y, prior_precision=np.float32(2.0))
+    assert given.stderr == kh.constant_uncertainty(model, t, y, prior_precision=2.0).stderr
+
+
+@keras.saving.register_keras_serializable(package="test_diagnostics_inputs")
+def two_proportional_outputs(x, c):
+    return keras.ops.concatenate([c["a"] * x, c["b"] * x], -1)
+
+
+def test_a_noise_free_output_that_a_constant_matches_is_kept():
+    # y[1] = b x without noise, b at 2.0: it was dropped as "reproduced
+    # exactly" like an echoed initial state, and `b` came out "not
+    # identified", with "the data carry no information on b".
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(two_proportional_outputs,
+                             [kh.PhysicalConstant("a", 1.0), kh.PhysicalConstant("b", 1.0)])
+    model = keras.Model(inputs, law(inputs))
+    x = np.linspace(-2, 2, 20)[:, None].astype("float32")
+    noisy = 1.5 * x + 0.1 * np.random.default_rng(0).normal(size=x.shape)
+    y = np.concatenate([noisy, 2.0 * x], 1).astype("float32")
+    xd, yd = x[:, 0].astype("float64"), y[:, 0].astype("float64")
+    a = float(xd @ yd / (xd @ xd))
+    law.set_constant("a", a)
+    law.set_constant("b", 2.0)
+    result = kh.constant_uncertainty(model, x, y)
+    assert result.exactly_reproduced == {} and result.n == 40
+    # Least squares pooled over the 40 values: the same s / sqrt(Sxx) for both.
+    s = math.sqrt(np.sum((yd - a * xd) ** 2) / (40 - 2))
+    assert result.stderr["b"] == pytest.approx(s / math.sqrt(xd @ xd), rel=1e-4)
+    assert result.verdicts["b"] == "identified"

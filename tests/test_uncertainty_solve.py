@@ -5,6 +5,7 @@ iteration, and the Gauss / Gauss-Radau bracket of the information."""
 import numpy as np
 import pytest
 
+import keras
 import keras_hybrid as kh
 from keras_hybrid import _data_space
 from keras_hybrid import diagnostics as dg
@@ -92,3 +93,59 @@ def test_bad_solver_settings_name_argument_and_value():
         kh.constant_uncertainty(model, y0, obs, method="cg", cg_tol=0)
     with pytest.raises(ValueError, match=r"Received: cg_max_iter=2.5"):
         kh.constant_uncertainty(model, y0, obs, method="cg", cg_max_iter=2.5)
+
+
+def test_gauss_radau_bracket_closes_when_one_step_solves_exactly():
+    # b is an eigenvector of M with eigenvalue eig_lower: the residual is 0
+    # after one step, and the bracket's update divided 0 by 0.
+    j = np.array([[0.0], [0.0], [1.0]])
+    b = np.array([1.0, 2.0, 0.0])
+    for quadratic in (True, "width"):
+        _, info = un.conjugate_gradient(lambda v: j @ (j.T @ v), b, shift=1.0, quadratic=quadratic,
+                                        eig_lower=1.0)
+        assert info["quadratic"] == pytest.approx(5.0) and info["upper"] == pytest.approx(5.0)
+        assert info["converged"]
+
+
+def test_null_directions_do_not_depend_on_the_constants_units():
+    # The same well-conditioned fit with constants in units 1e6 apart: a
+    # null-direction test relative to the largest eigenvalue made the
+    # smallest constant unbounded and the others conditional on it.
+    x = np.random.default_rng(5).normal(size=(30, 3))
+    scales = np.array([1e-6, 1.0, 1e6])
+    a = (x * scales).T @ (x * scales)
+    expected = np.linalg.inv(x.T @ x) / np.outer(scales, scales)
+    np.testing.assert_allclose(un.covariance_from_information(a, 2.0), 2.0 * expected, rtol=1e-9)
+    assert un.information_rank(a) == 3
+    assert un.effective_parameters(a, np.zeros(3), 1.0) == pytest.approx(3.0)
+    # A constant with no information stays unbounded, and only it.
+    a[0, :] = a[:, 0] = 0.0
+    cov = un.covariance_from_information(a, 1.0)
+    assert np.all(np.isinf(cov[0])) and np.all(np.isfinite(cov[1:, 1:]))
+    assert un.information_rank(a) == 2
+
+
+@keras.saving.register_keras_serializable(package="test_uncertainty_solve")
+def _proportional(x, c):
+    return c["a"] * x
+
+
+def test_a_cg_plateau_that_the_bracket_does_not_confirm_is_warned():
+    # A constant beside a small network, noise 1e-4: the delay rule stops
+    # after 19 iterations with the information still growing (the bracket
+    # allows an interval 5.7 times narrower), and nothing said so.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(_proportional, [kh.PhysicalConstant("a", 1.0)])
+    hidden = keras.layers.Dense(16, activation="tanh")(keras.layers.Dense(16, activation="tanh")(inputs))
+    model = keras.Model(inputs, keras.layers.Add()([law(inputs), keras.layers.Dense(1)(hidden)]))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (300, 1)).astype("float32")
+    y = (x + model.predict(x, verbose=0) + 1e-4 * rng.normal(size=x.shape)).astype("float32")
+    law.set_constant("a", 2.0)
+    result = kh.constant_uncertainty(model, x, y, method="cg", prior_precision=1.0)
+    (info,) = result.solver["cg"]
+    assert info["converged"] and not info["bracketed"]
+    narrower = np.sqrt(info["upper"] / info["lower"])
+    assert narrower > 1.1
+    assert any(f"up to {narrower:.3g} times narrower" in w for w in result.warnings), result.warnings

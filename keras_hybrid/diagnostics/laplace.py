@@ -5,6 +5,7 @@ ranges, and judged by identifiability verdicts.
 """
 
 import math
+import numbers
 import time
 
 import numpy as np
@@ -42,11 +43,12 @@ def _check_settings(level, network, prior_precision, method, path, cg_tol, cg_ma
     un.normal_quantile(level)  # validates `level`
     evidence = isinstance(prior_precision, str) and prior_precision == "evidence"
     if prior_precision is not None and not evidence and not (
-        isinstance(prior_precision, (int, float)) and not isinstance(prior_precision, bool)
-        and prior_precision > 0
+        isinstance(prior_precision, numbers.Real) and not isinstance(prior_precision, bool)
+        and 0 < prior_precision < math.inf
     ):
         raise ValueError(
-            "`prior_precision` must be a number > 0, \"evidence\" or None. "
+            "`prior_precision` must be a finite number > 0, \"evidence\" or None (the "
+            "limit of an infinite precision is `network=\"fixed\"`). "
             f"Received: prior_precision={prior_precision!r}"
         )
     if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not 0 < cg_tol < 1:
@@ -324,14 +326,28 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
         )
     if evidence_warning:
         warnings.append(evidence_warning)
-    for i in solver.get("cg", []):
+    for name, i in zip(names, solver.get("cg", [])):
         if not i["converged"]:
             warnings.append(
                 f"conjugate gradients stopped after {i['iterations']} iterations at relative "
                 f"residual {i['residual']:.2g} before the constant's information settled: the "
                 "marginal interval is an upper bound on the width."
             )
+        elif i.get("lower", 0) > 0 and math.sqrt(i["upper"] / i["lower"]) > 1 + _CG_LOOSE_BRACKET:
+            # The delay rule stopped on a plateau that the bracket does not confirm.
+            warnings.append(
+                f"conjugate gradients for {name} stopped after {i['iterations']} iterations when "
+                "its information stopped growing, but its bracket leaves room for an interval "
+                f"up to {math.sqrt(i['upper'] / i['lower']):.3g} times narrower than reported "
+                "(the reported one is the wider, conservative end): a smaller `cg_tol` iterates "
+                "further."
+            )
     return verdict, notes, warnings
+
+
+# How much narrower an interval may be, by the CG bracket, before a report
+# whose conjugate gradients stopped on a plateau says so.
+_CG_LOOSE_BRACKET = 0.1
 
 
 _SQUARED_ERROR_LOSSES = {"mse", "mean_squared_error", "MeanSquaredError"}
@@ -548,7 +564,7 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
             `0.95`.
         network: `"marginal"` or `"fixed"`. Defaults to `"marginal"`.
         prior_precision: precision `alpha` of the Gaussian prior on the
-            network weights (marginal mode): a number > 0 (the same for
+            network weights (marginal mode): a finite number > 0 (the same for
             every weight), `"evidence"`, or `None` (the L2 weight decay,
             else the standard normal, or the evidence for weights too
             large for it; see above). Defaults to `None`.
@@ -575,6 +591,13 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
         A `ConstantUncertainty` (`.estimates`, `.stderr`, `.intervals`,
         `.verdicts`, `.correlation`, `.noise_std`, `.warnings`; `print` it
         for a table).
+
+    Raises:
+        ValueError: on invalid settings, data that do not fit the model,
+            too few values for the parameters, or a model that reproduces
+            every observed value exactly (no residuals to estimate the
+            noise from; values reproduced by construction, such as an
+            echoed initial state, are left out first).
 
     Example:
 

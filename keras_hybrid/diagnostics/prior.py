@@ -216,6 +216,7 @@ def _noise_counting_weights(spectrum, first_noise_var, moves_with_noise, rss, n,
 def _noise_and_prior(model, res, weights, method, blocks, n, p_c, p_w, prior_precision, evidence):
     """`(noise_var, p_eff, alpha, prior_source, evidence_info, evidence_warning)` of the fit."""
     rss = blocks.rss
+    un.require_residuals(rss, n)
     # Noise variance (fixed point with the effective number of parameters).
     # Constants count by the rank of their information: one the data say
     # nothing about (or one of a confounded pair) fits nothing.

@@ -262,6 +262,7 @@ def profile_likelihood(model, name, values, x, y=None, *, epochs, sample_weight=
         return res.rss(), res.n
 
     rss_free, n = rss_of(model)
+    un.require_residuals(rss_free, n)  # before any refit
     order = np.argsort(np.abs(values - estimate))
     first = int(order[0])
     rss = np.full(values.size, np.nan)

@@ -192,9 +192,11 @@ class _Residuals:
         every interval (by sqrt(798 / 838) for 40 trajectories of 21
         points with the first point echoed, and by 0.69 with an unchanged
         second state). A position (an output index, all samples) counts
-        as reproduced when its residuals are exactly 0 wherever weighted
-        and some other residual is not (an exact fit of everything keeps
-        every value).
+        as reproduced when its residuals are exactly 0 wherever weighted,
+        some other residual is not (an exact fit of everything keeps every
+        value), and it does not move with the model's trainable weights
+        (a noise-free output that a fitted constant matches is data on
+        that constant, not an echo).
 
         Returns:
             `channel label -> number of values dropped` (see
@@ -202,7 +204,8 @@ class _Residuals:
         """
         targets, weights = tf.nest.flatten(self.y), tf.nest.flatten(self.w)
         exact, any_error = [], False
-        for p, target, w in zip(self.predictions(), targets, weights):
+        predictions = self.predictions()
+        for p, target, w in zip(predictions, targets, weights):
             p = p.reshape(np.shape(target))
             equal = p == np.asarray(target, p.dtype)
             weighted = w != 0
@@ -210,6 +213,10 @@ class _Residuals:
             exact.append(np.all(equal | ~weighted, axis=0) & np.any(weighted, axis=0))
         if not any_error or not any(np.any(e) for e in exact):
             return {}
+        moved = self.predictions(self._nudged_weights())
+        for i, (p, q, target) in enumerate(zip(predictions, moved, targets)):
+            unmoved = np.all(p.reshape(np.shape(target)) == q.reshape(np.shape(target)), axis=0)
+            exact[i] = exact[i] & unmoved
         dropped = {}
         for label, w, positions in zip(self._output_labels(), weights, exact):
             mask = np.broadcast_to(positions, w.shape) & (w != 0)
@@ -242,18 +249,31 @@ class _Residuals:
     def params(self):
         return [tf.convert_to_tensor(v.value) for v in self.variables]
 
-    def predictions(self):
-        """The model's outputs at the current parameters over all samples:
-        one NumPy array per leaf of `y`, in `tf.nest`'s order."""
-        if not self.variables:
+    def _nudged_weights(self):
+        """`(variable, value)` pairs moving every trainable weight of the
+        model by a small random relative step (seeded)."""
+        rng = np.random.default_rng(0)
+        pairs = []
+        for v in self.model.trainable_variables:
+            value = keras.ops.convert_to_numpy(v.value).astype("float64")
+            step = 1e-3 * (np.abs(value) + 1e-3) * rng.standard_normal(value.shape)
+            pairs.append((v, tf.constant(value + step, v.dtype)))
+        return pairs
+
+    def predictions(self, state_mapping=None):
+        """The model's outputs over all samples, at the current parameters
+        or with the `(variable, value)` pairs of `state_mapping`: one NumPy
+        array per leaf of `y`, in `tf.nest`'s order."""
+        if state_mapping is None and not self.variables:
             # Nothing substituted: the model's compiled predict (an ODE
             # model called eagerly runs its solver loop op by op).
             pred = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
             return [np.asarray(p) for p in tf.nest.flatten(outputs_keyed_like(self.model, self.y, pred))]
-        params = self.params()
+        if state_mapping is None:
+            state_mapping = list(zip(self.variables, self.params()))
         parts = [[] for _ in tf.nest.flatten(self.y)]
         for x, _, _ in self.chunks():
-            with keras.StatelessScope(state_mapping=list(zip(self.variables, params))):
+            with keras.StatelessScope(state_mapping=state_mapping):
                 pred = outputs_keyed_like(self.model, self.y, self.model(x, training=False))
             for leaf, p in zip(parts, tf.nest.flatten(pred)):
                 leaf.append(np.asarray(p))
