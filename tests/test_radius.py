@@ -97,6 +97,18 @@ def test_choose_radius_rejects_bad_input():
         kh.radius_p_values([0.0, "0.1"], [1.0, 0.9])
 
 
+def test_the_relative_rule_takes_negative_losses():
+    # (1 + tolerance) * best lay below a negative best loss: a tie chose the
+    # smaller radius, and the limit excluded the best radius's equals.
+    from keras_hybrid.radius import selection_limit
+
+    assert choose_radius([0.0, 0.1], [-1.0, -1.0], rule="relative") == 0.1
+    # best -2, slack 0.25 * |-2|: limit -1.5
+    assert selection_limit([0.0, 0.1, 0.3], [-2.0, -2.0, -1.4]) == -1.5
+    assert kh.eligible_radii([0.0, 0.1, 0.3], [-2.0, -2.0, -1.4],
+                             rule="relative")["eligible"] == [0.0, 0.1]
+
+
 # -- the paired rule -----------------------------------------------------------
 
 
@@ -487,6 +499,18 @@ def test_path_says_when_its_fits_have_not_converged():
     rows[1] = _row(0.3, 0, 12.0, 0.9, train=1.09)
     assert RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}).converged
     assert RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {}).converged
+
+
+def test_path_convergence_check_takes_negative_losses():
+    # (1 + slack) * reference: fits better than a physics part at -2
+    # (cosine similarity, Gaussian NLL) read as not converged.
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.0}, "train_loss": -2.0,
+               "val_loss": -2.0, "net_share": 0.0}
+    # The slack is 0.1 * |-2|: converged down to -1.8.
+    for train, converged in ((-2.1, True), (-1.81, True), (-1.79, False)):
+        rows = [_row(0.0, 0, -2.1, 1.0, train=train), _row(0.1, 0, -2.1, 1.0, train=train)]
+        path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}, rule="relative")
+        assert path.converged is converged
 
 
 # -- the path on a real fit -----------------------------------------------------

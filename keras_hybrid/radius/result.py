@@ -12,9 +12,10 @@ from keras_hybrid.radius.selection import eligible_radii, paired_t_test
 from keras_hybrid.sam import SAM
 
 
-# Relative excess of the lowest training loss over the physics part alone's
-# beyond which the fits are reported as not converged (mini-batch noise and
-# SAM's own bias stay well below it on converged fits).
+# Excess of the lowest training loss over the physics part alone's, as a
+# fraction of the latter's magnitude, beyond which the fits are reported as
+# not converged (mini-batch noise and SAM's own bias stay well below it on
+# converged fits).
 CONVERGENCE_SLACK = 0.1
 #: A constant within this fraction of its initial value in every eligible
 #: fit was not moved by the fits (`RadiusPath.unmoved`).
@@ -78,9 +79,10 @@ class RadiusPath:
             validation data at least as well as every radius.
         converged: `False` when every radius fits the *training* data
             worse than the physics part alone (by more than
-            `CONVERGENCE_SLACK`). The hybrid contains the physics part (a
-            network with zero output), so its fits have then not reached
-            a minimum, and the comparison of radii says little.
+            `CONVERGENCE_SLACK` times its magnitude). The hybrid contains
+            the physics part (a network with zero output), so its fits have
+            then not reached a minimum, and the comparison of radii says
+            little.
         best_model: the fitted model at the chosen radius (the seed with
             the lowest validation loss).
         units: `name -> unit`.
@@ -139,7 +141,8 @@ class RadiusPath:
         reference = None if self.physics_only is None else self.physics_only.get("train_loss")
         if reference is None or not math.isfinite(reference):
             return True
-        return self._lowest_train_loss() <= (1.0 + CONVERGENCE_SLACK) * reference
+        # |reference|: losses may be negative (cosine similarity, Gaussian NLL).
+        return self._lowest_train_loss() <= reference + CONVERGENCE_SLACK * abs(reference)
 
     def _p_value_line(self):
         return "p-values (worse than the best): " + ", ".join(
@@ -410,8 +413,8 @@ class RadiusPath:
                 self.rule == "paired") else ""
             lines.append(
                 f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
-                f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
-                f"{self.noise_level:g} standard errors{cap}{fallback}"
+                f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} of its "
+                f"magnitude and {self.noise_level:g} standard errors{cap}{fallback}"
             )
         if not self.converged:
             lowest = self._lowest_train_loss()

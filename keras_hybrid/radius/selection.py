@@ -414,7 +414,7 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     errors of the best validation loss, whichever is larger:
 
     ```
-    limit    = max((1 + tolerance) * best, best + noise_level * se_best)
+    limit    = max(best + tolerance * |best|, best + noise_level * se_best)
     eligible = {r : L_val(r) <= limit  and  L_val(r) <= L_ref}
     ```
 
@@ -504,7 +504,9 @@ def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
     if not finite:
         return math.nan
     best_index, best = min(finite, key=lambda iv: (iv[1], rhos[iv[0]]))
-    limit = (1.0 + tolerance) * best
+    # Slack in proportion to |best|: losses may be negative (cosine
+    # similarity, Gaussian negative log-likelihood).
+    limit = best + tolerance * abs(best)
     if standard_errors is not None and math.isfinite(standard_errors[best_index]):
         limit = max(limit, best + noise_level * standard_errors[best_index])
     if reference_loss is not None and math.isfinite(reference_loss):
