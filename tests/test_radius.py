@@ -242,6 +242,27 @@ def test_auto_uses_the_t_test_where_ranks_cannot_reject():
     assert choose_radius(rhos, val, per_sample_losses=samples, paired_test="signed_rank") == 0.3
 
 
+def test_auto_counts_only_the_differences_the_rank_test_sees():
+    # Two samples of weight 0 score 0 at every radius: the rank test drops
+    # them (smallest p-value 2^-4 = 0.0625 > 0.05), yet "auto" counted six
+    # samples, took it and kept a radius worse on every weighted sample.
+    best = [0.1, 0.2, 0.3, 0.4, 0.0, 0.0]
+    worse = [0.5, 0.7, 0.9, 1.1, 0.0, 0.0]
+    rhos, val = [0.0, 0.1], [sum(best) / 6, sum(worse) / 6]
+    p, test = kh.radius_p_values(rhos, val, per_sample_losses=[best, worse])
+    assert test == "paired t" and p[1] == kh.paired_t_test(worse, best)[1]
+    assert p[1] == pytest.approx(0.01535, abs=1e-5)
+    assert choose_radius(rhos, val, per_sample_losses=[best, worse]) == 0.0
+    # Six that differ resolve Holm's 0.05 / 2 (1/64); a radius scored
+    # exactly as the best has p = 1 under either test and does not count.
+    best = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.0]
+    worse = [b + 0.4 for b in best[:6]] + [0.0]
+    samples = [best, worse, best]
+    p, test = kh.radius_p_values([0.0, 0.1, 0.3], [float(np.mean(x)) for x in samples],
+                                 per_sample_losses=samples)
+    assert test == "signed rank" and p == [1.0, 1 / 64, 1.0]
+
+
 def test_holm_rejections_against_a_hand_computation():
     from keras_hybrid.radius import holm_rejections
 

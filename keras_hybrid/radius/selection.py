@@ -14,8 +14,8 @@ import numpy as np
 RULES = ("paired", "relative")
 
 #: The paired rule's tests: `"auto"` is the signed-rank test when there are
-#: enough validation samples for it to reject at Holm's smallest threshold,
-#: else the t test.
+#: enough validation samples that differ for it to reject at Holm's smallest
+#: threshold, else the t test.
 PAIRED_TESTS = ("auto", "signed_rank", "t")
 
 
@@ -181,9 +181,10 @@ def _doubled_mean_ranks(values):
 
 
 def rank_test_resolves(num_samples, num_comparisons, level):
-    """Whether the exact signed-rank test on `num_samples` paired samples
-    can reject at Holm's smallest threshold `level / num_comparisons`: its
-    smallest p-value is `2**-num_samples` (every difference positive)."""
+    """Whether the exact signed-rank test on `num_samples` nonzero paired
+    differences (it drops the zero ones) can reject at Holm's smallest
+    threshold `level / num_comparisons`: its smallest p-value is
+    `2**-num_samples` (every difference positive)."""
     return 2.0 ** -num_samples <= level / max(num_comparisons, 1)
 
 
@@ -199,8 +200,9 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
     samples carry most of a radius's excess loss, the t test sees a large
     variance and keeps a radius that is worse on nearly every sample,
     where the rank test rejects it. With few samples the rank test cannot
-    reject at all (its smallest p-value is `2**-n`), and `"auto"` uses the
-    t test there.
+    reject at all (its smallest p-value is `2**-n` for `n` nonzero
+    differences: samples scored alike at both radii, such as samples of
+    weight 0, do not count), and `"auto"` uses the t test there.
     With only the standard error of each mean loss, the unpaired normal
     approximation `z = (L_r - L_best - m) / sqrt(se_r^2 + se_best^2)`,
     which is conservative (rejects less) when the per-sample losses of the
@@ -221,8 +223,9 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
             physics part alone that a radius may give up before it counts
             as worse, in [0, 1). Defaults to `0.0`.
         paired_test: `"auto"` (signed-rank when
-            `rank_test_resolves(n, comparisons, level)`, else t),
-            `"signed_rank"` or `"t"`. Defaults to `"auto"`.
+            `rank_test_resolves(n, comparisons, level)` for the number `n`
+            of nonzero differences of every comparison that has one, else
+            t), `"signed_rank"` or `"t"`. Defaults to `"auto"`.
         level: the family-wise level that `"auto"` checks the rank test's
             resolution against. Defaults to `0.05`.
 
@@ -266,8 +269,12 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
         return p, None
     method = "unpaired z"
     if samples is not None:
+        # The rank test drops zero differences; a comparison with none but
+        # zeros has p = 1 under either test.
+        nonzero = [int(np.count_nonzero(samples[i] - samples[best] - delta))
+                   for i in finite if i != best]
         ranks = paired_test == "signed_rank" or (paired_test == "auto" and rank_test_resolves(
-            samples[best].size, len(finite) - 1, level))
+            min([n for n in nonzero if n] or [0]), len(finite) - 1, level))
         method = "signed rank" if ranks else "paired t"
     for i in finite:
         if i == best:
@@ -382,7 +389,7 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     losses (`per_sample_losses`, the same validation samples scored at
     every radius), else the unpaired normal approximation from
     `standard_errors` (conservative). The paired test is the Wilcoxon
-    signed-rank test, or the t test where there are too few samples for
+    signed-rank test, or the t test where too few samples differ for
     ranks to reject (`paired_test="auto"`, see `radius_p_values`). The
     eligible set is then a confidence set for the best radius: with
     probability about `1 - level` no radius as good as the best is
