@@ -109,6 +109,39 @@ def test_the_relative_rule_takes_negative_losses():
                              rule="relative")["eligible"] == [0.0, 0.1]
 
 
+def test_none_standard_errors_and_losses_that_are_no_numbers():
+    # A `None` standard error (not known) crashed with an anonymous
+    # TypeError for a diverged radius, and for the best one under the
+    # relative rule; non-numbers and an unchecked `level` passed or failed
+    # without naming the argument.
+    from keras_hybrid.radius import selection_limit
+
+    rhos, val = [0.0, 0.1, 0.3], [1.0, 1.05, math.nan]
+    assert choose_radius(rhos, val, standard_errors=[0.1, 0.1, None]) == 0.1
+    p, test = kh.radius_p_values(rhos, val, standard_errors=[0.1, 0.1, None])
+    z = 0.05 / math.hypot(0.1, 0.1)
+    assert test == "unpaired z" and p[:2] == [1.0, pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))]
+    assert math.isnan(p[2])
+    # None for the best radius: the relative slack alone, 1.25
+    assert selection_limit([0.0, 0.1], [1.0, 1.1], standard_errors=[None, 0.1]) == 1.25
+    assert choose_radius([0.0, 0.1], [1.0, 1.1], standard_errors=[None, 0.1], rule="relative") == 0.1
+    samples = [[1.0, 1.1, 1.2], [1.2, 1.3, 1.5]]
+    with pytest.raises(ValueError, match=r"`level` must be in \(0, 1\). Received: level=5.0"):
+        kh.radius_p_values([0.0, 0.1], [1.1, 1.33], samples, level=5.0)
+    with pytest.raises(ValueError, match=r"Received: level=-0.5"):
+        kh.radius_p_values([0.0, 0.1], [1.1, 1.33], samples, level=-0.5)
+    with pytest.raises(TypeError, match=r"Received: level='0.05'"):
+        kh.radius_p_values([0.0, 0.1], [1.1, 1.33], samples, level="0.05")
+    with pytest.raises(TypeError, match=r"^`val_losses\[1\]` must be a number. Received: None$"):
+        choose_radius([0.0, 0.1], [1.0, None])
+    with pytest.raises(TypeError, match=r"^`val_losses\[0\]` must be a number. Received: '1.0'$"):
+        kh.radius_p_values([0.0, 0.1], ["1.0", 1.1], standard_errors=[0.1, 0.1])
+    with pytest.raises(TypeError, match=r"^`reference_loss` must be a number. Received: '2'$"):
+        choose_radius([0.0, 0.1], [1.0, 1.1], reference_loss="2")
+    with pytest.raises(TypeError, match=r"^`standard_errors\[1\]` must be a number. Received: 'x'$"):
+        selection_limit([0.0, 0.1], [1.0, 1.1], standard_errors=[0.1, "x"])
+
+
 # -- the paired rule -----------------------------------------------------------
 
 
