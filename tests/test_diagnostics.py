@@ -1059,3 +1059,29 @@ def test_a_constant_the_path_fits_did_not_move_is_no_evidence(monkeypatch):
     kept = kh.constant_uncertainty(model, t, y, path=unmoved)
     assert seen == [{"A": True, "k": True}, {"A": False, "k": False}]
     assert any("stayed at its initial value" in n for n in kept.notes["k"])
+
+
+# -- the printed report and results ---------------------------------------------
+
+
+def test_report_truth_skips_frozen_constants_and_names_unknown_ones(capsys):
+    # A frozen constant or a name that is no constant in `truth` raised a
+    # bare KeyError, after half the report was printed.
+    t = np.linspace(0, 3, 20)[:, None].astype("float32")
+    y = (2 * np.exp(-0.8 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.shape)).astype("float32")
+    model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0, unit="V", constraint="positive"),
+                                       kh.PhysicalConstant("k", 0.8, unit="1/s", trainable=False)])
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match=r"^`truth` names 'a', not a constant of the model \(its "
+                                         r"constants: A, k\). Received: truth=\{'a': 2.0\}$"):
+        kh.report(model, t, y, truth={"a": 2.0})
+    assert capsys.readouterr().out == ""
+    marginal = kh.report(model, t, y, truth={"A": 2.0, "k": 0.8})
+    lo, hi = marginal.intervals["A"]
+    assert lo < 2.0 < hi
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "  truth A = 2 V is inside the interval",
+        "  truth k = 0.8 1/s: not estimated (frozen), no interval"]
+    with pytest.raises(ValueError, match=r"^`truth` names 'k', which has no interval \(the "
+                                         r"estimated constants: A\)"):
+        marginal.covers({"A": 2.0, "k": 0.8})

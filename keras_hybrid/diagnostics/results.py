@@ -150,6 +150,11 @@ class ConstantUncertainty(_Serializable):
 
     def covers(self, truth):
         """`name -> bool`: whether each interval contains `truth[name]`."""
+        unknown = [k for k in truth if k not in self.intervals]
+        if unknown:
+            raise ValueError(
+                f"`truth` names {', '.join(map(repr, unknown))}, which has no interval (the "
+                f"estimated constants: {', '.join(self.names)}). Received: truth={truth!r}")
         return {k: self.intervals[k][0] <= v <= self.intervals[k][1] for k, v in truth.items()}
 
     def plot(self, ax=None, truth=None):
