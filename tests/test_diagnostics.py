@@ -1085,3 +1085,13 @@ def test_report_truth_skips_frozen_constants_and_names_unknown_ones(capsys):
     with pytest.raises(ValueError, match=r"^`truth` names 'k', which has no interval \(the "
                                          r"estimated constants: A\)"):
         marginal.covers({"A": 2.0, "k": 0.8})
+
+
+def test_constant_uncertainty_str_prints_the_level_without_rounding():
+    # A 99.9 % interval was headed "100% interval", a 97.5 % one "98%".
+    fields = dict(names=["k"], estimates={"k": 0.8}, stderr={"k": 0.01}, intervals={"k": (0.77, 0.83)},
+                  statistical_intervals={"k": (0.77, 0.83)}, selection_ranges={}, units={"k": "1/s"},
+                  verdicts={"k": "identified"}, notes={"k": []}, warnings=[], network="marginal",
+                  method="dense", noise_std=0.05, n=20, effective_parameters=2.0)
+    for level, label in ((0.999, "99.9% interval"), (0.975, "97.5% interval"), (0.95, "95% interval")):
+        assert label in str(kh.ConstantUncertainty(level=level, **fields)).splitlines()[1]

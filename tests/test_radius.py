@@ -567,6 +567,23 @@ def test_path_convergence_check_takes_negative_losses():
         assert path.converged is converged
 
 
+def test_path_prints_percents_without_rounding_them_away():
+    # 0.004 was printed "0%" ("relative spread 0.21%, threshold 0%").
+    rows = [_sample_row(0.0, 0, BEST, 0.99), _sample_row(0.1, 0, BEST, 0.9905)]
+    rows[1]["net_share"] = 0.2
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.5}, "train_loss": 5.0,
+               "val_loss": 5.0, "net_share": 0.0}
+    text = str(RadiusPath(rows, physics, kh.SAM(), 0.25, 0.004, {}, {}, margin=0.004))
+    assert "not significantly worse by more than 0.4% of the gain" in text
+    assert "(relative spread 0.05%, threshold 0.4%)" in text
+    text = str(RadiusPath(rows, physics, kh.SAM(), 0.004, 0.05, {}, {}, rule="relative"))
+    assert "the best plus the larger of 0.4% of its magnitude and 2 standard errors" in text
+    from keras_hybrid._plotting import percent
+
+    assert [percent(v) for v in (0.95, 0.999, 0.975, 0.004, 0.07)] == [
+        "95%", "99.9%", "97.5%", "0.4%", "7%"]
+
+
 # -- the path on a real fit -----------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from keras_hybrid._plotting import labelled, pyplot
+from keras_hybrid._plotting import labelled, percent, pyplot
 
 
 def _plain(value):
@@ -111,7 +111,7 @@ class ConstantUncertainty(_Serializable):
                 "given as input, not counted in n)"]
 
     def __str__(self):
-        pct = f"{self.level:.0%}"
+        pct = percent(self.level)
         lines = [
             f"Constants ({self.network} network, {self.method}; noise std {self.noise_std:.4g} "
             f"over n={self.n} values, {self.effective_parameters:.1f} effective parameters)",
@@ -193,7 +193,7 @@ class ConstantUncertainty(_Serializable):
                 ax.plot([truth[name] / scale], [i], "x", color="tab:blue", ms=10)
         ax.set_yticks(range(len(self.names)), [f"{n}\n{self.verdicts[n]}" for n in self.names])
         ax.set_xlabel("value / |estimate|")
-        ax.set_title(f"{self.level:.0%} intervals ({self.network} network)")
+        ax.set_title(f"{percent(self.level)} intervals ({self.network} network)")
         if created:
             ax.figure.tight_layout()  # the verdicts' labels inside the figure
         return ax
@@ -252,7 +252,7 @@ class ProfileLikelihood(_Serializable):
             for v, r, s in zip(self.values, self.rss, self.statistic)
         )
         return (
-            f"Profile of {self.name} (threshold {self.threshold:.3g} at {self.level:.0%}):\n{rows}\n"
+            f"Profile of {self.name} (threshold {self.threshold:.3g} at {percent(self.level)}):\n{rows}\n"
             f"  interval [{lo:.5g}, {hi:.5g}]" + (f" {self.unit}" if getattr(self, "unit", "") else "")
             + ("  (flat profile)" if self.flat else "")
             + "".join(f"\n  warning: {w}" for w in getattr(self, "warnings", []))
@@ -267,7 +267,7 @@ class ProfileLikelihood(_Serializable):
         if ax is None:
             _, ax = plt.subplots()
         ax.plot(self.values, self.statistic, "o-", label=f"profile of {self.name}")
-        ax.axhline(self.threshold, color="grey", ls="--", label=f"{self.level:.0%} threshold")
+        ax.axhline(self.threshold, color="grey", ls="--", label=f"{percent(self.level)} threshold")
         ax.axvline(self.estimate, color="k", lw=0.8, label="estimate")
         if truth is not None:
             ax.axvline(truth, color="tab:blue", ls=":", label="truth")

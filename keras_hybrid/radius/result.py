@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from keras_hybrid._plotting import labelled, pyplot
+from keras_hybrid._plotting import labelled, percent, pyplot
 from keras_hybrid.radius.selection import eligible_radii, paired_t_test
 from keras_hybrid.sam import SAM
 
@@ -401,8 +401,8 @@ class RadiusPath:
             if self.rule_used == "paired":
                 lines.append(self._p_value_line())
         elif self.rule_used == "paired":
-            worse = "worse" if not self.margin else (
-                f"worse by more than {self.margin:.0%} of the gain over the physics part alone")
+            worse = "worse" if not self.margin else (f"worse by more than {percent(self.margin)} "
+                                                     "of the gain over the physics part alone")
             lines.append(
                 f"chosen: rho = {self.chosen} (largest radius not significantly {worse} than "
                 f"the best: one-sided {self.test} test, Holm's correction at level "
@@ -413,7 +413,7 @@ class RadiusPath:
                 self.rule == "paired") else ""
             lines.append(
                 f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
-                f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} of its "
+                f"{self.limit:.4g}: the best plus the larger of {percent(self.tolerance)} of its "
                 f"magnitude and {self.noise_level:g} standard errors{cap}{fallback}"
             )
         if not self.converged:
@@ -474,13 +474,13 @@ class RadiusPath:
                 lines.append(
                     f"{name}: {verdict} over the eligible radii {self.eligible} "
                     f"(relative spread {self.spread[name]:.2%}, threshold "
-                    f"{self.stable_tolerance:.0%})"
+                    f"{percent(self.stable_tolerance)})"
                 )
                 if self.unmoved.get(name):
                     lines.append(
-                        f"{name}: within {UNMOVED_TOLERANCE:.0%} of its initial value in every "
-                        "eligible fit: the fits did not move it, so its agreement over the radii "
-                        "shows nothing (train longer)"
+                        f"{name}: within {percent(UNMOVED_TOLERANCE)} of its initial value in "
+                        "every eligible fit: the fits did not move it, so its agreement over the "
+                        "radii shows nothing (train longer)"
                     )
         return "\n".join(lines)
 
