@@ -6,6 +6,7 @@ from keras_hybrid._plotting import pyplot
 from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid.diagnostics.laplace import constant_uncertainty
 from keras_hybrid.diagnostics.residuals import _check_is_model, _network_variables
+from keras_hybrid.diagnostics.results import _significant_digits
 from keras_hybrid.layers import _keyed_constant_variables
 
 
@@ -53,7 +54,9 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
         for k in fixed.names:
             lo, hi = fixed.intervals[k]
             unit = f" {fixed.units[k]}" if fixed.units.get(k) else ""
-            print(f"  {k} = {fixed.estimates[k]:.5g}  [{lo:.5g}, {hi:.5g}]{unit}")
+            # Enough digits to tell the interval's ends apart.
+            fmt = f".{_significant_digits(fixed.estimates[k], hi - lo)}g"
+            print(f"  {k} = {fixed.estimates[k]:{fmt}}  [{lo:{fmt}}, {hi:{fmt}}]{unit}")
     for prof in profiles or []:
         print(prof)
     if truth:
@@ -63,7 +66,9 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
             if k not in covered:
                 print(f"  truth {k} = {value:.5g}{unit}: not estimated (frozen), no interval")
                 continue
-            print(f"  truth {k} = {value:.5g}{unit} is {'inside' if covered[k] else 'outside'} "
+            lo, hi = marginal.intervals[k]
+            fmt = f".{_significant_digits(value, hi - lo)}g"
+            print(f"  truth {k} = {value:{fmt}}{unit} is {'inside' if covered[k] else 'outside'} "
                   "the interval")
     if plot:
         plt = pyplot()

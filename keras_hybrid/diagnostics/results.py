@@ -247,13 +247,21 @@ class ProfileLikelihood(_Serializable):
 
     def __str__(self):
         lo, hi = self.interval
+        # Enough digits to tell neighbouring grid values, and the interval's
+        # ends, apart.
+        values = np.asarray(self.values, "float64")
+        steps = np.diff(np.sort(values))
+        steps = steps[steps > 0]
+        grid = _significant_digits(np.max(np.abs(values), initial=0.0),
+                                   float(steps.min()) if steps.size else 0.0)
+        fmt = f".{_significant_digits(self.estimate, hi - lo)}g"
         rows = "\n".join(
-            f"  {self.name} = {v:<10.5g} RSS = {r:.5g}   n log(RSS/RSS_min) = {s:.3g}"
-            for v, r, s in zip(self.values, self.rss, self.statistic)
+            f"  {self.name} = {v:<10.{grid}g} RSS = {r:.5g}   n log(RSS/RSS_min) = {s:.3g}"
+            for v, r, s in zip(values, self.rss, self.statistic)
         )
         return (
             f"Profile of {self.name} (threshold {self.threshold:.3g} at {percent(self.level)}):\n{rows}\n"
-            f"  interval [{lo:.5g}, {hi:.5g}]" + (f" {self.unit}" if getattr(self, "unit", "") else "")
+            f"  interval [{lo:{fmt}}, {hi:{fmt}}]" + (f" {self.unit}" if getattr(self, "unit", "") else "")
             + ("  (flat profile)" if self.flat else "")
             + "".join(f"\n  warning: {w}" for w in getattr(self, "warnings", []))
         )
