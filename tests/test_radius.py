@@ -4,6 +4,7 @@ reference, stability of constants, and bad input."""
 import itertools
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -584,6 +585,18 @@ def test_path_prints_percents_without_rounding_them_away():
         "95%", "99.9%", "97.5%", "0.4%", "7%"]
 
 
+def test_a_path_names_the_fits_that_diverged():
+    # One diverged seed per radius: "no fit has a finite validation loss
+    # (every fit diverged)", with 4 of 6 fits finite.
+    rows = [_row(rho, seed, val, 1.0, train=val) for rho in (0.0, 0.1)
+            for seed, val in enumerate([1.0, 1.01, math.nan])]
+    path = RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {})
+    assert path.chosen is None and path.eligible == []
+    assert ("chosen: none: a radius with a diverged fit is not chosen, and every radius has one "
+            "(non-finite validation loss: rho = 0 seed 2, rho = 0.1 seed 2; 4 of 6 fits are "
+            "finite), so `best_model` is None.") in str(path)
+
+
 # -- the path on a real fit -----------------------------------------------------
 
 
@@ -822,6 +835,31 @@ def test_path_warns_of_an_eligible_radius_worse_on_average():
     # At level 0.01 neither the rule nor the warning fires.
     strict = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, level=0.01)
     assert strict.eligible == [0.0, 0.3] and strict.worse_on_average() == []
+
+
+def test_radius_path_keeps_the_best_finite_seed_of_a_radius(monkeypatch):
+    # A diverged first seed set the loss to beat to nan, which no later
+    # seed's loss is below: the diverged model was kept.
+    x, y = _data(n=20)
+    built = []
+
+    def build(sam):
+        model = _builder([])(sam)
+        if not built:   # diverged: a nan weight
+            kernel = model.get_layer("correction_out").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+        built.append(model)
+        return model
+
+    kept = {}
+    monkeypatch.setattr(fitting, "RadiusPath",
+                        lambda *args, **kwargs: kept.update(args[6]) or RadiusPath(*args, **kwargs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = kh.radius_path(build, x, y, rhos=[0.0], seeds=2, epochs=2, batch_size=16,
+                              physics_only=False)
+    assert math.isnan(path.rows[0]["val_loss"]) and math.isfinite(path.rows[1]["val_loss"])
+    assert kept[0.0] is built[1]
 
 
 def test_quiet_retracing_drops_only_the_retracing_warning(caplog):

@@ -386,11 +386,20 @@ class RadiusPath:
                 "  (eligible)" if s["rho"] in self.eligible else "")
             lines.append(line(label, s, mark))
         cap = ", and not above the physics part alone)" if self.physics_only else ")"
-        if self.chosen is None:
+        diverged = [(r["rho"], r["seed"]) for r in self.rows if not math.isfinite(r["val_loss"])]
+        if self.chosen is None and len(diverged) == len(self.rows):
             lines.append(
                 "chosen: none: no fit has a finite validation loss (every fit diverged), so "
                 "`best_model` is None. Lower the learning rate, or scale the inputs and targets "
                 "to order 1"
+            )
+        elif self.chosen is None:
+            fits = ", ".join(f"rho = {rho:g} seed {seed}" for rho, seed in diverged)
+            lines.append(
+                "chosen: none: a radius with a diverged fit is not chosen, and every radius has "
+                f"one (non-finite validation loss: {fits}; {len(self.rows) - len(diverged)} of "
+                f"{len(self.rows)} fits are finite), so `best_model` is None. Lower the learning "
+                "rate, or scale the inputs and targets to order 1"
             )
         elif not self.network_needed:
             # Every radius is above the cap: the rule fell back to the best one.
