@@ -813,6 +813,23 @@ def test_path_warns_of_an_eligible_radius_worse_on_most_points():
     assert strict.mostly_worse() == [] and "although it is worse" not in str(strict)
 
 
+def test_mostly_worse_says_only_what_was_measured():
+    # Worse by 0.01 on 10 of 12 points and better by 0.05 on two: no
+    # excess on average, yet the text said "its excess loss sits in a few
+    # points, where the paired t test has little power".
+    best = np.linspace(1, 2, 12)
+    rival = best + 0.01
+    rival[:2] -= 0.06
+    rows = [_sample_row(0.0, 0, best, 1.0), _sample_row(0.1, 0, rival, 1.0)]
+    path = RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {}, paired_test="t")
+    p = path.p_values[1]
+    assert p == pytest.approx(0.5, abs=1e-6)
+    assert (f"rho = 0.1 is eligible although it is worse than the best radius on 10 of 12 "
+            f"validation points (sign test below level 0.05); the paired t test with Holm's "
+            f"correction does not reject it (p = {p:.2g})") in str(path).splitlines()
+    assert "little power" not in str(path)
+
+
 def test_path_warns_of_an_eligible_radius_worse_on_average():
     # Radius 0.3 is better than the best (0) on 16 of 20 points by 0.01 and
     # worse on 4 by 2.0: W+ = 17 + 18 + 19 + 20 = 74 of 210, so the

@@ -446,11 +446,12 @@ class RadiusPath:
                 f"{self.refine_rhos()} to see whether the constants stay put near it"
             )
         for rho, worse, n in self.mostly_worse():
-            why = (": its excess loss sits in a few points, where the paired t test has little power"
-                   if self.test == "paired t" else "")
+            p = self.p_values[self.rhos.index(rho)] if self.p_values else None
+            rule = "" if p is None else (
+                f"; the {self.test} test with Holm's correction does not reject it (p = {p:.2g})")
             lines.append(
                 f"rho = {rho:g} is eligible although it is worse than the best radius on {worse} "
-                f"of {n} validation points (sign test below level {self.level:g}){why}"
+                f"of {n} validation points (sign test below level {self.level:g}){rule}"
             )
         for rho, p in self.worse_on_average():
             lines.append(
