@@ -1,4 +1,5 @@
-"""matplotlib, imported where a plot is asked for: an optional dependency."""
+"""matplotlib, imported where a plot is asked for (an optional
+dependency), and the labels that plots and printed results share."""
 
 
 def pyplot():
@@ -16,3 +17,9 @@ def pyplot():
 def labelled(name, unit):
     """`name [unit]`, or `name` alone for a constant without a unit."""
     return f"{name} [{unit}]" if unit else name
+
+
+def percent(fraction):
+    """`fraction` in percent, without rounding away its digits: `0.95` ->
+    `"95%"`, `0.999` -> `"99.9%"`, `0.004` -> `"0.4%"`."""
+    return f"{100 * fraction:.10g}%"

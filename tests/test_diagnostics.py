@@ -1060,3 +1060,86 @@ def test_a_constant_the_path_fits_did_not_move_is_no_evidence(monkeypatch):
     kept = kh.constant_uncertainty(model, t, y, path=unmoved)
     assert seen == [{"A": True, "k": True}, {"A": False, "k": False}]
     assert any("stayed at its initial value" in n for n in kept.notes["k"])
+
+
+# -- the printed report and results ---------------------------------------------
+
+
+def test_report_truth_skips_frozen_constants_and_names_unknown_ones(capsys):
+    # A frozen constant or a name that is no constant in `truth` raised a
+    # bare KeyError, after half the report was printed.
+    t = np.linspace(0, 3, 20)[:, None].astype("float32")
+    y = (2 * np.exp(-0.8 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.shape)).astype("float32")
+    model, _ = algebraic_model(decay, [kh.PhysicalConstant("A", 2.0, unit="V", constraint="positive"),
+                                       kh.PhysicalConstant("k", 0.8, unit="1/s", trainable=False)])
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match=r"^`truth` names 'a', not a constant of the model \(its "
+                                         r"constants: A, k\). Received: truth=\{'a': 2.0\}$"):
+        kh.report(model, t, y, truth={"a": 2.0})
+    assert capsys.readouterr().out == ""
+    marginal = kh.report(model, t, y, truth={"A": 2.0, "k": 0.8})
+    lo, hi = marginal.intervals["A"]
+    assert lo < 2.0 < hi
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "  truth A = 2 V is inside the interval",
+        "  truth k = 0.8 1/s: not estimated (frozen), no interval"]
+    with pytest.raises(ValueError, match=r"^`truth` names 'k', which has no interval \(the "
+                                         r"estimated constants: A\)"):
+        marginal.covers({"A": 2.0, "k": 0.8})
+
+
+def test_report_network_fixed_lines_tell_the_interval_ends_apart(capsys):
+    # Five significant digits printed A = 1e5 held to +-0.04 as
+    # "[1e+05, 1e+05]".
+    t = np.linspace(0, 3, 40)[:, None].astype("float32")
+    noise = 0.05 * np.random.default_rng(0).standard_normal(t.shape)
+    y = (1e5 * np.exp(-0.8 * t) + noise).astype("float32")
+    model, _ = algebraic_model(
+        decay, [kh.PhysicalConstant("A", 1e5, constraint="positive"),
+                kh.PhysicalConstant("k", 0.8, constraint="positive")],
+        network=keras.layers.Dense(1, kernel_initializer="zeros"))
+    model.compile(optimizer="adam", loss="mse")
+    kh.report(model, t, y)
+    fixed = kh.constant_uncertainty(model, t, y, network="fixed")
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("Network held fixed (overconfident):")
+    for name, line in zip(fixed.names, lines[start + 1:]):
+        lo, hi = fixed.intervals[name]
+        assert hi - lo < 1e-5 * abs(fixed.estimates[name])   # below what 5 digits resolve
+        printed = [float(v) for v in line.split("[")[1].rstrip("]").split(", ")]
+        assert line.startswith(f"  {name} = ") and printed[0] < printed[1]
+        assert printed == pytest.approx([lo, hi], abs=0.05 * (hi - lo))
+
+
+def _profile(**fields):
+    values = [99998.71875, 99999.359375, 100000.0, 100000.640625, 100001.2890625]
+    defaults = dict(name="A", unit="uV", values=np.array(values), rss=np.array([14.0, 3.5, 0.06, 3.7, 14.5]),
+                    statistic=np.array([216.0, 160.0, 0.0, 162.0, 217.0]), threshold=10.83,
+                    interval=(99999.90073485258, 100000.09857004212), flat=False, estimate=1e5,
+                    level=0.999, warnings=[])
+    return kh.ProfileLikelihood(**{**defaults, **fields})
+
+
+def test_profile_str_tells_grid_values_and_interval_ends_apart():
+    # Five significant digits printed every grid value as 1e+05 and the
+    # interval as [1e+05, 1e+05]; a 99.9 % level as "100%".
+    lines = str(_profile()).splitlines()
+    assert lines[0] == "Profile of A (threshold 10.8 at 99.9%):"
+    assert [line.split()[2] for line in lines[1:6]] == [
+        "99998.719", "99999.359", "100000", "100000.64", "100001.29"]
+    assert lines[6] == "  interval [99999.901, 100000.1] uV"
+    # Coarse grids keep five digits.
+    lines = str(_profile(values=np.array([0.5, 0.6, 0.7, 0.8, 0.9]), interval=(0.61, 0.79),
+                         estimate=0.7, level=0.95)).splitlines()
+    assert lines[0].endswith("at 95%):") and lines[1].startswith("  A = 0.5        RSS")
+    assert lines[6] == "  interval [0.61, 0.79] uV"
+
+
+def test_constant_uncertainty_str_prints_the_level_without_rounding():
+    # A 99.9 % interval was headed "100% interval", a 97.5 % one "98%".
+    fields = dict(names=["k"], estimates={"k": 0.8}, stderr={"k": 0.01}, intervals={"k": (0.77, 0.83)},
+                  statistical_intervals={"k": (0.77, 0.83)}, selection_ranges={}, units={"k": "1/s"},
+                  verdicts={"k": "identified"}, notes={"k": []}, warnings=[], network="marginal",
+                  method="dense", noise_std=0.05, n=20, effective_parameters=2.0)
+    for level, label in ((0.999, "99.9% interval"), (0.975, "97.5% interval"), (0.95, "95% interval")):
+        assert label in str(kh.ConstantUncertainty(level=level, **fields)).splitlines()[1]

@@ -4,6 +4,7 @@ reference, stability of constants, and bad input."""
 import itertools
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -95,6 +96,51 @@ def test_choose_radius_rejects_bad_input():
         kh.eligible_radii([0.1, 0.1, 0.3], [1.0, 0.9, 0.95], rule="relative")
     with pytest.raises(TypeError, match=r"rhos\[1\]='0.1'"):
         kh.radius_p_values([0.0, "0.1"], [1.0, 0.9])
+
+
+def test_the_relative_rule_takes_negative_losses():
+    # (1 + tolerance) * best lay below a negative best loss: a tie chose the
+    # smaller radius, and the limit excluded the best radius's equals.
+    from keras_hybrid.radius import selection_limit
+
+    assert choose_radius([0.0, 0.1], [-1.0, -1.0], rule="relative") == 0.1
+    # best -2, slack 0.25 * |-2|: limit -1.5
+    assert selection_limit([0.0, 0.1, 0.3], [-2.0, -2.0, -1.4]) == -1.5
+    assert kh.eligible_radii([0.0, 0.1, 0.3], [-2.0, -2.0, -1.4],
+                             rule="relative")["eligible"] == [0.0, 0.1]
+
+
+def test_none_standard_errors_and_losses_that_are_no_numbers():
+    # A `None` standard error (not known) crashed with an anonymous
+    # TypeError for a diverged radius, and for the best one under the
+    # relative rule; non-numbers and an unchecked `level` passed or failed
+    # without naming the argument.
+    from keras_hybrid.radius import selection_limit
+
+    rhos, val = [0.0, 0.1, 0.3], [1.0, 1.05, math.nan]
+    assert choose_radius(rhos, val, standard_errors=[0.1, 0.1, None]) == 0.1
+    p, test = kh.radius_p_values(rhos, val, standard_errors=[0.1, 0.1, None])
+    z = 0.05 / math.hypot(0.1, 0.1)
+    assert test == "unpaired z" and p[:2] == [1.0, pytest.approx(0.5 * math.erfc(z / math.sqrt(2)))]
+    assert math.isnan(p[2])
+    # None for the best radius: the relative slack alone, 1.25
+    assert selection_limit([0.0, 0.1], [1.0, 1.1], standard_errors=[None, 0.1]) == 1.25
+    assert choose_radius([0.0, 0.1], [1.0, 1.1], standard_errors=[None, 0.1], rule="relative") == 0.1
+    samples = [[1.0, 1.1, 1.2], [1.2, 1.3, 1.5]]
+    with pytest.raises(ValueError, match=r"`level` must be in \(0, 1\). Received: level=5.0"):
+        kh.radius_p_values([0.0, 0.1], [1.1, 1.33], samples, level=5.0)
+    with pytest.raises(ValueError, match=r"Received: level=-0.5"):
+        kh.radius_p_values([0.0, 0.1], [1.1, 1.33], samples, level=-0.5)
+    with pytest.raises(TypeError, match=r"Received: level='0.05'"):
+        kh.radius_p_values([0.0, 0.1], [1.1, 1.33], samples, level="0.05")
+    with pytest.raises(TypeError, match=r"^`val_losses\[1\]` must be a number. Received: None$"):
+        choose_radius([0.0, 0.1], [1.0, None])
+    with pytest.raises(TypeError, match=r"^`val_losses\[0\]` must be a number. Received: '1.0'$"):
+        kh.radius_p_values([0.0, 0.1], ["1.0", 1.1], standard_errors=[0.1, 0.1])
+    with pytest.raises(TypeError, match=r"^`reference_loss` must be a number. Received: '2'$"):
+        choose_radius([0.0, 0.1], [1.0, 1.1], reference_loss="2")
+    with pytest.raises(TypeError, match=r"^`standard_errors\[1\]` must be a number. Received: 'x'$"):
+        selection_limit([0.0, 0.1], [1.0, 1.1], standard_errors=[0.1, "x"])
 
 
 # -- the paired rule -----------------------------------------------------------
@@ -228,6 +274,27 @@ def test_auto_uses_the_t_test_where_ranks_cannot_reject():
     assert choose_radius(rhos, val, per_sample_losses=samples) == 0.0
     # Forced ranks reject nothing: every radius stays eligible.
     assert choose_radius(rhos, val, per_sample_losses=samples, paired_test="signed_rank") == 0.3
+
+
+def test_auto_counts_only_the_differences_the_rank_test_sees():
+    # Two samples of weight 0 score 0 at every radius: the rank test drops
+    # them (smallest p-value 2^-4 = 0.0625 > 0.05), yet "auto" counted six
+    # samples, took it and kept a radius worse on every weighted sample.
+    best = [0.1, 0.2, 0.3, 0.4, 0.0, 0.0]
+    worse = [0.5, 0.7, 0.9, 1.1, 0.0, 0.0]
+    rhos, val = [0.0, 0.1], [sum(best) / 6, sum(worse) / 6]
+    p, test = kh.radius_p_values(rhos, val, per_sample_losses=[best, worse])
+    assert test == "paired t" and p[1] == kh.paired_t_test(worse, best)[1]
+    assert p[1] == pytest.approx(0.01535, abs=1e-5)
+    assert choose_radius(rhos, val, per_sample_losses=[best, worse]) == 0.0
+    # Six that differ resolve Holm's 0.05 / 2 (1/64); a radius scored
+    # exactly as the best has p = 1 under either test and does not count.
+    best = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.0]
+    worse = [b + 0.4 for b in best[:6]] + [0.0]
+    samples = [best, worse, best]
+    p, test = kh.radius_p_values([0.0, 0.1, 0.3], [float(np.mean(x)) for x in samples],
+                                 per_sample_losses=samples)
+    assert test == "signed rank" and p == [1.0, 1 / 64, 1.0]
 
 
 def test_holm_rejections_against_a_hand_computation():
@@ -489,6 +556,47 @@ def test_path_says_when_its_fits_have_not_converged():
     assert RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {}).converged
 
 
+def test_path_convergence_check_takes_negative_losses():
+    # (1 + slack) * reference: fits better than a physics part at -2
+    # (cosine similarity, Gaussian NLL) read as not converged.
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.0}, "train_loss": -2.0,
+               "val_loss": -2.0, "net_share": 0.0}
+    # The slack is 0.1 * |-2|: converged down to -1.8.
+    for train, converged in ((-2.1, True), (-1.81, True), (-1.79, False)):
+        rows = [_row(0.0, 0, -2.1, 1.0, train=train), _row(0.1, 0, -2.1, 1.0, train=train)]
+        path = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {}, {}, rule="relative")
+        assert path.converged is converged
+
+
+def test_path_prints_percents_without_rounding_them_away():
+    # 0.004 was printed "0%" ("relative spread 0.21%, threshold 0%").
+    rows = [_sample_row(0.0, 0, BEST, 0.99), _sample_row(0.1, 0, BEST, 0.9905)]
+    rows[1]["net_share"] = 0.2
+    physics = {"rho": None, "seed": 0, "constants": {"k": 1.5}, "train_loss": 5.0,
+               "val_loss": 5.0, "net_share": 0.0}
+    text = str(RadiusPath(rows, physics, kh.SAM(), 0.25, 0.004, {}, {}, margin=0.004))
+    assert "not significantly worse by more than 0.4% of the gain" in text
+    assert "(relative spread 0.05%, threshold 0.4%)" in text
+    text = str(RadiusPath(rows, physics, kh.SAM(), 0.004, 0.05, {}, {}, rule="relative"))
+    assert "the best plus the larger of 0.4% of its magnitude and 2 standard errors" in text
+    from keras_hybrid._plotting import percent
+
+    assert [percent(v) for v in (0.95, 0.999, 0.975, 0.004, 0.07)] == [
+        "95%", "99.9%", "97.5%", "0.4%", "7%"]
+
+
+def test_a_path_names_the_fits_that_diverged():
+    # One diverged seed per radius: "no fit has a finite validation loss
+    # (every fit diverged)", with 4 of 6 fits finite.
+    rows = [_row(rho, seed, val, 1.0, train=val) for rho in (0.0, 0.1)
+            for seed, val in enumerate([1.0, 1.01, math.nan])]
+    path = RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {})
+    assert path.chosen is None and path.eligible == []
+    assert ("chosen: none: a radius with a diverged fit is not chosen, and every radius has one "
+            "(non-finite validation loss: rho = 0 seed 2, rho = 0.1 seed 2; 4 of 6 fits are "
+            "finite), so `best_model` is None.") in str(path)
+
+
 # -- the path on a real fit -----------------------------------------------------
 
 
@@ -705,6 +813,23 @@ def test_path_warns_of_an_eligible_radius_worse_on_most_points():
     assert strict.mostly_worse() == [] and "although it is worse" not in str(strict)
 
 
+def test_mostly_worse_says_only_what_was_measured():
+    # Worse by 0.01 on 10 of 12 points and better by 0.05 on two: no
+    # excess on average, yet the text said "its excess loss sits in a few
+    # points, where the paired t test has little power".
+    best = np.linspace(1, 2, 12)
+    rival = best + 0.01
+    rival[:2] -= 0.06
+    rows = [_sample_row(0.0, 0, best, 1.0), _sample_row(0.1, 0, rival, 1.0)]
+    path = RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {}, paired_test="t")
+    p = path.p_values[1]
+    assert p == pytest.approx(0.5, abs=1e-6)
+    assert (f"rho = 0.1 is eligible although it is worse than the best radius on 10 of 12 "
+            f"validation points (sign test below level 0.05); the paired t test with Holm's "
+            f"correction does not reject it (p = {p:.2g})") in str(path).splitlines()
+    assert "little power" not in str(path)
+
+
 def test_path_warns_of_an_eligible_radius_worse_on_average():
     # Radius 0.3 is better than the best (0) on 16 of 20 points by 0.01 and
     # worse on 4 by 2.0: W+ = 17 + 18 + 19 + 20 = 74 of 210, so the
@@ -727,6 +852,31 @@ def test_path_warns_of_an_eligible_radius_worse_on_average():
     # At level 0.01 neither the rule nor the warning fires.
     strict = RadiusPath(rows, physics, kh.SAM(), 0.25, 0.05, {"k": "1/s"}, {}, level=0.01)
     assert strict.eligible == [0.0, 0.3] and strict.worse_on_average() == []
+
+
+def test_radius_path_keeps_the_best_finite_seed_of_a_radius(monkeypatch):
+    # A diverged first seed set the loss to beat to nan, which no later
+    # seed's loss is below: the diverged model was kept.
+    x, y = _data(n=20)
+    built = []
+
+    def build(sam):
+        model = _builder([])(sam)
+        if not built:   # diverged: a nan weight
+            kernel = model.get_layer("correction_out").kernel
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+        built.append(model)
+        return model
+
+    kept = {}
+    monkeypatch.setattr(fitting, "RadiusPath",
+                        lambda *args, **kwargs: kept.update(args[6]) or RadiusPath(*args, **kwargs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = kh.radius_path(build, x, y, rhos=[0.0], seeds=2, epochs=2, batch_size=16,
+                              physics_only=False)
+    assert math.isnan(path.rows[0]["val_loss"]) and math.isfinite(path.rows[1]["val_loss"])
+    assert kept[0.0] is built[1]
 
 
 def test_quiet_retracing_drops_only_the_retracing_warning(caplog):

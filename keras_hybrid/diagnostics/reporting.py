@@ -5,7 +5,9 @@ profiles of a fitted model, printed and optionally plotted.
 from keras_hybrid._plotting import pyplot
 from keras_hybrid._dataset_input import arrays_from_dataset
 from keras_hybrid.diagnostics.laplace import constant_uncertainty
-from keras_hybrid.diagnostics.residuals import _network_variables
+from keras_hybrid.diagnostics.residuals import _check_is_model, _network_variables
+from keras_hybrid.diagnostics.results import _significant_digits
+from keras_hybrid.layers import _keyed_constant_variables
 
 
 def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
@@ -19,8 +21,10 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
             `constant_uncertainty`).
         y: targets.
         profiles: optional list of `ProfileLikelihood`.
-        truth: optional `name -> value` (simulations), marked in the plot
-            and reported as covered or not.
+        truth: optional `name -> value` of constants of the model
+            (simulations), marked in the plot and reported as covered or
+            not (constants that are not estimated, i.e. frozen, have no
+            interval to cover them).
         plot: optional path of a PNG to write (needs matplotlib).
         **kwargs: passed to `constant_uncertainty`.
 
@@ -29,6 +33,14 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
     """
     if plot:
         pyplot()  # an optional dependency: missing, say so before computing anything
+    if truth:
+        _check_is_model(model)
+        specs = {key: spec for key, _, spec in _keyed_constant_variables(model)}
+        unknown = [k for k in truth if k not in specs]
+        if unknown:
+            raise ValueError(
+                f"`truth` names {', '.join(map(repr, unknown))}, not a constant of the model "
+                f"(its constants: {', '.join(specs)}). Received: truth={truth!r}")
     # A dataset is read once, so that both reports see the same samples.
     x, y, sample_weight = arrays_from_dataset(x, y, kwargs.pop("sample_weight", None))
     if sample_weight is not None:
@@ -42,13 +54,22 @@ def report(model, x, y=None, *, profiles=None, truth=None, plot=None, **kwargs):
         for k in fixed.names:
             lo, hi = fixed.intervals[k]
             unit = f" {fixed.units[k]}" if fixed.units.get(k) else ""
-            print(f"  {k} = {fixed.estimates[k]:.5g}  [{lo:.5g}, {hi:.5g}]{unit}")
+            # Enough digits to tell the interval's ends apart.
+            fmt = f".{_significant_digits(fixed.estimates[k], hi - lo)}g"
+            print(f"  {k} = {fixed.estimates[k]:{fmt}}  [{lo:{fmt}}, {hi:{fmt}}]{unit}")
     for prof in profiles or []:
         print(prof)
     if truth:
-        for k, covered in marginal.covers(truth).items():
-            unit = f" {marginal.units[k]}" if marginal.units.get(k) else ""
-            print(f"  truth {k} = {truth[k]:.5g}{unit} is {'inside' if covered else 'outside'} the interval")
+        covered = marginal.covers({k: v for k, v in truth.items() if k in marginal.names})
+        for k, value in truth.items():
+            unit = f" {specs[k].unit}" if specs[k].unit else ""
+            if k not in covered:
+                print(f"  truth {k} = {value:.5g}{unit}: not estimated (frozen), no interval")
+                continue
+            lo, hi = marginal.intervals[k]
+            fmt = f".{_significant_digits(value, hi - lo)}g"
+            print(f"  truth {k} = {value:{fmt}}{unit} is {'inside' if covered[k] else 'outside'} "
+                  "the interval")
     if plot:
         plt = pyplot()
         count = 1 + len(profiles or [])

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from keras_hybrid._plotting import labelled, pyplot
+from keras_hybrid._plotting import labelled, percent, pyplot
 
 
 def _plain(value):
@@ -111,7 +111,7 @@ class ConstantUncertainty(_Serializable):
                 "given as input, not counted in n)"]
 
     def __str__(self):
-        pct = f"{self.level:.0%}"
+        pct = percent(self.level)
         lines = [
             f"Constants ({self.network} network, {self.method}; noise std {self.noise_std:.4g} "
             f"over n={self.n} values, {self.effective_parameters:.1f} effective parameters)",
@@ -150,6 +150,11 @@ class ConstantUncertainty(_Serializable):
 
     def covers(self, truth):
         """`name -> bool`: whether each interval contains `truth[name]`."""
+        unknown = [k for k in truth if k not in self.intervals]
+        if unknown:
+            raise ValueError(
+                f"`truth` names {', '.join(map(repr, unknown))}, which has no interval (the "
+                f"estimated constants: {', '.join(self.names)}). Received: truth={truth!r}")
         return {k: self.intervals[k][0] <= v <= self.intervals[k][1] for k, v in truth.items()}
 
     def plot(self, ax=None, truth=None):
@@ -188,7 +193,7 @@ class ConstantUncertainty(_Serializable):
                 ax.plot([truth[name] / scale], [i], "x", color="tab:blue", ms=10)
         ax.set_yticks(range(len(self.names)), [f"{n}\n{self.verdicts[n]}" for n in self.names])
         ax.set_xlabel("value / |estimate|")
-        ax.set_title(f"{self.level:.0%} intervals ({self.network} network)")
+        ax.set_title(f"{percent(self.level)} intervals ({self.network} network)")
         if created:
             ax.figure.tight_layout()  # the verdicts' labels inside the figure
         return ax
@@ -242,13 +247,21 @@ class ProfileLikelihood(_Serializable):
 
     def __str__(self):
         lo, hi = self.interval
+        # Enough digits to tell neighbouring grid values, and the interval's
+        # ends, apart.
+        values = np.asarray(self.values, "float64")
+        steps = np.diff(np.sort(values))
+        steps = steps[steps > 0]
+        grid = _significant_digits(np.max(np.abs(values), initial=0.0),
+                                   float(steps.min()) if steps.size else 0.0)
+        fmt = f".{_significant_digits(self.estimate, hi - lo)}g"
         rows = "\n".join(
-            f"  {self.name} = {v:<10.5g} RSS = {r:.5g}   n log(RSS/RSS_min) = {s:.3g}"
-            for v, r, s in zip(self.values, self.rss, self.statistic)
+            f"  {self.name} = {v:<10.{grid}g} RSS = {r:.5g}   n log(RSS/RSS_min) = {s:.3g}"
+            for v, r, s in zip(values, self.rss, self.statistic)
         )
         return (
-            f"Profile of {self.name} (threshold {self.threshold:.3g} at {self.level:.0%}):\n{rows}\n"
-            f"  interval [{lo:.5g}, {hi:.5g}]" + (f" {self.unit}" if getattr(self, "unit", "") else "")
+            f"Profile of {self.name} (threshold {self.threshold:.3g} at {percent(self.level)}):\n{rows}\n"
+            f"  interval [{lo:{fmt}}, {hi:{fmt}}]" + (f" {self.unit}" if getattr(self, "unit", "") else "")
             + ("  (flat profile)" if self.flat else "")
             + "".join(f"\n  warning: {w}" for w in getattr(self, "warnings", []))
         )
@@ -262,7 +275,7 @@ class ProfileLikelihood(_Serializable):
         if ax is None:
             _, ax = plt.subplots()
         ax.plot(self.values, self.statistic, "o-", label=f"profile of {self.name}")
-        ax.axhline(self.threshold, color="grey", ls="--", label=f"{self.level:.0%} threshold")
+        ax.axhline(self.threshold, color="grey", ls="--", label=f"{percent(self.level)} threshold")
         ax.axvline(self.estimate, color="k", lw=0.8, label="estimate")
         if truth is not None:
             ax.axvline(truth, color="tab:blue", ls=":", label="truth")

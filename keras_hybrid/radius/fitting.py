@@ -480,8 +480,10 @@ def radius_path(
                 rows.append(row)
                 if not units:
                     units = constant_units(model)
+                # The best finite fit: a diverged seed's nan, kept as the loss to
+                # beat, would compare false with every later one.
                 if rho not in best_models or row["val_loss"] < best_val:
-                    best_val = row["val_loss"]
+                    best_val = row["val_loss"] if math.isfinite(row["val_loss"]) else math.inf
                     best_models[rho] = model
         reference = None
         if physics_only:

@@ -7,14 +7,15 @@ import math
 
 import numpy as np
 
-from keras_hybrid._plotting import labelled, pyplot
+from keras_hybrid._plotting import labelled, percent, pyplot
 from keras_hybrid.radius.selection import eligible_radii, paired_t_test
 from keras_hybrid.sam import SAM
 
 
-# Relative excess of the lowest training loss over the physics part alone's
-# beyond which the fits are reported as not converged (mini-batch noise and
-# SAM's own bias stay well below it on converged fits).
+# Excess of the lowest training loss over the physics part alone's, as a
+# fraction of the latter's magnitude, beyond which the fits are reported as
+# not converged (mini-batch noise and SAM's own bias stay well below it on
+# converged fits).
 CONVERGENCE_SLACK = 0.1
 #: A constant within this fraction of its initial value in every eligible
 #: fit was not moved by the fits (`RadiusPath.unmoved`).
@@ -78,9 +79,10 @@ class RadiusPath:
             validation data at least as well as every radius.
         converged: `False` when every radius fits the *training* data
             worse than the physics part alone (by more than
-            `CONVERGENCE_SLACK`). The hybrid contains the physics part (a
-            network with zero output), so its fits have then not reached
-            a minimum, and the comparison of radii says little.
+            `CONVERGENCE_SLACK` times its magnitude). The hybrid contains
+            the physics part (a network with zero output), so its fits have
+            then not reached a minimum, and the comparison of radii says
+            little.
         best_model: the fitted model at the chosen radius (the seed with
             the lowest validation loss).
         units: `name -> unit`.
@@ -139,7 +141,8 @@ class RadiusPath:
         reference = None if self.physics_only is None else self.physics_only.get("train_loss")
         if reference is None or not math.isfinite(reference):
             return True
-        return self._lowest_train_loss() <= (1.0 + CONVERGENCE_SLACK) * reference
+        # |reference|: losses may be negative (cosine similarity, Gaussian NLL).
+        return self._lowest_train_loss() <= reference + CONVERGENCE_SLACK * abs(reference)
 
     def _p_value_line(self):
         return "p-values (worse than the best): " + ", ".join(
@@ -383,11 +386,20 @@ class RadiusPath:
                 "  (eligible)" if s["rho"] in self.eligible else "")
             lines.append(line(label, s, mark))
         cap = ", and not above the physics part alone)" if self.physics_only else ")"
-        if self.chosen is None:
+        diverged = [(r["rho"], r["seed"]) for r in self.rows if not math.isfinite(r["val_loss"])]
+        if self.chosen is None and len(diverged) == len(self.rows):
             lines.append(
                 "chosen: none: no fit has a finite validation loss (every fit diverged), so "
                 "`best_model` is None. Lower the learning rate, or scale the inputs and targets "
                 "to order 1"
+            )
+        elif self.chosen is None:
+            fits = ", ".join(f"rho = {rho:g} seed {seed}" for rho, seed in diverged)
+            lines.append(
+                "chosen: none: a radius with a diverged fit is not chosen, and every radius has "
+                f"one (non-finite validation loss: {fits}; {len(self.rows) - len(diverged)} of "
+                f"{len(self.rows)} fits are finite), so `best_model` is None. Lower the learning "
+                "rate, or scale the inputs and targets to order 1"
             )
         elif not self.network_needed:
             # Every radius is above the cap: the rule fell back to the best one.
@@ -398,8 +410,8 @@ class RadiusPath:
             if self.rule_used == "paired":
                 lines.append(self._p_value_line())
         elif self.rule_used == "paired":
-            worse = "worse" if not self.margin else (
-                f"worse by more than {self.margin:.0%} of the gain over the physics part alone")
+            worse = "worse" if not self.margin else (f"worse by more than {percent(self.margin)} "
+                                                     "of the gain over the physics part alone")
             lines.append(
                 f"chosen: rho = {self.chosen} (largest radius not significantly {worse} than "
                 f"the best: one-sided {self.test} test, Holm's correction at level "
@@ -410,8 +422,8 @@ class RadiusPath:
                 self.rule == "paired") else ""
             lines.append(
                 f"chosen: rho = {self.chosen} (largest radius whose validation loss is at most "
-                f"{self.limit:.4g}: the best plus the larger of {self.tolerance:.0%} and "
-                f"{self.noise_level:g} standard errors{cap}{fallback}"
+                f"{self.limit:.4g}: the best plus the larger of {percent(self.tolerance)} of its "
+                f"magnitude and {self.noise_level:g} standard errors{cap}{fallback}"
             )
         if not self.converged:
             lowest = self._lowest_train_loss()
@@ -434,11 +446,12 @@ class RadiusPath:
                 f"{self.refine_rhos()} to see whether the constants stay put near it"
             )
         for rho, worse, n in self.mostly_worse():
-            why = (": its excess loss sits in a few points, where the paired t test has little power"
-                   if self.test == "paired t" else "")
+            p = self.p_values[self.rhos.index(rho)] if self.p_values else None
+            rule = "" if p is None else (
+                f"; the {self.test} test with Holm's correction does not reject it (p = {p:.2g})")
             lines.append(
                 f"rho = {rho:g} is eligible although it is worse than the best radius on {worse} "
-                f"of {n} validation points (sign test below level {self.level:g}){why}"
+                f"of {n} validation points (sign test below level {self.level:g}){rule}"
             )
         for rho, p in self.worse_on_average():
             lines.append(
@@ -471,13 +484,13 @@ class RadiusPath:
                 lines.append(
                     f"{name}: {verdict} over the eligible radii {self.eligible} "
                     f"(relative spread {self.spread[name]:.2%}, threshold "
-                    f"{self.stable_tolerance:.0%})"
+                    f"{percent(self.stable_tolerance)})"
                 )
                 if self.unmoved.get(name):
                     lines.append(
-                        f"{name}: within {UNMOVED_TOLERANCE:.0%} of its initial value in every "
-                        "eligible fit: the fits did not move it, so its agreement over the radii "
-                        "shows nothing (train longer)"
+                        f"{name}: within {percent(UNMOVED_TOLERANCE)} of its initial value in "
+                        "every eligible fit: the fits did not move it, so its agreement over the "
+                        "radii shows nothing (train longer)"
                     )
         return "\n".join(lines)
 

@@ -14,8 +14,8 @@ import numpy as np
 RULES = ("paired", "relative")
 
 #: The paired rule's tests: `"auto"` is the signed-rank test when there are
-#: enough validation samples for it to reject at Holm's smallest threshold,
-#: else the t test.
+#: enough validation samples that differ for it to reject at Holm's smallest
+#: threshold, else the t test.
 PAIRED_TESTS = ("auto", "signed_rank", "t")
 
 
@@ -181,9 +181,10 @@ def _doubled_mean_ranks(values):
 
 
 def rank_test_resolves(num_samples, num_comparisons, level):
-    """Whether the exact signed-rank test on `num_samples` paired samples
-    can reject at Holm's smallest threshold `level / num_comparisons`: its
-    smallest p-value is `2**-num_samples` (every difference positive)."""
+    """Whether the exact signed-rank test on `num_samples` nonzero paired
+    differences (it drops the zero ones) can reject at Holm's smallest
+    threshold `level / num_comparisons`: its smallest p-value is
+    `2**-num_samples` (every difference positive)."""
     return 2.0 ** -num_samples <= level / max(num_comparisons, 1)
 
 
@@ -199,8 +200,9 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
     samples carry most of a radius's excess loss, the t test sees a large
     variance and keeps a radius that is worse on nearly every sample,
     where the rank test rejects it. With few samples the rank test cannot
-    reject at all (its smallest p-value is `2**-n`), and `"auto"` uses the
-    t test there.
+    reject at all (its smallest p-value is `2**-n` for `n` nonzero
+    differences: samples scored alike at both radii, such as samples of
+    weight 0, do not count), and `"auto"` uses the t test there.
     With only the standard error of each mean loss, the unpaired normal
     approximation `z = (L_r - L_best - m) / sqrt(se_r^2 + se_best^2)`,
     which is conservative (rejects less) when the per-sample losses of the
@@ -221,10 +223,11 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
             physics part alone that a radius may give up before it counts
             as worse, in [0, 1). Defaults to `0.0`.
         paired_test: `"auto"` (signed-rank when
-            `rank_test_resolves(n, comparisons, level)`, else t),
-            `"signed_rank"` or `"t"`. Defaults to `"auto"`.
+            `rank_test_resolves(n, comparisons, level)` for the number `n`
+            of nonzero differences of every comparison that has one, else
+            t), `"signed_rank"` or `"t"`. Defaults to `"auto"`.
         level: the family-wise level that `"auto"` checks the rank test's
-            resolution against. Defaults to `0.05`.
+            resolution against, in (0, 1). Defaults to `0.05`.
 
     Returns:
         `(p_values, method)`: a list (`1.0` for the best radius, `nan` for
@@ -232,11 +235,15 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
         `"paired t"`, `"unpaired z"` or `None` (neither per-sample losses
         nor standard errors: no test is possible).
     """
-    rhos, val_losses = list(rhos), [float(v) for v in val_losses]
+    rhos, val_losses = list(rhos), _check_losses("val_losses", val_losses)
     _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
                    standard_errors=standard_errors)
+    standard_errors = _check_losses("standard_errors", standard_errors, unknown=True)
+    if reference_loss is not None:
+        reference_loss = _as_number("reference_loss", reference_loss)
     margin = _check_number("margin", margin, minimum=0.0)
     _check_paired_test(paired_test)
+    level = _check_level(level)
     if margin >= 1.0:
         raise ValueError(f"`margin` must be in [0, 1). Received: margin={margin!r}")
     finite = [i for i, v in enumerate(val_losses) if math.isfinite(v)]
@@ -260,14 +267,18 @@ def radius_p_values(rhos, val_losses, per_sample_losses=None, standard_errors=No
             samples = None
     ses = None
     if samples is None and standard_errors is not None and all(
-            standard_errors[i] is not None and math.isfinite(standard_errors[i]) for i in finite):
-        ses = [float(s) for s in standard_errors]
+            math.isfinite(standard_errors[i]) for i in finite):
+        ses = standard_errors
     if samples is None and ses is None:
         return p, None
     method = "unpaired z"
     if samples is not None:
+        # The rank test drops zero differences; a comparison with none but
+        # zeros has p = 1 under either test.
+        nonzero = [int(np.count_nonzero(samples[i] - samples[best] - delta))
+                   for i in finite if i != best]
         ranks = paired_test == "signed_rank" or (paired_test == "auto" and rank_test_resolves(
-            samples[best].size, len(finite) - 1, level))
+            min([n for n in nonzero if n] or [0]), len(finite) - 1, level))
         method = "signed rank" if ranks else "paired t"
     for i in finite:
         if i == best:
@@ -295,9 +306,7 @@ def holm_rejections(p_values, level):
     >>> holm_rejections([0.01, 0.04, 0.03, 0.5], 0.05)
     [True, False, False, False]
     """
-    level = _check_number("level", level, minimum=0.0)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    level = _check_level(level)
     order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
     reject = [False] * len(p_values)
     m = len(order)
@@ -328,12 +337,13 @@ def eligible_radii(rhos, val_losses, tolerance=0.25, reference_loss=None, standa
     if rule not in RULES:
         raise ValueError(f"`rule` must be one of {RULES}. Received: rule={rule!r}")
     _check_paired_test(paired_test)
-    rhos, val_losses = list(rhos), [float(v) for v in val_losses]
+    rhos, val_losses = list(rhos), _check_losses("val_losses", val_losses)
     _check_lengths(rhos, val_losses, per_sample_losses=per_sample_losses,
                    standard_errors=standard_errors)
-    level = _check_number("level", level, minimum=0.0)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    standard_errors = _check_losses("standard_errors", standard_errors, unknown=True)
+    if reference_loss is not None:
+        reference_loss = _as_number("reference_loss", reference_loss)
+    level = _check_level(level)
     finite = [(r, v) for r, v in zip(rhos, val_losses) if math.isfinite(v)]
     out = {"eligible": [], "best": None, "rule": rule, "test": None, "p_values": None,
            "limit": math.nan}
@@ -382,7 +392,7 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     losses (`per_sample_losses`, the same validation samples scored at
     every radius), else the unpaired normal approximation from
     `standard_errors` (conservative). The paired test is the Wilcoxon
-    signed-rank test, or the t test where there are too few samples for
+    signed-rank test, or the t test where too few samples differ for
     ranks to reject (`paired_test="auto"`, see `radius_p_values`). The
     eligible set is then a confidence set for the best radius: with
     probability about `1 - level` no radius as good as the best is
@@ -414,7 +424,7 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
     errors of the best validation loss, whichever is larger:
 
     ```
-    limit    = max((1 + tolerance) * best, best + noise_level * se_best)
+    limit    = max(best + tolerance * |best|, best + noise_level * se_best)
     eligible = {r : L_val(r) <= limit  and  L_val(r) <= L_ref}
     ```
 
@@ -433,7 +443,8 @@ def choose_radius(rhos, val_losses, tolerance=0.25, reference_loss=None,
             `None`. Defaults to `None`.
         standard_errors: standard error of each validation loss (the
             standard deviation of the per-sample losses over the square
-            root of their number), or `None`. Defaults to `None`.
+            root of their number; `None` for one not known), or `None`.
+            Defaults to `None`.
         noise_level: standard errors counted as noise by the `"relative"`
             rule. Defaults to `2.0`.
         rule: `"paired"` or `"relative"`. Defaults to `"paired"`.
@@ -493,6 +504,10 @@ def _check_lengths(rhos, val_losses, **per_radius):
 def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
                     standard_errors=None, noise_level=2.0):
     """The largest validation loss `choose_radius` accepts (see there)."""
+    val_losses = _check_losses("val_losses", val_losses)
+    standard_errors = _check_losses("standard_errors", standard_errors, unknown=True)
+    if reference_loss is not None:
+        reference_loss = _as_number("reference_loss", reference_loss)
     tolerance = _check_number("tolerance", tolerance, minimum=0.0)
     noise_level = _check_number("noise_level", noise_level, minimum=0.0)
     if standard_errors is not None and len(standard_errors) != len(rhos):
@@ -504,7 +519,9 @@ def selection_limit(rhos, val_losses, tolerance=0.25, reference_loss=None,
     if not finite:
         return math.nan
     best_index, best = min(finite, key=lambda iv: (iv[1], rhos[iv[0]]))
-    limit = (1.0 + tolerance) * best
+    # Slack in proportion to |best|: losses may be negative (cosine
+    # similarity, Gaussian negative log-likelihood).
+    limit = best + tolerance * abs(best)
     if standard_errors is not None and math.isfinite(standard_errors[best_index]):
         limit = max(limit, best + noise_level * standard_errors[best_index])
     if reference_loss is not None and math.isfinite(reference_loss):
@@ -516,6 +533,28 @@ def _check_paired_test(paired_test):
     if paired_test not in PAIRED_TESTS:
         raise ValueError(
             f"`paired_test` must be one of {PAIRED_TESTS}. Received: paired_test={paired_test!r}")
+
+
+def _check_level(level):
+    level = _check_number("level", level, minimum=0.0)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"`level` must be in (0, 1). Received: level={level!r}")
+    return level
+
+
+def _check_losses(arg, values, unknown=False):
+    """`values` as floats (non-finite ones too: a diverged fit); `None`
+    entries as `nan` (not known) where `unknown`, else an error."""
+    if values is None:
+        return None
+    return [math.nan if unknown and v is None else _as_number(f"{arg}[{i}]", v)
+            for i, v in enumerate(values)]
+
+
+def _as_number(arg, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{arg}` must be a number. Received: {value!r}")
+    return float(value)
 
 
 def _check_number(arg, value, minimum=None, integer=False):
