@@ -595,6 +595,12 @@ def test_a_path_names_the_fits_that_diverged():
     assert ("chosen: none: a radius with a diverged fit is not chosen, and every radius has one "
             "(non-finite validation loss: rho = 0 seed 2, rho = 0.1 seed 2; 4 of 6 fits are "
             "finite), so `best_model` is None.") in str(path)
+    # With a radius left to choose, the table's nan is explained too.
+    rows[2]["val_loss"] = 1.02
+    path = RadiusPath(rows, None, kh.SAM(), 0.25, 0.05, {}, {})
+    assert path.chosen == 0.0
+    assert ("diverged (non-finite validation loss; a radius with one is not chosen): "
+            "rho = 0.1 seed 2") in str(path)
 
 
 # -- the path on a real fit -----------------------------------------------------

@@ -425,6 +425,9 @@ class RadiusPath:
                 f"{self.limit:.4g}: the best plus the larger of {percent(self.tolerance)} of its "
                 f"magnitude and {self.noise_level:g} standard errors{cap}{fallback}"
             )
+        if self.chosen is not None and diverged:
+            fits = ", ".join(f"rho = {rho:g} seed {seed}" for rho, seed in diverged)
+            lines.append(f"diverged (non-finite validation loss; a radius with one is not chosen): {fits}")
         if not self.converged:
             lowest = self._lowest_train_loss()
             lowest = f"{lowest:.4g}" if math.isfinite(lowest) else "none finite"
