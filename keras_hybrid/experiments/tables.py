@@ -108,7 +108,7 @@ def markdown_tables(report):
 def cross_task_table(reports, metric="param_rel_error", methods=None):
     """Markdown table, one row per report (task), one column per method:
     mean ± std over seeds of `metric`; the best mean of a row in bold,
-    and `=` marking methods within one standard deviation of it."""
+    and `=` marking methods whose mean ± std overlaps the best's."""
     methods = methods or list(dict.fromkeys(
         [r["method"] for rep in reports for r in rep["results"]]
         + [m for rep in reports for m in rep.get("not_applicable", [])]))
