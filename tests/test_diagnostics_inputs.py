@@ -707,3 +707,22 @@ def test_a_noise_free_output_that_a_constant_matches_is_kept():
     s = math.sqrt(np.sum((yd - a * xd) ** 2) / (40 - 2))
     assert result.stderr["b"] == pytest.approx(s / math.sqrt(xd @ xd), rel=1e-4)
     assert result.verdicts["b"] == "identified"
+
+
+def test_dense_refuses_a_large_network_before_the_data_go_through_the_model(monkeypatch):
+    # The refusal came after two passes of the data through the model,
+    # which for a 10,000-step ODE run eagerly took minutes.
+    from keras_hybrid.diagnostics import laplace
+
+    def no_data_pass(*args):
+        raise AssertionError("the data went through the model first")
+
+    inputs = keras.Input((1,))
+    law = kh.ScientificLayer(decay, [kh.PhysicalConstant("A", 1.9), kh.PhysicalConstant("k", 0.65)])
+    hidden = keras.layers.Dense(64, "tanh")(keras.layers.Dense(64, "tanh")(inputs))
+    model = keras.Model(inputs, keras.layers.Add()([law(inputs), keras.layers.Dense(1)(hidden)]))
+    t, y = _data()
+    monkeypatch.setattr(laplace, "_checked_data", no_data_pass)
+    with pytest.raises(ValueError, match=r"would build a Jacobian of n x p = n x 4355 with 4353 "
+                                         r"network weights; the limits are"):
+        kh.constant_uncertainty(model, t, y, method="dense")

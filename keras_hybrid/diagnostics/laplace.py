@@ -62,8 +62,11 @@ def _check_settings(level, network, prior_precision, method, path, cg_tol, cg_ma
     return evidence
 
 
-def _check_model_and_data(model, x, y):
-    """`(entries, x, y)`: the trainable constants and the data as arrays; raises when they do not fit."""
+def _check_model_and_data(model, x, y, method="auto", network="marginal"):
+    """`(entries, x, y)`: the trainable constants and the data as arrays;
+    raises when they do not fit, or when `method="dense"` cannot take the
+    network (before the data go through the model, which for a long ODE
+    run eagerly takes minutes)."""
     _check_is_model(model)
     if not getattr(model, "built", False):
         raise ValueError("`model` must be built (called or fitted) before `constant_uncertainty`.")
@@ -87,6 +90,9 @@ def _check_model_and_data(model, x, y):
             "`method='rk4', max_step=...`, checking that its trajectories match). Received: "
             f"model with adaptive ODE layers {adaptive}"
         )
+    if method == "dense" and network == "marginal":
+        p_w = int(sum(np.prod(v.shape) for v in _network_variables(model)))
+        _resolve_method(method, None, len(entries), p_w)
     x, y = _checked_data(model, x, y)
     return entries, x, y
 
@@ -116,12 +122,16 @@ def _check_derivatives(res, a_cc, names, step=1e-2):
 
 
 def _resolve_method(method, n, p_c, p_w):
-    """`"dense"` or `"cg"`: the method to use (`"auto"` resolved), within the dense limits."""
+    """`"dense"` or `"cg"`: the method to use (`"auto"` resolved), within
+    the dense limits (the weights' alone while `n` is not known, `None`)."""
+    too_large = p_w > _pkg.MAX_DENSE_WEIGHTS or (
+        n is not None and n * (p_c + p_w) > _pkg.MAX_DENSE_ENTRIES)
     if method == "auto":
-        method = "dense" if (n * (p_c + p_w) <= _pkg.MAX_DENSE_ENTRIES and p_w <= _pkg.MAX_DENSE_WEIGHTS) else "cg"
-    if method == "dense" and (n * (p_c + p_w) > _pkg.MAX_DENSE_ENTRIES or p_w > _pkg.MAX_DENSE_WEIGHTS):
+        method = "cg" if too_large else "dense"
+    if method == "dense" and too_large:
         raise ValueError(
-            f"`method='dense'` would build a Jacobian of n x p = {n} x {p_c + p_w} with {p_w} "
+            f"`method='dense'` would build a Jacobian of n x p = {'n' if n is None else n} x "
+            f"{p_c + p_w} with {p_w} "
             f"network weights; the limits are {_pkg.MAX_DENSE_ENTRIES} entries and "
             f"{_pkg.MAX_DENSE_WEIGHTS} weights. Use method='cg' (matrix-free) or 'auto'. "
             f"Received: method={method!r}"
@@ -616,7 +626,7 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     start_time = time.perf_counter()
     evidence = _check_settings(level, network, prior_precision, method, path, cg_tol, cg_max_iter)
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
-    entries, x, y = _check_model_and_data(model, x, y)
+    entries, x, y = _check_model_and_data(model, x, y, method, network)
     constants = [v for _, v, _ in entries]
     weights = _network_variables(model) if network == "marginal" else []
     p_c = len(constants)
