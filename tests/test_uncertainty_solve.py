@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import keras
+import tensorflow as tf
 import keras_hybrid as kh
 from keras_hybrid import _data_space
 from keras_hybrid import diagnostics as dg
@@ -149,3 +150,21 @@ def test_a_cg_plateau_that_the_bracket_does_not_confirm_is_warned():
     narrower = np.sqrt(info["upper"] / info["lower"])
     assert narrower > 1.1
     assert any(f"up to {narrower:.3g} times narrower" in w for w in result.warnings), result.warnings
+
+
+def test_the_model_is_never_run_eagerly(monkeypatch):
+    # Eager calls run an ODE's solver loop op by op: on five trajectories
+    # of 10,000 steps the data check, the echo check and the RSS took
+    # 160 s each, against 2 s in a graph.
+    eager = []
+    call = kh.ODELayer.call
+
+    def recording_call(self, *args, **kwargs):
+        eager.append(tf.executing_eagerly())
+        return call(self, *args, **kwargs)
+
+    model, y0, obs = _small_pendulum()
+    monkeypatch.setattr(kh.ODELayer, "call", recording_call)
+    for method in ("dense", "cg"):
+        kh.constant_uncertainty(model, y0, obs, method=method)
+    assert eager and not any(eager)

@@ -43,6 +43,20 @@ def _as_arrays(data, arg):
     return as_sample_arrays(data, arg)
 
 
+def _graph_forward(model, variables=()):
+    """`forward(values, x)`: the model's outputs at `x` (`training=False`)
+    with `variables` read as `values`, traced into a graph once. Called
+    eagerly, an ODE's solver loop runs op by op: 160 s for five
+    trajectories of 10,000 steps, against 3 s in a graph."""
+    variables = list(variables)
+
+    def forward(values, x):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return model(x, training=False)
+
+    return tf.function(forward, reduce_retracing=True)
+
+
 def _checked_data(model, x, y):
     """`x` and `y` as arrays, as many samples each, finite, and `y` in the
     shapes of the model's outputs: a target of shape `(N,)` for an output
@@ -64,7 +78,7 @@ def _checked_data(model, x, y):
                 "values any finite value and weight 0 (`sample_weight` per value; "
                 "`kh.common_time_grid` does so for trajectories observed at their own times)."
             )
-    first = model(_slice(x, 0, 1), training=False)
+    first = _graph_forward(model)([], _slice(x, 0, 1))
     _check_targets_match_outputs(model, y, first)
     outputs, targets = tf.nest.flatten(outputs_keyed_like(model, y, first)), tf.nest.flatten(y)
     aligned = []
@@ -264,17 +278,13 @@ class _Residuals:
         """The model's outputs over all samples, at the current parameters
         or with the `(variable, value)` pairs of `state_mapping`: one NumPy
         array per leaf of `y`, in `tf.nest`'s order."""
-        if state_mapping is None and not self.variables:
-            # Nothing substituted: the model's compiled predict (an ODE
-            # model called eagerly runs its solver loop op by op).
-            pred = self.model.predict(self.x, batch_size=self.batch_size, verbose=0)
-            return [np.asarray(p) for p in tf.nest.flatten(outputs_keyed_like(self.model, self.y, pred))]
         if state_mapping is None:
             state_mapping = list(zip(self.variables, self.params()))
+        forward = _graph_forward(self.model, [v for v, _ in state_mapping])
+        values = [value for _, value in state_mapping]
         parts = [[] for _ in tf.nest.flatten(self.y)]
         for x, _, _ in self.chunks():
-            with keras.StatelessScope(state_mapping=state_mapping):
-                pred = outputs_keyed_like(self.model, self.y, self.model(x, training=False))
+            pred = outputs_keyed_like(self.model, self.y, forward(values, x))
             for leaf, p in zip(parts, tf.nest.flatten(pred)):
                 leaf.append(np.asarray(p))
         return [np.concatenate(leaf, 0) for leaf in parts]
@@ -307,13 +317,12 @@ class _Residuals:
         return [f"y[{i}]" for i in range(count)]
 
     def rss(self):
-        if not self.variables:
-            return float(sum(
-                np.sum(np.asarray(w, "float64")
-                       * (p.reshape(np.shape(t)).astype("float64") - np.asarray(t, "float64")) ** 2)
-                for p, t, w in zip(self.predictions(), tf.nest.flatten(self.y), tf.nest.flatten(self.w))))
-        params = self.params()
-        return float(sum(float(tf.reduce_sum(tf.square(self.residual(params, *c)))) for c in self.chunks()))
+        """The weighted residual sum of squares at the current parameters
+        (summed in float64)."""
+        return float(sum(
+            np.sum(np.asarray(w, "float64")
+                   * (p.reshape(np.shape(t)).astype("float64") - np.asarray(t, "float64")) ** 2)
+            for p, t, w in zip(self.predictions(), tf.nest.flatten(self.y), tf.nest.flatten(self.w))))
 
     def _jvp(self, params, tangents, x, y, w):
         """`(r, J v, tape)`. `J v` by the double-VJP trick,
