@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import keras
+import tensorflow as tf
 import keras_hybrid as kh
 from keras_hybrid.radius import RadiusPath, choose_radius, fitting
 
@@ -141,6 +142,8 @@ def test_none_standard_errors_and_losses_that_are_no_numbers():
         choose_radius([0.0, 0.1], [1.0, 1.1], reference_loss="2")
     with pytest.raises(TypeError, match=r"^`standard_errors\[1\]` must be a number. Received: 'x'$"):
         selection_limit([0.0, 0.1], [1.0, 1.1], standard_errors=[0.1, "x"])
+    # Scalars of NumPy and TensorFlow are numbers (a loss computed with keras.ops).
+    assert choose_radius([0.0, 0.1], [np.array(1.0), tf.constant(1.0)], rule="relative") == 0.1
 
 
 # -- the paired rule -----------------------------------------------------------

@@ -552,9 +552,14 @@ def _check_losses(arg, values, unknown=False):
 
 
 def _as_number(arg, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """`value` as a float: a real number, also a NumPy or TensorFlow scalar
+    (not a bool, a string or `None`)."""
+    if value is None or isinstance(value, (bool, str, bytes)) or np.ndim(value) != 0:
         raise TypeError(f"`{arg}` must be a number. Received: {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{arg}` must be a number. Received: {value!r}") from None
 
 
 def _check_number(arg, value, minimum=None, integer=False):
