@@ -342,8 +342,9 @@ def _scaled_eigh(information):
     s = np.atleast_2d(np.asarray(information, "float64"))
     d = _unit_diagonal_scales(s)
     scaled = s / np.outer(d, d)
-    scaled[np.diag(s) <= 0, :] = 0.0
-    scaled[:, np.diag(s) <= 0] = 0.0
+    empty = np.diag(s) <= 0
+    scaled[empty, :] = 0.0
+    scaled[:, empty] = 0.0
     eigval, eigvec = np.linalg.eigh(scaled)
     return eigval, eigvec, d
 

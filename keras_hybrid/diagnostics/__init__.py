@@ -26,7 +26,7 @@ from keras_hybrid.diagnostics.laplace import (  # noqa: F401
     _METHODS,
     _NETWORK_MODES,
     _check_choice,
-    _check_model_and_data,
+    _check_model,
     _check_settings,
     _physical_intervals,
     _resolve_method,

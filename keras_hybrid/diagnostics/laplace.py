@@ -62,11 +62,9 @@ def _check_settings(level, network, prior_precision, method, path, cg_tol, cg_ma
     return evidence
 
 
-def _check_model_and_data(model, x, y, method="auto", network="marginal"):
-    """`(entries, x, y)`: the trainable constants and the data as arrays;
-    raises when they do not fit, or when `method="dense"` cannot take the
-    network (before the data go through the model, which for a long ODE
-    run eagerly takes minutes)."""
+def _check_model(model):
+    """The trainable constants' entries; raises for a model the analysis
+    cannot take."""
     _check_is_model(model)
     if not getattr(model, "built", False):
         raise ValueError("`model` must be built (called or fitted) before `constant_uncertainty`.")
@@ -90,11 +88,7 @@ def _check_model_and_data(model, x, y, method="auto", network="marginal"):
             "`method='rk4', max_step=...`, checking that its trajectories match). Received: "
             f"model with adaptive ODE layers {adaptive}"
         )
-    if method == "dense" and network == "marginal":
-        p_w = int(sum(np.prod(v.shape) for v in _network_variables(model)))
-        _resolve_method(method, None, len(entries), p_w)
-    x, y = _checked_data(model, x, y)
-    return entries, x, y
+    return entries
 
 
 def _check_derivatives(res, a_cc, names, step=1e-2):
@@ -337,18 +331,20 @@ def _verdicts(entries, estimates, intervals, a_cc, info, flat, path, stable, evi
     if evidence_warning:
         warnings.append(evidence_warning)
     for name, i in zip(names, solver.get("cg", [])):
+        # How much narrower the interval could be, by the solver's bracket.
+        narrower = math.sqrt(i["upper"] / i["lower"]) if i.get("lower", 0) > 0 else 1.0
         if not i["converged"]:
             warnings.append(
                 f"conjugate gradients stopped after {i['iterations']} iterations at relative "
                 f"residual {i['residual']:.2g} before the constant's information settled: the "
                 "marginal interval is an upper bound on the width."
             )
-        elif i.get("lower", 0) > 0 and math.sqrt(i["upper"] / i["lower"]) > 1 + _CG_LOOSE_BRACKET:
+        elif narrower > 1 + _CG_LOOSE_BRACKET:
             # The delay rule stopped on a plateau that the bracket does not confirm.
             warnings.append(
                 f"conjugate gradients for {name} stopped after {i['iterations']} iterations when "
                 "its information stopped growing, but its bracket leaves room for an interval "
-                f"up to {math.sqrt(i['upper'] / i['lower']):.3g} times narrower than reported "
+                f"up to {narrower:.3g} times narrower than reported "
                 "(the reported one is the wider, conservative end): a smaller `cg_tol` iterates "
                 "further."
             )
@@ -626,11 +622,15 @@ def constant_uncertainty(model, x, y=None, *, sample_weight=None, level=0.95, ne
     start_time = time.perf_counter()
     evidence = _check_settings(level, network, prior_precision, method, path, cg_tol, cg_max_iter)
     x, y, sample_weight = arrays_from_dataset(x, y, sample_weight)
-    entries, x, y = _check_model_and_data(model, x, y, method, network)
+    entries = _check_model(model)
     constants = [v for _, v, _ in entries]
     weights = _network_variables(model) if network == "marginal" else []
     p_c = len(constants)
     p_w = int(sum(np.prod(v.shape) for v in weights))
+    if method == "dense":
+        # Refused before the data go through the model (minutes for a long ODE).
+        _resolve_method(method, None, p_c, p_w)
+    x, y = _checked_data(model, x, y)
     res = _Residuals(model, constants + weights, x, y, sample_weight, batch_size)
     n = res.n
     method = _resolve_method(method, n, p_c, p_w)
